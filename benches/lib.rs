@@ -1,0 +1,1 @@
+//! Criterion suites live beside this file; see `scheduler.rs`. This crate has no library code.

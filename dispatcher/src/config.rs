@@ -1,0 +1,223 @@
+//! All configuration, in one clap struct per role. Every flag has a `HERALD_*` environment
+//! fallback and a default that points at loopback; nothing else reads the environment.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::scheduler::{PerClass, SchedulerConfig, MAX_WEIGHT_SUM};
+
+#[derive(Debug, Parser)]
+#[command(name = "dispatcher", version, about = "Herald notification dispatcher")]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP ingress: accept notifications, schedule them by priority and publish
+    /// them durably to JetStream.
+    Serve(Box<ServeConfig>),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log output format.
+    #[arg(
+        long,
+        env = "HERALD_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+    /// tracing filter directives (as RUST_LOG), e.g. `info,herald=debug`.
+    #[arg(long, env = "HERALD_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+/// Everything `dispatcher serve` needs.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address the HTTP ingress listens on (port 0 picks a free port).
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub nats: NatsConfig,
+
+    /// Largest request body accepted, in bytes (413 above).
+    #[arg(long, env = "HERALD_MAX_BODY", default_value_t = 8 * 1024 * 1024)]
+    pub max_body: usize,
+    /// Largest `payload` of one notification, in bytes (422 above).
+    #[arg(long, env = "HERALD_MAX_PAYLOAD", default_value_t = 64 * 1024)]
+    pub max_payload: usize,
+    /// Most notifications in one batch request (413 above).
+    #[arg(long, env = "HERALD_MAX_BATCH", default_value_t = 1000)]
+    pub max_batch: usize,
+    /// Time allowed for a client to send its request headers.
+    #[arg(long, env = "HERALD_HEADER_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// Time allowed for a client to send its request body (408 after).
+    #[arg(long, env = "HERALD_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+    /// Keep HTTP/1.1 connections open between requests.
+    #[arg(long, env = "HERALD_KEEP_ALIVE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub keep_alive: bool,
+    /// Interval of HTTP/2 keep-alive pings (idle connections that miss one are closed).
+    #[arg(long, env = "HERALD_H2_KEEP_ALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub h2_keep_alive_interval: Duration,
+
+    /// Scheduler weights `high:medium:low`: shares of publishing while all are backlogged.
+    #[arg(long, env = "HERALD_WEIGHTS", default_value = "8:4:1", value_parser = parse_weights)]
+    pub weights: PerClass,
+    /// Queue bound per class `high:medium:low`; a full class answers 429. Low is smallest so
+    /// that overload sheds it first.
+    #[arg(long, env = "HERALD_QUEUE_CAPACITY", default_value = "16384:8192:4096")]
+    pub queue_capacity: PerClass,
+
+    #[command(flatten)]
+    pub publisher: PublisherConfig,
+
+    /// Longest wait for in-flight requests and publishes at shutdown.
+    #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl ServeConfig {
+    pub fn scheduler(&self) -> SchedulerConfig {
+        SchedulerConfig {
+            weights: self.weights,
+            capacities: self.queue_capacity,
+        }
+    }
+
+    /// The defaults, as `dispatcher serve` with no flags and no environment would have them.
+    pub fn defaults() -> Self {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            serve: ServeConfig,
+        }
+        Only::parse_from(["dispatcher"]).serve
+    }
+}
+
+fn parse_weights(s: &str) -> Result<PerClass, String> {
+    let w: PerClass = s.parse()?;
+    if w.0.iter().sum::<usize>() > MAX_WEIGHT_SUM {
+        return Err(format!("weights must sum to at most {MAX_WEIGHT_SUM}"));
+    }
+    Ok(w)
+}
+
+/// How Herald reaches NATS and shapes its streams.
+#[derive(Debug, Clone, Args)]
+pub struct NatsConfig {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "HERALD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Namespace for stream and subject names (and later table and key names): stream
+    /// `<PREFIX>NOTIFY`, subjects `<prefix>notify.<priority>.<channel>`.
+    #[arg(long, env = "HERALD_PREFIX", default_value = "", value_parser = parse_prefix)]
+    pub prefix: String,
+    /// Window in which JetStream drops a re-sent message with the same id.
+    #[arg(long, env = "HERALD_DUPLICATE_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub duplicate_window: Duration,
+    /// How long the NOTIFY stream keeps messages.
+    #[arg(long, env = "HERALD_STREAM_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub stream_max_age: Duration,
+    /// Size bound of the NOTIFY stream in bytes (-1: none). When it is reached new
+    /// publishes fail (503) rather than old, undelivered messages being dropped.
+    #[arg(long, env = "HERALD_STREAM_MAX_BYTES", default_value_t = -1, allow_negative_numbers = true)]
+    pub stream_max_bytes: i64,
+    /// Stream replicas (3 on a NATS cluster).
+    #[arg(long, env = "HERALD_STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
+    /// How often readiness re-checks the connection and the stream.
+    #[arg(long, env = "HERALD_READINESS_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub readiness_interval: Duration,
+}
+
+/// How accepted notifications are batched into JetStream.
+#[derive(Debug, Clone, Args)]
+pub struct PublisherConfig {
+    /// Most messages per publish batch.
+    #[arg(long, env = "HERALD_BATCH_MAX", default_value_t = 256)]
+    pub batch_max: usize,
+    /// Longest a batch waits to fill once its first message is in; 0 publishes at once what
+    /// is queued.
+    #[arg(long, env = "HERALD_LINGER", default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub linger: Duration,
+    /// Concurrent publisher tasks.
+    #[arg(long, env = "HERALD_PUBLISHERS", default_value_t = 2)]
+    pub publishers: usize,
+    /// Most publishes awaiting their JetStream ack at once; beyond it publishers wait and
+    /// the queues fill, which reaches clients as 429.
+    #[arg(long, env = "HERALD_MAX_INFLIGHT", default_value_t = 8192)]
+    pub max_inflight: usize,
+    /// How long to wait for a JetStream ack before answering 503.
+    #[arg(long, env = "HERALD_PUBLISH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub publish_timeout: Duration,
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    if s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        Ok(s.to_string())
+    } else {
+        Err(String::from(
+            "prefix may hold only ASCII letters, digits, '_' and '-' (at most 64)",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_point_at_loopback() {
+        let c = ServeConfig::defaults();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.nats.nats_url, "nats://127.0.0.1:4222");
+        assert_eq!(c.weights, PerClass([8, 4, 1]));
+        assert_eq!(c.max_batch, 1000);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_reason() {
+        let bad = [
+            vec!["dispatcher", "serve", "--weights", "8:0:1"],
+            vec!["dispatcher", "serve", "--weights", "8:4"],
+            vec!["dispatcher", "serve", "--prefix", "a.b"],
+            vec!["dispatcher", "serve", "--linger", "soon"],
+        ];
+        for args in bad {
+            let err = Cli::try_parse_from(&args).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! The one error type a client can see, and the one place each cause gets its status.
+//!
+//! Every response body for an error has the shape
+//! `{"error":{"code":"...","message":"...","field":"..."}}`; `field` is present when one
+//! field of the request is to blame.
+
+use http::StatusCode;
+use serde::Serialize;
+
+/// An error answered to an HTTP client.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{status} {code}: {message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Stable, machine-readable cause; also the `reason` label of the rejection metric.
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+    /// Seconds a client should wait before retrying (429 and 503).
+    pub retry_after: Option<u32>,
+    /// Methods the route accepts (405).
+    pub allow: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            retry_after: None,
+            allow: None,
+        }
+    }
+
+    pub fn malformed_json(err: &serde_json::Error) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("malformed JSON: {err}"),
+        )
+    }
+
+    pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message);
+        e.field = Some(field.into());
+        e
+    }
+
+    pub fn invalid_body(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", message)
+    }
+
+    pub fn body_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is over the limit of {limit} bytes"),
+        )
+    }
+
+    pub fn batch_too_large(len: usize, limit: usize) -> Self {
+        let mut e = Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!("batch has {len} items, over the limit of {limit}"),
+        );
+        e.field = Some(String::from("."));
+        e
+    }
+
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Content-Type must be application/json",
+        )
+    }
+
+    pub fn body_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "request body was not received in time",
+        )
+    }
+
+    pub fn body_read(err: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "body_read",
+            format!("request body could not be read: {err}"),
+        )
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    }
+
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        let mut e = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("method not allowed; allowed: {allow}"),
+        );
+        e.allow = Some(allow);
+        e
+    }
+
+    pub fn queue_full(priority: crate::model::Priority) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "queue_full",
+            format!("the {priority} queue is full; retry later"),
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+        e.retry_after = Some(1);
+        e
+    }
+
+    pub fn publish_failed(message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "publish_failed", message);
+        e.retry_after = Some(1);
+        e
+    }
+
+    pub fn shutting_down() -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down",
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
+    /// The JSON body `{"error":{...}}`.
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&Body {
+            error: self.inner(),
+        })
+        .expect("serializing strings cannot fail")
+    }
+
+    /// The inner object, for embedding in batch results.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.inner()).expect("serializing strings cannot fail")
+    }
+
+    fn inner(&self) -> Inner<'_> {
+        Inner {
+            code: self.code,
+            message: &self.message,
+            field: self.field.as_deref(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_the_documented_shape() {
+        let e = ApiError::invalid_field("recipient", "recipient must not be empty");
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_field");
+        assert_eq!(v["error"]["field"], "recipient");
+        assert_eq!(v["error"]["message"], "recipient must not be empty");
+        let e = ApiError::not_found();
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert!(v["error"].get("field").is_none());
+    }
+}

@@ -1,0 +1,205 @@
+//! The HTTP ingress (`dispatcher serve`): hyper 1.x, HTTP/1.1 and h2c on one port, no
+//! framework.
+//!
+//! [`Ingress::start`] wires the parts: NATS connection and readiness supervision, the
+//! scheduler, the publisher tasks and the accept loop. Shutdown runs in the order that
+//! keeps the promise "202 means durable": stop accepting connections, let in-flight
+//! requests finish (their publishes are still being acknowledged), close the scheduler,
+//! let the publishers drain it and collect every ack, flush the NATS connection.
+
+mod routes;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::context::ContextBuilder;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServeConfig;
+use crate::jetstream::{self, Names, Readiness};
+use crate::metrics::Metrics;
+use crate::model::Limits;
+use crate::publisher::{Envelope, Publisher};
+use crate::scheduler::Scheduler;
+
+pub use routes::handle;
+
+/// What every request handler shares.
+pub struct State {
+    pub limits: Limits,
+    pub max_body: usize,
+    pub max_batch: usize,
+    pub body_timeout: Duration,
+    pub scheduler: Arc<Scheduler<Envelope>>,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+    pub client: async_nats::Client,
+}
+
+/// A running ingress.
+pub struct Ingress {
+    local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Ingress {
+    /// Binds the listener, connects to NATS (in the background if it is down) and starts
+    /// serving. Returns once the port is open.
+    pub async fn start(config: ServeConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let local_addr = listener.local_addr()?;
+        let client = jetstream::connect(&config.nats)
+            .await
+            .map_err(std::io::Error::other)?;
+        let js = ContextBuilder::new()
+            .timeout(config.publisher.publish_timeout)
+            .ack_timeout(config.publisher.publish_timeout)
+            // Herald bounds acks itself (publisher.rs); this only must not bind first.
+            .max_ack_inflight(config.publisher.max_inflight + 1)
+            .build(client.clone());
+        let names = Names::new(&config.nats.prefix);
+        let shutdown = CancellationToken::new();
+        let readiness = Arc::new(Readiness::default());
+        let stop_supervisor = CancellationToken::new();
+        let supervisor = tokio::spawn(readiness.clone().supervise(
+            client.clone(),
+            js.clone(),
+            names.clone(),
+            config.nats.clone(),
+            stop_supervisor.clone(),
+        ));
+        let scheduler = Arc::new(Scheduler::new(config.scheduler()));
+        let metrics = Arc::new(Metrics::new());
+        let publisher = Publisher::start(
+            js,
+            names,
+            scheduler.clone(),
+            metrics.clone(),
+            config.publisher.clone(),
+        );
+        let state = Arc::new(State {
+            limits: Limits {
+                max_payload: config.max_payload,
+            },
+            max_body: config.max_body,
+            max_batch: config.max_batch,
+            body_timeout: config.body_timeout,
+            scheduler: scheduler.clone(),
+            metrics,
+            readiness,
+            client: client.clone(),
+        });
+        tracing::info!(%local_addr, prefix = %config.nats.prefix, "ingress listening");
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            let graceful = accept_loop(listener, state, &config, stop).await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            if tokio::time::timeout(config.shutdown_timeout, graceful.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("in-flight requests did not finish in time");
+            }
+            scheduler.close();
+            if tokio::time::timeout(config.shutdown_timeout, publisher.join())
+                .await
+                .is_err()
+            {
+                tracing::warn!("publishes did not finish in time");
+            }
+            if let Err(err) = client.flush().await {
+                tracing::warn!(error = %err, "flushing the NATS connection failed");
+            }
+            stop_supervisor.cancel();
+            let _ = supervisor.await;
+            tracing::info!("shutdown complete");
+        });
+        Ok(Ingress {
+            local_addr,
+            shutdown,
+            task,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A token that starts a graceful shutdown when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the ingress has shut down completely.
+    pub async fn wait(self) {
+        if let Err(err) = self.task.await {
+            tracing::error!(error = %err, "ingress task failed");
+        }
+    }
+
+    /// Starts a graceful shutdown and waits for it to finish.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+}
+
+/// Accepts connections until `stop`, returning the watcher of those still open.
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    config: &ServeConfig,
+    stop: CancellationToken,
+) -> GracefulShutdown {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(config.keep_alive)
+        .header_read_timeout(config.header_timeout)
+        .timer(TokioTimer::new());
+    builder
+        .http2()
+        .keep_alive_interval(config.h2_keep_alive_interval)
+        .max_concurrent_streams(512)
+        .timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(state, req).await) }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
+            }
+        });
+    }
+    graceful
+}

@@ -1,0 +1,367 @@
+//! Routing and the handlers of the ingress API. Every handler returns a response; every
+//! failure is an [`ApiError`] rendered in one place.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::Utc;
+use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::State;
+use crate::error::ApiError;
+use crate::model::{describe_parse_error, parse_notification, Priority, Validated};
+use crate::publisher::{Envelope, PublishOutcome};
+
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// Routes one request.
+pub async fn handle<B>(state: Arc<State>, req: Request<B>) -> HttpResponse
+where
+    B: hyper::body::Body + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let result = match (req.uri().path(), req.method()) {
+        ("/v1/notifications", &Method::POST) => single(&state, req).await,
+        ("/v1/notifications/batch", &Method::POST) => batch(&state, req).await,
+        ("/v1/notifications" | "/v1/notifications/batch", _) => {
+            Err(Rejection::from(ApiError::method_not_allowed("POST")))
+        }
+        ("/healthz", &Method::GET) => Ok(json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())),
+        ("/readyz", &Method::GET) => Ok(readyz(&state)),
+        ("/metrics", &Method::GET) => Ok(metrics(&state)),
+        ("/healthz" | "/readyz" | "/metrics", _) => {
+            Err(Rejection::from(ApiError::method_not_allowed("GET")))
+        }
+        _ => Err(Rejection::from(ApiError::not_found())),
+    };
+    result.unwrap_or_else(|Rejection(priority, err)| {
+        state.metrics.rejected(priority, err.code);
+        error_response(&err)
+    })
+}
+
+/// An error answered for the whole request, with the priority it concerned when known
+/// (the label of the rejection metric).
+struct Rejection(Option<Priority>, ApiError);
+
+impl From<ApiError> for Rejection {
+    fn from(err: ApiError) -> Self {
+        Rejection(None, err)
+    }
+}
+
+#[derive(Serialize)]
+struct Accepted {
+    id: Uuid,
+    status: &'static str,
+    priority: Priority,
+}
+
+async fn single<B>(state: &State, req: Request<B>) -> Result<HttpResponse, Rejection>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let body = read_json_body(state, req).await?;
+    let now = Utc::now();
+    let validated = parse_notification(&body, &state.limits, now)?;
+    ensure_ready(state)?;
+    let priority = validated.priority;
+    let (id, waiting) =
+        schedule(state, &validated, now).map_err(|e| Rejection(Some(priority), e))?;
+    match waiting.await {
+        Ok(Ok(_sequence)) => {
+            state.metrics.accepted(priority);
+            let body = serde_json::to_vec(&Accepted {
+                id,
+                status: "accepted",
+                priority,
+            })
+            .expect("serializing plain fields cannot fail");
+            Ok(json(StatusCode::ACCEPTED, body))
+        }
+        Ok(Err(reason)) => Err(Rejection(Some(priority), ApiError::publish_failed(reason))),
+        Err(_) => Err(Rejection(Some(priority), ApiError::shutting_down())),
+    }
+}
+
+#[derive(Serialize)]
+struct BatchResponse {
+    accepted: usize,
+    rejected: usize,
+    results: Vec<BatchItem>,
+}
+
+#[derive(Serialize)]
+struct BatchItem {
+    index: usize,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    priority: Option<Priority>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<serde_json::Value>,
+}
+
+enum Slot {
+    Waiting(Uuid, Priority, oneshot::Receiver<PublishOutcome>),
+    Failed(ApiError),
+}
+
+/// `POST /v1/notifications/batch`: every item is validated and scheduled on its own, so one
+/// bad item costs only itself; the good ones are queued back to back and leave in the same
+/// publish batches. 202 when at least one item was accepted; otherwise the most severe of
+/// the item statuses, with the same per-item body.
+async fn batch<B>(state: &State, req: Request<B>) -> Result<HttpResponse, Rejection>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let body = read_json_body(state, req).await?;
+    let items: Vec<&RawValue> = serde_json::from_slice(&body).map_err(|err| {
+        match describe_parse_error::<Vec<&RawValue>>(&body, err) {
+            e if e.status == StatusCode::BAD_REQUEST => e,
+            _ => ApiError::invalid_body("body must be a JSON array of notifications"),
+        }
+    })?;
+    if items.is_empty() {
+        return Err(ApiError::invalid_body("batch is empty").into());
+    }
+    if items.len() > state.max_batch {
+        return Err(ApiError::batch_too_large(items.len(), state.max_batch).into());
+    }
+    let now = Utc::now();
+    let parsed: Vec<Result<Validated<'_>, ApiError>> = items
+        .iter()
+        .map(|item| parse_notification(item.get().as_bytes(), &state.limits, now))
+        .collect();
+    if parsed.iter().any(Result::is_ok) {
+        ensure_ready(state)?;
+    }
+    let slots: Vec<Slot> = parsed
+        .into_iter()
+        .map(|item| match item {
+            Ok(v) => match schedule(state, &v, now) {
+                Ok((id, rx)) => Slot::Waiting(id, v.priority, rx),
+                Err(e) => Slot::Failed(reject(state, Some(v.priority), e)),
+            },
+            Err(e) => Slot::Failed(reject(state, None, e)),
+        })
+        .collect();
+
+    let mut results = Vec::with_capacity(slots.len());
+    let mut accepted = 0;
+    let mut worst = StatusCode::ACCEPTED;
+    for (index, slot) in slots.into_iter().enumerate() {
+        let outcome = match slot {
+            Slot::Waiting(id, priority, rx) => match rx.await {
+                Ok(Ok(_)) => Ok((id, priority)),
+                Ok(Err(reason)) => Err(reject(
+                    state,
+                    Some(priority),
+                    ApiError::publish_failed(reason),
+                )),
+                Err(_) => Err(reject(state, Some(priority), ApiError::shutting_down())),
+            },
+            Slot::Failed(e) => Err(e),
+        };
+        results.push(match outcome {
+            Ok((id, priority)) => {
+                state.metrics.accepted(priority);
+                accepted += 1;
+                BatchItem {
+                    index,
+                    status: StatusCode::ACCEPTED.as_u16(),
+                    id: Some(id),
+                    priority: Some(priority),
+                    error: None,
+                }
+            }
+            Err(e) => {
+                worst = worst.max(e.status);
+                BatchItem {
+                    index,
+                    status: e.status.as_u16(),
+                    id: None,
+                    priority: None,
+                    error: Some(e.to_json()),
+                }
+            }
+        });
+    }
+    let status = if accepted > 0 {
+        StatusCode::ACCEPTED
+    } else {
+        worst
+    };
+    let body = serde_json::to_vec(&BatchResponse {
+        accepted,
+        rejected: results.len() - accepted,
+        results,
+    })
+    .expect("serializing plain fields cannot fail");
+    let mut response = json(status, body);
+    if matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    Ok(response)
+}
+
+/// Gives the notification an id, encodes it and queues it; the receiver yields
+/// JetStream's answer.
+fn schedule(
+    state: &State,
+    validated: &Validated<'_>,
+    now: chrono::DateTime<Utc>,
+) -> Result<(Uuid, oneshot::Receiver<PublishOutcome>), ApiError> {
+    let id = Uuid::now_v7();
+    let (reply, waiting) = oneshot::channel();
+    let envelope = Envelope {
+        id,
+        priority: validated.priority,
+        channel: validated.channel,
+        body: validated.encode(id, now),
+        scheduled_at: Instant::now(),
+        reply,
+    };
+    match state.scheduler.try_push(validated.priority, envelope) {
+        Ok(()) => Ok((id, waiting)),
+        Err(_) if state.scheduler.is_closed() => Err(ApiError::shutting_down()),
+        Err(_) => Err(ApiError::queue_full(validated.priority)),
+    }
+}
+
+fn ensure_ready(state: &State) -> Result<(), ApiError> {
+    if state.readiness.is_ready(&state.client) {
+        Ok(())
+    } else {
+        Err(ApiError::unavailable(
+            "NATS JetStream is not reachable; nothing was accepted",
+        ))
+    }
+}
+
+/// Counts the rejection of one batch item and passes the error on.
+fn reject(state: &State, priority: Option<Priority>, err: ApiError) -> ApiError {
+    state.metrics.rejected(priority, err.code);
+    err
+}
+
+async fn read_json_body<B>(state: &State, req: Request<B>) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if !is_json(req.headers().get(CONTENT_TYPE)) {
+        return Err(ApiError::unsupported_media_type());
+    }
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > state.max_body as u64) {
+        return Err(ApiError::body_too_large(state.max_body));
+    }
+    let limited = Limited::new(req.into_body(), state.max_body);
+    match tokio::time::timeout(state.body_timeout, limited.collect()).await {
+        Err(_) => Err(ApiError::body_timeout()),
+        Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::body_too_large(state.max_body))
+        }
+        Ok(Err(err)) => Err(ApiError::body_read(err)),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// `application/json`, or any `application/*+json`, with or without parameters.
+fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let Some((kind, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (sub.eq_ignore_ascii_case("json")
+            || sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
+fn readyz(state: &State) -> HttpResponse {
+    if state.readiness.is_ready(&state.client) {
+        json(StatusCode::OK, br#"{"status":"ready"}"#.to_vec())
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            br#"{"status":"unready","reason":"NATS is disconnected or the stream is not verified"}"#
+                .to_vec(),
+        )
+    }
+}
+
+fn metrics(state: &State) -> HttpResponse {
+    let body = state.metrics.render(|p| state.scheduler.len(p));
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error_response(err: &ApiError) -> HttpResponse {
+    let mut response = json(err.status, err.body());
+    let headers = response.headers_mut();
+    if let Some(seconds) = err.retry_after {
+        headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if let Some(allow) = err.allow {
+        headers.insert(ALLOW, HeaderValue::from_static(allow));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types() {
+        let ok = [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/vnd.api+json",
+        ];
+        for ct in ok {
+            assert!(is_json(Some(&HeaderValue::from_static(ct))), "{ct}");
+        }
+        let bad = ["text/plain", "application/xml", "json", "application/+json"];
+        for ct in bad {
+            assert!(!is_json(Some(&HeaderValue::from_static(ct))), "{ct}");
+        }
+        assert!(!is_json(None));
+    }
+}

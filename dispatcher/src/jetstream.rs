@@ -1,0 +1,133 @@
+//! Connection to NATS, the names Herald uses in it, the NOTIFY stream's definition, and
+//! readiness: connected *and* the stream verified.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use async_nats::Subject;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::NatsConfig;
+use crate::model::{Channel, Priority};
+
+/// Header carrying the priority class of a published notification.
+pub const HEADER_PRIORITY: &str = "Herald-Priority";
+/// Header carrying the channel of a published notification.
+pub const HEADER_CHANNEL: &str = "Herald-Channel";
+
+/// Stream and subject names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub notify_stream: String,
+    pub notify_filter: String,
+    /// `subjects[priority][channel]`, built once so publishing never formats a subject.
+    subjects: [[Subject; 4]; 3],
+}
+
+impl Names {
+    pub fn new(prefix: &str) -> Self {
+        let subjects = Priority::ALL
+            .map(|p| Channel::ALL.map(|c| Subject::from(format!("{prefix}notify.{p}.{c}"))));
+        Names {
+            notify_stream: format!("{prefix}NOTIFY"),
+            notify_filter: format!("{prefix}notify.>"),
+            subjects,
+        }
+    }
+
+    pub fn subject(&self, priority: Priority, channel: Channel) -> Subject {
+        self.subjects[priority.index()][channel.index()].clone()
+    }
+}
+
+/// Connects to NATS. Returns at once even when the server is down: the client keeps
+/// reconnecting in the background and readiness reports the state meanwhile.
+pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::new()
+        .name("herald-dispatcher")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        .reconnect_delay_callback(|attempt| {
+            Duration::from_millis((50u64 << attempt.min(5) as u32).min(1_000))
+        })
+        .connect(config.nats_url.as_str())
+        .await
+}
+
+/// The NOTIFY stream: file storage, a duplicate window for `Nats-Msg-Id`, and `discard:
+/// new` so that a full stream refuses new messages instead of dropping accepted ones.
+pub fn notify_stream_config(names: &Names, config: &NatsConfig) -> stream::Config {
+    stream::Config {
+        name: names.notify_stream.clone(),
+        description: Some(String::from("Herald: accepted notifications")),
+        subjects: vec![names.notify_filter.clone()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::New,
+        duplicate_window: config.duplicate_window,
+        max_age: config.stream_max_age,
+        max_bytes: config.stream_max_bytes,
+        num_replicas: config.stream_replicas,
+        ..Default::default()
+    }
+}
+
+/// Creates the stream, or brings an existing one to the configured definition.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    names: &Names,
+    config: &NatsConfig,
+) -> Result<(), async_nats::Error> {
+    js.create_or_update_stream(notify_stream_config(names, config))
+        .await?;
+    Ok(())
+}
+
+/// Whether this instance can take notifications: NATS connected and the stream verified.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    stream_ok: AtomicBool,
+}
+
+impl Readiness {
+    pub fn is_ready(&self, client: &async_nats::Client) -> bool {
+        self.stream_ok.load(Ordering::Acquire)
+            && client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Keeps the stream in place and the flag current until `stop`: on every connection
+    /// and then every `interval`, the stream is created or updated; a failure marks the
+    /// instance unready until the next success.
+    pub async fn supervise(
+        self: Arc<Self>,
+        client: async_nats::Client,
+        js: jetstream::Context,
+        names: Names,
+        config: NatsConfig,
+        stop: CancellationToken,
+    ) {
+        let mut was_ok = None;
+        loop {
+            let ok = client.connection_state() == async_nats::connection::State::Connected
+                && match ensure_stream(&js, &names, &config).await {
+                    Ok(()) => true,
+                    Err(err) => {
+                        tracing::warn!(stream = %names.notify_stream, error = %err, "stream check failed");
+                        false
+                    }
+                };
+            self.stream_ok.store(ok, Ordering::Release);
+            if was_ok != Some(ok) {
+                tracing::info!(ready = ok, stream = %names.notify_stream, "readiness changed");
+                was_ok = Some(ok);
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(config.readiness_interval) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! Herald: a durable, priority-aware notification dispatcher.
+//!
+//! How a notification moves through this crate (data flows one way):
+//!
+//! ```text
+//! ingress (HTTP) ──▶ scheduler ──▶ publisher ──▶ NATS JetStream (stream NOTIFY)
+//! ```
+//!
+//! - [`ingress`]: hyper server; reads and limits the body, validates it into a
+//!   [`model::Validated`] notification, gives it a UUIDv7 id and queues it. It answers 202
+//!   only after JetStream acknowledged the message.
+//! - [`scheduler`]: bounded lock-free queues per [`model::Priority`], drained by smooth
+//!   weighted round-robin over the classes holding work; full classes refuse (429).
+//! - [`publisher`]: batches from the scheduler, pipelined publishes, one ack per waiting
+//!   request.
+//! - [`jetstream`]: connection, names under the configured prefix, the stream's
+//!   definition and readiness.
+//! - [`model`] (request, validation, wire document), [`error`] (every client-visible error
+//!   and its status), [`config`] (clap), [`metrics`] (Prometheus).
+
+pub mod config;
+pub mod error;
+pub mod ingress;
+pub mod jetstream;
+pub mod metrics;
+pub mod model;
+pub mod publisher;
+pub mod scheduler;

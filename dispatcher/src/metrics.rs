@@ -1,0 +1,141 @@
+//! Prometheus metrics of one ingress instance.
+//!
+//! Each instance owns its registry (tests run many servers in one process). Per-priority
+//! handles are resolved once, so the hot path increments an atomic and never looks up a
+//! label set.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::model::Priority;
+
+pub struct Metrics {
+    registry: Registry,
+    accepted: [IntCounter; 3],
+    rejected: IntCounterVec,
+    queue_depth: [IntGauge; 3],
+    publish_latency: [Histogram; 3],
+    publish_failures: [IntCounter; 3],
+    pub batch_size: Histogram,
+    pub acks_inflight: IntGauge,
+}
+
+fn per_priority<T>(f: impl Fn(Priority) -> T) -> [T; 3] {
+    Priority::ALL.map(f)
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let accepted = IntCounterVec::new(
+            Opts::new(
+                "herald_ingest_accepted_total",
+                "Notifications acknowledged by JetStream and answered 202",
+            ),
+            &["priority"],
+        )
+        .expect("valid metric");
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "herald_ingest_rejected_total",
+                "Notifications refused, by priority (unknown when unparsed) and reason code",
+            ),
+            &["priority", "reason"],
+        )
+        .expect("valid metric");
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "herald_queue_depth",
+                "Notifications waiting in the scheduler",
+            ),
+            &["priority"],
+        )
+        .expect("valid metric");
+        let publish_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "herald_publish_latency_seconds",
+                "From scheduling to JetStream's ack",
+            )
+            .buckets(prometheus::exponential_buckets(0.000_05, 2.0, 18).expect("valid buckets")),
+            &["priority"],
+        )
+        .expect("valid metric");
+        let publish_failures = IntCounterVec::new(
+            Opts::new(
+                "herald_publish_failures_total",
+                "Publishes that JetStream did not acknowledge (answered 503)",
+            ),
+            &["priority"],
+        )
+        .expect("valid metric");
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new("herald_publish_batch_size", "Messages per publish batch")
+                .buckets(prometheus::exponential_buckets(1.0, 2.0, 12).expect("valid buckets")),
+        )
+        .expect("valid metric");
+        let acks_inflight = IntGauge::new(
+            "herald_publish_acks_inflight",
+            "Publishes awaiting their JetStream ack",
+        )
+        .expect("valid metric");
+
+        for c in [
+            Box::new(accepted.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rejected.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(publish_latency.clone()),
+            Box::new(publish_failures.clone()),
+            Box::new(batch_size.clone()),
+            Box::new(acks_inflight.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Metrics {
+            accepted: per_priority(|p| accepted.with_label_values(&[p.as_str()])),
+            queue_depth: per_priority(|p| queue_depth.with_label_values(&[p.as_str()])),
+            publish_latency: per_priority(|p| publish_latency.with_label_values(&[p.as_str()])),
+            publish_failures: per_priority(|p| publish_failures.with_label_values(&[p.as_str()])),
+            rejected,
+            registry,
+            batch_size,
+            acks_inflight,
+        }
+    }
+
+    pub fn accepted(&self, priority: Priority) {
+        self.accepted[priority.index()].inc();
+    }
+
+    pub fn rejected(&self, priority: Option<Priority>, reason: &str) {
+        let p = priority.map_or("unknown", Priority::as_str);
+        self.rejected.with_label_values(&[p, reason]).inc();
+    }
+
+    pub fn published(&self, priority: Priority, seconds: f64) {
+        self.publish_latency[priority.index()].observe(seconds);
+    }
+
+    pub fn publish_failed(&self, priority: Priority) {
+        self.publish_failures[priority.index()].inc();
+    }
+
+    /// Renders the Prometheus text format, sampling queue depths first.
+    pub fn render(&self, depth: impl Fn(Priority) -> usize) -> Vec<u8> {
+        for p in Priority::ALL {
+            self.queue_depth[p.index()].set(depth(p) as i64);
+        }
+        let mut out = Vec::with_capacity(8 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding to a Vec cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,465 @@
+//! The notification as clients send it, as it is validated, and as it travels on the wire.
+//!
+//! Parsing is two-speed: the common case is one `serde_json` pass into borrowed types, with
+//! `payload` and `metadata` kept as raw JSON slices (never built into a value tree, never
+//! re-encoded). Only when that pass fails is the input parsed again, through
+//! `serde_path_to_error`, to name the offending field in the error.
+
+use std::fmt;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// Urgency class of a notification. The discriminant is the scheduler's queue index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    High = 0,
+    Medium = 1,
+    Low = 2,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Medium, Priority::Low];
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Medium => "medium",
+            Priority::Low => "low",
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a notification reaches its recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    Webhook = 0,
+    Email = 1,
+    Sms = 2,
+    Push = 3,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 4] = [
+        Channel::Webhook,
+        Channel::Email,
+        Channel::Sms,
+        Channel::Push,
+    ];
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Channel::Webhook => "webhook",
+            Channel::Email => "email",
+            Channel::Sms => "sms",
+            Channel::Push => "push",
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Limits applied while validating a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Maximum size of `payload` as sent, in bytes.
+    pub max_payload: usize,
+}
+
+/// Longest accepted recipient, idempotency key and metadata; fixed because no legitimate
+/// caller needs more and they are stored per message.
+pub const MAX_RECIPIENT_LEN: usize = 2048;
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+pub const MAX_METADATA_LEN: usize = 16 * 1024;
+
+/// A notification as sent by a client: `POST /v1/notifications` or one batch item.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationRequest<'a> {
+    /// Defaults to `medium`, the class for ordinary traffic.
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    pub channel: Option<Channel>,
+    #[serde(borrow, default)]
+    pub recipient: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub payload: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub idempotency_key: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    pub send_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(borrow, default)]
+    pub metadata: Option<&'a RawValue>,
+}
+
+/// A validated notification, ready to be given an id and encoded.
+#[derive(Debug)]
+pub struct Validated<'a> {
+    pub priority: Priority,
+    pub channel: Channel,
+    pub recipient: std::borrow::Cow<'a, str>,
+    pub payload: &'a RawValue,
+    pub idempotency_key: Option<std::borrow::Cow<'a, str>>,
+    pub send_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub metadata: Option<&'a RawValue>,
+}
+
+/// Version of the wire document; bumped on any incompatible change.
+pub const WIRE_VERSION: u8 = 1;
+
+/// The document published to JetStream for one accepted notification.
+///
+/// JSON, because the payload arrives as JSON and is embedded byte for byte (no re-encoding),
+/// consumers in any language read it, and `nats stream view` shows it as it is. Priority and
+/// channel are also in the subject and headers so consumers can route without parsing.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireNotification<'a> {
+    pub v: u8,
+    pub id: Uuid,
+    pub priority: Priority,
+    pub channel: Channel,
+    #[serde(borrow)]
+    pub recipient: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub payload: &'a RawValue,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<&'a RawValue>,
+    pub accepted_at: DateTime<Utc>,
+}
+
+impl<'a> Validated<'a> {
+    /// Encodes the wire document for this notification under `id`.
+    pub fn encode(&self, id: Uuid, accepted_at: DateTime<Utc>) -> Bytes {
+        let wire = WireNotification {
+            v: WIRE_VERSION,
+            id,
+            priority: self.priority,
+            channel: self.channel,
+            recipient: self.recipient.clone(),
+            payload: self.payload,
+            idempotency_key: self.idempotency_key.clone(),
+            send_at: self.send_at,
+            expires_at: self.expires_at,
+            metadata: self.metadata,
+            accepted_at,
+        };
+        let mut buf = Vec::with_capacity(self.payload.get().len() + self.recipient.len() + 192);
+        serde_json::to_writer(&mut buf, &wire).expect("serializing owned JSON cannot fail");
+        Bytes::from(buf)
+    }
+}
+
+/// Parses one notification from a JSON document and validates it.
+pub fn parse_notification<'a>(
+    body: &'a [u8],
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> Result<Validated<'a>, ApiError> {
+    match serde_json::from_slice::<NotificationRequest<'a>>(body) {
+        Ok(request) => validate(request, limits, now),
+        Err(err) => Err(describe_parse_error::<NotificationRequest<'a>>(body, err)),
+    }
+}
+
+/// Turns a failed parse into the error the client sees: 400 with line and column when the
+/// JSON itself is broken, 422 naming the field when a value has the wrong type or name.
+pub fn describe_parse_error<'a, T: Deserialize<'a>>(
+    body: &'a [u8],
+    err: serde_json::Error,
+) -> ApiError {
+    use serde_json::error::Category;
+    match err.classify() {
+        Category::Syntax | Category::Eof | Category::Io => ApiError::malformed_json(&err),
+        Category::Data => {
+            // Second pass only on the error path, to learn which field failed.
+            let mut de = serde_json::Deserializer::from_slice(body);
+            let (path, inner) = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+                Err(e) => (e.path().to_string(), e.into_inner()),
+                Ok(_) => (String::from("."), err),
+            };
+            let message = strip_position(&inner.to_string());
+            let field = if path == "." {
+                // Unknown and missing fields are reported at the containing object.
+                field_named_in(&message).unwrap_or_default()
+            } else {
+                path
+            };
+            ApiError::invalid_field(field, message)
+        }
+    }
+}
+
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+fn field_named_in(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(message[start..start + len].to_string())
+}
+
+fn validate<'a>(
+    request: NotificationRequest<'a>,
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> Result<Validated<'a>, ApiError> {
+    let priority = request.priority.unwrap_or(Priority::Medium);
+    let channel = request
+        .channel
+        .ok_or_else(|| ApiError::invalid_field("channel", "missing field `channel`"))?;
+    let recipient = request
+        .recipient
+        .ok_or_else(|| ApiError::invalid_field("recipient", "missing field `recipient`"))?;
+    validate_recipient(channel, &recipient)?;
+    let payload = request
+        .payload
+        .ok_or_else(|| ApiError::invalid_field("payload", "missing field `payload`"))?;
+    if !payload.get().starts_with('{') {
+        return Err(ApiError::invalid_field(
+            "payload",
+            "payload must be a JSON object",
+        ));
+    }
+    if payload.get().len() > limits.max_payload {
+        return Err(ApiError::invalid_field(
+            "payload",
+            format!(
+                "payload is {} bytes, over the limit of {} bytes",
+                payload.get().len(),
+                limits.max_payload
+            ),
+        ));
+    }
+    if let Some(key) = &request.idempotency_key {
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+            return Err(ApiError::invalid_field(
+                "idempotency_key",
+                format!("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
+            ));
+        }
+    }
+    if let Some(metadata) = request.metadata {
+        if !metadata.get().starts_with('{') {
+            return Err(ApiError::invalid_field(
+                "metadata",
+                "metadata must be a JSON object",
+            ));
+        }
+        if metadata.get().len() > MAX_METADATA_LEN {
+            return Err(ApiError::invalid_field(
+                "metadata",
+                format!("metadata is over the limit of {MAX_METADATA_LEN} bytes"),
+            ));
+        }
+    }
+    if let Some(expires_at) = request.expires_at {
+        if expires_at <= now {
+            return Err(ApiError::invalid_field(
+                "expires_at",
+                "expires_at is in the past",
+            ));
+        }
+        if request.send_at.is_some_and(|send_at| send_at >= expires_at) {
+            return Err(ApiError::invalid_field(
+                "expires_at",
+                "expires_at must be after send_at",
+            ));
+        }
+    }
+    Ok(Validated {
+        priority,
+        channel,
+        recipient,
+        payload,
+        idempotency_key: request.idempotency_key,
+        send_at: request.send_at,
+        expires_at: request.expires_at,
+        metadata: request.metadata,
+    })
+}
+
+/// Cheap, channel-specific checks that catch a wrong recipient at the door instead of in the
+/// dead-letter queue. Providers do the full validation.
+fn validate_recipient(channel: Channel, recipient: &str) -> Result<(), ApiError> {
+    let fail = |why: &str| Err(ApiError::invalid_field("recipient", why));
+    if recipient.trim().is_empty() {
+        return fail("recipient must not be empty");
+    }
+    if recipient.len() > MAX_RECIPIENT_LEN {
+        return fail("recipient is over 2048 bytes");
+    }
+    match channel {
+        Channel::Webhook => match recipient.parse::<http::Uri>() {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.authority().is_some() =>
+            {
+                Ok(())
+            }
+            _ => fail("webhook recipient must be an absolute http or https URL"),
+        },
+        Channel::Email => match recipient.split_once('@') {
+            Some((local, domain))
+                if !local.is_empty()
+                    && !domain.is_empty()
+                    && !domain.contains('@')
+                    && !recipient.contains(char::is_whitespace) =>
+            {
+                Ok(())
+            }
+            _ => fail("email recipient must be an address like name@example.com"),
+        },
+        Channel::Sms => {
+            let digits = recipient.strip_prefix('+').unwrap_or("");
+            if (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
+                Ok(())
+            } else {
+                fail("sms recipient must be an E.164 number like +4915112345678")
+            }
+        }
+        Channel::Push => {
+            if recipient.contains(char::is_whitespace) {
+                fail("push recipient must be a device token without whitespace")
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits { max_payload: 64 }
+    }
+
+    fn parse(body: &str) -> Result<Validated<'_>, ApiError> {
+        parse_notification(body.as_bytes(), &limits(), Utc::now())
+    }
+
+    #[test]
+    fn valid_request_defaults_priority_to_medium() {
+        let v =
+            parse(r#"{"channel":"sms","recipient":"+4915112345678","payload":{"t":1}}"#).unwrap();
+        assert_eq!(v.priority, Priority::Medium);
+        assert_eq!(v.channel, Channel::Sms);
+        assert_eq!(v.payload.get(), r#"{"t":1}"#);
+    }
+
+    #[test]
+    fn wire_document_embeds_payload_verbatim_and_round_trips() {
+        let body = r#"{"priority":"high","channel":"webhook","recipient":"http://x/y","payload":{"a":[1,2,{"b":null}]},"metadata":{"k":"v"}}"#;
+        let v = parse(body).unwrap();
+        let id = Uuid::now_v7();
+        let bytes = v.encode(id, Utc::now());
+        let wire: WireNotification<'_> = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(wire.id, id);
+        assert_eq!(wire.priority, Priority::High);
+        assert_eq!(wire.payload.get(), r#"{"a":[1,2,{"b":null}]}"#);
+        assert_eq!(wire.metadata.unwrap().get(), r#"{"k":"v"}"#);
+        assert_eq!(wire.v, WIRE_VERSION);
+    }
+
+    #[test]
+    fn syntax_error_is_400_with_position() {
+        let err = parse(r#"{"channel": "sms",,}"#).unwrap_err();
+        assert_eq!(err.status, http::StatusCode::BAD_REQUEST);
+        assert_eq!(err.code, "malformed_json");
+        assert!(err.message.contains("line 1 column"), "{}", err.message);
+    }
+
+    #[test]
+    fn field_errors_name_the_field() {
+        let cases = [
+            (
+                r#"{"priority":"urgent","channel":"sms","recipient":"+4915112345678","payload":{}}"#,
+                "priority",
+            ),
+            (
+                r#"{"channel":"fax","recipient":"x","payload":{}}"#,
+                "channel",
+            ),
+            (
+                r#"{"channel":"sms","recipient":"","payload":{}}"#,
+                "recipient",
+            ),
+            (
+                r#"{"channel":"sms","recipient":"+4915112345678","payload":[1]}"#,
+                "payload",
+            ),
+            (
+                r#"{"channel":"sms","recipient":"+4915112345678"}"#,
+                "payload",
+            ),
+            (
+                r#"{"channel":"sms","recipient":"+4915112345678","payload":{},"colour":1}"#,
+                "colour",
+            ),
+            (
+                r#"{"channel":"sms","recipient":12,"payload":{}}"#,
+                "recipient",
+            ),
+            (
+                r#"{"channel":"webhook","recipient":"ftp://x","payload":{}}"#,
+                "recipient",
+            ),
+            (
+                r#"{"channel":"sms","recipient":"+4915112345678","payload":{},"send_at":"tomorrow"}"#,
+                "send_at",
+            ),
+            (
+                r#"{"channel":"sms","recipient":"+4915112345678","payload":{},"expires_at":"2001-01-01T00:00:00Z"}"#,
+                "expires_at",
+            ),
+            (
+                r#"{"channel":"sms","recipient":"+4915112345678","payload":{"big":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}"#,
+                "payload",
+            ),
+        ];
+        for (body, field) in cases {
+            let err = parse(body).unwrap_err();
+            assert_eq!(err.status, http::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+            assert_eq!(err.field.as_deref(), Some(field), "{body}: {}", err.message);
+        }
+    }
+}

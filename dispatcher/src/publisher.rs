@@ -1,0 +1,185 @@
+//! Batched, pipelined publishing from the scheduler to JetStream.
+//!
+//! Each publisher task takes a batch from the scheduler (at most `batch_max`, lingering at
+//! most `linger` for it to fill), sends every message of it without waiting, then hands the
+//! ack futures to a completion task and goes for the next batch. Each ack completes its own
+//! waiting request as soon as it arrives. A semaphore bounds the acks in flight: when
+//! JetStream is slower than ingress, publishers wait, the queues fill, and clients get 429,
+//! never unbounded memory.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{oneshot, Semaphore};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::config::PublisherConfig;
+use crate::jetstream::{Names, HEADER_CHANNEL, HEADER_PRIORITY};
+use crate::metrics::Metrics;
+use crate::model::{Channel, Priority};
+use crate::scheduler::Scheduler;
+
+/// JetStream's answer for one message: its stream sequence, or why it is not stored.
+pub type PublishOutcome = Result<u64, String>;
+
+/// One accepted notification on its way to JetStream, with the request waiting for it.
+pub struct Envelope {
+    pub id: Uuid,
+    pub priority: Priority,
+    pub channel: Channel,
+    /// The encoded wire document.
+    pub body: Bytes,
+    pub scheduled_at: Instant,
+    pub reply: oneshot::Sender<PublishOutcome>,
+}
+
+/// Runs the publisher tasks until the scheduler is closed and drained and every ack is in.
+pub struct Publisher {
+    tasks: JoinSet<()>,
+}
+
+struct Shared {
+    js: jetstream::Context,
+    names: Names,
+    scheduler: Arc<Scheduler<Envelope>>,
+    metrics: Arc<Metrics>,
+    inflight: Arc<Semaphore>,
+    config: PublisherConfig,
+}
+
+impl Publisher {
+    pub fn start(
+        js: jetstream::Context,
+        names: Names,
+        scheduler: Arc<Scheduler<Envelope>>,
+        metrics: Arc<Metrics>,
+        config: PublisherConfig,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            inflight: Arc::new(Semaphore::new(config.max_inflight)),
+            js,
+            names,
+            scheduler,
+            metrics,
+            config,
+        });
+        let mut tasks = JoinSet::new();
+        for _ in 0..shared.config.publishers.max(1) {
+            tasks.spawn(run(shared.clone()));
+        }
+        Publisher { tasks }
+    }
+
+    /// Waits until the scheduler is closed and drained and every publish is answered.
+    pub async fn join(mut self) {
+        while let Some(res) = self.tasks.join_next().await {
+            if let Err(err) = res {
+                tracing::error!(error = %err, "publisher task failed");
+            }
+        }
+    }
+}
+
+async fn run(shared: Arc<Shared>) {
+    let batch_max = shared.config.batch_max.max(1);
+    let mut acks = JoinSet::new();
+    let mut batch = Vec::with_capacity(batch_max);
+    while next_batch(&shared, &mut batch, batch_max).await {
+        // Reap finished completion tasks so the set does not grow.
+        while acks.try_join_next().is_some() {}
+        let permits = shared
+            .inflight
+            .clone()
+            .acquire_many_owned(batch.len() as u32)
+            .await
+            .expect("the semaphore is never closed");
+        shared.metrics.batch_size.observe(batch.len() as f64);
+        shared.metrics.acks_inflight.add(batch.len() as i64);
+        let pending = send_batch(&shared, &mut batch).await;
+        let metrics = shared.metrics.clone();
+        let count = permits.num_permits() as i64;
+        acks.spawn(async move {
+            pending.collect::<()>().await;
+            metrics.acks_inflight.sub(count);
+            drop(permits);
+        });
+    }
+    while acks.join_next().await.is_some() {}
+}
+
+/// Fills `batch` with the next batch; `false` once the scheduler is closed and empty.
+async fn next_batch(shared: &Shared, batch: &mut Vec<Envelope>, batch_max: usize) -> bool {
+    let scheduler = &shared.scheduler;
+    loop {
+        scheduler.wait_for_work().await;
+        if scheduler.pop_batch(batch_max, batch) > 0 {
+            break;
+        }
+        if scheduler.is_closed() && scheduler.is_empty() {
+            return false;
+        }
+    }
+    if batch.len() < batch_max && !shared.config.linger.is_zero() {
+        let deadline = tokio::time::Instant::now() + shared.config.linger;
+        while batch.len() < batch_max && !scheduler.is_closed() {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => break,
+                () = scheduler.wait_for_work() => {
+                    scheduler.pop_batch(batch_max - batch.len(), batch);
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Sends every message of the batch, returning the futures that complete each request.
+async fn send_batch(
+    shared: &Arc<Shared>,
+    batch: &mut Vec<Envelope>,
+) -> FuturesUnordered<impl std::future::Future<Output = ()>> {
+    let pending = FuturesUnordered::new();
+    for envelope in batch.drain(..) {
+        let Envelope {
+            id,
+            priority,
+            channel,
+            body,
+            scheduled_at,
+            reply,
+        } = envelope;
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER_PRIORITY, priority.as_str());
+        headers.insert(HEADER_CHANNEL, channel.as_str());
+        let message = PublishMessage::build()
+            .payload(body)
+            .headers(headers)
+            .message_id(id.to_string());
+        let subject = shared.names.subject(priority, channel);
+        let sent = shared.js.send_publish(subject, message).await;
+        let shared = shared.clone();
+        pending.push(async move {
+            let outcome = match sent {
+                Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match &outcome {
+                Ok(_) => shared
+                    .metrics
+                    .published(priority, scheduled_at.elapsed().as_secs_f64()),
+                Err(err) => {
+                    shared.metrics.publish_failed(priority);
+                    tracing::debug!(%id, error = %err, "publish not acknowledged");
+                }
+            }
+            // The request may have gone (client disconnected); the message is stored anyway.
+            let _ = reply.send(outcome);
+        });
+    }
+    pending
+}
