@@ -87,17 +87,24 @@ impl Publisher {
 
 async fn run(shared: Arc<Shared>) {
     let batch_max = shared.config.batch_max.max(1);
+    let want = batch_max.min(shared.config.max_inflight.max(1));
     let mut acks = JoinSet::new();
-    let mut batch = Vec::with_capacity(batch_max);
-    while next_batch(&shared, &mut batch, batch_max).await {
-        // Reap finished completion tasks so the set does not grow.
-        while acks.try_join_next().is_some() {}
-        let permits = shared
+    let mut batch = Vec::with_capacity(want);
+    loop {
+        // Capacity first, items second: while JetStream is slow the items wait in the
+        // scheduler, where a later high-priority arrival can still overtake them.
+        let mut permits = shared
             .inflight
             .clone()
-            .acquire_many_owned(batch.len() as u32)
+            .acquire_many_owned(want as u32)
             .await
             .expect("the semaphore is never closed");
+        if !next_batch(&shared, &mut batch, want).await {
+            break;
+        }
+        drop(permits.split(want - batch.len()));
+        // Reap finished completion tasks so the set does not grow.
+        while acks.try_join_next().is_some() {}
         shared.metrics.batch_size.observe(batch.len() as f64);
         shared.metrics.acks_inflight.add(batch.len() as i64);
         let pending = send_batch(&shared, &mut batch).await;

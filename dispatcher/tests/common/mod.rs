@@ -1,0 +1,365 @@
+//! Shared harness for the integration tests: a real ingress on port 0 under a prefix of
+//! its own (so tests run in parallel against one NATS and leave nothing behind), an HTTP
+//! client, a reader for what the stream holds, and a private nats-server process for the
+//! tests that stop or pause NATS.
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use herald::config::ServeConfig;
+use herald::ingress::Ingress;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// The shared NATS the tests use unless they run their own (scripts/services.sh starts it).
+pub fn nats_url() -> String {
+    std::env::var("HERALD_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+pub fn unique_prefix() -> String {
+    format!("t{}_", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// A configuration for tests: loopback, port 0, a fresh prefix, fast readiness checks.
+pub fn test_config(nats_url: &str) -> ServeConfig {
+    let mut config = ServeConfig::defaults();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.nats.nats_url = nats_url.to_string();
+    config.nats.prefix = unique_prefix();
+    config.nats.readiness_interval = Duration::from_millis(100);
+    config.shutdown_timeout = Duration::from_secs(20);
+    config
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub prefix: String,
+    pub stream: String,
+    pub nats_url: String,
+    ingress: Option<Ingress>,
+    pub http: HttpClient,
+}
+
+impl TestServer {
+    /// Starts an ingress against the shared NATS and waits until it is ready.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut ServeConfig)) -> Self {
+        let server = Self::start_unready(&nats_url(), adjust).await;
+        server.wait_ready().await;
+        server
+    }
+
+    /// Starts an ingress without waiting for NATS (which may be down).
+    pub async fn start_unready(nats_url: &str, adjust: impl FnOnce(&mut ServeConfig)) -> Self {
+        let mut config = test_config(nats_url);
+        adjust(&mut config);
+        let prefix = config.nats.prefix.clone();
+        let ingress = Ingress::start(config).await.expect("ingress starts");
+        TestServer {
+            addr: ingress.local_addr(),
+            stream: format!("{prefix}NOTIFY"),
+            prefix,
+            nats_url: nats_url.to_string(),
+            ingress: Some(ingress),
+            http: HttpClient::new(false),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if self.get("/readyz").await.status == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("ingress did not become ready");
+    }
+
+    pub async fn post(&self, path: &str, body: impl Into<Bytes>) -> TestResponse {
+        self.http
+            .request(
+                "POST",
+                &self.url(path),
+                Some("application/json"),
+                body.into(),
+            )
+            .await
+            .expect("request completes")
+    }
+
+    pub async fn get(&self, path: &str) -> TestResponse {
+        self.http
+            .request("GET", &self.url(path), None, Bytes::new())
+            .await
+            .expect("request completes")
+    }
+
+    /// Every message in this server's stream, in stream order.
+    pub async fn stream_messages(&self) -> Vec<StoredMessage> {
+        read_stream(&self.nats_url, &self.stream).await
+    }
+
+    /// Starts a graceful shutdown and waits for it.
+    pub async fn shutdown(&mut self) {
+        if let Some(ingress) = self.ingress.take() {
+            ingress.shutdown().await;
+        }
+    }
+
+    pub fn shutdown_token(&self) -> tokio_util::sync::CancellationToken {
+        self.ingress.as_ref().unwrap().shutdown_token()
+    }
+
+    /// Shuts down and deletes the stream.
+    pub async fn finish(mut self) {
+        self.shutdown().await;
+        delete_stream(&self.nats_url, &self.stream).await;
+    }
+}
+
+impl Drop for TestServer {
+    /// A failed test still removes its stream, from a thread of its own because the test's
+    /// runtime may be gone.
+    fn drop(&mut self) {
+        if self.ingress.is_some() {
+            let (url, stream) = (self.nats_url.clone(), self.stream.clone());
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Runtime::new().unwrap();
+                rt.block_on(async {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(3), delete_stream(&url, &stream))
+                            .await;
+                });
+            })
+            .join();
+        }
+    }
+}
+
+pub async fn delete_stream(nats_url: &str, stream: &str) {
+    if let Ok(client) = async_nats::connect(nats_url).await {
+        let _ = jetstream::new(client).delete_stream(stream).await;
+    }
+}
+
+#[derive(Debug)]
+pub struct StoredMessage {
+    pub subject: String,
+    pub headers: HashMap<String, String>,
+    pub body: Value,
+}
+
+impl StoredMessage {
+    pub fn id(&self) -> String {
+        self.body["id"].as_str().unwrap().to_string()
+    }
+}
+
+pub async fn read_stream(nats_url: &str, stream: &str) -> Vec<StoredMessage> {
+    let client = async_nats::connect(nats_url)
+        .await
+        .expect("connect to NATS");
+    let js = jetstream::new(client);
+    let mut stream = js.get_stream(stream).await.expect("stream exists");
+    let state = stream.info().await.expect("stream info").state.clone();
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return out;
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        let message = stream
+            .get_raw_message(seq)
+            .await
+            .expect("message by sequence");
+        let headers = message
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v[0].to_string()))
+            .collect();
+        out.push(StoredMessage {
+            subject: message.subject.to_string(),
+            headers,
+            body: serde_json::from_slice(&message.payload).expect("stored body is JSON"),
+        });
+    }
+    out
+}
+
+#[derive(Debug)]
+pub struct TestResponse {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Value,
+}
+
+impl TestResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+#[derive(Clone)]
+pub struct HttpClient(Client<HttpConnector, Full<Bytes>>);
+
+impl HttpClient {
+    pub fn new(h2c: bool) -> Self {
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.http2_only(h2c);
+        HttpClient(builder.build_http())
+    }
+
+    pub async fn request(
+        &self,
+        method: &str,
+        url: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<TestResponse, hyper_util::client::legacy::Error> {
+        let mut req = http::Request::builder().method(method).uri(url);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let resp = self.0.request(req.body(Full::new(body)).unwrap()).await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Ok(TestResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// A valid notification body.
+pub fn notification(priority: &str, n: usize) -> String {
+    format!(
+        r#"{{"priority":"{priority}","channel":"webhook","recipient":"http://127.0.0.1:9/hook","payload":{{"n":{n}}}}}"#
+    )
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The nats-server binary: $HERALD_NATS_SERVER, else the one scripts/services.sh builds,
+/// else whatever is on PATH.
+pub fn nats_server_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("HERALD_NATS_SERVER") {
+        return path.into();
+    }
+    let tools = std::env::var("HERALD_TOOLS").unwrap_or_else(|_| "/opt/herald-tools/bin".into());
+    let built = PathBuf::from(tools).join("nats-server");
+    if built.exists() {
+        built
+    } else {
+        PathBuf::from("nats-server")
+    }
+}
+
+/// A nats-server process of a test's own, with JetStream in a temporary directory; killed on
+/// drop. Tests use it to take NATS away, or to pause it (SIGSTOP) so that publishes wait.
+pub struct NatsProcess {
+    pub port: u16,
+    child: Option<Child>,
+    store: tempfile::TempDir,
+}
+
+impl NatsProcess {
+    pub async fn start(port: u16) -> Self {
+        let store = tempfile::tempdir().unwrap();
+        let mut process = NatsProcess {
+            port,
+            child: None,
+            store,
+        };
+        process.restart().await;
+        process
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on the same port and store.
+    pub async fn restart(&mut self) {
+        let child = Command::new(nats_server_binary())
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts (run scripts/services.sh to build it)");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("nats-server did not listen on {}", self.port);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Freezes the server: connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+}
+
+impl Drop for NatsProcess {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.resume();
+        }
+        self.kill();
+    }
+}

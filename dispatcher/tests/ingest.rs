@@ -1,0 +1,417 @@
+//! The ingest spine end to end against a real NATS JetStream: what a client is answered and
+//! what the stream then holds.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{notification, TestServer};
+use serde_json::Value;
+
+#[tokio::test]
+async fn single_request_is_stored_with_subject_and_headers() {
+    let server = TestServer::start().await;
+    let body = r#"{"priority":"high","channel":"email","recipient":"a@example.com","payload":{"subject":"Your code","code":"123456"},"metadata":{"flow":"otp"},"idempotency_key":"k1"}"#;
+    let resp = server.post("/v1/notifications", body).await;
+    assert_eq!(resp.status, 202, "{:?}", resp.body);
+    assert_eq!(resp.body["status"], "accepted");
+    assert_eq!(resp.body["priority"], "high");
+    let id = resp.body["id"].as_str().unwrap().to_string();
+    assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7);
+
+    let stored = server.stream_messages().await;
+    assert_eq!(stored.len(), 1);
+    let m = &stored[0];
+    assert_eq!(m.subject, format!("{}notify.high.email", server.prefix));
+    assert_eq!(m.headers["Nats-Msg-Id"], id);
+    assert_eq!(m.headers["Herald-Priority"], "high");
+    assert_eq!(m.headers["Herald-Channel"], "email");
+    assert_eq!(m.body["id"], id.as_str());
+    assert_eq!(m.body["v"], 1);
+    assert_eq!(m.body["recipient"], "a@example.com");
+    assert_eq!(m.body["payload"]["code"], "123456");
+    assert_eq!(m.body["metadata"]["flow"], "otp");
+    assert_eq!(m.body["idempotency_key"], "k1");
+    assert!(m.body["accepted_at"].is_string());
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn batch_accepts_the_good_items_and_reports_each_bad_one() {
+    let server = TestServer::start().await;
+    let body = format!(
+        "[{},{},{},{}]",
+        notification("low", 0),
+        r#"{"priority":"urgent","channel":"sms","recipient":"+4915112345678","payload":{}}"#,
+        notification("high", 2),
+        r#"{"channel":"sms","recipient":"","payload":{}}"#,
+    );
+    let resp = server.post("/v1/notifications/batch", body).await;
+    assert_eq!(resp.status, 202, "{:?}", resp.body);
+    assert_eq!(resp.body["accepted"], 2);
+    assert_eq!(resp.body["rejected"], 2);
+    let results = resp.body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["index"], i);
+    }
+    assert_eq!(results[0]["status"], 202);
+    assert_eq!(results[0]["priority"], "low");
+    assert_eq!(results[1]["status"], 422);
+    assert_eq!(results[1]["error"]["field"], "priority");
+    assert_eq!(results[2]["status"], 202);
+    assert_eq!(results[3]["status"], 422);
+    assert_eq!(results[3]["error"]["field"], "recipient");
+
+    let accepted: HashSet<String> = [0, 2]
+        .iter()
+        .map(|&i| results[i]["id"].as_str().unwrap().to_string())
+        .collect();
+    let stored = server.stream_messages().await;
+    let stored_ids: HashSet<String> = stored.iter().map(|m| m.id()).collect();
+    assert_eq!(stored_ids, accepted);
+    assert_eq!(stored.len(), 2);
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn a_full_batch_of_a_thousand_is_stored_exactly() {
+    let server = TestServer::start().await;
+    let priorities = ["high", "medium", "low"];
+    let items: Vec<String> = (0..1000)
+        .map(|i| notification(priorities[i % 3], i))
+        .collect();
+    let resp = server
+        .post("/v1/notifications/batch", format!("[{}]", items.join(",")))
+        .await;
+    assert_eq!(resp.status, 202);
+    assert_eq!(resp.body["accepted"], 1000);
+    let ids: HashSet<String> = resp.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    let stored = server.stream_messages().await;
+    assert_eq!(stored.len(), 1000);
+    assert_eq!(stored.iter().map(|m| m.id()).collect::<HashSet<_>>(), ids);
+    for m in &stored {
+        let p = m.body["priority"].as_str().unwrap();
+        assert_eq!(m.subject, format!("{}notify.{p}.webhook", server.prefix));
+    }
+    server.finish().await;
+}
+
+/// Every kind of bad input: its status, its error body, and nothing published.
+#[tokio::test]
+async fn bad_input_gets_its_status_and_error_and_publishes_nothing() {
+    let server = TestServer::start_with(|c| {
+        c.max_body = 4096;
+        c.max_payload = 256;
+        c.max_batch = 3;
+    })
+    .await;
+    let big_payload = format!(
+        r#"{{"channel":"sms","recipient":"+4915112345678","payload":{{"x":"{}"}}}}"#,
+        "y".repeat(300)
+    );
+    // method, path, content type, body, expected status, error code, error field
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        String,
+        u16,
+        &'a str,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            "/v1/notifications",
+            Some("application/json"),
+            r#"{"channel":"#.into(),
+            400,
+            "malformed_json",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/notifications",
+            Some("application/json"),
+            r#"{"priority":"urgent","channel":"sms","recipient":"+4915112345678","payload":{}}"#
+                .into(),
+            422,
+            "invalid_field",
+            Some("priority"),
+        ),
+        (
+            "POST",
+            "/v1/notifications",
+            Some("application/json"),
+            r#"{"channel":"pigeon","recipient":"x","payload":{}}"#.into(),
+            422,
+            "invalid_field",
+            Some("channel"),
+        ),
+        (
+            "POST",
+            "/v1/notifications",
+            Some("application/json"),
+            r#"{"channel":"sms","recipient":" ","payload":{}}"#.into(),
+            422,
+            "invalid_field",
+            Some("recipient"),
+        ),
+        (
+            "POST",
+            "/v1/notifications",
+            Some("application/json"),
+            r#"{"channel":"sms","recipient":"+4915112345678","payload":"hi"}"#.into(),
+            422,
+            "invalid_field",
+            Some("payload"),
+        ),
+        (
+            "POST",
+            "/v1/notifications",
+            Some("application/json"),
+            big_payload,
+            422,
+            "invalid_field",
+            Some("payload"),
+        ),
+        (
+            "POST",
+            "/v1/notifications",
+            Some("application/json"),
+            format!(
+                r#"{{"channel":"sms","recipient":"+4915112345678","payload":{{"x":"{}"}}}}"#,
+                "z".repeat(5000)
+            ),
+            413,
+            "body_too_large",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/notifications",
+            Some("text/plain"),
+            notification("high", 1),
+            415,
+            "unsupported_media_type",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/notifications",
+            None,
+            notification("high", 1),
+            415,
+            "unsupported_media_type",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/nope",
+            Some("application/json"),
+            notification("high", 1),
+            404,
+            "not_found",
+            None,
+        ),
+        (
+            "GET",
+            "/v1/notifications",
+            None,
+            String::new(),
+            405,
+            "method_not_allowed",
+            None,
+        ),
+        (
+            "POST",
+            "/healthz",
+            Some("application/json"),
+            String::new(),
+            405,
+            "method_not_allowed",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/notifications/batch",
+            Some("application/json"),
+            "[]".into(),
+            422,
+            "invalid_body",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/notifications/batch",
+            Some("application/json"),
+            notification("high", 1),
+            422,
+            "invalid_body",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/notifications/batch",
+            Some("application/json"),
+            "[1,".into(),
+            400,
+            "malformed_json",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/notifications/batch",
+            Some("application/json"),
+            format!("[{0},{0},{0},{0}]", notification("low", 1)),
+            413,
+            "batch_too_large",
+            None,
+        ),
+    ];
+    for (method, path, ct, body, status, code, field) in cases {
+        let resp = server
+            .http
+            .request(method, &server.url(path), ct, body.clone().into())
+            .await
+            .unwrap();
+        let what = format!("{method} {path} {ct:?} {body:.60}: {:?}", resp.body);
+        assert_eq!(resp.status, status, "{what}");
+        assert_eq!(
+            resp.header("content-type"),
+            Some("application/json"),
+            "{what}"
+        );
+        assert_eq!(resp.body["error"]["code"], code, "{what}");
+        assert!(
+            resp.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}"
+        );
+        match field {
+            Some(f) => assert_eq!(resp.body["error"]["field"], f, "{what}"),
+            None if status != 413 => assert!(resp.body["error"].get("field").is_none(), "{what}"),
+            None => {}
+        }
+        if status == 405 {
+            assert!(resp.header("allow").is_some(), "{what}");
+        }
+        if status == 400 {
+            let message = resp.body["error"]["message"].as_str().unwrap();
+            assert!(message.contains("line 1 column"), "{what}");
+        }
+    }
+    // A batch where every item is invalid: 422, each item reported.
+    let resp = server
+        .post(
+            "/v1/notifications/batch",
+            r#"[{"channel":"sms"},{"channel":"x"}]"#,
+        )
+        .await;
+    assert_eq!(resp.status, 422);
+    assert_eq!(resp.body["accepted"], 0);
+    assert_eq!(resp.body["results"][1]["error"]["field"], "channel");
+
+    assert!(server.stream_messages().await.is_empty());
+    let metrics = server.get("/metrics").await;
+    let text = metrics.body.as_str().unwrap();
+    assert!(
+        text.contains(
+            r#"herald_ingest_rejected_total{priority="unknown",reason="malformed_json"} 2"#
+        ),
+        "{text}"
+    );
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn health_readiness_metrics_and_h2c() {
+    let server = TestServer::start().await;
+    assert_eq!(server.get("/healthz").await.status, 200);
+    assert_eq!(server.get("/readyz").await.body["status"], "ready");
+
+    // The same port speaks HTTP/2 with prior knowledge.
+    let h2 = common::HttpClient::new(true);
+    let resp = h2
+        .request(
+            "POST",
+            &server.url("/v1/notifications"),
+            Some("application/json"),
+            notification("low", 1).into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 202, "{:?}", resp.body);
+    let resp = server
+        .post("/v1/notifications", notification("high", 2))
+        .await;
+    assert_eq!(resp.status, 202);
+
+    let metrics = server.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    let text = metrics.body.as_str().unwrap();
+    for needle in [
+        r#"herald_ingest_accepted_total{priority="high"} 1"#,
+        r#"herald_ingest_accepted_total{priority="low"} 1"#,
+        r#"herald_queue_depth{priority="medium"} 0"#,
+        "herald_publish_batch_size_count",
+        r#"herald_publish_latency_seconds_count{priority="high"} 1"#,
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    assert_eq!(server.stream_messages().await.len(), 2);
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn concurrent_clients_get_exactly_their_messages_stored() {
+    let server = TestServer::start().await;
+    let mut tasks = Vec::new();
+    for c in 0..16 {
+        let http = server.http.clone();
+        let url = server.url("/v1/notifications");
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..50 {
+                let p = ["high", "medium", "low"][(c + i) % 3];
+                let r = http
+                    .request(
+                        "POST",
+                        &url,
+                        Some("application/json"),
+                        notification(p, i).into(),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(r.status, 202);
+                ids.push(r.body["id"].as_str().unwrap().to_string());
+            }
+            ids
+        }));
+    }
+    let mut accepted = HashSet::new();
+    for t in tasks {
+        accepted.extend(t.await.unwrap());
+    }
+    assert_eq!(accepted.len(), 800);
+    let stored: Vec<Value> = server
+        .stream_messages()
+        .await
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(stored.len(), 800);
+    let stored_ids: HashSet<String> = stored
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(stored_ids, accepted);
+    server.finish().await;
+}

@@ -1,0 +1,261 @@
+//! The promise under stress: a 202 only for what JetStream stored, 429 when a queue is
+//! full, 503 while NATS is away, and nothing accepted lost at shutdown. These tests run a
+//! nats-server of their own so they can stop or freeze it.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{free_port, notification, read_stream, NatsProcess, TestResponse, TestServer};
+
+fn id_of(r: &TestResponse) -> String {
+    r.body["id"].as_str().unwrap().to_string()
+}
+
+/// Sends `n` single requests at once, returning the tasks' responses (or transport errors).
+fn spawn_requests(
+    server: &TestServer,
+    priority: &'static str,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Option<TestResponse>>> {
+    (0..n)
+        .map(|i| {
+            let http = server.http.clone();
+            let url = server.url("/v1/notifications");
+            tokio::spawn(async move {
+                http.request(
+                    "POST",
+                    &url,
+                    Some("application/json"),
+                    notification(priority, i).into(),
+                )
+                .await
+                .ok()
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_answers_429_and_everything_accepted_is_stored() {
+    let nats = NatsProcess::start(free_port()).await;
+    let server = TestServer::start_unready(&nats.url(), |c| {
+        c.queue_capacity = "2:2:2".parse().unwrap();
+        c.publisher.max_inflight = 1;
+        c.publisher.batch_max = 1;
+        c.publisher.publishers = 1;
+    })
+    .await;
+    server.wait_ready().await;
+
+    // Frozen NATS: one publish waits for its ack, holding the only in-flight slot, and
+    // the low queue fills behind it.
+    nats.pause();
+    let waiting = spawn_requests(&server, "low", 4);
+    let full = r#"herald_queue_depth{priority="low"} 2"#;
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = server
+            .get("/metrics")
+            .await
+            .body
+            .as_str()
+            .unwrap()
+            .to_string();
+        if seen.contains(full) && seen.contains("herald_publish_acks_inflight 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen.contains(full), "{seen}");
+    let rejected = server
+        .post("/v1/notifications", notification("low", 99))
+        .await;
+    assert_eq!(rejected.status, 429, "{:?}", rejected.body);
+    assert_eq!(rejected.body["error"]["code"], "queue_full");
+    assert_eq!(rejected.header("retry-after"), Some("1"));
+    // Another class still has room.
+    let high = spawn_requests(&server, "high", 1);
+
+    nats.resume();
+    let mut accepted = HashSet::new();
+    let mut refused = 1;
+    for t in waiting.into_iter().chain(high) {
+        let r = t.await.unwrap().expect("response");
+        match r.status {
+            202 => assert!(accepted.insert(id_of(&r))),
+            429 => refused += 1,
+            other => panic!("unexpected {other}: {:?}", r.body),
+        }
+    }
+    // In flight + queue capacity + the high one.
+    assert_eq!(accepted.len(), 4);
+    let stored: HashSet<String> = read_stream(&nats.url(), &server.stream)
+        .await
+        .iter()
+        .map(|m| m.id())
+        .collect();
+    assert_eq!(stored, accepted);
+
+    let metrics = server.get("/metrics").await;
+    let text = metrics.body.as_str().unwrap();
+    let line =
+        format!(r#"herald_ingest_rejected_total{{priority="low",reason="queue_full"}} {refused}"#);
+    assert!(text.contains(&line), "{line} not in {text}");
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn nats_unreachable_gives_503_and_recovery_follows_its_return() {
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let server = TestServer::start_unready(&url, |_| {}).await;
+
+    // No NATS at all: alive, not ready, nothing accepted.
+    assert_eq!(server.get("/healthz").await.status, 200);
+    assert_eq!(server.get("/readyz").await.status, 503);
+    let r = server
+        .post("/v1/notifications", notification("high", 1))
+        .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "unavailable");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let r = server
+        .post(
+            "/v1/notifications/batch",
+            format!("[{}]", notification("low", 1)),
+        )
+        .await;
+    assert_eq!(r.status, 503);
+
+    // NATS arrives: the ingress connects, creates its stream and accepts.
+    let mut nats = NatsProcess::start(port).await;
+    server.wait_ready().await;
+    let r = server
+        .post("/v1/notifications", notification("high", 2))
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let first = id_of(&r);
+
+    // NATS goes away again: unready and 503 within moments.
+    nats.kill();
+    let mut unready = false;
+    for _ in 0..100 {
+        if server.get("/readyz").await.status == 503 {
+            unready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(unready, "readyz stayed 200 with NATS down");
+    let r = server
+        .post("/v1/notifications", notification("high", 3))
+        .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+
+    // Back on the same store: ready again, and the message accepted before is still there.
+    nats.restart().await;
+    server.wait_ready().await;
+    let r = server
+        .post("/v1/notifications", notification("medium", 4))
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let stored: Vec<String> = read_stream(&nats.url(), &server.stream)
+        .await
+        .iter()
+        .map(|m| m.id())
+        .collect();
+    assert_eq!(stored, vec![first, id_of(&r)]);
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn shutdown_answers_every_in_flight_request_and_loses_nothing_accepted() {
+    let nats = NatsProcess::start(free_port()).await;
+    let mut server = TestServer::start_unready(&nats.url(), |_| {}).await;
+    server.wait_ready().await;
+
+    // Freeze NATS so that every request is in flight when shutdown starts.
+    nats.pause();
+    let mut requests = spawn_requests(&server, "high", 40);
+    requests.extend(spawn_requests(&server, "low", 40));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let token = server.shutdown_token();
+    token.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    nats.resume();
+    server.shutdown().await;
+
+    let mut accepted = HashSet::new();
+    for t in requests {
+        let r = t
+            .await
+            .unwrap()
+            .expect("every in-flight request is answered");
+        assert_eq!(r.status, 202, "{:?}", r.body);
+        accepted.insert(id_of(&r));
+    }
+    assert_eq!(accepted.len(), 80);
+    let stored: HashSet<String> = read_stream(&nats.url(), &server.stream)
+        .await
+        .iter()
+        .map(|m| m.id())
+        .collect();
+    assert_eq!(stored, accepted);
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn the_binary_exits_zero_on_sigterm_after_answering() {
+    let nats = NatsProcess::start(free_port()).await;
+    let port = free_port();
+    let prefix = common::unique_prefix();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dispatcher"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--nats-url", &nats.url(), "--prefix", &prefix])
+        .args(["--readiness-interval", "100ms"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = common::HttpClient::new(false);
+    let base = format!("http://127.0.0.1:{port}");
+    let mut ready = false;
+    for _ in 0..200 {
+        if let Ok(r) = http
+            .request("GET", &format!("{base}/readyz"), None, Default::default())
+            .await
+        {
+            if r.status == 200 {
+                ready = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "the dispatcher did not become ready");
+    let r = http
+        .request(
+            "POST",
+            &format!("{base}/v1/notifications"),
+            Some("application/json"),
+            notification("medium", 1).into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202);
+
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    let stored = read_stream(&nats.url(), &format!("{prefix}NOTIFY")).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].id(), id_of(&r));
+}
