@@ -20,7 +20,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 
 use crossbeam::queue::ArrayQueue;
 use crossbeam::utils::CachePadded;
@@ -93,6 +93,9 @@ pub struct Scheduler<T> {
     /// `sequences[mask]`: SWRR order of class indices over the classes in `mask`.
     sequences: [Box<[u8]>; 1 << CLASSES],
     ticket: CachePadded<AtomicUsize>,
+    /// Consumers parked (or about to park) in `wait_for_work`; producers skip the wake-up
+    /// entirely while it is zero, which is the common case under load.
+    waiters: CachePadded<AtomicUsize>,
     work: Notify,
     closed: AtomicBool,
 }
@@ -113,6 +116,7 @@ impl<T> Scheduler<T> {
             queues: config.capacities.0.map(ArrayQueue::new),
             sequences,
             ticket: CachePadded::new(AtomicUsize::new(0)),
+            waiters: CachePadded::new(AtomicUsize::new(0)),
             work: Notify::new(),
             closed: AtomicBool::new(false),
         }
@@ -125,12 +129,28 @@ impl<T> Scheduler<T> {
             return Err(item);
         }
         self.queues[priority.index()].push(item)?;
-        self.work.notify_one();
+        // Pairs with the fence in `wait_for_work`: either the waiter sees this item, or
+        // this sees the waiter and wakes it.
+        fence(Ordering::SeqCst);
+        if self.waiters.load(Ordering::Relaxed) > 0 {
+            self.work.notify_one();
+        }
         Ok(())
     }
 
     /// Moves up to `max` items into `out` in weighted order; returns how many.
     pub fn pop_batch(&self, max: usize, out: &mut Vec<T>) -> usize {
+        self.pop_into(max, |item| out.push(item))
+    }
+
+    /// Takes one item in weighted order.
+    pub fn pop(&self) -> Option<T> {
+        let mut one = None;
+        self.pop_into(1, |item| one = Some(item));
+        one
+    }
+
+    fn pop_into(&self, max: usize, mut sink: impl FnMut(T)) -> usize {
         let mut mask = self.nonempty_mask();
         if mask == 0 || max == 0 {
             return 0;
@@ -142,7 +162,7 @@ impl<T> Scheduler<T> {
             let class = sequence[ticket % sequence.len()] as usize;
             match self.queues[class].pop() {
                 Some(item) => {
-                    out.push(item);
+                    sink(item);
                     taken += 1;
                     ticket = ticket.wrapping_add(1);
                 }
@@ -160,13 +180,6 @@ impl<T> Scheduler<T> {
         taken
     }
 
-    /// Takes one item in weighted order.
-    pub fn pop(&self) -> Option<T> {
-        let mut one = Vec::with_capacity(1);
-        self.pop_batch(1, &mut one);
-        one.pop()
-    }
-
     /// Resolves once there is work or the scheduler is closed; never spins.
     pub async fn wait_for_work(&self) {
         loop {
@@ -176,10 +189,13 @@ impl<T> Scheduler<T> {
             let notified = self.work.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.nonempty_mask() != 0 || self.is_closed() {
-                return;
+            self.waiters.fetch_add(1, Ordering::Relaxed);
+            // Undone on every exit, including this future being dropped mid-wait.
+            let _parked = Parked(&self.waiters);
+            fence(Ordering::SeqCst);
+            if self.nonempty_mask() == 0 && !self.is_closed() {
+                notified.await;
             }
-            notified.await;
         }
     }
 
@@ -211,6 +227,14 @@ impl<T> Scheduler<T> {
             .iter()
             .enumerate()
             .fold(0, |m, (i, q)| if q.is_empty() { m } else { m | 1 << i })
+    }
+}
+
+struct Parked<'a>(&'a AtomicUsize);
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -404,6 +428,49 @@ mod tests {
         tokio::task::yield_now().await;
         s.close();
         closer.await.unwrap();
+    }
+
+    /// Producers skip the wake-up while nobody waits; a consumer that parks between a
+    /// producer's push and its check must still be woken. Many park/wake cycles, no hang.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parked_consumer_is_never_missed() {
+        let s = Arc::new(scheduler([8, 4, 1], 1024));
+        let total = 20_000u64;
+        let producer = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for i in 0..total {
+                    let p = Priority::ALL[(i % 3) as usize];
+                    while s.try_push(p, (p, i)).is_err() {
+                        std::thread::yield_now();
+                    }
+                    if i % 64 == 0 {
+                        // Let the consumer drain and park.
+                        std::thread::sleep(std::time::Duration::from_micros(50));
+                    }
+                }
+            })
+        };
+        let consumer = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut got = 0u64;
+                let mut out = Vec::new();
+                while got < total {
+                    s.wait_for_work().await;
+                    out.clear();
+                    got += s.pop_batch(16, &mut out) as u64;
+                }
+                got
+            })
+        };
+        let got = tokio::time::timeout(std::time::Duration::from_secs(30), consumer)
+            .await
+            .expect("consumer was never woken for pending work")
+            .unwrap();
+        producer.join().unwrap();
+        assert_eq!(got, total);
+        assert_eq!(s.waiters.load(Ordering::Relaxed), 0);
     }
 
     #[test]

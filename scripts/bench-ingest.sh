@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Ingest benchmark, everything in one run on this machine:
+#   1. single requests at $CONNS connections (wrk): a bare hyper server that only answers
+#      202 (the ceiling for an HTTP service here), then Herald's POST /v1/notifications;
+#   2. Herald's batch endpoint with batches of $BATCH;
+#   3. the raw JetStream publish rate for the same message size, storage and dedup
+#      headers, from `nats bench js pub async` (the ceiling for anything publishing here).
+# Writes results/<date>-<rev>/ingest.md (with the commands) and adds a row to
+# results/README.md. Knobs: DURATION (15s), CONNS (64), BATCH (1000), BATCH_CONNS (4).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-15s}
+CONNS=${CONNS:-64}
+BATCH=${BATCH:-1000}
+BATCH_CONNS=${BATCH_CONNS:-4}
+THREADS=${THREADS:-2}
+HERALD_ADDR=127.0.0.1:18080
+BARE_ADDR=127.0.0.1:18081
+TOOLS=${HERALD_TOOLS:-/opt/herald-tools/bin}
+NATS="$TOOLS/nats"
+
+bash scripts/services.sh >/dev/null
+if ! command -v wrk >/dev/null; then
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+fi
+cargo build --release --locked -p dispatcher -p herald-benches --bin dispatcher --bin bare202 2>&1 | tail -1
+
+rev=$(git rev-parse --short HEAD)
+day=$(date -u +%Y-%m-%d)
+out=results/$day-$rev
+mkdir -p "$out"
+prefix="bench$(date +%s)_"
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  "$NATS" stream rm -f "${prefix}NOTIFY" >/dev/null 2>&1 || true
+  "$NATS" stream rm -f "${prefix}RAW" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+target/release/dispatcher --log warn serve --listen "$HERALD_ADDR" --prefix "$prefix" &
+pids+=($!)
+target/release/bare202 "$BARE_ADDR" 2>/dev/null &
+pids+=($!)
+for _ in $(seq 1 100); do
+  curl -sf "http://$HERALD_ADDR/readyz" >/dev/null && break
+  sleep 0.1
+done
+curl -sf "http://$HERALD_ADDR/readyz" >/dev/null || { echo "dispatcher not ready" >&2; exit 1; }
+
+# wrk_run NAME URL SCRIPT CONNS: runs wrk, keeps its output, prints "rps p50 p99 non2xx errors".
+wrk_run() {
+  local name=$1 url=$2 script=$3 conns=$4
+  # Warm-up, not recorded.
+  wrk -t"$THREADS" -c"$conns" -d3s -s "$script" "$url" >/dev/null 2>&1 || true
+  wrk -t"$THREADS" -c"$conns" -d"$DURATION" --latency -s "$script" "$url" >"$work/$name.txt" 2>&1
+  awk '
+    /Requests\/sec/ { rps = $2 }
+    $1 == "50%" { p50 = $2 }
+    $1 == "99%" { p99 = $2 }
+    /Non-2xx/ { non2xx = $NF }
+    /Socket errors/ { errors = $0; sub(/.*Socket errors: /, "", errors); gsub(/ /, "", errors) }
+    END { printf "%s %s %s %s %s\n", rps, p50, p99, (non2xx == "" ? 0 : non2xx), (errors == "" ? "none" : errors) }
+  ' "$work/$name.txt"
+}
+
+echo "bench: bare hyper 202, single requests, $CONNS connections, $DURATION" >&2
+read -r bare_rps bare_p50 bare_p99 bare_non2xx bare_err < <(wrk_run bare "http://$BARE_ADDR/v1/notifications" scripts/wrk/single.lua "$CONNS")
+echo "bench: herald single requests" >&2
+read -r h_rps h_p50 h_p99 h_non2xx h_err < <(wrk_run single "http://$HERALD_ADDR/v1/notifications" scripts/wrk/single.lua "$CONNS")
+echo "bench: herald batch of $BATCH, $BATCH_CONNS connections" >&2
+export BATCH
+read -r b_rps b_p50 b_p99 b_non2xx b_err < <(wrk_run batch "http://$HERALD_ADDR/v1/notifications/batch" scripts/wrk/batch.lua "$BATCH_CONNS")
+b_nps=$(awk -v r="$b_rps" -v n="$BATCH" 'BEGIN { printf "%.0f", r * n }')
+
+# Same message size as what Herald stored.
+read -r stored_msgs stored_bytes < <("$NATS" stream info "${prefix}NOTIFY" --json |
+  python3 -c 'import json,sys; s=json.load(sys.stdin)["state"]; print(s["messages"], s["bytes"])')
+msg_size=$(( stored_bytes / stored_msgs ))
+echo "bench: nats bench js pub async, ${msg_size}B, file storage, dedup ids" >&2
+raw_cmd=("$NATS" bench js pub async "${prefix}raw" --stream "${prefix}RAW" --create --storage file --dedup --size "$msg_size" --msgs 300000 --batch 500 --no-progress)
+"${raw_cmd[@]}" >"$work/raw.txt" 2>&1
+raw_rate=$(grep -oE '[0-9,]+ msgs/sec' "$work/raw.txt" | head -1 | tr -d ',' | awk '{print $1}')
+
+share_single=$(awk -v a="$h_rps" -v b="$bare_rps" 'BEGIN { printf "%.0f", 100 * a / b }')
+share_batch=$(awk -v a="$b_nps" -v b="$raw_rate" 'BEGIN { printf "%.0f", 100 * a / b }')
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
+mem=$(free -g | awk '/Mem:/ {print $2 " GiB"}')
+
+cat >"$out/ingest.md" <<MD
+# Ingest benchmark, $day, revision $rev
+
+Machine: $(nproc) cores ($cpu), $mem. Load generator, servers and NATS share these cores.
+NATS server $("$TOOLS/nats-server" --version | awk '{print $2}'), file storage, default fsync
+interval. Stored message size (wire document + headers): ${msg_size} bytes.
+
+| what | rate | p50 | p99 | non-2xx | socket errors |
+|---|---|---|---|---|---|
+| bare hyper 202 (single, $CONNS conns) | $bare_rps req/s | $bare_p50 | $bare_p99 | $bare_non2xx | $bare_err |
+| Herald POST /v1/notifications ($CONNS conns) | $h_rps req/s | $h_p50 | $h_p99 | $h_non2xx | $h_err |
+| Herald POST /v1/notifications/batch x$BATCH ($BATCH_CONNS conns) | $b_nps notifications/s ($b_rps req/s) | $b_p50 | $b_p99 | $b_non2xx | $b_err |
+| raw JetStream publish (nats bench, ${msg_size}B) | $raw_rate msgs/s | | | | |
+
+- Herald single requests: **${share_single} %** of the bare server's requests/s (target >= 60 %).
+- Herald batch ingest: **${share_batch} %** of the raw JetStream publish rate (target >= 50 %).
+
+Every 202 above was sent after JetStream acknowledged the message.
+
+## Commands
+\`\`\`
+scripts/bench-ingest.sh   # DURATION=$DURATION CONNS=$CONNS BATCH=$BATCH BATCH_CONNS=$BATCH_CONNS THREADS=$THREADS
+target/release/dispatcher --log warn serve --listen $HERALD_ADDR --prefix <unique>
+target/release/bare202 $BARE_ADDR
+wrk -t$THREADS -c$CONNS -d$DURATION --latency -s scripts/wrk/single.lua http://$BARE_ADDR/v1/notifications
+wrk -t$THREADS -c$CONNS -d$DURATION --latency -s scripts/wrk/single.lua http://$HERALD_ADDR/v1/notifications
+BATCH=$BATCH wrk -t$THREADS -c$BATCH_CONNS -d$DURATION --latency -s scripts/wrk/batch.lua http://$HERALD_ADDR/v1/notifications/batch
+nats bench js pub async <subject> --stream <unique> --create --storage file --dedup --size $msg_size --msgs 300000 --batch 500
+\`\`\`
+
+## Raw output
+$(for f in bare single batch raw; do printf '\n### %s\n```\n' "$f"; cat "$work/$f.txt"; printf '```\n'; done)
+MD
+
+index=results/README.md
+if [ ! -f "$index" ]; then
+  cat >"$index" <<'MD'
+# Results
+
+Each row links to the full report, which names the machine and the exact commands.
+Reproduce with the script named in the row.
+
+| date | rev | script | single req/s (vs bare) | batch notifications/s (vs raw JetStream) | report |
+|---|---|---|---|---|---|
+MD
+fi
+echo "| $day | $rev | scripts/bench-ingest.sh | $h_rps ($share_single % of $bare_rps) | $b_nps ($share_batch % of $raw_rate) | [ingest.md]($day-$rev/ingest.md) |" >>"$index"
+cat "$out/ingest.md" | sed -n '1,20p'
