@@ -8,6 +8,7 @@
 //!
 //! `pop_batch` variants drain 64 at a time. Run: `cargo bench --bench scheduler`.
 
+use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -69,7 +70,7 @@ fn scheduler() -> Arc<Scheduler<u64>> {
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct Ranked(std::cmp::Reverse<Priority>, std::cmp::Reverse<u64>);
+struct Ranked(Reverse<Priority>, Reverse<u64>);
 
 fn mpsc_biased(producers: u64) -> Duration {
     use tokio::sync::mpsc;
@@ -115,93 +116,68 @@ fn mpsc_biased(producers: u64) -> Duration {
     elapsed
 }
 
+type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
+
+/// Registers one queue implementation at one producer count.
+fn bench_queue<Q: Send + Sync + 'static>(
+    group: &mut Group<'_>,
+    name: &str,
+    producers: u64,
+    make: fn() -> Arc<Q>,
+    push: fn(&Q, Priority, u64) -> bool,
+    drain: fn(&Q, &mut Vec<u64>) -> usize,
+) {
+    group.bench_with_input(BenchmarkId::new(name, producers), &producers, |b, &p| {
+        b.iter_custom(|iters| (0..iters).map(|_| run(make(), p, push, drain)).sum())
+    });
+}
+
 fn push_pop(c: &mut Criterion) {
     let mut group = c.benchmark_group("push_pop");
     group.throughput(Throughput::Elements(ITEMS));
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(4));
     for producers in PRODUCERS {
-        group.bench_with_input(
-            BenchmarkId::new("herald_scheduler", producers),
-            &producers,
-            |b, &p| {
-                b.iter_custom(|iters| {
-                    (0..iters)
-                        .map(|_| {
-                            run(
-                                scheduler(),
-                                p,
-                                |q, pr, i| q.try_push(pr, i).is_ok(),
-                                |q, out| q.pop().map(|x| out.push(x)).is_some() as usize,
-                            )
-                        })
-                        .sum()
-                })
-            },
+        bench_queue(
+            &mut group,
+            "herald_scheduler",
+            producers,
+            scheduler,
+            |q, pr, i| q.try_push(pr, i).is_ok(),
+            |q, out| q.pop().map(|x| out.push(x)).is_some() as usize,
         );
-        group.bench_with_input(
-            BenchmarkId::new("herald_scheduler_pop_batch64", producers),
-            &producers,
-            |b, &p| {
-                b.iter_custom(|iters| {
-                    (0..iters)
-                        .map(|_| {
-                            run(
-                                scheduler(),
-                                p,
-                                |q, pr, i| q.try_push(pr, i).is_ok(),
-                                |q, out| q.pop_batch(64, out),
-                            )
-                        })
-                        .sum()
-                })
-            },
+        bench_queue(
+            &mut group,
+            "herald_scheduler_pop_batch64",
+            producers,
+            scheduler,
+            |q, pr, i| q.try_push(pr, i).is_ok(),
+            |q, out| q.pop_batch(64, out),
         );
-        group.bench_with_input(
-            BenchmarkId::new("array_queue", producers),
-            &producers,
-            |b, &p| {
-                b.iter_custom(|iters| {
-                    (0..iters)
-                        .map(|_| {
-                            run(
-                                Arc::new(ArrayQueue::new(CAPACITY * 3)),
-                                p,
-                                |q, _, i| q.push(i).is_ok(),
-                                |q, out| q.pop().map(|x| out.push(x)).is_some() as usize,
-                            )
-                        })
-                        .sum()
-                })
-            },
+        bench_queue(
+            &mut group,
+            "array_queue",
+            producers,
+            || Arc::new(ArrayQueue::new(CAPACITY * 3)),
+            |q, _, i| q.push(i).is_ok(),
+            |q, out| q.pop().map(|x| out.push(x)).is_some() as usize,
         );
-        group.bench_with_input(
-            BenchmarkId::new("mutex_heap", producers),
-            &producers,
-            |b, &p| {
-                b.iter_custom(|iters| {
-                    (0..iters)
-                        .map(|_| {
-                            run(
-                                Arc::new(Mutex::new(BinaryHeap::with_capacity(CAPACITY * 3))),
-                                p,
-                                |q, pr, i| {
-                                    let mut heap = q.lock().unwrap();
-                                    if heap.len() >= CAPACITY * 3 {
-                                        return false;
-                                    }
-                                    heap.push(Ranked(std::cmp::Reverse(pr), std::cmp::Reverse(i)));
-                                    true
-                                },
-                                |q, out| {
-                                    let item = q.lock().unwrap().pop();
-                                    item.map(|Ranked(_, std::cmp::Reverse(i))| out.push(i))
-                                        .is_some() as usize
-                                },
-                            )
-                        })
-                        .sum()
-                })
+        bench_queue(
+            &mut group,
+            "mutex_heap",
+            producers,
+            || Arc::new(Mutex::new(BinaryHeap::with_capacity(CAPACITY * 3))),
+            |q, pr, i| {
+                let mut heap = q.lock().unwrap();
+                if heap.len() >= CAPACITY * 3 {
+                    return false;
+                }
+                heap.push(Ranked(Reverse(pr), Reverse(i)));
+                true
+            },
+            |q, out| {
+                let item = q.lock().unwrap().pop();
+                item.map(|Ranked(_, Reverse(i))| out.push(i)).is_some() as usize
             },
         );
         group.bench_with_input(

@@ -7,7 +7,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{free_port, notification, read_stream, NatsProcess, TestResponse, TestServer};
+use common::{
+    free_port, notification, read_stream, stored_ids, NatsProcess, TestResponse, TestServer,
+};
 
 fn id_of(r: &TestResponse) -> String {
     r.body["id"].as_str().unwrap().to_string()
@@ -91,12 +93,7 @@ async fn full_queue_answers_429_and_everything_accepted_is_stored() {
     }
     // In flight + queue capacity + the high one.
     assert_eq!(accepted.len(), 4);
-    let stored: HashSet<String> = read_stream(&nats.url(), &server.stream)
-        .await
-        .iter()
-        .map(|m| m.id())
-        .collect();
-    assert_eq!(stored, accepted);
+    assert_eq!(stored_ids(&nats.url(), &server.stream).await, accepted);
 
     let metrics = server.get("/metrics").await;
     let text = metrics.body.as_str().unwrap();
@@ -197,12 +194,7 @@ async fn shutdown_answers_every_in_flight_request_and_loses_nothing_accepted() {
         accepted.insert(id_of(&r));
     }
     assert_eq!(accepted.len(), 80);
-    let stored: HashSet<String> = read_stream(&nats.url(), &server.stream)
-        .await
-        .iter()
-        .map(|m| m.id())
-        .collect();
-    assert_eq!(stored, accepted);
+    assert_eq!(stored_ids(&nats.url(), &server.stream).await, accepted);
     server.finish().await;
 }
 

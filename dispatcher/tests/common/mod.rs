@@ -170,6 +170,15 @@ impl StoredMessage {
     }
 }
 
+/// The notification ids a stream holds.
+pub async fn stored_ids(nats_url: &str, stream: &str) -> std::collections::HashSet<String> {
+    read_stream(nats_url, stream)
+        .await
+        .iter()
+        .map(StoredMessage::id)
+        .collect()
+}
+
 pub async fn read_stream(nats_url: &str, stream: &str) -> Vec<StoredMessage> {
     let client = async_nats::connect(nats_url)
         .await
