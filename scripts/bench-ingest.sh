@@ -85,6 +85,9 @@ echo "bench: nats bench js pub async, ${msg_size}B, file storage, dedup ids" >&2
 raw_cmd=("$NATS" bench js pub async "${prefix}raw" --stream "${prefix}RAW" --create --storage file --dedup --size "$msg_size" --msgs 300000 --batch 500 --no-progress)
 "${raw_cmd[@]}" >"$work/raw.txt" 2>&1
 raw_rate=$(grep -oE '[0-9,]+ msgs/sec' "$work/raw.txt" | head -1 | tr -d ',' | awk '{print $1}')
+# For reference only: the same without message ids (no dedup work in the server).
+"$NATS" bench js pub async "${prefix}raw" --stream "${prefix}RAW" --purge --storage file --size "$msg_size" --msgs 300000 --batch 500 --no-progress >"$work/raw-nodedup.txt" 2>&1
+raw_nodedup=$(grep -oE '[0-9,]+ msgs/sec' "$work/raw-nodedup.txt" | head -1 | tr -d ',' | awk '{print $1}')
 
 share_single=$(awk -v a="$h_rps" -v b="$bare_rps" 'BEGIN { printf "%.0f", 100 * a / b }')
 share_batch=$(awk -v a="$b_nps" -v b="$raw_rate" 'BEGIN { printf "%.0f", 100 * a / b }')
@@ -103,7 +106,8 @@ interval. Stored message size (wire document + headers): ${msg_size} bytes.
 | bare hyper 202 (single, $CONNS conns) | $bare_rps req/s | $bare_p50 | $bare_p99 | $bare_non2xx | $bare_err |
 | Herald POST /v1/notifications ($CONNS conns) | $h_rps req/s | $h_p50 | $h_p99 | $h_non2xx | $h_err |
 | Herald POST /v1/notifications/batch x$BATCH ($BATCH_CONNS conns) | $b_nps notifications/s ($b_rps req/s) | $b_p50 | $b_p99 | $b_non2xx | $b_err |
-| raw JetStream publish (nats bench, ${msg_size}B) | $raw_rate msgs/s | | | | |
+| raw JetStream publish (nats bench, ${msg_size}B, message ids as Herald) | $raw_rate msgs/s | | | | |
+| raw JetStream publish without message ids (reference only) | $raw_nodedup msgs/s | | | | |
 
 - Herald single requests: **${share_single} %** of the bare server's requests/s (target >= 60 %).
 - Herald batch ingest: **${share_batch} %** of the raw JetStream publish rate (target >= 50 %).
@@ -119,10 +123,11 @@ wrk -t$THREADS -c$CONNS -d$DURATION --latency -s scripts/wrk/single.lua http://$
 wrk -t$THREADS -c$CONNS -d$DURATION --latency -s scripts/wrk/single.lua http://$HERALD_ADDR/v1/notifications
 BATCH=$BATCH wrk -t$THREADS -c$BATCH_CONNS -d$DURATION --latency -s scripts/wrk/batch.lua http://$HERALD_ADDR/v1/notifications/batch
 nats bench js pub async <subject> --stream <unique> --create --storage file --dedup --size $msg_size --msgs 300000 --batch 500
+nats bench js pub async <subject> --stream <unique> --purge --storage file --size $msg_size --msgs 300000 --batch 500
 \`\`\`
 
 ## Raw output
-$(for f in bare single batch raw; do printf '\n### %s\n```\n' "$f"; cat "$work/$f.txt"; printf '```\n'; done)
+$(for f in bare single batch raw raw-nodedup; do printf '\n### %s\n```\n' "$f"; cat "$work/$f.txt"; printf '```\n'; done)
 MD
 
 index=results/README.md

@@ -163,10 +163,11 @@ async fn send_batch(
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_PRIORITY, priority.as_str());
         headers.insert(HEADER_CHANNEL, channel.as_str());
+        let mut id_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let message = PublishMessage::build()
             .payload(body)
             .headers(headers)
-            .message_id(id.to_string());
+            .message_id(id.hyphenated().encode_lower(&mut id_text));
         let subject = shared.names.subject(priority, channel);
         let sent = shared.js.send_publish(subject, message).await;
         let shared = shared.clone();

@@ -415,3 +415,51 @@ async fn concurrent_clients_get_exactly_their_messages_stored() {
     assert_eq!(stored_ids, accepted);
     server.finish().await;
 }
+
+/// Slow clients are cut off: a body that stops arriving gets 408, headers that never
+/// finish get the connection closed.
+#[tokio::test]
+async fn slow_clients_hit_the_read_timeouts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(|c| {
+        c.body_timeout = std::time::Duration::from_millis(300);
+        c.header_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+
+    let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(
+        b"POST /v1/notifications HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"chan",
+    )
+    .await
+    .unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        conn.read_to_end(&mut response),
+    )
+    .await
+    .expect("the server answers within the body timeout")
+    .unwrap();
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains(r#""code":"body_timeout""#), "{text}");
+
+    let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(b"POST /v1/notifications HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        conn.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(
+        closed.is_ok(),
+        "connection with unfinished headers was not closed"
+    );
+
+    assert!(server.stream_messages().await.is_empty());
+    server.finish().await;
+}

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::State;
 use crate::error::ApiError;
-use crate::model::{describe_parse_error, parse_notification, Priority, Validated};
+use crate::model::{describe_parse_error, new_id, parse_notification, Priority, Validated};
 use crate::publisher::{Envelope, PublishOutcome};
 
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -227,7 +227,7 @@ fn schedule(
     validated: &Validated<'_>,
     now: chrono::DateTime<Utc>,
 ) -> Result<(Uuid, oneshot::Receiver<PublishOutcome>), ApiError> {
-    let id = Uuid::now_v7();
+    let id = new_id();
     let (reply, waiting) = oneshot::channel();
     let envelope = Envelope {
         id,
@@ -276,14 +276,21 @@ where
     if declared.is_some_and(|len| len > state.max_body as u64) {
         return Err(ApiError::body_too_large(state.max_body));
     }
-    let limited = Limited::new(req.into_body(), state.max_body);
-    match tokio::time::timeout(state.body_timeout, limited.collect()).await {
-        Err(_) => Err(ApiError::body_timeout()),
-        Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => {
+    let collect = Limited::new(req.into_body(), state.max_body).collect();
+    let mut collect = std::pin::pin!(collect);
+    // Small bodies usually arrived with the headers: only arm a timer when they did not.
+    let collected = match futures::poll!(collect.as_mut()) {
+        std::task::Poll::Ready(done) => done,
+        std::task::Poll::Pending => tokio::time::timeout(state.body_timeout, collect)
+            .await
+            .map_err(|_| ApiError::body_timeout())?,
+    };
+    match collected {
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
             Err(ApiError::body_too_large(state.max_body))
         }
-        Ok(Err(err)) => Err(ApiError::body_read(err)),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Err(err) => Err(ApiError::body_read(err)),
+        Ok(collected) => Ok(collected.to_bytes()),
     }
 }
 
