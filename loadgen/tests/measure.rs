@@ -1,0 +1,285 @@
+//! loadgen measured against small servers whose behaviour is known: a fixed delay, a
+//! single stall (the coordinated-omission test), a sink fed by hand, and bad arguments.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use loadgen::report::{summarize, RunInfo, Summary};
+use loadgen::request::{BodyBuilder, Channel};
+use loadgen::scenario::{Mix, Phase};
+use loadgen::sink::Sink;
+use loadgen::stats::Stats;
+use loadgen::work::{run, LoadConfig, LoadModel};
+use tokio::net::TcpListener;
+
+/// A server that answers 202 like Herald after `delay(now)`.
+async fn server(delay: impl Fn(Instant) -> Duration + Send + Sync + 'static) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let delay = Arc::new(delay);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let delay = delay.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let wait = delay(Instant::now());
+                    async move {
+                        let _ = req.into_body().collect().await;
+                        tokio::time::sleep(wait).await;
+                        let mut r = Response::new(Full::new(Bytes::from_static(
+                            br#"{"id":"x","status":"accepted","priority":"high"}"#,
+                        )));
+                        *r.status_mut() = StatusCode::ACCEPTED;
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn config(addr: SocketAddr, model: LoadModel, connections: usize) -> LoadConfig {
+    LoadConfig {
+        target: format!("http://{addr}"),
+        model,
+        connections,
+        warmup: Duration::from_millis(300),
+        timeout: Duration::from_secs(10),
+        h2: false,
+        api_key: None,
+        body: BodyBuilder {
+            run: "test".into(),
+            channel: Channel::Webhook,
+            webhook_url: "http://127.0.0.1:9/hook".into(),
+            payload_bytes: 64,
+            batch: 0,
+        },
+        track_ids: false,
+    }
+}
+
+fn open(rate: f64, secs: u64) -> LoadModel {
+    LoadModel::Open {
+        phases: vec![Phase {
+            duration: Duration::from_secs(secs),
+            rates: [rate * 0.2, rate * 0.3, rate * 0.5],
+        }],
+    }
+}
+
+async fn measure(config: LoadConfig) -> Summary {
+    let stats = Arc::new(Stats::default());
+    let open_loop = matches!(config.model, LoadModel::Open { .. });
+    let result = run(config.clone(), stats.clone()).await.unwrap();
+    summarize(
+        &RunInfo {
+            target: &config.target,
+            open_loop,
+            connections: config.connections,
+            batch: 0,
+            warmup_seconds: config.warmup.as_secs_f64(),
+            measured_seconds: result.measured.as_secs_f64(),
+            offered_requests_per_sec: None,
+        },
+        &stats,
+        None,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_delay_shows_as_the_median_and_the_rate_is_kept() {
+    let addr = server(|_| Duration::from_millis(5)).await;
+    let s = measure(config(addr, open(200.0, 3), 16)).await;
+    let p50 = s.total.ingest.p50_ms;
+    assert!((4.9..=7.5).contains(&p50), "p50 {p50} ms for a 5 ms server");
+    // The schedule is kept: 200/s for 3 s, each priority its share.
+    assert!(
+        (570..=630).contains(&s.total.requests),
+        "{}",
+        s.total.requests
+    );
+    let high = s.priorities["high"].requests as f64 / s.total.requests as f64;
+    assert!((0.17..=0.23).contains(&high), "high share {high}");
+    assert_eq!(s.total.errors, 0);
+}
+
+/// One 200 ms stall of every request that arrives in it. The open loop keeps its schedule,
+/// so the requests due during the stall carry the wait: p99 shows it. The closed loop sends
+/// nothing while its few connections wait, so only those few samples are slow and p99
+/// hides the stall: the coordinated omission loadgen's open loop corrects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_shows_in_open_loop_percentiles_and_hides_in_closed_loop() {
+    let stall_at = Instant::now() + Duration::from_millis(1500);
+    let stall = move |now: Instant| {
+        let until = stall_at + Duration::from_millis(200);
+        if now >= stall_at && now < until {
+            until - now
+        } else {
+            Duration::from_micros(200)
+        }
+    };
+    let addr = server(stall).await;
+    let open_run = measure(config(addr, open(500.0, 3), 64)).await;
+    let stall_at_2 = Instant::now() + Duration::from_millis(1500);
+    let addr = server(move |now: Instant| {
+        let until = stall_at_2 + Duration::from_millis(200);
+        if now >= stall_at_2 && now < until {
+            until - now
+        } else {
+            Duration::from_micros(200)
+        }
+    })
+    .await;
+    let closed_run = measure(config(
+        addr,
+        LoadModel::Closed {
+            duration: Duration::from_secs(3),
+            mix: Mix::default(),
+        },
+        4,
+    ))
+    .await;
+
+    let open_p99 = open_run.total.ingest.p99_ms;
+    let closed_p99 = closed_run.total.ingest.p99_ms;
+    assert!(
+        open_p99 >= 100.0,
+        "open-loop p99 {open_p99} ms hides the stall"
+    );
+    assert!(closed_p99 < 20.0, "closed-loop p99 {closed_p99} ms");
+    // Both saw the stall at its worst; only the open loop weighs it right.
+    assert!(open_run.total.ingest.max_ms >= 150.0);
+    assert!(closed_run.total.ingest.max_ms >= 150.0);
+}
+
+#[tokio::test]
+async fn sink_counts_lost_duplicated_and_unexpected_exactly() {
+    let sink = Sink::start("127.0.0.1:0".parse().unwrap(), "run-1".into())
+        .await
+        .unwrap();
+    let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let deliver = |id: &str, run: &str, via_header: bool| {
+        let body = if via_header {
+            format!(r#"{{"payload":{{"loadgen":{{"run":"{run}","sent_ns":1}}}}}}"#)
+        } else {
+            format!(
+                r#"{{"id":"{id}","priority":"high","payload":{{"loadgen":{{"run":"{run}","sent_ns":1}}}}}}"#
+            )
+        };
+        let mut req = hyper::Request::post(sink.url()).body(Full::new(Bytes::from(body)));
+        if via_header {
+            req = hyper::Request::post(sink.url())
+                .header("Herald-Id", id)
+                .header("Herald-Priority", "low")
+                .body(Full::new(Bytes::from(format!(
+                    r#"{{"payload":{{"loadgen":{{"run":"{run}","sent_ns":1}}}}}}"#
+                ))));
+        }
+        let req = req.unwrap();
+        let http = http.clone();
+        async move {
+            let r = http.request(req).await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    deliver("a", "run-1", false).await;
+    deliver("b", "run-1", true).await;
+    deliver("b", "run-1", false).await; // duplicate
+    deliver("c", "run-1", false).await;
+    deliver("d", "run-1", false).await; // never accepted
+    deliver("a", "run-0", false).await; // another run's
+    let accepted: HashSet<String> = ["a", "b", "c", "e"].iter().map(|s| s.to_string()).collect();
+    let a = sink.account(&accepted);
+    assert_eq!(a.accepted, 4);
+    assert_eq!(a.delivered, 3);
+    assert_eq!(a.lost, 1);
+    assert_eq!(a.duplicated, 1);
+    assert_eq!(a.unexpected, 2);
+    assert_eq!(sink.latency(loadgen::scenario::Priority::High).len(), 3);
+    assert_eq!(sink.latency(loadgen::scenario::Priority::Low).len(), 1);
+}
+
+fn loadgen(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn bad_arguments_exit_2_and_name_the_problem() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["--rate", "0"], "--rate"),
+        (&["--mix", "urgent=5"], "urgent"),
+        (&["--scenario", "overload"], "--capacity"),
+        (&["--slo", "high.p99"], "operator"),
+        (&["--connections", "many"], "--connections"),
+    ];
+    for (args, needle) in cases {
+        let out = loadgen(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
+
+/// Against a target that accepts but never delivers, loadgen says so and fails, and it
+/// writes every output file it promises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_delivered_is_reported_plainly_and_fails_the_run() {
+    let addr = server(|_| Duration::from_micros(100)).await;
+    let out_dir = tempfile::tempdir().unwrap();
+    let target = format!("http://{addr}");
+    let out_path = out_dir.path().to_str().unwrap().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        loadgen(&[
+            "--target",
+            &target,
+            "--rate",
+            "100",
+            "-d",
+            "1s",
+            "--warmup",
+            "0s",
+            "--sink",
+            "127.0.0.1:0",
+            "--drain-timeout",
+            "200ms",
+            "--out",
+            &out_path,
+        ])
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("NOTHING ARRIVED at the sink"), "{stdout}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.path().join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["end_to_end"]["delivered"], 0);
+    assert!(summary["end_to_end"]["lost"].as_u64().unwrap() > 0);
+    assert!(summary["total"]["requests_per_sec"].as_f64().unwrap() > 50.0);
+    assert!(summary["priorities"]["high"]["ingest"]["p99_ms"].is_number());
+    for file in ["high.ingest.hgrm", "low.e2e.hgrm", "latency.svg"] {
+        assert!(out_dir.path().join(file).exists(), "{file}");
+    }
+    let hgrm = std::fs::read_to_string(out_dir.path().join("low.ingest.hgrm")).unwrap();
+    assert!(hgrm.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"));
+    assert!(hgrm.contains("#[Max     ="));
+}
