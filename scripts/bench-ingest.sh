@@ -154,16 +154,6 @@ $(for f in bare single batch raw raw-nodedup; do printf '\n### %s\n```\n' "$f"; 
 MD
 
 index=results/README.md
-if [ ! -f "$index" ]; then
-  cat >"$index" <<'MD'
-# Results
-
-Each row links to the full report, which names the machine and the exact commands.
-Reproduce with the script named in the row.
-
-| date | rev | script | single req/s (vs bare) | batch notifications/s (vs raw JetStream) | report |
-|---|---|---|---|---|---|
-MD
-fi
-echo "| $day | $rev | scripts/bench-ingest.sh | $h_rps ($share_single % of $bare_rps) | $b_nps ($share_batch % of $raw_rate) | [ingest.md]($day-$rev/ingest.md) |" >>"$index"
+[ -f "$index" ] || printf '# Results\n\n| date | rev | script | headline | report |\n|---|---|---|---|---|\n' >"$index"
+echo "| $day | $rev | scripts/bench-ingest.sh | single $h_rps req/s = $share_single % of bare $bare_rps; batch $b_nps notifications/s = $share_batch % of raw JetStream $raw_rate | [ingest.md]($day-$rev/ingest.md) |" >>"$index"
 cat "$out/ingest.md" | sed -n '1,20p'

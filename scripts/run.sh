@@ -1,17 +1,15 @@
 #!/usr/bin/env bash
 # The main job of the quick start: starts the services and the dispatcher, sends a sample
-# notification and a short load (wrk, until Herald's own loadgen lands), prints what the
-# dispatcher counted, and stops it. DURATION (default 10s) sets the load's length.
+# notification, runs a short open-loop loadgen (per-priority table at the end), prints what
+# the dispatcher counted, and stops it. DURATION (10s) and RATE (2000 requests/s) set the load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
+RATE=${RATE:-2000}
 ADDR=${HERALD_LISTEN:-127.0.0.1:8080}
 
 bash scripts/services.sh
-if ! command -v wrk >/dev/null; then
-  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-fi
-cargo build --release --locked -p dispatcher --bin dispatcher
+cargo build --release --locked -p dispatcher -p loadgen --bin dispatcher --bin loadgen
 
 target/release/dispatcher serve --listen "$ADDR" &
 pid=$!
@@ -22,7 +20,7 @@ echo "--- one notification"
 curl -s "http://$ADDR/v1/notifications" -H 'content-type: application/json' \
   -d '{"priority":"high","channel":"email","recipient":"ana@example.com","payload":{"subject":"Your code","code":"492811"}}'
 echo
-echo "--- $DURATION of single requests at 64 connections (wrk)"
-wrk -t2 -c64 -d"$DURATION" --latency -s scripts/wrk/single.lua "http://$ADDR/v1/notifications"
+echo "--- loadgen: $RATE requests/s for $DURATION, mix high=10,medium=30,low=60"
+target/release/loadgen --target "http://$ADDR" --rate "$RATE" -d "$DURATION" --out target/quickstart-results
 echo "--- what the dispatcher counted"
 curl -s "http://$ADDR/metrics" | grep -E '^herald_(ingest|queue_depth|publish_failures)'

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The scenario matrix, measured with loadgen against a release dispatcher on this machine:
+# closed-loop capacity, steady open-loop rates (single and batch), overload (low offered at
+# 3x the measured capacity) and burst. Each scenario keeps its summary.json, percentile
+# files and latency.svg under results/<date>-<rev>/bench/<scenario>/; the table goes to
+# results/<date>-<rev>/bench.md and a row to results/README.md.
+# Knobs: DURATION (10s), WARMUP (2s), RATES ("2000 5000 10000"), BATCH (100).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+RATES=${RATES:-2000 5000 10000}
+BATCH=${BATCH:-100}
+ADDR=127.0.0.1:18080
+TOOLS=${HERALD_TOOLS:-/opt/herald-tools/bin}
+
+bash scripts/services.sh >/dev/null
+cargo build --release --locked -p dispatcher -p loadgen --bin dispatcher --bin loadgen 2>&1 | tail -1
+rev=$(git rev-parse --short HEAD)
+day=$(date -u +%Y-%m-%d)
+out=results/$day-$rev/bench
+mkdir -p "$out"
+prefix="benchm$(date +%s)_"
+target/release/dispatcher --log warn serve --listen "$ADDR" --prefix "$prefix" &
+dispatcher=$!
+trap 'kill $dispatcher 2>/dev/null; wait $dispatcher 2>/dev/null; "$TOOLS/nats" stream rm -f "${prefix}NOTIFY" >/dev/null 2>&1 || true' EXIT
+for _ in $(seq 1 100); do curl -sf "http://$ADDR/readyz" >/dev/null && break; sleep 0.1; done
+
+rows=()
+# scenario NAME ARGS...: one loadgen run; its summary becomes a table row.
+scenario() {
+  local name=$1; shift
+  echo "bench: $name: loadgen $*" >&2
+  target/release/loadgen --target "http://$ADDR" -d "$DURATION" --warmup "$WARMUP" \
+    --out "$out/$name" "$@" >"$out/$name.txt" 2>"$out/$name.log" || true
+  rows+=("$(python3 - "$out/$name/summary.json" "$name" "$*" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+name, args = sys.argv[2], sys.argv[3]
+offered = s["offered_requests_per_sec"]
+cells = [name, f"`{args}`", f"{offered:.0f}" if offered else "closed",
+         f"{s['total']['requests_per_sec']:.0f}", f"{s['total']['notifications_per_sec']:.0f}"]
+for p in ("high", "medium", "low"):
+    c = s["priorities"][p]
+    if c["requests"]:
+        i = c["ingest"]
+        cells.append(f"{i['p50_ms']:.2f} / {i['p99_ms']:.2f} / {i['max_ms']:.1f}; err {c['errors']}")
+    else:
+        cells.append("-")
+print("| " + " | ".join(cells) + " |")
+PY
+)")
+}
+
+scenario capacity-single -c 64
+capacity=$(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["total"]["requests_per_sec"]))' "$out/capacity-single/summary.json")
+for rate in $RATES; do
+  scenario "steady-$rate" --rate "$rate" -c 256
+done
+scenario "steady-batch$BATCH-200" --rate 200 --batch "$BATCH" -c 64
+scenario overload --scenario overload --capacity "$capacity" --mix high=10,medium=30,low=60 -c 512 --timeout 10s
+scenario burst --scenario burst --rate "$(( capacity / 4 ))" -c 512 --timeout 10s
+
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
+{
+  echo "# Scenario matrix, $day, revision $rev"
+  echo
+  echo "Machine: $(nproc) cores ($cpu), $(free -g | awk '/Mem:/ {print $2}') GiB. loadgen, the dispatcher and NATS"
+  echo "(v$("$TOOLS/nats-server" --version | awk '{print $2}' | tr -d v), file storage) share these cores."
+  echo "Open-loop latencies are from each request's intended start (coordinated omission"
+  echo "corrected); closed-loop ones from the actual send. Each cell: p50 / p99 / max in ms, and"
+  echo "errors (non-2xx answers, mostly 429 when a queue is full, and transport failures)."
+  echo "Herald does not deliver yet, so no end-to-end numbers here."
+  echo
+  echo "| scenario | loadgen args | offered req/s | achieved req/s | notifications/s | high | medium | low |"
+  echo "|---|---|---|---|---|---|---|---|"
+  printf '%s\n' "${rows[@]}"
+  echo
+  echo "Reproduce: \`scripts/bench.sh\` (DURATION=$DURATION WARMUP=$WARMUP RATES=\"$RATES\" BATCH=$BATCH);"
+  echo "each scenario's command line is in its row, against \`target/release/dispatcher serve\`."
+  echo "Per-scenario outputs: \`bench/<scenario>/\` (summary.json, *.hgrm, latency.svg)."
+} >"results/$day-$rev/bench.md"
+echo "| $day | $rev | scripts/bench.sh | closed-loop capacity $capacity req/s; see the matrix | [bench.md]($day-$rev/bench.md) |" >>results/README.md
+cat "results/$day-$rev/bench.md"
