@@ -26,10 +26,10 @@ if ! command -v wrk >/dev/null; then
 fi
 cargo build --release --locked -p dispatcher -p herald-benches --bin dispatcher --bin bare202 2>&1 | tail -1
 
+. scripts/lib/results.sh
 rev=$(git rev-parse --short HEAD)
 day=$(date -u +%Y-%m-%d)
-out=results/$day-$rev
-mkdir -p "$out"
+out=$(results_dir)
 prefix="bench$(date +%s)_"
 work=$(mktemp -d)
 pids=()
@@ -77,6 +77,22 @@ wrk_run() {
   ' "$work/$name.txt"
 }
 
+# The raw JetStream rate first, while the server holds no other state, for the size of the
+# message Herald stores for the request wrk sends.
+curl -sf "http://$HERALD_ADDR/v1/notifications" -H 'content-type: application/json' \
+  -d "$(sed -n "s/^wrk.body = '\(.*\)'$/\1/p" scripts/wrk/single.lua)" >/dev/null
+read -r stored_msgs stored_bytes < <("$NATS" stream info "${prefix}NOTIFY" --json |
+  python3 -c 'import json,sys; s=json.load(sys.stdin)["state"]; print(s["messages"], s["bytes"])')
+msg_size=$(( stored_bytes / stored_msgs ))
+echo "bench: nats bench js pub async, ${msg_size}B, file storage, dedup ids" >&2
+raw_cmd=("$NATS" bench js pub async "${prefix}raw" --stream "${prefix}RAW" --create --storage file --dedup --size "$msg_size" --msgs 300000 --batch 500 --no-progress)
+"${raw_cmd[@]}" >"$work/raw.txt" 2>&1
+raw_rate=$(grep -oE '[0-9,]+ msgs/sec' "$work/raw.txt" | head -1 | tr -d ',' | awk '{print $1}')
+# For reference only: the same without message ids (no dedup work in the server).
+"$NATS" bench js pub async "${prefix}raw" --stream "${prefix}RAW" --purge --storage file --size "$msg_size" --msgs 300000 --batch 500 --no-progress >"$work/raw-nodedup.txt" 2>&1
+raw_nodedup=$(grep -oE '[0-9,]+ msgs/sec' "$work/raw-nodedup.txt" | head -1 | tr -d ',' | awk '{print $1}')
+"$NATS" stream rm -f "${prefix}RAW" >/dev/null 2>&1
+
 echo "bench: bare hyper 202, single requests, $CONNS connections, $DURATION" >&2
 read -r bare_rps bare_p50 bare_p99 bare_non2xx bare_err < <(wrk_run bare "http://$BARE_ADDR/v1/notifications" scripts/wrk/single.lua "$CONNS")
 # CPU time (utime + stime, in clock ticks) of a process.
@@ -94,18 +110,6 @@ echo "bench: herald batch of $BATCH, $BATCH_CONNS connections" >&2
 export BATCH
 read -r b_rps b_p50 b_p99 b_non2xx b_err < <(wrk_run batch "http://$HERALD_ADDR/v1/notifications/batch" scripts/wrk/batch.lua "$BATCH_CONNS")
 b_nps=$(awk -v r="$b_rps" -v n="$BATCH" 'BEGIN { printf "%.0f", r * n }')
-
-# Same message size as what Herald stored.
-read -r stored_msgs stored_bytes < <("$NATS" stream info "${prefix}NOTIFY" --json |
-  python3 -c 'import json,sys; s=json.load(sys.stdin)["state"]; print(s["messages"], s["bytes"])')
-msg_size=$(( stored_bytes / stored_msgs ))
-echo "bench: nats bench js pub async, ${msg_size}B, file storage, dedup ids" >&2
-raw_cmd=("$NATS" bench js pub async "${prefix}raw" --stream "${prefix}RAW" --create --storage file --dedup --size "$msg_size" --msgs 300000 --batch 500 --no-progress)
-"${raw_cmd[@]}" >"$work/raw.txt" 2>&1
-raw_rate=$(grep -oE '[0-9,]+ msgs/sec' "$work/raw.txt" | head -1 | tr -d ',' | awk '{print $1}')
-# For reference only: the same without message ids (no dedup work in the server).
-"$NATS" bench js pub async "${prefix}raw" --stream "${prefix}RAW" --purge --storage file --size "$msg_size" --msgs 300000 --batch 500 --no-progress >"$work/raw-nodedup.txt" 2>&1
-raw_nodedup=$(grep -oE '[0-9,]+ msgs/sec' "$work/raw-nodedup.txt" | head -1 | tr -d ',' | awk '{print $1}')
 
 share_single=$(awk -v a="$h_rps" -v b="$bare_rps" 'BEGIN { printf "%.0f", 100 * a / b }')
 share_batch=$(awk -v a="$b_nps" -v b="$raw_rate" 'BEGIN { printf "%.0f", 100 * a / b }')
@@ -153,7 +157,5 @@ nats bench js pub async <subject> --stream <unique> --purge --storage file --siz
 $(for f in bare single batch raw raw-nodedup; do printf '\n### %s\n```\n' "$f"; cat "$work/$f.txt"; printf '```\n'; done)
 MD
 
-index=results/README.md
-[ -f "$index" ] || printf '# Results\n\n| date | rev | script | headline | report |\n|---|---|---|---|---|\n' >"$index"
-echo "| $day | $rev | scripts/bench-ingest.sh | single $h_rps req/s = $share_single % of bare $bare_rps; batch $b_nps notifications/s = $share_batch % of raw JetStream $raw_rate | [ingest.md]($day-$rev/ingest.md) |" >>"$index"
+results_row scripts/bench-ingest.sh "single $h_rps req/s = $share_single % of bare $bare_rps; batch $b_nps notifications/s = $share_batch % of raw JetStream $raw_rate" ingest.md
 cat "$out/ingest.md" | sed -n '1,20p'

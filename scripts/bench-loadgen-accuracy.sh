@@ -16,10 +16,10 @@ if ! command -v wrk >/dev/null; then
   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 fi
 cargo build --release --locked -p loadgen -p herald-benches --bin loadgen --bin bare202 2>&1 | tail -1
+. scripts/lib/results.sh
 rev=$(git rev-parse --short HEAD)
 day=$(date -u +%Y-%m-%d)
-out=results/$day-$rev
-mkdir -p "$out"
+out=$(results_dir)
 work=$(mktemp -d)
 target/release/bare202 "$ADDR" 2>/dev/null &
 bare=$!
@@ -86,6 +86,5 @@ target/release/loadgen --target http://$ADDR -c $CONNS -d ${DURATION}s --warmup 
 oha -c $CONNS -z ${DURATION}s -m POST -H 'content-type: application/json' -d '<body>' --no-tui --output-format json http://$ADDR/v1/notifications
 \`\`\`
 MD
-index=results/README.md
-echo "| $day | $rev | scripts/bench-loadgen-accuracy.sh | loadgen $(printf '%.0f' "$lg_rps") req/s vs wrk $(printf '%.0f' "$wrk_rps") (${ratio_wrk} %) | [loadgen-accuracy.md]($day-$rev/loadgen-accuracy.md) |" >>"$index"
+results_row scripts/bench-loadgen-accuracy.sh "loadgen $(printf '%.0f' "$lg_rps") req/s vs wrk $(printf '%.0f' "$wrk_rps") (${ratio_wrk} %)" loadgen-accuracy.md
 cat "$out/loadgen-accuracy.md"

@@ -16,9 +16,10 @@ TOOLS=${HERALD_TOOLS:-/opt/herald-tools/bin}
 
 bash scripts/services.sh >/dev/null
 cargo build --release --locked -p dispatcher -p loadgen --bin dispatcher --bin loadgen 2>&1 | tail -1
+. scripts/lib/results.sh
 rev=$(git rev-parse --short HEAD)
 day=$(date -u +%Y-%m-%d)
-out=results/$day-$rev/bench
+out=$(results_dir)/bench
 mkdir -p "$out"
 prefix="benchm$(date +%s)_"
 target/release/dispatcher --log warn serve --listen "$ADDR" --prefix "$prefix" &
@@ -80,5 +81,5 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
   echo "each scenario's command line is in its row, against \`target/release/dispatcher serve\`."
   echo "Per-scenario outputs: \`bench/<scenario>/\` (summary.json, *.hgrm, latency.svg)."
 } >"results/$day-$rev/bench.md"
-echo "| $day | $rev | scripts/bench.sh | closed-loop capacity $capacity req/s; see the matrix | [bench.md]($day-$rev/bench.md) |" >>results/README.md
+results_row scripts/bench.sh "closed-loop capacity $capacity req/s; steady, batch, overload, burst" bench.md
 cat "results/$day-$rev/bench.md"

@@ -47,6 +47,7 @@ pub struct State {
 /// A running ingress.
 pub struct Ingress {
     local_addr: SocketAddr,
+    state: Arc<State>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -100,8 +101,9 @@ impl Ingress {
         });
         tracing::info!(%local_addr, prefix = %config.nats.prefix, "ingress listening");
         let stop = shutdown.clone();
+        let serving = state.clone();
         let task = tokio::spawn(async move {
-            let graceful = accept_loop(listener, state, &config, stop).await;
+            let graceful = accept_loop(listener, serving, &config, stop).await;
             tracing::info!("shutting down: finishing in-flight requests");
             if tokio::time::timeout(config.shutdown_timeout, graceful.shutdown())
                 .await
@@ -125,6 +127,7 @@ impl Ingress {
         });
         Ok(Ingress {
             local_addr,
+            state,
             shutdown,
             task,
         })
@@ -132,6 +135,12 @@ impl Ingress {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The handlers' shared state, to drive [`handle`] in-process (benchmarks) without
+    /// the HTTP connection in between.
+    pub fn state(&self) -> Arc<State> {
+        self.state.clone()
     }
 
     /// A token that starts a graceful shutdown when cancelled.
