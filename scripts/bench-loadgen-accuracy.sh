@@ -28,6 +28,8 @@ sleep 0.5
 body='{"priority":"medium","channel":"webhook","recipient":"http://127.0.0.1:9/hook","payload":{"order":"A-1042","status":"shipped","eta":"2026-11-27"}}'
 
 median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+# oha from crates.io, built once into the tools directory (minutes the first time).
+command -v oha >/dev/null || cargo install oha --locked --root "$(dirname "$TOOLS")" >/dev/null 2>&1 || true
 has_oha=0
 command -v oha >/dev/null && has_oha=1
 
