@@ -30,6 +30,9 @@ pub struct Cli {
     /// to back.
     #[arg(long, short = 'c', default_value_t = 64)]
     pub connections: usize,
+    /// OS threads sending (each its own event loop); default: the number of CPUs.
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Recorded duration.
     #[arg(long, short = 'd', default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,

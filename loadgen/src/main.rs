@@ -76,6 +76,9 @@ async fn run(cli: Cli, model: LoadModel) -> anyhow::Result<bool> {
         target: cli.target.clone(),
         model,
         connections: cli.connections,
+        threads: cli
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         warmup: cli.warmup,
         timeout: cli.timeout,
         h2: cli.h2,

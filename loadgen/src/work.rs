@@ -23,7 +23,7 @@ use http::HeaderValue;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::Semaphore;
+use tokio::net::TcpStream;
 
 use crate::request::{accepted_count, accepted_ids, BodyBuilder};
 use crate::scenario::{Mix, Phase, Priority};
@@ -45,6 +45,9 @@ pub struct LoadConfig {
     pub model: LoadModel,
     /// Requests in flight at most (and connections opened at most).
     pub connections: usize,
+    /// OS threads, each with its own single-threaded event loop and its share of the
+    /// connections (as wrk does: no work stealing, no cross-thread wake-ups per request).
+    pub threads: usize,
     /// Load offered before recording starts (open loop: at the first phase's rates).
     pub warmup: Duration,
     /// Per-request timeout.
@@ -81,9 +84,16 @@ impl LoadConfig {
 
 struct Shared {
     config: LoadConfig,
-    client: Client<HttpConnector, Full<Bytes>>,
+    h2: bool,
+    /// Full URL (h2) and `host:port` + path (HTTP/1.1, one connection per worker).
     uri: http::Uri,
+    authority: String,
+    host: HeaderValue,
+    path: String,
     auth: Option<HeaderValue>,
+    /// HTTP/1.1 requests by priority, built once when no sink needs per-request send
+    /// times.
+    static_requests: Option<[Vec<u8>; 3]>,
     stats: Arc<Stats>,
     ids: Mutex<HashSet<String>>,
     seq: AtomicU64,
@@ -101,14 +111,17 @@ pub async fn run(config: LoadConfig, stats: Arc<Stats>) -> anyhow::Result<RunRes
     )
     .parse()
     .map_err(|e| anyhow::anyhow!("--target {:?} is not a URL: {e}", config.target))?;
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(config.timeout));
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_max_idle_per_host(config.connections)
-        .http2_only(config.h2);
-    let client = builder.build(connector);
+    let authority = uri
+        .authority()
+        .ok_or_else(|| anyhow::anyhow!("--target {:?} has no host", config.target))?
+        .to_string();
+    let authority = if authority.contains(':') {
+        authority
+    } else {
+        format!("{authority}:80")
+    };
+    let host = HeaderValue::from_str(uri.authority().map_or("", |a| a.as_str()))?;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     let auth = match &config.api_key {
         Some(key) => Some(HeaderValue::from_str(&format!("Bearer {key}"))?),
         None => None,
@@ -116,9 +129,13 @@ pub async fn run(config: LoadConfig, stats: Arc<Stats>) -> anyhow::Result<RunRes
     let origin = Instant::now();
     let origin_unix_ns = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
     let shared = Arc::new(Shared {
-        client,
+        h2: config.h2,
         uri,
+        authority,
+        host,
+        path,
         auth,
+        static_requests: None,
         stats,
         ids: Mutex::default(),
         seq: AtomicU64::new(0),
@@ -126,6 +143,15 @@ pub async fn run(config: LoadConfig, stats: Arc<Stats>) -> anyhow::Result<RunRes
         origin_unix_ns,
         config,
     });
+    // Without a sink nothing needs per-request send times: build each request once.
+    let mut shared = shared;
+    if !shared.config.track_ids && !shared.config.h2 {
+        let requests =
+            Priority::ALL.map(|p| shared.request_bytes(&shared.config.body.body(p, 0, 0)));
+        Arc::get_mut(&mut shared)
+            .expect("not shared yet")
+            .static_requests = Some(requests);
+    }
     match shared.config.model.clone() {
         LoadModel::Open { phases } => open_loop(&shared, phases).await,
         LoadModel::Closed { duration, mix } => closed_loop(&shared, duration, mix).await,
@@ -146,7 +172,7 @@ struct Event {
 }
 
 async fn open_loop(shared: &Arc<Shared>, phases: Vec<Phase>) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let (tx, rx) = async_channel::unbounded::<Event>();
     let warmup = shared.config.warmup;
     let start = shared.origin + Duration::from_millis(20);
     let mut schedule = Vec::new();
@@ -191,7 +217,7 @@ async fn open_loop(shared: &Arc<Shared>, phases: Vec<Phase>) {
                     priority: Priority::ALL[class],
                     record,
                 };
-                if tx.send(event).is_err() {
+                if tx.send_blocking(event).is_err() {
                     return;
                 }
                 next[class] += intervals[class].expect("filtered to scheduled classes");
@@ -199,28 +225,73 @@ async fn open_loop(shared: &Arc<Shared>, phases: Vec<Phase>) {
             phase_start = phase_end;
         }
     });
-
-    let permits = Arc::new(Semaphore::new(shared.config.connections));
-    while let Some(event) = rx.recv().await {
-        // Waiting here for a free connection is part of the latency (CO correction).
-        let permit = permits.clone().acquire_owned().await.expect("never closed");
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let outcome = send(&shared, event.priority, event.intended).await;
-            if event.record {
-                shared
-                    .stats
-                    .record(event.priority, event.intended.elapsed(), &outcome);
+    // Each worker owns one connection. An event waits in the channel until a worker is
+    // free, and that wait is part of its latency (the coordinated-omission correction).
+    let workers = run_workers(shared, move |shared, _| {
+        let rx = rx.clone();
+        async move {
+            let mut transport = Transport::new(&shared);
+            while let Ok(event) = rx.recv().await {
+                let outcome = send(&shared, &mut transport, event.priority, event.intended).await;
+                if event.record {
+                    shared
+                        .stats
+                        .record(event.priority, event.intended.elapsed(), &outcome);
+                }
             }
-            drop(permit);
-        });
+        }
+    });
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = generator.join();
+        workers.join();
+    })
+    .await;
+}
+
+/// Worker threads, joined together.
+struct Workers(Vec<std::thread::JoinHandle<()>>);
+
+impl Workers {
+    fn join(self) {
+        for t in self.0 {
+            let _ = t.join();
+        }
     }
-    let _ = generator.join();
-    // Every request finished once all permits are back.
-    let _ = permits
-        .acquire_many(shared.config.connections as u32)
-        .await
-        .expect("never closed");
+}
+
+/// Runs `worker(shared, index)` for every connection index, spread over the configured
+/// number of OS threads, each a single-threaded tokio runtime.
+fn run_workers<F, Fut>(shared: &Arc<Shared>, worker: F) -> Workers
+where
+    F: Fn(Arc<Shared>, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let connections = shared.config.connections;
+    let threads = shared.config.threads.clamp(1, connections.max(1));
+    let worker = Arc::new(worker);
+    Workers(
+        (0..threads)
+            .map(|t| {
+                let (shared, worker) = (shared.clone(), worker.clone());
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("tokio runtime");
+                    let local = tokio::task::LocalSet::new();
+                    local.block_on(&runtime, async move {
+                        let tasks: Vec<_> = (t..connections)
+                            .step_by(threads)
+                            .map(|i| tokio::task::spawn_local(worker(shared.clone(), i)))
+                            .collect();
+                        for task in tasks {
+                            let _ = task.await;
+                        }
+                    });
+                })
+            })
+            .collect(),
+    )
 }
 
 async fn closed_loop(shared: &Arc<Shared>, duration: Duration, mix: Mix) {
@@ -228,29 +299,24 @@ async fn closed_loop(shared: &Arc<Shared>, duration: Duration, mix: Mix) {
     let next = Arc::new(AtomicUsize::new(0));
     let record_from = shared.origin + shared.config.warmup;
     let end = record_from + duration;
-    let workers: Vec<_> = (0..shared.config.connections)
-        .map(|_| {
-            let shared = shared.clone();
-            let sequence = sequence.clone();
-            let next = next.clone();
-            tokio::spawn(async move {
-                loop {
-                    let started = Instant::now();
-                    if started >= end {
-                        return;
-                    }
-                    let priority = sequence[next.fetch_add(1, Ordering::Relaxed) % sequence.len()];
-                    let outcome = send(&shared, priority, started).await;
-                    if started >= record_from {
-                        shared.stats.record(priority, started.elapsed(), &outcome);
-                    }
+    let workers = run_workers(shared, move |shared, _| {
+        let (sequence, next) = (sequence.clone(), next.clone());
+        async move {
+            let mut transport = Transport::new(&shared);
+            loop {
+                let started = Instant::now();
+                if started >= end {
+                    return;
                 }
-            })
-        })
-        .collect();
-    for w in workers {
-        let _ = w.await;
-    }
+                let priority = sequence[next.fetch_add(1, Ordering::Relaxed) % sequence.len()];
+                let outcome = send(&shared, &mut transport, priority, started).await;
+                if started >= record_from {
+                    shared.stats.record(priority, started.elapsed(), &outcome);
+                }
+            }
+        }
+    });
+    let _ = tokio::task::spawn_blocking(move || workers.join()).await;
 }
 
 /// A deterministic order of priorities whose shares follow `mix` over every prefix as
@@ -274,37 +340,189 @@ pub fn priority_sequence(mix: Mix, len: usize) -> Vec<Priority> {
         .collect()
 }
 
-async fn send(shared: &Shared, priority: Priority, intended: Instant) -> Outcome {
-    let config = &shared.config;
-    let seq = shared.seq.fetch_add(1, Ordering::Relaxed);
-    let sent_ns = shared.origin_unix_ns + (intended - shared.origin).as_nanos();
-    let body = config.body.body(priority, seq, sent_ns);
-    let mut req = http::Request::post(shared.uri.clone())
-        .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(body))
-        .expect("valid request parts");
-    if let Some(auth) = &shared.auth {
-        req.headers_mut().insert(AUTHORIZATION, auth.clone());
-    }
-    let response = async {
-        let response = shared.client.request(req).await.map_err(|e| {
-            if e.is_connect() {
-                TransportError::Connect
-            } else {
-                TransportError::Io
-            }
-        })?;
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
+/// How one worker reaches the target: its own HTTP/1.1 connection spoken directly (a
+/// request written in one call, the answer parsed with httparse, as wrk does: no pool, no
+/// hand-off to a connection task), or an h2 client of the worker's thread.
+enum Transport {
+    H1(Option<H1>),
+    H2(Box<Client<HttpConnector, Full<Bytes>>>),
+}
+
+struct H1 {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl H1 {
+    /// Writes one request and reads one answer (`Content-Length` framed).
+    async fn exchange(&mut self, request: &[u8]) -> Result<(u16, Bytes), TransportError> {
+        use tokio::io::AsyncWriteExt;
+        self.stream
+            .write_all(request)
             .await
-            .map_err(|_| TransportError::Io)?
-            .to_bytes();
-        Ok::<_, TransportError>((status, body))
+            .map_err(|_| TransportError::Io)?;
+        self.buf.clear();
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut headers);
+            match response.parse(&self.buf) {
+                Ok(httparse::Status::Complete(head)) => {
+                    let status = response.code.unwrap_or(0);
+                    let length = response
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                        .and_then(|h| {
+                            std::str::from_utf8(h.value)
+                                .ok()?
+                                .trim()
+                                .parse::<usize>()
+                                .ok()
+                        })
+                        .ok_or(TransportError::Io)?;
+                    while self.buf.len() < head + length {
+                        self.read_more().await?;
+                    }
+                    let body = Bytes::copy_from_slice(&self.buf[head..head + length]);
+                    return Ok((status, body));
+                }
+                Ok(httparse::Status::Partial) => self.read_more().await?,
+                Err(_) => return Err(TransportError::Io),
+            }
+        }
+    }
+
+    async fn read_more(&mut self) -> Result<(), TransportError> {
+        use tokio::io::AsyncReadExt;
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(16 * 1024);
+        }
+        match self.stream.read_buf(&mut self.buf).await {
+            Ok(0) | Err(_) => Err(TransportError::Io),
+            Ok(_) => Ok(()),
+        }
+    }
+}
+
+impl Transport {
+    fn new(shared: &Shared) -> Self {
+        if shared.h2 {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            connector.set_connect_timeout(Some(shared.config.timeout));
+            Transport::H2(Box::new(
+                Client::builder(TokioExecutor::new())
+                    .http2_only(true)
+                    .build(connector),
+            ))
+        } else {
+            Transport::H1(None)
+        }
+    }
+
+    async fn exchange(
+        &mut self,
+        shared: &Shared,
+        priority: Priority,
+        body: Bytes,
+    ) -> Result<(u16, Bytes), TransportError> {
+        match self {
+            Transport::H2(client) => {
+                let mut request = http::Request::post(shared.uri.clone())
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(Full::new(body))
+                    .expect("valid request parts");
+                if let Some(auth) = &shared.auth {
+                    request.headers_mut().insert(AUTHORIZATION, auth.clone());
+                }
+                let response = client.request(request).await.map_err(|e| {
+                    if e.is_connect() {
+                        TransportError::Connect
+                    } else {
+                        TransportError::Io
+                    }
+                })?;
+                let status = response.status().as_u16();
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|_| TransportError::Io)?;
+                Ok((status, body.to_bytes()))
+            }
+            Transport::H1(slot) => {
+                if slot.is_none() {
+                    let stream = TcpStream::connect(&shared.authority)
+                        .await
+                        .map_err(|_| TransportError::Connect)?;
+                    let _ = stream.set_nodelay(true);
+                    *slot = Some(H1 {
+                        stream,
+                        buf: Vec::with_capacity(16 * 1024),
+                    });
+                }
+                let connection = slot.as_mut().expect("connected above");
+                let outcome = match &shared.static_requests {
+                    Some(requests) => connection.exchange(&requests[priority.index()]).await,
+                    None => connection.exchange(&shared.request_bytes(&body)).await,
+                };
+                if outcome.is_err() {
+                    *slot = None;
+                }
+                outcome
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// The complete HTTP/1.1 request for `body`.
+    fn request_bytes(&self, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(body.len() + 256);
+        out.extend_from_slice(b"POST ");
+        out.extend_from_slice(self.path.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        out.extend_from_slice(self.host.as_bytes());
+        out.extend_from_slice(b"\r\nContent-Type: application/json\r\n");
+        if let Some(auth) = &self.auth {
+            out.extend_from_slice(b"Authorization: ");
+            out.extend_from_slice(auth.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+}
+
+async fn send(
+    shared: &Shared,
+    transport: &mut Transport,
+    priority: Priority,
+    intended: Instant,
+) -> Outcome {
+    let config = &shared.config;
+    let body = match &shared.static_requests {
+        Some(_) => Bytes::new(),
+        None => {
+            let seq = shared.seq.fetch_add(1, Ordering::Relaxed);
+            let sent_ns = shared.origin_unix_ns + (intended - shared.origin).as_nanos();
+            config.body.body(priority, seq, sent_ns)
+        }
     };
-    let (status, body) = match tokio::time::timeout(config.timeout, response).await {
-        Err(_) => return Outcome::Failed(TransportError::Timeout),
+    let (status, body) = match tokio::time::timeout(
+        config.timeout,
+        transport.exchange(shared, priority, body),
+    )
+    .await
+    {
+        Err(_) => {
+            // The connection may hold a half-read answer: start over.
+            if let Transport::H1(slot) = transport {
+                *slot = None;
+            }
+            return Outcome::Failed(TransportError::Timeout);
+        }
         Ok(Err(kind)) => return Outcome::Failed(kind),
         Ok(Ok(answer)) => answer,
     };

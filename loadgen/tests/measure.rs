@@ -57,6 +57,7 @@ fn config(addr: SocketAddr, model: LoadModel, connections: usize) -> LoadConfig 
         target: format!("http://{addr}"),
         model,
         connections,
+        threads: 2,
         warmup: Duration::from_millis(300),
         timeout: Duration::from_secs(10),
         h2: false,
