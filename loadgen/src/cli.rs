@@ -26,8 +26,9 @@ pub struct Cli {
     /// is measured from each request's intended start time.
     #[arg(long, allow_negative_numbers = true)]
     pub rate: Option<f64>,
-    /// Requests in flight at most; without --rate (closed loop) each connection sends back
-    /// to back.
+    /// Open loop: connections (= requests in flight at most) per priority, each priority
+    /// being its own client population. Closed loop (no --rate): connections in all, each
+    /// sending back to back.
     #[arg(long, short = 'c', default_value_t = 64)]
     pub connections: usize,
     /// OS threads sending (each its own event loop); default: the number of CPUs.

@@ -5,8 +5,9 @@
 //! request carries its *intended* start time, and its latency is measured from that time to
 //! the end of the response, as wrk2 does: when the server stalls, the requests that should
 //! have started meanwhile wait for a free connection and that wait is in their latency, so
-//! a stall cannot hide (coordinated omission corrected). At most `--connections` requests
-//! are in flight.
+//! a stall cannot hide (coordinated omission corrected). Each priority has its own queue
+//! and its own `--connections` connections (independent client populations), so at most
+//! that many requests of one priority are in flight.
 //!
 //! **Closed loop** (`--connections` without `--rate`): each connection sends its next
 //! request as soon as the previous one is answered, for maximum throughput; latency is
@@ -43,7 +44,7 @@ pub struct LoadConfig {
     /// Base URL, e.g. `http://127.0.0.1:8080`.
     pub target: String,
     pub model: LoadModel,
-    /// Requests in flight at most (and connections opened at most).
+    /// Connections: per priority in the open loop, in all in the closed loop.
     pub connections: usize,
     /// OS threads, each with its own single-threaded event loop and its share of the
     /// connections (as wrk does: no work stealing, no cross-thread wake-ups per request).
@@ -64,7 +65,8 @@ pub struct RunResult {
     pub stats: Arc<Stats>,
     /// Ids accepted during the whole run, warm-up included (only with `track_ids`).
     pub accepted_ids: HashSet<String>,
-    /// The recorded period (warm-up excluded).
+    /// The recorded period (warm-up excluded): the schedule's length, or longer when the
+    /// last recorded request finished after it.
     pub measured: Duration,
 }
 
@@ -156,7 +158,13 @@ pub async fn run(config: LoadConfig, stats: Arc<Stats>) -> anyhow::Result<RunRes
         LoadModel::Open { phases } => open_loop(&shared, phases).await,
         LoadModel::Closed { duration, mix } => closed_loop(&shared, duration, mix).await,
     }
-    let measured = shared.config.measured_duration();
+    // Rates are over the time the recorded requests really took: when the target cannot
+    // keep up, the open loop's backlog drains after the schedule ends.
+    let recording_started = shared.origin + shared.config.warmup;
+    let measured = shared
+        .config
+        .measured_duration()
+        .max(recording_started.elapsed());
     let accepted_ids = std::mem::take(&mut *shared.ids.lock().unwrap());
     Ok(RunResult {
         stats: shared.stats.clone(),
@@ -172,7 +180,10 @@ struct Event {
 }
 
 async fn open_loop(shared: &Arc<Shared>, phases: Vec<Phase>) {
-    let (tx, rx) = async_channel::unbounded::<Event>();
+    // One queue and one set of connections per priority: each priority is its own client
+    // population, so high never waits in loadgen behind a flood of low.
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..3).map(|_| async_channel::unbounded::<Event>()).unzip();
     let warmup = shared.config.warmup;
     let start = shared.origin + Duration::from_millis(20);
     let mut schedule = Vec::new();
@@ -217,7 +228,7 @@ async fn open_loop(shared: &Arc<Shared>, phases: Vec<Phase>) {
                     priority: Priority::ALL[class],
                     record,
                 };
-                if tx.send_blocking(event).is_err() {
+                if senders[class].send_blocking(event).is_err() {
                     return;
                 }
                 next[class] += intervals[class].expect("filtered to scheduled classes");
@@ -227,8 +238,9 @@ async fn open_loop(shared: &Arc<Shared>, phases: Vec<Phase>) {
     });
     // Each worker owns one connection. An event waits in the channel until a worker is
     // free, and that wait is part of its latency (the coordinated-omission correction).
-    let workers = run_workers(shared, move |shared, _| {
-        let rx = rx.clone();
+    let connections = shared.config.connections;
+    let workers = run_workers(shared, 3 * connections, move |shared, index| {
+        let rx = receivers[index / connections].clone();
         async move {
             let mut transport = Transport::new(&shared);
             while let Ok(event) = rx.recv().await {
@@ -259,14 +271,13 @@ impl Workers {
     }
 }
 
-/// Runs `worker(shared, index)` for every connection index, spread over the configured
+/// Runs `worker(shared, index)` for `connections` indices, spread over the configured
 /// number of OS threads, each a single-threaded tokio runtime.
-fn run_workers<F, Fut>(shared: &Arc<Shared>, worker: F) -> Workers
+fn run_workers<F, Fut>(shared: &Arc<Shared>, connections: usize, worker: F) -> Workers
 where
     F: Fn(Arc<Shared>, usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
 {
-    let connections = shared.config.connections;
     let threads = shared.config.threads.clamp(1, connections.max(1));
     let worker = Arc::new(worker);
     Workers(
@@ -299,7 +310,7 @@ async fn closed_loop(shared: &Arc<Shared>, duration: Duration, mix: Mix) {
     let next = Arc::new(AtomicUsize::new(0));
     let record_from = shared.origin + shared.config.warmup;
     let end = record_from + duration;
-    let workers = run_workers(shared, move |shared, _| {
+    let workers = run_workers(shared, shared.config.connections, move |shared, _| {
         let (sequence, next) = (sequence.clone(), next.clone());
         async move {
             let mut transport = Transport::new(&shared);
