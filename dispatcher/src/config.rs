@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::delivery::retry::RetryPolicy;
 use crate::scheduler::{PerClass, SchedulerConfig, MAX_WEIGHT_SUM};
 
 #[derive(Debug, Parser)]
@@ -22,6 +23,111 @@ pub enum Command {
     /// Run the HTTP ingress: accept notifications, schedule them by priority and publish
     /// them durably to JetStream.
     Serve(Box<ServeConfig>),
+    /// Run the delivery workers alone: consume NOTIFY by priority and deliver.
+    Deliver(Box<DeliverArgs>),
+    /// Run ingress and delivery in one process (the quick start's default).
+    Run(Box<RunArgs>),
+}
+
+/// `dispatcher deliver`.
+#[derive(Debug, Clone, Args)]
+pub struct DeliverArgs {
+    #[command(flatten)]
+    pub nats: NatsConfig,
+    #[command(flatten)]
+    pub delivery: DeliveryConfig,
+    /// Address of the health and metrics endpoints (/healthz, /readyz, /metrics).
+    #[arg(long, env = "HERALD_METRICS_LISTEN", default_value = "127.0.0.1:9091")]
+    pub metrics_listen: SocketAddr,
+}
+
+/// `dispatcher run`: the ingress's flags plus the delivery's.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub serve: ServeConfig,
+    #[command(flatten)]
+    pub delivery: DeliveryConfig,
+}
+
+/// A value per channel, written `webhook:email:sms:push`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerChannel(pub [usize; 4]);
+
+impl std::str::FromStr for PerChannel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 4 {
+            return Err(format!("expected webhook:email:sms:push, got {s:?}"));
+        }
+        let mut out = [0; 4];
+        for (slot, part) in out.iter_mut().zip(parts) {
+            *slot = part
+                .trim()
+                .parse()
+                .map_err(|_| format!("{part:?} is not a whole number"))?;
+            if *slot == 0 {
+                return Err(String::from("every channel needs at least 1"));
+            }
+        }
+        Ok(PerChannel(out))
+    }
+}
+
+/// How notifications are delivered.
+#[derive(Debug, Clone, Args)]
+pub struct DeliveryConfig {
+    /// Delivery weights `high:medium:low` while all priorities are backlogged.
+    #[arg(long, env = "HERALD_DELIVERY_WEIGHTS", default_value = "8:4:1", value_parser = parse_weights)]
+    pub delivery_weights: PerClass,
+    /// Concurrent sends per channel `webhook:email:sms:push`; each channel has its own
+    /// workers, so a slow one cannot take the others'.
+    #[arg(
+        long,
+        env = "HERALD_CHANNEL_CONCURRENCY",
+        default_value = "256:16:64:64"
+    )]
+    pub channel_concurrency: PerChannel,
+    /// Messages each priority's consumer may hold unacknowledged.
+    #[arg(long, env = "HERALD_MAX_ACK_PENDING", default_value_t = 2048)]
+    pub max_ack_pending: usize,
+    /// Messages per pull request.
+    #[arg(long, env = "HERALD_FETCH_BATCH", default_value_t = 256)]
+    pub fetch_batch: usize,
+    /// JetStream redelivers a message not acknowledged in this time (slow sends send
+    /// in-progress acks every third of it).
+    #[arg(long, env = "HERALD_ACK_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ack_wait: Duration,
+    /// Retry policy of high priority `base:cap:max_attempts` (full-jitter exponential).
+    #[arg(long, env = "HERALD_RETRY_HIGH", default_value = "200ms:30s:8")]
+    pub retry_high: RetryPolicy,
+    #[arg(long, env = "HERALD_RETRY_MEDIUM", default_value = "1s:5m:8")]
+    pub retry_medium: RetryPolicy,
+    #[arg(long, env = "HERALD_RETRY_LOW", default_value = "5s:30m:6")]
+    pub retry_low: RetryPolicy,
+    /// Key of the webhook HMAC-SHA256 signature (per tenant once tenants exist).
+    #[arg(
+        long,
+        env = "HERALD_WEBHOOK_SECRET",
+        default_value = "herald-development-secret"
+    )]
+    pub webhook_secret: String,
+    /// Timeout of one webhook request.
+    #[arg(long, env = "HERALD_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub webhook_timeout: Duration,
+}
+
+impl DeliveryConfig {
+    /// The defaults, as the command line would have them with no flags.
+    pub fn defaults() -> Self {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            delivery: DeliveryConfig,
+        }
+        Only::parse_from(["dispatcher"]).delivery
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -141,6 +247,9 @@ pub struct NatsConfig {
     /// publishes fail (503) rather than old, undelivered messages being dropped.
     #[arg(long, env = "HERALD_STREAM_MAX_BYTES", default_value_t = -1, allow_negative_numbers = true)]
     pub stream_max_bytes: i64,
+    /// How long a dead letter is kept when nobody replays or deletes it.
+    #[arg(long, env = "HERALD_DLQ_MAX_AGE", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub dlq_max_age: Duration,
     /// Stream replicas (3 on a NATS cluster).
     #[arg(long, env = "HERALD_STREAM_REPLICAS", default_value_t = 1)]
     pub stream_replicas: usize,

@@ -17,11 +17,16 @@ pub const HEADER_PRIORITY: &str = "Herald-Priority";
 /// Header carrying the channel of a published notification.
 pub const HEADER_CHANNEL: &str = "Herald-Channel";
 
-/// Stream and subject names under one prefix.
+/// Stream, subject and consumer names under one prefix.
 #[derive(Debug, Clone)]
 pub struct Names {
+    pub prefix: String,
     pub notify_stream: String,
     pub notify_filter: String,
+    /// Dead letters: `<prefix>dlq.<priority>.<channel>.<id>`.
+    pub dlq_stream: String,
+    /// Outcome events: `<prefix>events.<event>.<priority>`.
+    pub events_stream: String,
     /// `subjects[priority][channel]`, built once so publishing never formats a subject.
     subjects: [[Subject; 4]; 3],
 }
@@ -31,14 +36,49 @@ impl Names {
         let subjects = Priority::ALL
             .map(|p| Channel::ALL.map(|c| Subject::from(format!("{prefix}notify.{p}.{c}"))));
         Names {
+            prefix: prefix.to_string(),
             notify_stream: format!("{prefix}NOTIFY"),
             notify_filter: format!("{prefix}notify.>"),
+            dlq_stream: format!("{prefix}DLQ"),
+            events_stream: format!("{prefix}EVENTS"),
             subjects,
         }
     }
 
     pub fn subject(&self, priority: Priority, channel: Channel) -> Subject {
         self.subjects[priority.index()][channel.index()].clone()
+    }
+
+    /// What one priority's delivery consumer reads.
+    pub fn notify_priority_filter(&self, priority: Priority) -> String {
+        format!("{}notify.{priority}.>", self.prefix)
+    }
+
+    /// The durable consumer delivering one priority.
+    pub fn delivery_consumer(&self, priority: Priority) -> String {
+        format!("{}deliver-{priority}", self.prefix)
+    }
+
+    pub fn dlq_subject(&self, priority: Priority, channel: Channel, id: &uuid::Uuid) -> String {
+        format!("{}dlq.{priority}.{channel}.{id}", self.prefix)
+    }
+
+    /// Dead letters matching the optional filters (any id).
+    pub fn dlq_filter(&self, priority: Option<Priority>, channel: Option<Channel>) -> String {
+        format!(
+            "{}dlq.{}.{}.*",
+            self.prefix,
+            priority.map_or("*", Priority::as_str),
+            channel.map_or("*", Channel::as_str)
+        )
+    }
+
+    pub fn dlq_by_id(&self, id: &uuid::Uuid) -> String {
+        format!("{}dlq.*.*.{id}", self.prefix)
+    }
+
+    pub fn event_subject(&self, event: &str, priority: Priority) -> String {
+        format!("{}events.{event}.{priority}", self.prefix)
     }
 }
 
@@ -75,14 +115,51 @@ pub fn notify_stream_config(names: &Names, config: &NatsConfig) -> stream::Confi
     }
 }
 
-/// Creates the stream, or brings an existing one to the configured definition.
+/// The DLQ stream: kept until replayed or deleted (bounded by age), direct gets enabled so
+/// the API can read a dead letter by id without a consumer.
+pub fn dlq_stream_config(names: &Names, config: &NatsConfig) -> stream::Config {
+    stream::Config {
+        name: names.dlq_stream.clone(),
+        description: Some(String::from("Herald: dead letters")),
+        subjects: vec![format!("{}dlq.>", names.prefix)],
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::New,
+        duplicate_window: config.duplicate_window,
+        max_age: config.dlq_max_age,
+        num_replicas: config.stream_replicas,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// The EVENTS stream: delivery outcomes for the recorder.
+pub fn events_stream_config(names: &Names, config: &NatsConfig) -> stream::Config {
+    stream::Config {
+        name: names.events_stream.clone(),
+        description: Some(String::from("Herald: delivery outcome events")),
+        subjects: vec![format!("{}events.>", names.prefix)],
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::New,
+        duplicate_window: config.duplicate_window,
+        max_age: config.stream_max_age,
+        num_replicas: config.stream_replicas,
+        ..Default::default()
+    }
+}
+
+/// Creates Herald's streams, or brings existing ones to the configured definitions.
 pub async fn ensure_stream(
     js: &jetstream::Context,
     names: &Names,
     config: &NatsConfig,
 ) -> Result<(), async_nats::Error> {
-    js.create_or_update_stream(notify_stream_config(names, config))
-        .await?;
+    for stream in [
+        notify_stream_config(names, config),
+        dlq_stream_config(names, config),
+        events_stream_config(names, config),
+    ] {
+        js.create_or_update_stream(stream).await?;
+    }
     Ok(())
 }
 

@@ -19,7 +19,10 @@
 //!   and its status), [`config`] (clap), [`metrics`] (Prometheus).
 
 pub mod config;
+pub mod delivery;
+pub mod dlq;
 pub mod error;
+pub mod events;
 pub mod ingress;
 pub mod jetstream;
 pub mod metrics;

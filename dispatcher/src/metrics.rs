@@ -20,6 +20,10 @@ pub struct Metrics {
     publish_failures: [IntCounter; 3],
     pub batch_size: Histogram,
     pub acks_inflight: IntGauge,
+    attempts: IntCounterVec,
+    send_latency: [Histogram; 3],
+    end_to_end: [Histogram; 3],
+    dead_letters: [IntCounter; 3],
 }
 
 fn per_priority<T>(f: impl Fn(Priority) -> T) -> [T; 3] {
@@ -81,8 +85,46 @@ impl Metrics {
         )
         .expect("valid metric");
 
+        let attempts = IntCounterVec::new(
+            Opts::new(
+                "herald_delivery_attempts_total",
+                "Delivery attempts by priority, channel and outcome (delivered, retryable, permanent)",
+            ),
+            &["priority", "channel", "outcome"],
+        )
+        .expect("valid metric");
+        let send_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "herald_delivery_send_seconds",
+                "Duration of one send to the provider",
+            )
+            .buckets(prometheus::exponential_buckets(0.000_1, 2.0, 18).expect("valid buckets")),
+            &["priority"],
+        )
+        .expect("valid metric");
+        let end_to_end = HistogramVec::new(
+            HistogramOpts::new(
+                "herald_delivery_end_to_end_seconds",
+                "From acceptance to successful delivery",
+            )
+            .buckets(prometheus::exponential_buckets(0.000_5, 2.0, 22).expect("valid buckets")),
+            &["priority"],
+        )
+        .expect("valid metric");
+        let dead_letters = IntCounterVec::new(
+            Opts::new(
+                "herald_dead_letters_total",
+                "Notifications moved to the DLQ",
+            ),
+            &["priority"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(accepted.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(attempts.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(send_latency.clone()),
+            Box::new(end_to_end.clone()),
+            Box::new(dead_letters.clone()),
+            Box::new(accepted.clone()),
             Box::new(rejected.clone()),
             Box::new(queue_depth.clone()),
             Box::new(publish_latency.clone()),
@@ -97,11 +139,42 @@ impl Metrics {
             queue_depth: per_priority(|p| queue_depth.with_label_values(&[p.as_str()])),
             publish_latency: per_priority(|p| publish_latency.with_label_values(&[p.as_str()])),
             publish_failures: per_priority(|p| publish_failures.with_label_values(&[p.as_str()])),
+            send_latency: per_priority(|p| send_latency.with_label_values(&[p.as_str()])),
+            end_to_end: per_priority(|p| end_to_end.with_label_values(&[p.as_str()])),
+            dead_letters: per_priority(|p| dead_letters.with_label_values(&[p.as_str()])),
+            attempts,
             rejected,
             registry,
             batch_size,
             acks_inflight,
         }
+    }
+
+    pub fn delivery_attempt(
+        &self,
+        priority: Priority,
+        channel: crate::model::Channel,
+        outcome: &crate::delivery::senders::SendOutcome,
+        took: std::time::Duration,
+    ) {
+        use crate::delivery::senders::SendOutcome;
+        let label = match outcome {
+            SendOutcome::Delivered => "delivered",
+            SendOutcome::Retryable { .. } => "retryable",
+            SendOutcome::Permanent { .. } => "permanent",
+        };
+        self.attempts
+            .with_label_values(&[priority.as_str(), channel.as_str(), label])
+            .inc();
+        self.send_latency[priority.index()].observe(took.as_secs_f64());
+    }
+
+    pub fn delivered(&self, priority: Priority, since_accepted: std::time::Duration) {
+        self.end_to_end[priority.index()].observe(since_accepted.as_secs_f64());
+    }
+
+    pub fn dead_lettered(&self, priority: Priority) {
+        self.dead_letters[priority.index()].inc();
     }
 
     pub fn accepted(&self, priority: Priority) {

@@ -7,6 +7,7 @@
 //! requests finish (their publishes are still being acknowledged), close the scheduler,
 //! let the publishers drain it and collect every ack, flush the NATS connection.
 
+pub mod health;
 mod routes;
 
 use std::convert::Infallible;
@@ -42,6 +43,8 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     pub client: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    pub names: Names,
 }
 
 /// A running ingress.
@@ -56,6 +59,11 @@ impl Ingress {
     /// Binds the listener, connects to NATS (in the background if it is down) and starts
     /// serving. Returns once the port is open.
     pub async fn start(config: ServeConfig) -> std::io::Result<Self> {
+        Self::start_with(config, Arc::new(Metrics::new())).await
+    }
+
+    /// As [`Ingress::start`], recording into `metrics` (shared with delivery in `run`).
+    pub async fn start_with(config: ServeConfig, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         let client = jetstream::connect(&config.nats)
@@ -79,10 +87,9 @@ impl Ingress {
             stop_supervisor.clone(),
         ));
         let scheduler = Arc::new(Scheduler::new(config.scheduler()));
-        let metrics = Arc::new(Metrics::new());
         let publisher = Publisher::start(
-            js,
-            names,
+            js.clone(),
+            names.clone(),
             scheduler.clone(),
             metrics.clone(),
             config.publisher.clone(),
@@ -98,6 +105,8 @@ impl Ingress {
             metrics,
             readiness,
             client: client.clone(),
+            js,
+            names,
         });
         tracing::info!(%local_addr, prefix = %config.nats.prefix, "ingress listening");
         let stop = shutdown.clone();

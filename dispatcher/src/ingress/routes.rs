@@ -15,8 +15,11 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::State;
+use crate::dlq;
 use crate::error::ApiError;
-use crate::model::{describe_parse_error, new_id, parse_notification, Priority, Validated};
+use crate::model::{
+    describe_parse_error, new_id, parse_notification, Channel, Priority, Validated,
+};
 use crate::publisher::{Envelope, PublishOutcome};
 
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -38,6 +41,11 @@ where
         ("/metrics", &Method::GET) => Ok(metrics(&state)),
         ("/healthz" | "/readyz" | "/metrics", _) => {
             Err(Rejection::from(ApiError::method_not_allowed("GET")))
+        }
+        (path, method) if path == "/v1/dlq" || path.starts_with("/v1/dlq/") => {
+            dlq_route(&state, path, method, req.uri().query().unwrap_or(""))
+                .await
+                .map_err(Rejection::from)
         }
         _ => Err(Rejection::from(ApiError::not_found())),
     };
@@ -251,6 +259,156 @@ fn ensure_ready(state: &State) -> Result<(), ApiError> {
         Err(ApiError::unavailable(
             "NATS JetStream is not reachable; nothing was accepted",
         ))
+    }
+}
+
+/// The dead-letter API: `GET /v1/dlq`, `POST /v1/dlq/replay`, `POST /v1/dlq/{id}/replay`,
+/// `DELETE /v1/dlq/{id}`.
+async fn dlq_route(
+    state: &State,
+    path: &str,
+    method: &Method,
+    query: &str,
+) -> Result<HttpResponse, ApiError> {
+    let rest: Vec<&str> = path
+        .trim_start_matches("/v1/dlq")
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let allow = match rest.as_slice() {
+        [] => "GET",
+        ["replay"] | [_, "replay"] => "POST",
+        [_] => "DELETE",
+        _ => return Err(ApiError::not_found()),
+    };
+    if method.as_str() != allow {
+        return Err(ApiError::method_not_allowed(allow));
+    }
+    let filter = DlqQuery::parse(query)?;
+    ensure_ready(state)?;
+    let (js, names) = (&state.js, &state.names);
+    match rest.as_slice() {
+        [] => {
+            let page = dlq::list(
+                js,
+                names,
+                filter.priority,
+                filter.channel,
+                filter.cursor,
+                filter.limit,
+            )
+            .await
+            .map_err(dlq_error)?;
+            let body = serde_json::json!({ "items": page.items, "next_cursor": page.next_cursor });
+            Ok(json(StatusCode::OK, body.to_string().into_bytes()))
+        }
+        ["replay"] => {
+            let page = dlq::list(
+                js,
+                names,
+                filter.priority,
+                filter.channel,
+                filter.cursor,
+                filter.limit,
+            )
+            .await
+            .map_err(dlq_error)?;
+            let (mut replayed, mut failed) = (0, 0);
+            for item in &page.items {
+                match Uuid::parse_str(&item.id) {
+                    Ok(id) if dlq::replay(js, names, &id).await.is_ok() => replayed += 1,
+                    _ => failed += 1,
+                }
+            }
+            let body = serde_json::json!({ "replayed": replayed, "failed": failed, "next_cursor": page.next_cursor });
+            Ok(json(StatusCode::ACCEPTED, body.to_string().into_bytes()))
+        }
+        [id, "replay"] => {
+            let id = parse_id(id)?;
+            let sequence = dlq::replay(js, names, &id).await.map_err(dlq_error)?;
+            let body = serde_json::json!({ "id": id, "status": "replayed", "sequence": sequence });
+            Ok(json(StatusCode::ACCEPTED, body.to_string().into_bytes()))
+        }
+        [id] => {
+            let id = parse_id(id)?;
+            dlq::delete(js, names, &id).await.map_err(dlq_error)?;
+            let mut response = json(StatusCode::NO_CONTENT, Vec::new());
+            response.headers_mut().remove(CONTENT_TYPE);
+            Ok(response)
+        }
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::invalid_field("id", "id must be a UUID"))
+}
+
+fn dlq_error(err: dlq::DlqError) -> ApiError {
+    match err {
+        dlq::DlqError::NotFound => ApiError::not_found(),
+        dlq::DlqError::JetStream(e) => ApiError::unavailable(format!("dead-letter queue: {e}")),
+    }
+}
+
+/// `?priority=&channel=&cursor=&limit=` of the DLQ routes.
+struct DlqQuery {
+    priority: Option<Priority>,
+    channel: Option<Channel>,
+    cursor: u64,
+    limit: usize,
+}
+
+impl DlqQuery {
+    const MAX_LIMIT: usize = 1000;
+
+    fn parse(query: &str) -> Result<Self, ApiError> {
+        let mut q = DlqQuery {
+            priority: None,
+            channel: None,
+            cursor: 0,
+            limit: 100,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let enum_value = || serde_json::Value::String(value.to_string());
+            match key {
+                "priority" => {
+                    q.priority = Some(serde_json::from_value(enum_value()).map_err(|_| {
+                        ApiError::invalid_field("priority", "priority must be high, medium or low")
+                    })?)
+                }
+                "channel" => {
+                    q.channel = Some(serde_json::from_value(enum_value()).map_err(|_| {
+                        ApiError::invalid_field(
+                            "channel",
+                            "channel must be webhook, email, sms or push",
+                        )
+                    })?)
+                }
+                "cursor" => {
+                    q.cursor = value.parse().map_err(|_| {
+                        ApiError::invalid_field("cursor", "cursor must be a whole number")
+                    })?
+                }
+                "limit" => {
+                    q.limit = value
+                        .parse()
+                        .ok()
+                        .filter(|l| (1..=Self::MAX_LIMIT).contains(l))
+                        .ok_or_else(|| {
+                            ApiError::invalid_field("limit", "limit must be 1 to 1000")
+                        })?
+                }
+                other => {
+                    return Err(ApiError::invalid_field(
+                        other,
+                        format!("unknown query parameter {other:?}"),
+                    ))
+                }
+            }
+        }
+        Ok(q)
     }
 }
 

@@ -125,24 +125,24 @@ impl TestServer {
         self.ingress.as_ref().unwrap().shutdown_token()
     }
 
-    /// Shuts down and deletes the stream.
+    /// Shuts down and deletes the streams of this prefix.
     pub async fn finish(mut self) {
         self.shutdown().await;
-        delete_stream(&self.nats_url, &self.stream).await;
+        delete_streams(&self.nats_url, &self.prefix).await;
     }
 }
 
 impl Drop for TestServer {
-    /// A failed test still removes its stream, from a thread of its own because the test's
-    /// runtime may be gone.
+    /// A failed test still removes its streams, from a thread of its own because the
+    /// test's runtime may be gone.
     fn drop(&mut self) {
         if self.ingress.is_some() {
-            let (url, stream) = (self.nats_url.clone(), self.stream.clone());
+            let (url, prefix) = (self.nats_url.clone(), self.prefix.clone());
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Runtime::new().unwrap();
                 rt.block_on(async {
                     let _ =
-                        tokio::time::timeout(Duration::from_secs(3), delete_stream(&url, &stream))
+                        tokio::time::timeout(Duration::from_secs(3), delete_streams(&url, &prefix))
                             .await;
                 });
             })
@@ -151,9 +151,13 @@ impl Drop for TestServer {
     }
 }
 
-pub async fn delete_stream(nats_url: &str, stream: &str) {
+/// Deletes every stream Herald creates under `prefix`.
+pub async fn delete_streams(nats_url: &str, prefix: &str) {
     if let Ok(client) = async_nats::connect(nats_url).await {
-        let _ = jetstream::new(client).delete_stream(stream).await;
+        let js = jetstream::new(client);
+        for name in ["NOTIFY", "DLQ", "EVENTS"] {
+            let _ = js.delete_stream(format!("{prefix}{name}")).await;
+        }
     }
 }
 
@@ -370,5 +374,189 @@ impl Drop for NatsProcess {
             self.resume();
         }
         self.kill();
+    }
+}
+
+/// One request a [`Receiver`] got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: std::time::Instant,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+type Answer = Box<dyn Fn(usize) -> (u16, std::time::Duration) + Send + Sync>;
+
+/// A webhook receiver: a real HTTP server that records every request and answers with the
+/// status (after the delay) that `answer(n)` gives for the n-th request (0-based).
+pub struct Receiver {
+    pub addr: SocketAddr,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    pub async fn start(
+        answer: impl Fn(usize) -> (u16, std::time::Duration) + Send + Sync + 'static,
+    ) -> Self {
+        use hyper::service::service_fn;
+        use hyper_util::rt::TokioIo;
+        use hyper_util::server::conn::auto;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let answer: std::sync::Arc<Answer> = std::sync::Arc::new(Box::new(answer));
+        let log = received.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (log, answer) = (log.clone(), answer.clone());
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (log, answer) = (log.clone(), answer.clone());
+                    async move {
+                        let at = std::time::Instant::now();
+                        let headers = req.headers().clone();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let n = {
+                            let mut log = log.lock().unwrap();
+                            log.push(Received { at, headers, body });
+                            log.len() - 1
+                        };
+                        let (status, delay) = answer(n);
+                        tokio::time::sleep(delay).await;
+                        let mut resp = http::Response::new(Full::new(Bytes::new()));
+                        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Receiver { addr, received }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived (or panics after `within`).
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Received> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of {n} requests arrived in {within:?}",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A notification for the webhook at `url`.
+pub fn webhook_to(url: &str, priority: &str, n: usize) -> String {
+    format!(
+        r#"{{"priority":"{priority}","channel":"webhook","recipient":"{url}","payload":{{"n":{n}}}}}"#
+    )
+}
+
+/// Ingress and delivery in one process on a fresh prefix, against the shared NATS.
+pub struct Stack {
+    pub server: TestServer,
+    pub delivery: Option<herald::delivery::Delivery>,
+    pub delivery_config: herald::config::DeliveryConfig,
+}
+
+pub fn test_delivery_config() -> herald::config::DeliveryConfig {
+    let mut c = herald::config::DeliveryConfig::defaults();
+    c.retry_high = "100ms:400ms:4".parse().unwrap();
+    c.retry_medium = "100ms:400ms:4".parse().unwrap();
+    c.retry_low = "100ms:400ms:4".parse().unwrap();
+    c.webhook_timeout = Duration::from_secs(5);
+    c.ack_wait = Duration::from_secs(5);
+    c
+}
+
+impl Stack {
+    pub async fn start(adjust: impl FnOnce(&mut herald::config::DeliveryConfig)) -> Self {
+        let server = TestServer::start().await;
+        let mut delivery_config = test_delivery_config();
+        adjust(&mut delivery_config);
+        let mut stack = Stack {
+            server,
+            delivery: None,
+            delivery_config,
+        };
+        stack.start_delivery().await;
+        stack
+    }
+
+    pub async fn start_delivery(&mut self) {
+        let client = async_nats::connect(&self.server.nats_url).await.unwrap();
+        let js = jetstream::new(client);
+        let names = herald::jetstream::Names::new(&self.server.prefix);
+        let delivery = herald::delivery::Delivery::start(
+            js,
+            names,
+            &self.delivery_config,
+            herald::delivery::Senders::from_config(&self.delivery_config),
+            std::sync::Arc::new(herald::metrics::Metrics::new()),
+        )
+        .await
+        .expect("delivery starts");
+        self.delivery = Some(delivery);
+    }
+
+    pub async fn stop_delivery(&mut self) {
+        if let Some(d) = self.delivery.take() {
+            d.shutdown().await;
+        }
+    }
+
+    /// Every event in the EVENTS stream, as (event, id, attempt).
+    pub async fn events(&self) -> Vec<(String, String, u64)> {
+        read_stream(
+            &self.server.nats_url,
+            &format!("{}EVENTS", self.server.prefix),
+        )
+        .await
+        .into_iter()
+        .map(|m| {
+            (
+                m.body["event"].as_str().unwrap().to_string(),
+                m.body["id"].as_str().unwrap().to_string(),
+                m.body["attempt"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+    }
+
+    pub async fn finish(mut self) {
+        self.stop_delivery().await;
+        self.server.finish().await;
     }
 }

@@ -1,0 +1,417 @@
+//! Delivery (`dispatcher deliver`, and inside `dispatcher run`): JetStream → senders.
+//!
+//! - One durable pull consumer per priority on NOTIFY (`<prefix>deliver-<priority>`),
+//!   explicit acks, bounded ack-pending.
+//! - Fetched messages go into one weighted [`Scheduler`] per channel (the type the
+//!   ingress uses), whose class bounds equal the consumers' ack-pending bound, so fetching
+//!   never blocks on a full queue. Each channel has its own fixed pool of workers (its
+//!   concurrency cap): a slow channel cannot take another's workers, and within a channel
+//!   backlogged priorities are served by weight, low never starved.
+//! - A worker sends (with in-progress acks while a send is slow), then: delivered → event,
+//!   ack; retryable with attempts left → event, NAK with the backoff delay (the attempt
+//!   number is JetStream's delivery count, the wait is kept by the server: a crash loses no
+//!   retry state); permanent or exhausted → DLQ, event, terminate.
+//! - Shutdown: stop fetching, let every worker finish its send, NAK what is still queued so
+//!   another instance takes it at once.
+
+pub mod retry;
+pub mod senders;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, AckKind, Message};
+use chrono::Utc;
+use futures::StreamExt;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DeliveryConfig;
+use crate::dlq::{self, Death};
+use crate::events::{self, Event, EventKind};
+use crate::jetstream::{Names, HEADER_CHANNEL};
+use crate::metrics::Metrics;
+use crate::model::{Channel, Priority, WireNotification};
+use crate::scheduler::{PerClass, Scheduler, SchedulerConfig};
+use retry::RetryPolicy;
+use senders::{Attempt, SendOutcome, Sender};
+
+/// A fetched message waiting for a worker.
+struct Job {
+    message: Message,
+    priority: Priority,
+}
+
+/// Senders by channel.
+pub struct Senders(pub [Arc<dyn Sender>; 4]);
+
+impl Senders {
+    /// The senders this build has: webhook; email, sms and push are not built yet and
+    /// dead-letter with that reason, so nothing waits forever and a replay delivers them
+    /// once a sender exists.
+    pub fn from_config(config: &DeliveryConfig) -> Self {
+        let webhook = senders::webhook::WebhookSender::new(
+            &config.webhook_secret,
+            config.webhook_timeout,
+            config.channel_concurrency.0[Channel::Webhook.index()],
+        );
+        Senders([
+            Arc::new(webhook),
+            Arc::new(senders::Unavailable(Channel::Email)),
+            Arc::new(senders::Unavailable(Channel::Sms)),
+            Arc::new(senders::Unavailable(Channel::Push)),
+        ])
+    }
+}
+
+struct Shared {
+    js: jetstream::Context,
+    names: Names,
+    senders: Senders,
+    retry: [RetryPolicy; 3],
+    ack_wait: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// The running delivery role.
+pub struct Delivery {
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+    schedulers: Vec<Arc<Scheduler<Job>>>,
+}
+
+impl Delivery {
+    /// Creates (or updates) the consumers and starts fetching and delivering.
+    pub async fn start(
+        js: jetstream::Context,
+        names: Names,
+        config: &DeliveryConfig,
+        senders: Senders,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, async_nats::Error> {
+        let stop = CancellationToken::new();
+        let max_ack_pending = config.max_ack_pending.max(1);
+        let schedulers: Vec<Arc<Scheduler<Job>>> = Channel::ALL
+            .iter()
+            .map(|_| {
+                Arc::new(Scheduler::new(SchedulerConfig {
+                    weights: config.delivery_weights,
+                    capacities: PerClass([max_ack_pending; 3]),
+                }))
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            js: js.clone(),
+            names: names.clone(),
+            senders,
+            retry: [config.retry_high, config.retry_medium, config.retry_low],
+            ack_wait: config.ack_wait,
+            metrics,
+        });
+        let mut tasks = JoinSet::new();
+        let stream = js.get_stream(&names.notify_stream).await?;
+        for priority in Priority::ALL {
+            let consumer: consumer::PullConsumer = stream
+                .create_consumer(consumer::pull::Config {
+                    durable_name: Some(names.delivery_consumer(priority)),
+                    description: Some(format!("Herald delivery, {priority} priority")),
+                    filter_subject: names.notify_priority_filter(priority),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: config.ack_wait,
+                    max_deliver: -1,
+                    max_ack_pending: max_ack_pending as i64,
+                    ..Default::default()
+                })
+                .await?;
+            tasks.spawn(fetch(
+                consumer,
+                priority,
+                schedulers.clone(),
+                config.fetch_batch.max(1),
+                stop.clone(),
+            ));
+        }
+        for channel in Channel::ALL {
+            let workers = config.channel_concurrency.0[channel.index()];
+            for _ in 0..workers {
+                tasks.spawn(work(shared.clone(), schedulers[channel.index()].clone()));
+            }
+        }
+        tracing::info!(prefix = %names.prefix, "delivery running");
+        Ok(Delivery {
+            stop,
+            tasks,
+            schedulers,
+        })
+    }
+
+    /// Ends every task at once without acking or NAKing anything, as a crash would (for
+    /// tests of redelivery).
+    pub fn abort(mut self) {
+        self.tasks.abort_all();
+        self.tasks.detach_all();
+    }
+
+    /// Stops fetching, finishes in-flight sends, NAKs what is still queued, and returns
+    /// once every task has ended.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        for scheduler in &self.schedulers {
+            scheduler.close();
+        }
+        while let Some(res) = self.tasks.join_next().await {
+            if let Err(err) = res {
+                tracing::error!(error = %err, "delivery task failed");
+            }
+        }
+    }
+}
+
+/// Pulls one priority's messages into the channel schedulers until `stop`.
+async fn fetch(
+    consumer: consumer::PullConsumer,
+    priority: Priority,
+    schedulers: Vec<Arc<Scheduler<Job>>>,
+    batch: usize,
+    stop: CancellationToken,
+) {
+    while !stop.is_cancelled() {
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await;
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(err) => {
+                tracing::warn!(%priority, error = %err, "cannot pull; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                () = stop.cancelled() => return,
+                next = messages.next() => next,
+            };
+            let message = match next {
+                Some(Ok(message)) => message,
+                Some(Err(err)) => {
+                    tracing::warn!(%priority, error = %err, "pull failed; re-subscribing");
+                    break;
+                }
+                None => break,
+            };
+            let channel = channel_of(&message);
+            let job = Job { message, priority };
+            if let Err(job) = schedulers[channel.index()].try_push(priority, job) {
+                // Closed (shutting down) or, against the sizing, full: let it come back.
+                let _ = job.message.ack_with(AckKind::Nak(None)).await;
+            }
+        }
+    }
+}
+
+/// The channel of a message: its header, else the last subject token.
+fn channel_of(message: &Message) -> Channel {
+    let from_header = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(HEADER_CHANNEL))
+        .map(|v| v.as_str().to_string());
+    let name = from_header.unwrap_or_else(|| {
+        message
+            .subject
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    });
+    serde_json::from_value(serde_json::Value::String(name)).unwrap_or(Channel::Webhook)
+}
+
+/// One worker of one channel: delivers jobs until the scheduler is closed, then NAKs
+/// whatever is left so nothing waits for the ack timeout.
+async fn work(shared: Arc<Shared>, scheduler: Arc<Scheduler<Job>>) {
+    loop {
+        scheduler.wait_for_work().await;
+        if scheduler.is_closed() {
+            while let Some(job) = scheduler.pop() {
+                let _ = job.message.ack_with(AckKind::Nak(None)).await;
+            }
+            return;
+        }
+        if let Some(job) = scheduler.pop() {
+            deliver(&shared, job).await;
+        }
+    }
+}
+
+async fn deliver(shared: &Shared, job: Job) {
+    let Job { message, priority } = job;
+    let (attempt, sequence) = match message.info() {
+        Ok(info) => (info.delivered.max(1) as u32, info.stream_sequence),
+        Err(_) => (1, 0),
+    };
+    let notification: WireNotification<'_> = match serde_json::from_slice(&message.payload) {
+        Ok(n) => n,
+        Err(err) => {
+            tracing::error!(error = %err, "undecodable message in NOTIFY; terminating");
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let now = Utc::now();
+    if notification.expires_at.is_some_and(|at| at <= now) {
+        let outcome = SendOutcome::Permanent {
+            error: String::from("expired before it could be delivered"),
+            status: None,
+        };
+        bury(shared, &message, &notification, attempt, sequence, &outcome).await;
+        return;
+    }
+    if let Some(send_at) = notification.send_at.filter(|at| *at > now) {
+        // Not due yet: come back at send_at.
+        let wait = (send_at - now).to_std().unwrap_or_default();
+        let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
+        return;
+    }
+    let channel = notification.channel;
+    let started = std::time::Instant::now();
+    let attempt_info = Attempt {
+        notification: &notification,
+        raw: &message.payload,
+        number: attempt,
+    };
+    let outcome = with_progress(
+        shared.senders.0[channel.index()].send(&attempt_info),
+        &message,
+        shared.ack_wait,
+    )
+    .await;
+    shared
+        .metrics
+        .delivery_attempt(priority, channel, &outcome, started.elapsed());
+    let policy = shared.retry[priority.index()];
+    match &outcome {
+        SendOutcome::Delivered => {
+            let _ = events::publish(
+                &shared.js,
+                &shared.names,
+                &event(&notification, EventKind::Delivered, attempt, None, None),
+            )
+            .await
+            .map_err(|e| tracing::warn!(error = %e, "delivered event not stored"));
+            if let Err(err) = message.double_ack().await {
+                tracing::warn!(id = %notification.id, error = %err, "ack after delivery failed; it may be delivered again");
+            }
+            let age = (Utc::now() - notification.accepted_at)
+                .to_std()
+                .unwrap_or_default();
+            shared.metrics.delivered(priority, age);
+        }
+        SendOutcome::Retryable { retry_after, .. } if !policy.exhausted(attempt) => {
+            let backoff = policy.delay(attempt + 1, fastrand::f64());
+            let wait = retry_after.map_or(backoff, |asked| asked.max(backoff));
+            let _ = events::publish(
+                &shared.js,
+                &shared.names,
+                &event(
+                    &notification,
+                    EventKind::Retrying,
+                    attempt,
+                    Some(&outcome),
+                    Some(wait),
+                ),
+            )
+            .await
+            .map_err(|e| tracing::warn!(error = %e, "retrying event not stored"));
+            let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
+        }
+        _ => bury(shared, &message, &notification, attempt, sequence, &outcome).await,
+    }
+}
+
+/// Dead-letters a notification, then terminates the original. If the DLQ cannot take it,
+/// the original comes back later instead of being lost.
+async fn bury(
+    shared: &Shared,
+    message: &Message,
+    notification: &WireNotification<'_>,
+    attempt: u32,
+    sequence: u64,
+    outcome: &SendOutcome,
+) {
+    let death = Death {
+        id: notification.id,
+        priority: notification.priority,
+        channel: notification.channel,
+        error: outcome.error().unwrap_or("unknown"),
+        status: outcome.status(),
+        attempts: attempt,
+        source_sequence: sequence,
+    };
+    match dlq::dead_letter(&shared.js, &shared.names, &death, message.payload.clone()).await {
+        Ok(()) => {
+            let _ = events::publish(
+                &shared.js,
+                &shared.names,
+                &event(notification, EventKind::Dead, attempt, Some(outcome), None),
+            )
+            .await
+            .map_err(|e| tracing::warn!(error = %e, "dead event not stored"));
+            let _ = message.double_ack_with(AckKind::Term).await;
+            shared.metrics.dead_lettered(notification.priority);
+        }
+        Err(err) => {
+            tracing::warn!(id = %notification.id, error = %err, "dead-lettering failed; will retry");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await;
+        }
+    }
+}
+
+fn event<'a>(
+    n: &WireNotification<'_>,
+    kind: EventKind,
+    attempt: u32,
+    outcome: Option<&'a SendOutcome>,
+    retry_in: Option<Duration>,
+) -> Event<'a> {
+    Event {
+        id: n.id,
+        event: kind,
+        priority: n.priority,
+        channel: n.channel,
+        attempt,
+        at: Utc::now(),
+        error: outcome.and_then(SendOutcome::error),
+        status: outcome.and_then(SendOutcome::status),
+        retry_in_ms: retry_in.map(|d| d.as_millis() as u64),
+    }
+}
+
+/// Runs a send, telling JetStream the message is still being worked on every third of the
+/// ack wait, so a slow provider does not cause a redelivery in parallel.
+async fn with_progress(
+    send: senders::SendFuture<'_>,
+    message: &Message,
+    ack_wait: Duration,
+) -> SendOutcome {
+    let mut send = send;
+    let period = (ack_wait / 3).max(Duration::from_millis(100));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        tokio::select! {
+            outcome = &mut send => return outcome,
+            _ = ticker.tick() => {
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
+        }
+    }
+}

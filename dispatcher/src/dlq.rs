@@ -1,0 +1,233 @@
+//! The dead-letter queue: a JetStream stream of notifications that failed permanently or
+//! ran out of attempts, each with why. Workers write it; the API lists, replays and
+//! deletes from it.
+//!
+//! A dead letter is the original wire document under `<prefix>dlq.<priority>.<channel>.<id>`
+//! with headers `Herald-Error`, `Herald-Status` (the provider's HTTP status, when there was
+//! one), `Herald-Attempts` and `Herald-Dead-At`. Replay republishes the document to NOTIFY
+//! as a new JetStream message (so it gets a fresh attempt budget) and then deletes the dead
+//! letter.
+
+use async_nats::jetstream::{self, message::PublishMessage, stream::Stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use chrono::Utc;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::jetstream::{Names, HEADER_CHANNEL, HEADER_PRIORITY};
+use crate::model::{Channel, Priority};
+
+pub const HEADER_ERROR: &str = "Herald-Error";
+pub const HEADER_STATUS: &str = "Herald-Status";
+pub const HEADER_ATTEMPTS: &str = "Herald-Attempts";
+pub const HEADER_DEAD_AT: &str = "Herald-Dead-At";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error("JetStream: {0}")]
+    JetStream(String),
+    #[error("no dead letter with that id")]
+    NotFound,
+}
+
+fn js_err(e: impl std::fmt::Display) -> DlqError {
+    DlqError::JetStream(e.to_string())
+}
+
+/// Why a notification died.
+pub struct Death<'a> {
+    pub id: Uuid,
+    pub priority: Priority,
+    pub channel: Channel,
+    pub error: &'a str,
+    pub status: Option<u16>,
+    pub attempts: u32,
+    /// Stream sequence of the original, so a repeated dead-lettering of the same message
+    /// is dropped by JetStream's duplicate window.
+    pub source_sequence: u64,
+}
+
+/// Writes a dead letter and waits for JetStream to store it.
+pub async fn dead_letter(
+    js: &jetstream::Context,
+    names: &Names,
+    death: &Death<'_>,
+    document: Bytes,
+) -> Result<(), DlqError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(HEADER_PRIORITY, death.priority.as_str());
+    headers.insert(HEADER_CHANNEL, death.channel.as_str());
+    // Header values are single lines.
+    let error: String = death
+        .error
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(1024)
+        .collect();
+    headers.insert(HEADER_ERROR, error.as_str());
+    if let Some(status) = death.status {
+        headers.insert(HEADER_STATUS, status.to_string().as_str());
+    }
+    headers.insert(HEADER_ATTEMPTS, death.attempts.to_string().as_str());
+    headers.insert(HEADER_DEAD_AT, Utc::now().to_rfc3339().as_str());
+    let message = PublishMessage::build()
+        .payload(document)
+        .headers(headers)
+        .message_id(format!("dlq-{}-{}", death.id, death.source_sequence));
+    js.send_publish(
+        names.dlq_subject(death.priority, death.channel, &death.id),
+        message,
+    )
+    .await
+    .map_err(js_err)?
+    .await
+    .map_err(js_err)?;
+    Ok(())
+}
+
+/// One dead letter as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub sequence: u64,
+    pub priority: String,
+    pub channel: String,
+    pub error: String,
+    pub status: Option<u16>,
+    pub attempts: u32,
+    pub dead_at: String,
+    pub notification: serde_json::Value,
+}
+
+fn header(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .map(|v| v.as_str().to_string())
+        .unwrap_or_default()
+}
+
+fn to_dead_letter(message: jetstream::message::StreamMessage) -> DeadLetter {
+    let id = message
+        .subject
+        .rsplit('.')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    DeadLetter {
+        id,
+        sequence: message.sequence,
+        priority: header(&message.headers, HEADER_PRIORITY),
+        channel: header(&message.headers, HEADER_CHANNEL),
+        error: header(&message.headers, HEADER_ERROR),
+        status: header(&message.headers, HEADER_STATUS).parse().ok(),
+        attempts: header(&message.headers, HEADER_ATTEMPTS)
+            .parse()
+            .unwrap_or(0),
+        dead_at: header(&message.headers, HEADER_DEAD_AT),
+        notification: serde_json::from_slice(&message.payload).unwrap_or(serde_json::Value::Null),
+    }
+}
+
+/// A page of dead letters, oldest first, from stream sequence `cursor` on.
+pub struct Page {
+    pub items: Vec<DeadLetter>,
+    /// Where the next page starts, when there may be more.
+    pub next_cursor: Option<u64>,
+}
+
+pub async fn list(
+    js: &jetstream::Context,
+    names: &Names,
+    priority: Option<Priority>,
+    channel: Option<Channel>,
+    cursor: u64,
+    limit: usize,
+) -> Result<Page, DlqError> {
+    let stream = js.get_stream(&names.dlq_stream).await.map_err(js_err)?;
+    let filter = names.dlq_filter(priority, channel);
+    let mut items = Vec::new();
+    let mut next = cursor.max(1);
+    while items.len() < limit {
+        match stream
+            .direct_get_next_for_subject(filter.clone(), Some(next))
+            .await
+        {
+            Ok(message) => {
+                next = message.sequence + 1;
+                items.push(to_dead_letter(message));
+            }
+            Err(e) if is_not_found(&e) => {
+                return Ok(Page {
+                    items,
+                    next_cursor: None,
+                })
+            }
+            Err(e) => return Err(js_err(e)),
+        }
+    }
+    Ok(Page {
+        items,
+        next_cursor: Some(next),
+    })
+}
+
+fn is_not_found(e: &jetstream::stream::DirectGetError) -> bool {
+    matches!(e.kind(), jetstream::stream::DirectGetErrorKind::NotFound)
+}
+
+async fn find(
+    js: &jetstream::Context,
+    names: &Names,
+    id: &Uuid,
+) -> Result<(Stream, jetstream::message::StreamMessage), DlqError> {
+    let stream = js.get_stream(&names.dlq_stream).await.map_err(js_err)?;
+    match stream
+        .direct_get_next_for_subject(names.dlq_by_id(id), None)
+        .await
+    {
+        Ok(message) => Ok((stream, message)),
+        Err(e) if is_not_found(&e) => Err(DlqError::NotFound),
+        Err(e) => Err(js_err(e)),
+    }
+}
+
+/// Republishes a dead letter to NOTIFY (a new message, a fresh attempt budget), then
+/// removes it from the DLQ. Returns the stream sequence in NOTIFY.
+pub async fn replay(js: &jetstream::Context, names: &Names, id: &Uuid) -> Result<u64, DlqError> {
+    let (stream, message) = find(js, names, id).await?;
+    let dead = to_dead_letter(message.clone());
+    let priority: Priority = serde_json::from_value(serde_json::Value::String(dead.priority))
+        .map_err(|_| js_err("dead letter without a valid priority header"))?;
+    let channel: Channel = serde_json::from_value(serde_json::Value::String(dead.channel))
+        .map_err(|_| js_err("dead letter without a valid channel header"))?;
+    let mut headers = HeaderMap::new();
+    headers.insert(HEADER_PRIORITY, priority.as_str());
+    headers.insert(HEADER_CHANNEL, channel.as_str());
+    headers.insert("Herald-Replay-Of", message.sequence.to_string().as_str());
+    let publish = PublishMessage::build()
+        .payload(message.payload.clone())
+        .headers(headers)
+        .message_id(format!("{id}-replay-{}", message.sequence));
+    let ack = js
+        .send_publish(names.subject(priority, channel), publish)
+        .await
+        .map_err(js_err)?
+        .await
+        .map_err(js_err)?;
+    stream
+        .delete_message(message.sequence)
+        .await
+        .map_err(js_err)?;
+    Ok(ack.sequence)
+}
+
+/// Removes a dead letter for good.
+pub async fn delete(js: &jetstream::Context, names: &Names, id: &Uuid) -> Result<(), DlqError> {
+    let (stream, message) = find(js, names, id).await?;
+    stream
+        .delete_message(message.sequence)
+        .await
+        .map_err(js_err)?;
+    Ok(())
+}

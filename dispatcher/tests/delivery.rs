@@ -1,0 +1,282 @@
+//! Delivery against the real NATS and a real HTTP receiver: signatures, retries with
+//! backoff, dead letters and their replay, redelivery after a crash, priority weights, and
+//! shutdown.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{webhook_to, Receiver, Stack};
+
+const SECRET: &str = "herald-development-secret";
+
+fn accepted_id(resp: &common::TestResponse) -> String {
+    assert_eq!(resp.status, 202, "{:?}", resp.body);
+    resp.body["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_on_first_try_signed_and_recorded() {
+    let receiver = Receiver::start(|_| (200, Duration::ZERO)).await;
+    let stack = Stack::start(|_| {}).await;
+    let id = accepted_id(
+        &stack
+            .server
+            .post("/v1/notifications", webhook_to(&receiver.url(), "high", 1))
+            .await,
+    );
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    let r = &got[0];
+    assert_eq!(r.header("herald-id"), id);
+    assert_eq!(r.header("herald-attempt"), "1");
+    assert_eq!(r.header("herald-priority"), "high");
+    assert_eq!(r.header("content-type"), "application/json");
+    let timestamp: u64 = r.header("herald-timestamp").parse().unwrap();
+    assert_eq!(
+        r.header("herald-signature"),
+        herald::delivery::senders::webhook::signature(SECRET.as_bytes(), timestamp, &r.body)
+    );
+    assert_eq!(r.json()["id"], id.as_str());
+    assert_eq!(r.json()["payload"]["n"], 1);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), 1, "delivered more than once");
+    let events = stack.events().await;
+    assert_eq!(events, vec![("delivered".to_string(), id, 1)]);
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_500_is_retried_after_a_backoff_within_bounds() {
+    let receiver = Receiver::start(|n| (if n == 0 { 500 } else { 200 }, Duration::ZERO)).await;
+    let stack = Stack::start(|c| c.retry_medium = "300ms:2s:4".parse().unwrap()).await;
+    let id = accepted_id(
+        &stack
+            .server
+            .post(
+                "/v1/notifications",
+                webhook_to(&receiver.url(), "medium", 1),
+            )
+            .await,
+    );
+    let got = receiver.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got[0].header("herald-attempt"), "1");
+    assert_eq!(got[1].header("herald-attempt"), "2");
+    assert_eq!(got[1].header("herald-id"), id);
+    // Full jitter: the wait is between 0 and the base (300 ms), plus scheduling slack.
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap <= Duration::from_millis(300 + 400),
+        "retried after {gap:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let kinds: Vec<String> = stack.events().await.into_iter().map(|e| e.0).collect();
+    assert_eq!(kinds, vec!["retrying", "delivered"]);
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_400_goes_to_the_dlq_at_once_and_replay_delivers_it() {
+    let receiver = Receiver::start(|n| (if n == 0 { 400 } else { 200 }, Duration::ZERO)).await;
+    let stack = Stack::start(|_| {}).await;
+    let id = accepted_id(
+        &stack
+            .server
+            .post("/v1/notifications", webhook_to(&receiver.url(), "low", 7))
+            .await,
+    );
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    let mut items = serde_json::Value::Null;
+    for _ in 0..100 {
+        let list = stack.server.get("/v1/dlq").await;
+        assert_eq!(list.status, 200, "{:?}", list.body);
+        if list.body["items"].as_array().is_some_and(|a| !a.is_empty()) {
+            items = list.body["items"].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead = &items[0];
+    assert_eq!(dead["id"], id.as_str());
+    assert_eq!(dead["status"], 400);
+    assert_eq!(dead["attempts"], 1);
+    assert_eq!(dead["priority"], "low");
+    assert_eq!(dead["channel"], "webhook");
+    assert_eq!(dead["notification"]["payload"]["n"], 7);
+    // Filters apply.
+    let none = stack.server.get("/v1/dlq?priority=high").await;
+    assert_eq!(none.body["items"].as_array().unwrap().len(), 0);
+    let bad = stack.server.get("/v1/dlq?priority=urgent").await;
+    assert_eq!(bad.status, 422);
+    assert_eq!(bad.body["error"]["field"], "priority");
+
+    let replay = stack.server.post(&format!("/v1/dlq/{id}/replay"), "").await;
+    assert_eq!(replay.status, 202, "{:?}", replay.body);
+    let got = receiver.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got[1].header("herald-id"), id);
+    assert_eq!(
+        got[1].header("herald-attempt"),
+        "1",
+        "replay starts a fresh budget"
+    );
+    let after = stack.server.get("/v1/dlq").await;
+    assert!(after.body["items"].as_array().unwrap().is_empty());
+    let again = stack.server.post(&format!("/v1/dlq/{id}/replay"), "").await;
+    assert_eq!(again.status, 404);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let kinds: Vec<String> = stack.events().await.into_iter().map(|e| e.0).collect();
+    assert_eq!(kinds, vec!["dead", "delivered"]);
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_503_is_dead_lettered_after_max_attempts_and_can_be_deleted() {
+    let receiver = Receiver::start(|_| (503, Duration::ZERO)).await;
+    let stack = Stack::start(|c| c.retry_high = "20ms:50ms:3".parse().unwrap()).await;
+    let id = accepted_id(
+        &stack
+            .server
+            .post("/v1/notifications", webhook_to(&receiver.url(), "high", 1))
+            .await,
+    );
+    let got = receiver.wait_for(3, Duration::from_secs(10)).await;
+    let attempts: Vec<String> = got.iter().map(|r| r.header("herald-attempt")).collect();
+    assert_eq!(attempts, vec!["1", "2", "3"]);
+    let mut dead = serde_json::Value::Null;
+    for _ in 0..100 {
+        let list = stack
+            .server
+            .get("/v1/dlq?priority=high&channel=webhook")
+            .await;
+        if let Some(first) = list.body["items"].as_array().and_then(|a| a.first()) {
+            dead = first.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dead["attempts"], 3);
+    assert_eq!(dead["status"], 503);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), 3, "no attempt after the last");
+
+    let deleted = stack
+        .server
+        .http
+        .request(
+            "DELETE",
+            &stack.server.url(&format!("/v1/dlq/{id}")),
+            None,
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted.status, 204);
+    assert!(stack.server.get("/v1/dlq").await.body["items"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    stack.finish().await;
+}
+
+/// A worker that dies mid-send never acks; JetStream redelivers after the ack wait and
+/// another worker delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_lost_in_a_crash_is_redelivered() {
+    // The first request hangs past the crash; later ones succeed.
+    let receiver = Receiver::start(|n| {
+        if n == 0 {
+            (200, Duration::from_secs(30))
+        } else {
+            (200, Duration::ZERO)
+        }
+    })
+    .await;
+    let mut stack = Stack::start(|c| c.ack_wait = Duration::from_secs(1)).await;
+    let id = accepted_id(
+        &stack
+            .server
+            .post("/v1/notifications", webhook_to(&receiver.url(), "high", 1))
+            .await,
+    );
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    // Crash: tasks gone, nothing acked, nothing NAKed.
+    stack.delivery.take().unwrap().abort();
+    stack.start_delivery().await;
+    let got = receiver.wait_for(2, Duration::from_secs(15)).await;
+    assert_eq!(got[1].header("herald-id"), id);
+    assert_eq!(got[1].header("herald-attempt"), "2");
+    stack.finish().await;
+}
+
+/// With all three priorities backlogged and one webhook worker, deliveries follow the
+/// weights 8:4:1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlogged_priorities_are_delivered_by_weight() {
+    let receiver = Receiver::start(|_| (200, Duration::ZERO)).await;
+    let mut stack = Stack::start(|c| c.channel_concurrency = "1:1:1:1".parse().unwrap()).await;
+    stack.stop_delivery().await;
+    for p in ["high", "medium", "low"] {
+        let items: Vec<String> = (0..200)
+            .map(|n| webhook_to(&receiver.url(), p, n))
+            .collect();
+        let resp = stack
+            .server
+            .post("/v1/notifications/batch", format!("[{}]", items.join(",")))
+            .await;
+        assert_eq!(resp.body["accepted"], 200);
+    }
+    stack.start_delivery().await;
+    let got = receiver.wait_for(260, Duration::from_secs(30)).await;
+    // Skip the first few, delivered while the three consumers were still filling.
+    let window: Vec<String> = got[13..13 + 13 * 18]
+        .iter()
+        .map(|r| r.header("herald-priority"))
+        .collect();
+    let count = |p: &str| window.iter().filter(|q| q.as_str() == p).count();
+    let (h, m, l) = (count("high"), count("medium"), count("low"));
+    assert!((140..=148).contains(&h), "high {h} medium {m} low {l}");
+    assert!((68..=76).contains(&m), "high {h} medium {m} low {l}");
+    assert!((14..=22).contains(&l), "high {h} medium {m} low {l}");
+    stack.finish().await;
+}
+
+/// Shutdown mid-load: sends in flight finish, queued work is handed back, and a new
+/// delivery instance delivers the rest: every accepted notification arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_loses_nothing() {
+    let receiver = Receiver::start(|_| (200, Duration::from_millis(50))).await;
+    let mut stack = Stack::start(|c| c.channel_concurrency = "4:1:1:1".parse().unwrap()).await;
+    let items: Vec<String> = (0..100)
+        .map(|n| webhook_to(&receiver.url(), "medium", n))
+        .collect();
+    let resp = stack
+        .server
+        .post("/v1/notifications/batch", format!("[{}]", items.join(",")))
+        .await;
+    let accepted: HashSet<String> = resp.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.body_id())
+        .collect();
+    receiver.wait_for(10, Duration::from_secs(10)).await;
+    stack.stop_delivery().await;
+    let during = receiver.received().len();
+    assert!(during < 100, "everything was delivered before shutdown");
+    stack.start_delivery().await;
+    let got = receiver.wait_for(100, Duration::from_secs(30)).await;
+    let delivered: HashSet<String> = got.iter().map(|r| r.header("herald-id")).collect();
+    assert_eq!(delivered, accepted);
+    stack.finish().await;
+}
+
+trait BodyId {
+    fn body_id(&self) -> String;
+}
+
+impl BodyId for serde_json::Value {
+    fn body_id(&self) -> String {
+        self["id"].as_str().unwrap().to_string()
+    }
+}
