@@ -57,22 +57,27 @@ pub struct PerChannel(pub [usize; 4]);
 impl std::str::FromStr for PerChannel {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parts: Vec<&str> = s.split(':').collect();
-        if parts.len() != 4 {
-            return Err(format!("expected webhook:email:sms:push, got {s:?}"));
-        }
-        let mut out = [0; 4];
-        for (slot, part) in out.iter_mut().zip(parts) {
-            *slot = part
-                .trim()
-                .parse()
-                .map_err(|_| format!("{part:?} is not a whole number"))?;
-            if *slot == 0 {
-                return Err(String::from("every channel needs at least 1"));
-            }
-        }
-        Ok(PerChannel(out))
+        parse_positive_list(s, "webhook:email:sms:push").map(PerChannel)
     }
+}
+
+/// Parses `N` positive whole numbers separated by ':' (`shape` names them for errors).
+pub fn parse_positive_list<const N: usize>(s: &str, shape: &str) -> Result<[usize; N], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != N {
+        return Err(format!("expected {shape}, got {s:?}"));
+    }
+    let mut out = [0; N];
+    for (slot, part) in out.iter_mut().zip(parts) {
+        *slot = part
+            .trim()
+            .parse()
+            .map_err(|_| format!("{part:?} is not a whole number"))?;
+        if *slot == 0 {
+            return Err(String::from("every value must be at least 1"));
+        }
+    }
+    Ok(out)
 }
 
 /// How notifications are delivered.

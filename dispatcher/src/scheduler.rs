@@ -44,21 +44,7 @@ impl FromStr for PerClass {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parts: Vec<&str> = s.split(':').collect();
-        if parts.len() != CLASSES {
-            return Err(format!("expected high:medium:low, got {s:?}"));
-        }
-        let mut out = [0; CLASSES];
-        for (slot, part) in out.iter_mut().zip(parts) {
-            *slot = part
-                .trim()
-                .parse()
-                .map_err(|_| format!("{part:?} is not a whole number"))?;
-            if *slot == 0 {
-                return Err(String::from("every class needs a value of at least 1"));
-            }
-        }
-        Ok(PerClass(out))
+        crate::config::parse_positive_list(s, "high:medium:low").map(PerClass)
     }
 }
 

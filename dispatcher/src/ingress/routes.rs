@@ -287,9 +287,9 @@ async fn dlq_route(
     let filter = DlqQuery::parse(query)?;
     ensure_ready(state)?;
     let (js, names) = (&state.js, &state.names);
-    match rest.as_slice() {
-        [] => {
-            let page = dlq::list(
+    let listed = match rest.as_slice() {
+        [] | ["replay"] => Some(
+            dlq::list(
                 js,
                 names,
                 filter.priority,
@@ -298,21 +298,16 @@ async fn dlq_route(
                 filter.limit,
             )
             .await
-            .map_err(dlq_error)?;
+            .map_err(dlq_error)?,
+        ),
+        _ => None,
+    };
+    match (rest.as_slice(), listed) {
+        ([], Some(page)) => {
             let body = serde_json::json!({ "items": page.items, "next_cursor": page.next_cursor });
             Ok(json(StatusCode::OK, body.to_string().into_bytes()))
         }
-        ["replay"] => {
-            let page = dlq::list(
-                js,
-                names,
-                filter.priority,
-                filter.channel,
-                filter.cursor,
-                filter.limit,
-            )
-            .await
-            .map_err(dlq_error)?;
+        (["replay"], Some(page)) => {
             let (mut replayed, mut failed) = (0, 0);
             for item in &page.items {
                 match Uuid::parse_str(&item.id) {
@@ -323,13 +318,13 @@ async fn dlq_route(
             let body = serde_json::json!({ "replayed": replayed, "failed": failed, "next_cursor": page.next_cursor });
             Ok(json(StatusCode::ACCEPTED, body.to_string().into_bytes()))
         }
-        [id, "replay"] => {
+        ([id, "replay"], _) => {
             let id = parse_id(id)?;
             let sequence = dlq::replay(js, names, &id).await.map_err(dlq_error)?;
             let body = serde_json::json!({ "id": id, "status": "replayed", "sequence": sequence });
             Ok(json(StatusCode::ACCEPTED, body.to_string().into_bytes()))
         }
-        [id] => {
+        ([id], _) => {
             let id = parse_id(id)?;
             dlq::delete(js, names, &id).await.map_err(dlq_error)?;
             let mut response = json(StatusCode::NO_CONTENT, Vec::new());
