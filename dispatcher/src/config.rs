@@ -121,6 +121,39 @@ pub struct DeliveryConfig {
     /// Timeout of one webhook request.
     #[arg(long, env = "HERALD_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub webhook_timeout: Duration,
+    /// Base URL of the Twilio-shaped SMS API (e.g. https://api.twilio.com); without it SMS
+    /// notifications are dead-lettered as undeliverable here.
+    #[arg(long, env = "HERALD_SMS_URL")]
+    pub sms_url: Option<String>,
+    #[arg(long, env = "HERALD_SMS_ACCOUNT_SID", default_value = "")]
+    pub sms_account_sid: String,
+    #[arg(
+        long,
+        env = "HERALD_SMS_AUTH_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub sms_auth_token: String,
+    /// Sender number or id.
+    #[arg(long, env = "HERALD_SMS_FROM", default_value = "")]
+    pub sms_from: String,
+    /// Base URL of the FCM HTTP v1 API (e.g. https://fcm.googleapis.com); without it push
+    /// notifications are dead-lettered as undeliverable here.
+    #[arg(long, env = "HERALD_PUSH_URL")]
+    pub push_url: Option<String>,
+    #[arg(long, env = "HERALD_PUSH_PROJECT", default_value = "")]
+    pub push_project: String,
+    /// OAuth2 access token for FCM.
+    #[arg(
+        long,
+        env = "HERALD_PUSH_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub push_token: String,
+    /// Timeout of one SMS or push provider request.
+    #[arg(long, env = "HERALD_PROVIDER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub provider_timeout: Duration,
 }
 
 impl DeliveryConfig {

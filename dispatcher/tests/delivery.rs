@@ -280,3 +280,136 @@ impl BodyId for serde_json::Value {
         self["id"].as_str().unwrap().to_string()
     }
 }
+
+/// SMS through a provider API shaped like Twilio's; the local provider checks the path,
+/// Basic auth and form fields as the real one would, and refuses what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sms_goes_to_the_provider_in_its_shape_and_its_refusal_is_permanent() {
+    use base64::Engine as _;
+    let expected_auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("AC123:secret-token")
+    );
+    let provider = Receiver::checking(move |_, r| {
+        let form: std::collections::HashMap<String, String> =
+            form_urlencoded::parse(&r.body).into_owned().collect();
+        let ok = r.uri.path() == "/2010-04-01/Accounts/AC123/Messages.json"
+            && r.header("authorization") == expected_auth
+            && r.header("content-type") == "application/x-www-form-urlencoded"
+            && form.get("From").map(String::as_str) == Some("+15005550006")
+            && form.get("Body").is_some_and(|b| !b.is_empty());
+        let valid_number = form.get("To").is_some_and(|t| t != "+4900000000");
+        let status = match (ok, valid_number) {
+            (false, _) => 401,
+            (true, false) => 400,
+            (true, true) => 201,
+        };
+        (status, Duration::ZERO)
+    })
+    .await;
+    let base = format!("http://{}", provider.addr);
+    let stack = Stack::start(move |c| {
+        c.sms_url = Some(base);
+        c.sms_account_sid = "AC123".into();
+        c.sms_auth_token = "secret-token".into();
+        c.sms_from = "+15005550006".into();
+    })
+    .await;
+    let good = accepted_id(
+        &stack
+            .server
+            .post(
+                "/v1/notifications",
+                r#"{"priority":"high","channel":"sms","recipient":"+4915112345678","payload":{"text":"Your code: 492811 & more"}}"#,
+            )
+            .await,
+    );
+    let got = provider.wait_for(1, Duration::from_secs(10)).await;
+    let form: std::collections::HashMap<String, String> =
+        form_urlencoded::parse(&got[0].body).into_owned().collect();
+    assert_eq!(form["To"], "+4915112345678");
+    assert_eq!(form["Body"], "Your code: 492811 & more");
+    assert_eq!(got[0].header("idempotency-key"), good);
+
+    let bad = accepted_id(
+        &stack
+            .server
+            .post(
+                "/v1/notifications",
+                r#"{"priority":"high","channel":"sms","recipient":"+4900000000","payload":{"text":"x"}}"#,
+            )
+            .await,
+    );
+    provider.wait_for(2, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = stack.events().await;
+    assert!(
+        events.contains(&("delivered".into(), good, 1)),
+        "{events:?}"
+    );
+    assert!(events.contains(&("dead".into(), bad, 1)), "{events:?}");
+    assert_eq!(provider.received().len(), 2, "a 400 is not retried");
+    stack.finish().await;
+}
+
+/// Push through an FCM-v1-shaped API; the local provider checks the path, bearer token and
+/// message shape, and answers 404 UNREGISTERED for an unknown device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_goes_to_fcm_v1_in_its_shape_and_unregistered_is_dead() {
+    let provider = Receiver::checking(|_, r| {
+        let body = r.json();
+        let ok = r.uri.path() == "/v1/projects/herald-test/messages:send"
+            && r.header("authorization") == "Bearer ya29.test"
+            && body["message"]["token"].is_string();
+        let status = if !ok {
+            401
+        } else if body["message"]["token"] == "gone-device" {
+            404
+        } else {
+            200
+        };
+        (status, Duration::ZERO)
+    })
+    .await;
+    let base = format!("http://{}", provider.addr);
+    let stack = Stack::start(move |c| {
+        c.push_url = Some(base);
+        c.push_project = "herald-test".into();
+        c.push_token = "ya29.test".into();
+    })
+    .await;
+    let good = accepted_id(
+        &stack
+            .server
+            .post(
+                "/v1/notifications",
+                r#"{"priority":"medium","channel":"push","recipient":"device-1","payload":{"title":"Shipped","body":"Order A-1 is on its way","data":{"order":"A-1"}}}"#,
+            )
+            .await,
+    );
+    let got = provider.wait_for(1, Duration::from_secs(10)).await;
+    let message = &got[0].json()["message"];
+    assert_eq!(message["token"], "device-1");
+    assert_eq!(message["notification"]["title"], "Shipped");
+    assert_eq!(message["notification"]["body"], "Order A-1 is on its way");
+    assert_eq!(message["data"]["order"], "A-1");
+
+    let gone = accepted_id(
+        &stack
+            .server
+            .post(
+                "/v1/notifications",
+                r#"{"priority":"medium","channel":"push","recipient":"gone-device","payload":{"title":"x"}}"#,
+            )
+            .await,
+    );
+    provider.wait_for(2, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = stack.events().await;
+    assert!(
+        events.contains(&("delivered".into(), good, 1)),
+        "{events:?}"
+    );
+    assert!(events.contains(&("dead".into(), gone, 1)), "{events:?}");
+    stack.finish().await;
+}

@@ -46,20 +46,42 @@ struct Job {
 pub struct Senders(pub [Arc<dyn Sender>; 4]);
 
 impl Senders {
-    /// The senders this build has: webhook; email, sms and push are not built yet and
-    /// dead-letter with that reason, so nothing waits forever and a replay delivers them
-    /// once a sender exists.
+    /// The senders the configuration enables. A channel without one (email always, for
+    /// now; SMS and push without a provider URL) dead-letters with that reason, so nothing
+    /// waits forever and a replay delivers once a sender exists.
     pub fn from_config(config: &DeliveryConfig) -> Self {
+        let caps = config.channel_concurrency.0;
         let webhook = senders::webhook::WebhookSender::new(
+            senders::client::client(config.webhook_timeout, caps[Channel::Webhook.index()]),
             &config.webhook_secret,
             config.webhook_timeout,
-            config.channel_concurrency.0[Channel::Webhook.index()],
         );
+        let sms: Arc<dyn Sender> = match &config.sms_url {
+            Some(url) => Arc::new(senders::sms::SmsSender::new(
+                senders::client::client(config.provider_timeout, caps[Channel::Sms.index()]),
+                url,
+                &config.sms_account_sid,
+                &config.sms_auth_token,
+                &config.sms_from,
+                config.provider_timeout,
+            )),
+            None => Arc::new(senders::Unavailable(Channel::Sms)),
+        };
+        let push: Arc<dyn Sender> = match &config.push_url {
+            Some(url) => Arc::new(senders::push::PushSender::new(
+                senders::client::client(config.provider_timeout, caps[Channel::Push.index()]),
+                url,
+                &config.push_project,
+                &config.push_token,
+                config.provider_timeout,
+            )),
+            None => Arc::new(senders::Unavailable(Channel::Push)),
+        };
         Senders([
             Arc::new(webhook),
             Arc::new(senders::Unavailable(Channel::Email)),
-            Arc::new(senders::Unavailable(Channel::Sms)),
-            Arc::new(senders::Unavailable(Channel::Push)),
+            sms,
+            push,
         ])
     }
 }

@@ -381,6 +381,7 @@ impl Drop for NatsProcess {
 #[derive(Debug, Clone)]
 pub struct Received {
     pub at: std::time::Instant,
+    pub uri: http::Uri,
     pub headers: http::HeaderMap,
     pub body: Bytes,
 }
@@ -399,10 +400,12 @@ impl Received {
     }
 }
 
-type Answer = Box<dyn Fn(usize) -> (u16, std::time::Duration) + Send + Sync>;
+type Answer = Box<dyn Fn(usize, &Received) -> (u16, std::time::Duration) + Send + Sync>;
 
-/// A webhook receiver: a real HTTP server that records every request and answers with the
-/// status (after the delay) that `answer(n)` gives for the n-th request (0-based).
+/// A webhook receiver or provider API: a real HTTP server that records every request and
+/// answers with the status (after the delay) that `answer(n)` gives for the n-th request
+/// (0-based). [`Receiver::checking`] lets the answer depend on the request, as a provider
+/// checks auth and shape.
 pub struct Receiver {
     pub addr: SocketAddr,
     received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
@@ -411,6 +414,12 @@ pub struct Receiver {
 impl Receiver {
     pub async fn start(
         answer: impl Fn(usize) -> (u16, std::time::Duration) + Send + Sync + 'static,
+    ) -> Self {
+        Self::checking(move |n, _| answer(n)).await
+    }
+
+    pub async fn checking(
+        answer: impl Fn(usize, &Received) -> (u16, std::time::Duration) + Send + Sync + 'static,
     ) -> Self {
         use hyper::service::service_fn;
         use hyper_util::rt::TokioIo;
@@ -427,14 +436,20 @@ impl Receiver {
                     let (log, answer) = (log.clone(), answer.clone());
                     async move {
                         let at = std::time::Instant::now();
+                        let uri = req.uri().clone();
                         let headers = req.headers().clone();
                         let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let n = {
-                            let mut log = log.lock().unwrap();
-                            log.push(Received { at, headers, body });
-                            log.len() - 1
+                        let received = Received {
+                            at,
+                            uri,
+                            headers,
+                            body,
                         };
-                        let (status, delay) = answer(n);
+                        let (status, delay) = {
+                            let mut log = log.lock().unwrap();
+                            log.push(received.clone());
+                            answer(log.len() - 1, &received)
+                        };
                         tokio::time::sleep(delay).await;
                         let mut resp = http::Response::new(Full::new(Bytes::new()));
                         *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();

@@ -2,6 +2,9 @@
 //! into one attempt at its provider and classifies the result; it never retries itself
 //! (retries belong to JetStream, see `retry.rs`).
 
+pub mod client;
+pub mod push;
+pub mod sms;
 pub mod webhook;
 
 use std::future::Future;
@@ -87,7 +90,7 @@ impl Sender for Unavailable {
     fn send<'a>(&'a self, _attempt: &'a Attempt<'a>) -> SendFuture<'a> {
         Box::pin(async move {
             SendOutcome::Permanent {
-                error: format!("no {} sender in this build", self.0),
+                error: format!("no {} sender configured", self.0),
                 status: None,
             }
         })

@@ -12,28 +12,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use sha2::Sha256;
 
-use super::{parse_retry_after, Attempt, SendFuture, SendOutcome, Sender};
+use super::client::{exchange, HttpClient};
+use super::{Attempt, SendFuture, SendOutcome, Sender};
 
 pub struct WebhookSender {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
     secret: Vec<u8>,
     timeout: Duration,
 }
 
 impl WebhookSender {
-    pub fn new(secret: &str, timeout: Duration, max_idle_per_host: usize) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(max_idle_per_host)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+    pub fn new(client: HttpClient, secret: &str, timeout: Duration) -> Self {
         WebhookSender {
             client,
             secret: secret.as_bytes().to_vec(),
@@ -78,30 +70,7 @@ impl Sender for WebhookSender {
                     }
                 }
             };
-            let exchange = async {
-                let response = self.client.request(request).await?;
-                let status = response.status().as_u16();
-                let retry_after =
-                    parse_retry_after(response.headers().get(http::header::RETRY_AFTER));
-                // Drain the body so the connection goes back to the pool.
-                let _ = response.into_body().collect().await;
-                Ok::<_, hyper_util::client::legacy::Error>((status, retry_after))
-            };
-            match tokio::time::timeout(self.timeout, exchange).await {
-                Err(_) => SendOutcome::Retryable {
-                    error: format!("webhook timed out after {:?}", self.timeout),
-                    status: None,
-                    retry_after: None,
-                },
-                Ok(Err(e)) => SendOutcome::Retryable {
-                    error: format!("webhook request failed: {e}"),
-                    status: None,
-                    retry_after: None,
-                },
-                Ok(Ok((status, retry_after))) => {
-                    SendOutcome::from_http_status(status, retry_after, "webhook")
-                }
-            }
+            exchange(&self.client, request, self.timeout, "webhook").await
         })
     }
 }
