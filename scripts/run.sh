@@ -26,7 +26,7 @@ echo "--- loadgen: $RATE requests/s for $DURATION, mix high=10,medium=30,low=60,
 status=0
 target/release/loadgen --target "http://$ADDR" --rate "$RATE" -d "$DURATION" \
   --sink 127.0.0.1:0 --drain-timeout 30s --out target/quickstart-results || status=$?
-echo "--- dead letters (the sample above is email, which has no sender in this build yet)"
+echo "--- dead letters (the sample above is email, and no SMTP relay is configured here)"
 curl -s "http://$ADDR/v1/dlq?limit=3"
 echo
 echo "--- what the dispatcher counted"

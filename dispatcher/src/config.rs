@@ -121,6 +121,18 @@ pub struct DeliveryConfig {
     /// Timeout of one webhook request.
     #[arg(long, env = "HERALD_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub webhook_timeout: Duration,
+    /// SMTP relay for email, e.g. `smtps://user:pass@smtp.example.com:465` or
+    /// `smtp://user:pass@host:587?tls=required`; without it email notifications are
+    /// dead-lettered as undeliverable here.
+    #[arg(long, env = "HERALD_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// Sender address of emails.
+    #[arg(
+        long,
+        env = "HERALD_SMTP_FROM",
+        default_value = "Herald <herald@localhost>"
+    )]
+    pub smtp_from: String,
     /// Base URL of the Twilio-shaped SMS API (e.g. https://api.twilio.com); without it SMS
     /// notifications are dead-lettered as undeliverable here.
     #[arg(long, env = "HERALD_SMS_URL")]

@@ -71,6 +71,8 @@ async fn start_delivery(
         .context("connecting to NATS")?;
     let js = async_nats::jetstream::new(client);
     let names = Names::new(&nats.prefix);
+    // Fail fast on a sender misconfiguration, before anything is consumed.
+    Senders::from_config(config).map_err(anyhow::Error::msg)?;
     loop {
         match jetstream::ensure_stream(&js, &names, nats).await {
             Ok(()) => break,
@@ -85,7 +87,7 @@ async fn start_delivery(
             js.clone(),
             names.clone(),
             config,
-            Senders::from_config(config),
+            Senders::from_config(config).map_err(anyhow::Error::msg)?,
             metrics.clone(),
         )
         .await

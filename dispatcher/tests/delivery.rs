@@ -413,3 +413,88 @@ async fn push_goes_to_fcm_v1_in_its_shape_and_unregistered_is_dead() {
     assert!(events.contains(&("dead".into(), gone, 1)), "{events:?}");
     stack.finish().await;
 }
+
+/// Email through a real SMTP relay the test runs: delivered with subject, text and HTML and
+/// the id in the Message-ID; a 550 for the mailbox is permanent, a 451 is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_goes_through_smtp_and_5xx_is_permanent_4xx_retried() {
+    let tries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = tries.clone();
+    let smtp = common::SmtpServer::start(move |address| match address {
+        "nobody@example.com" => "550 5.1.1 no such user",
+        "busy@example.com" => {
+            if counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                "451 4.3.0 try again later"
+            } else {
+                "250 OK"
+            }
+        }
+        _ => "250 OK",
+    })
+    .await;
+    let url = smtp.url();
+    let stack = Stack::start(move |c| {
+        c.smtp_url = Some(url);
+        c.smtp_from = "Herald <herald@example.com>".into();
+    })
+    .await;
+    let post = |recipient: &str| {
+        format!(
+            r#"{{"priority":"high","channel":"email","recipient":"{recipient}","payload":{{"subject":"Your code","text":"Code 492811","html":"<p>Code <b>492811</b></p>"}}}}"#
+        )
+    };
+    let good = accepted_id(
+        &stack
+            .server
+            .post("/v1/notifications", post("ana@example.com"))
+            .await,
+    );
+    let dead = accepted_id(
+        &stack
+            .server
+            .post("/v1/notifications", post("nobody@example.com"))
+            .await,
+    );
+    let retried = accepted_id(
+        &stack
+            .server
+            .post("/v1/notifications", post("busy@example.com"))
+            .await,
+    );
+    let mut events = Vec::new();
+    for _ in 0..200 {
+        events = stack.events().await;
+        if events.iter().filter(|e| e.0 != "retrying").count() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        events.contains(&("delivered".into(), good.clone(), 1)),
+        "{events:?}"
+    );
+    assert!(events.contains(&("dead".into(), dead, 1)), "{events:?}");
+    assert!(
+        events.contains(&("retrying".into(), retried.clone(), 1)),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&("delivered".into(), retried, 2)),
+        "{events:?}"
+    );
+    let mails = smtp.mails();
+    let mail = mails
+        .iter()
+        .find(|m| m.to == ["ana@example.com"])
+        .expect("mail to ana");
+    assert_eq!(mail.from, "<herald@example.com>");
+    assert!(mail.data.contains("Subject: Your code"), "{}", mail.data);
+    assert!(mail.data.contains("Code 492811"), "{}", mail.data);
+    assert!(mail.data.contains("text/html"), "{}", mail.data);
+    assert!(
+        mail.data.contains(&format!("<{good}@herald>")),
+        "{}",
+        mail.data
+    );
+    stack.finish().await;
+}

@@ -46,10 +46,10 @@ struct Job {
 pub struct Senders(pub [Arc<dyn Sender>; 4]);
 
 impl Senders {
-    /// The senders the configuration enables. A channel without one (email always, for
-    /// now; SMS and push without a provider URL) dead-letters with that reason, so nothing
-    /// waits forever and a replay delivers once a sender exists.
-    pub fn from_config(config: &DeliveryConfig) -> Self {
+    /// The senders the configuration enables. A channel without one (no SMTP relay, SMS or
+    /// push provider URL) dead-letters with that reason, so nothing waits forever and a
+    /// replay delivers once it is configured.
+    pub fn from_config(config: &DeliveryConfig) -> Result<Self, String> {
         let caps = config.channel_concurrency.0;
         let webhook = senders::webhook::WebhookSender::new(
             senders::client::client(config.webhook_timeout, caps[Channel::Webhook.index()]),
@@ -77,12 +77,15 @@ impl Senders {
             )),
             None => Arc::new(senders::Unavailable(Channel::Push)),
         };
-        Senders([
-            Arc::new(webhook),
-            Arc::new(senders::Unavailable(Channel::Email)),
-            sms,
-            push,
-        ])
+        let email: Arc<dyn Sender> = match &config.smtp_url {
+            Some(url) => Arc::new(senders::email::EmailSender::new(
+                url,
+                &config.smtp_from,
+                config.provider_timeout,
+            )?),
+            None => Arc::new(senders::Unavailable(Channel::Email)),
+        };
+        Ok(Senders([Arc::new(webhook), email, sms, push]))
     }
 }
 

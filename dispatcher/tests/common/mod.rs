@@ -538,7 +538,7 @@ impl Stack {
             js,
             names,
             &self.delivery_config,
-            herald::delivery::Senders::from_config(&self.delivery_config),
+            herald::delivery::Senders::from_config(&self.delivery_config).expect("senders"),
             std::sync::Arc::new(herald::metrics::Metrics::new()),
         )
         .await
@@ -573,5 +573,111 @@ impl Stack {
     pub async fn finish(mut self) {
         self.stop_delivery().await;
         self.server.finish().await;
+    }
+}
+
+/// One message an [`SmtpServer`] accepted.
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub from: String,
+    pub to: Vec<String>,
+    pub data: String,
+}
+
+/// A real SMTP server on loopback (plain ESMTP, no STARTTLS): it answers RCPT TO with
+/// `rcpt(address)` (e.g. `250 OK`, `550 5.1.1 unknown`, `451 4.3.0 later`) and records every
+/// message it accepts, as a relay would.
+pub struct SmtpServer {
+    pub addr: SocketAddr,
+    mails: std::sync::Arc<std::sync::Mutex<Vec<Mail>>>,
+}
+
+impl SmtpServer {
+    pub async fn start(rcpt: impl Fn(&str) -> &'static str + Send + Sync + 'static) -> Self {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mails = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let rcpt = std::sync::Arc::new(rcpt);
+        let log = mails.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (log, rcpt) = (log.clone(), rcpt.clone());
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut lines = BufReader::new(read);
+                    let _ = write.write_all(b"220 herald-test ESMTP\r\n").await;
+                    let mut mail = Mail {
+                        from: String::new(),
+                        to: Vec::new(),
+                        data: String::new(),
+                    };
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let command = line.trim_end().to_string();
+                        let upper = command.to_ascii_uppercase();
+                        let reply: String =
+                            if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                                "250-herald-test\r\n250 8BITMIME".into()
+                            } else if upper.starts_with("MAIL FROM:") {
+                                mail.from = command[10..].trim().to_string();
+                                "250 OK".into()
+                            } else if upper.starts_with("RCPT TO:") {
+                                let address = command[8..]
+                                    .trim()
+                                    .trim_matches(|c| c == '<' || c == '>')
+                                    .to_string();
+                                let answer = rcpt(&address);
+                                if answer.starts_with('2') {
+                                    mail.to.push(address);
+                                }
+                                answer.into()
+                            } else if upper == "DATA" {
+                                let _ = write.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await;
+                                let mut data = String::new();
+                                loop {
+                                    line.clear();
+                                    if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                        return;
+                                    }
+                                    if line == ".\r\n" {
+                                        break;
+                                    }
+                                    data.push_str(&line);
+                                }
+                                mail.data = data;
+                                log.lock().unwrap().push(mail.clone());
+                                mail.to.clear();
+                                "250 queued".into()
+                            } else if upper == "QUIT" {
+                                let _ = write.write_all(b"221 bye\r\n").await;
+                                return;
+                            } else {
+                                "250 OK".into()
+                            };
+                        if write
+                            .write_all(format!("{reply}\r\n").as_bytes())
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        SmtpServer { addr, mails }
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://{}", self.addr)
+    }
+
+    pub fn mails(&self) -> Vec<Mail> {
+        self.mails.lock().unwrap().clone()
     }
 }

@@ -3,6 +3,7 @@
 //! (retries belong to JetStream, see `retry.rs`).
 
 pub mod client;
+pub mod email;
 pub mod push;
 pub mod sms;
 pub mod webhook;
