@@ -422,12 +422,8 @@ async fn email_goes_through_smtp_and_5xx_is_permanent_4xx_retried() {
     let counter = tries.clone();
     let smtp = common::SmtpServer::start(move |address| match address {
         "nobody@example.com" => "550 5.1.1 no such user",
-        "busy@example.com" => {
-            if counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-                "451 4.3.0 try again later"
-            } else {
-                "250 OK"
-            }
+        "busy@example.com" if counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 => {
+            "451 4.3.0 try again later"
         }
         _ => "250 OK",
     })
