@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The scenario matrix, measured with loadgen against a release dispatcher on this machine:
+# The scenario matrix, measured with loadgen against a release `dispatcher run` (ingress
+# and delivery) on this machine, every webhook addressed to loadgen's sink, so each row has
+# end-to-end latency and the lost / duplicated count:
 # closed-loop capacity, steady open-loop rates (single and batch), overload (low offered at
 # 3x the measured capacity) and burst. loadgen's open loop gives each priority its own
 # connections (-c per priority); the dispatcher runs with --queue-capacity $QUEUES so that
@@ -25,9 +27,9 @@ day=$(date -u +%Y-%m-%d)
 out=$(results_dir)/bench
 mkdir -p "$out"
 prefix="benchm$(date +%s)_"
-target/release/dispatcher --log warn serve --listen "$ADDR" --prefix "$prefix" --queue-capacity "$QUEUES" &
+target/release/dispatcher --log warn run --listen "$ADDR" --prefix "$prefix" --queue-capacity "$QUEUES" &
 dispatcher=$!
-trap 'kill $dispatcher 2>/dev/null; wait $dispatcher 2>/dev/null; "$TOOLS/nats" stream rm -f "${prefix}NOTIFY" >/dev/null 2>&1 || true' EXIT
+trap 'kill $dispatcher 2>/dev/null; wait $dispatcher 2>/dev/null; for s in NOTIFY DLQ EVENTS; do "$TOOLS/nats" stream rm -f "${prefix}$s" >/dev/null 2>&1 || true; done' EXIT
 for _ in $(seq 1 100); do curl -sf "http://$ADDR/readyz" >/dev/null && break; sleep 0.1; done
 
 rows=()
@@ -36,7 +38,7 @@ scenario() {
   local name=$1; shift
   echo "bench: $name: loadgen $*" >&2
   target/release/loadgen --target "http://$ADDR" -d "$DURATION" --warmup "$WARMUP" \
-    --out "$out/$name" "$@" >"$out/$name.txt" 2>"$out/$name.log" || true
+    --sink 127.0.0.1:0 --drain-timeout 120s --out "$out/$name" "$@" >"$out/$name.txt" 2>"$out/$name.log" || true
   rows+=("$(python3 - "$out/$name/summary.json" "$name" "$*" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
@@ -44,11 +46,14 @@ name, args = sys.argv[2], sys.argv[3]
 offered = s["offered_requests_per_sec"]
 cells = [name, f"`{args}`", f"{offered:.0f}" if offered else "closed",
          f"{s['total']['requests_per_sec']:.0f}", f"{s['total']['notifications_per_sec']:.0f}"]
+e2e = s["end_to_end"]
+cells.append(f"{e2e['delivered']} / {e2e['lost']} / {e2e['duplicated']}")
 for p in ("high", "medium", "low"):
     c = s["priorities"][p]
     if c["requests"]:
         i = c["ingest"]
-        cells.append(f"{i['p50_ms']:.2f} / {i['p99_ms']:.2f} / {i['max_ms']:.1f}; err {c['errors']}")
+        d = e2e["priorities"][p]
+        cells.append(f"{i['p50_ms']:.2f} / {i['p99_ms']:.2f}; e2e {d['p50_ms']:.2f} / {d['p99_ms']:.2f}; err {c['errors']}")
     else:
         cells.append("-")
 print("| " + " | ".join(cells) + " |")
@@ -72,12 +77,13 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
   echo "Machine: $(nproc) cores ($cpu), $(free -g | awk '/Mem:/ {print $2}') GiB. loadgen, the dispatcher and NATS"
   echo "(v$("$TOOLS/nats-server" --version | awk '{print $2}' | tr -d v), file storage) share these cores."
   echo "Open-loop latencies are from each request's intended start (coordinated omission"
-  echo "corrected); closed-loop ones from the actual send. Each cell: p50 / p99 / max in ms, and"
-  echo "errors (non-2xx answers, mostly 429 when a queue is full, and transport failures)."
-  echo "Herald does not deliver yet, so no end-to-end numbers here."
+  echo "corrected); closed-loop ones from the actual send. Errors: non-2xx answers (429 when a"
+  echo "queue is full) and transport failures."
+  echo "End to end: from the intended send to arrival at loadgen's sink (webhook delivery),"
+  echo "first deliveries; delivered / lost / duplicated count the whole run, warm-up included."
   echo
-  echo "| scenario | loadgen args | offered req/s | achieved req/s | notifications/s | high | medium | low |"
-  echo "|---|---|---|---|---|---|---|---|"
+  echo "| scenario | loadgen args | offered req/s | achieved req/s | notifications/s | delivered / lost / dup | high: ingest p50 / p99; e2e p50 / p99 (ms) | medium | low |"
+  echo "|---|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
   echo
   echo "Reproduce: \`scripts/bench.sh\` (DURATION=$DURATION WARMUP=$WARMUP RATES=\"$RATES\" BATCH=$BATCH QUEUES=$QUEUES);"
@@ -86,5 +92,5 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
   echo "the recorded requests really took (longer than the schedule when the target fell behind)."
   echo "Per-scenario outputs: \`bench/<scenario>/\` (summary.json, *.hgrm, latency.svg)."
 } >"results/$day-$rev/bench.md"
-results_row scripts/bench.sh "closed-loop capacity $capacity req/s; steady, batch, overload, burst" bench.md
+results_row scripts/bench.sh "dispatcher run + sink: closed-loop capacity $capacity req/s; steady, batch, overload, burst with end-to-end and loss" bench.md
 cat "results/$day-$rev/bench.md"
