@@ -11,21 +11,11 @@ use common::{webhook_to, Receiver, Stack};
 
 const SECRET: &str = "herald-development-secret";
 
-fn accepted_id(resp: &common::TestResponse) -> String {
-    assert_eq!(resp.status, 202, "{:?}", resp.body);
-    resp.body["id"].as_str().unwrap().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivered_on_first_try_signed_and_recorded() {
     let receiver = Receiver::start(|_| (200, Duration::ZERO)).await;
     let stack = Stack::start(|_| {}).await;
-    let id = accepted_id(
-        &stack
-            .server
-            .post("/v1/notifications", webhook_to(&receiver.url(), "high", 1))
-            .await,
-    );
+    let id = stack.accept(webhook_to(&receiver.url(), "high", 1)).await;
     let got = receiver.wait_for(1, Duration::from_secs(10)).await;
     let r = &got[0];
     assert_eq!(r.header("herald-id"), id);
@@ -51,15 +41,7 @@ async fn delivered_on_first_try_signed_and_recorded() {
 async fn a_500_is_retried_after_a_backoff_within_bounds() {
     let receiver = Receiver::start(|n| (if n == 0 { 500 } else { 200 }, Duration::ZERO)).await;
     let stack = Stack::start(|c| c.retry_medium = "300ms:2s:4".parse().unwrap()).await;
-    let id = accepted_id(
-        &stack
-            .server
-            .post(
-                "/v1/notifications",
-                webhook_to(&receiver.url(), "medium", 1),
-            )
-            .await,
-    );
+    let id = stack.accept(webhook_to(&receiver.url(), "medium", 1)).await;
     let got = receiver.wait_for(2, Duration::from_secs(10)).await;
     assert_eq!(got[0].header("herald-attempt"), "1");
     assert_eq!(got[1].header("herald-attempt"), "2");
@@ -80,12 +62,7 @@ async fn a_500_is_retried_after_a_backoff_within_bounds() {
 async fn a_400_goes_to_the_dlq_at_once_and_replay_delivers_it() {
     let receiver = Receiver::start(|n| (if n == 0 { 400 } else { 200 }, Duration::ZERO)).await;
     let stack = Stack::start(|_| {}).await;
-    let id = accepted_id(
-        &stack
-            .server
-            .post("/v1/notifications", webhook_to(&receiver.url(), "low", 7))
-            .await,
-    );
+    let id = stack.accept(webhook_to(&receiver.url(), "low", 7)).await;
     receiver.wait_for(1, Duration::from_secs(10)).await;
     let mut items = serde_json::Value::Null;
     for _ in 0..100 {
@@ -134,12 +111,7 @@ async fn a_400_goes_to_the_dlq_at_once_and_replay_delivers_it() {
 async fn always_503_is_dead_lettered_after_max_attempts_and_can_be_deleted() {
     let receiver = Receiver::start(|_| (503, Duration::ZERO)).await;
     let stack = Stack::start(|c| c.retry_high = "20ms:50ms:3".parse().unwrap()).await;
-    let id = accepted_id(
-        &stack
-            .server
-            .post("/v1/notifications", webhook_to(&receiver.url(), "high", 1))
-            .await,
-    );
+    let id = stack.accept(webhook_to(&receiver.url(), "high", 1)).await;
     let got = receiver.wait_for(3, Duration::from_secs(10)).await;
     let attempts: Vec<String> = got.iter().map(|r| r.header("herald-attempt")).collect();
     assert_eq!(attempts, vec!["1", "2", "3"]);
@@ -193,12 +165,7 @@ async fn a_send_lost_in_a_crash_is_redelivered() {
     })
     .await;
     let mut stack = Stack::start(|c| c.ack_wait = Duration::from_secs(1)).await;
-    let id = accepted_id(
-        &stack
-            .server
-            .post("/v1/notifications", webhook_to(&receiver.url(), "high", 1))
-            .await,
-    );
+    let id = stack.accept(webhook_to(&receiver.url(), "high", 1)).await;
     receiver.wait_for(1, Duration::from_secs(10)).await;
     // Crash: tasks gone, nothing acked, nothing NAKed.
     stack.delivery.take().unwrap().abort();
@@ -315,15 +282,7 @@ async fn sms_goes_to_the_provider_in_its_shape_and_its_refusal_is_permanent() {
         c.sms_from = "+15005550006".into();
     })
     .await;
-    let good = accepted_id(
-        &stack
-            .server
-            .post(
-                "/v1/notifications",
-                r#"{"priority":"high","channel":"sms","recipient":"+4915112345678","payload":{"text":"Your code: 492811 & more"}}"#,
-            )
-            .await,
-    );
+    let good = stack.accept(r#"{"priority":"high","channel":"sms","recipient":"+4915112345678","payload":{"text":"Your code: 492811 & more"}}"#).await;
     let got = provider.wait_for(1, Duration::from_secs(10)).await;
     let form: std::collections::HashMap<String, String> =
         form_urlencoded::parse(&got[0].body).into_owned().collect();
@@ -331,15 +290,7 @@ async fn sms_goes_to_the_provider_in_its_shape_and_its_refusal_is_permanent() {
     assert_eq!(form["Body"], "Your code: 492811 & more");
     assert_eq!(got[0].header("idempotency-key"), good);
 
-    let bad = accepted_id(
-        &stack
-            .server
-            .post(
-                "/v1/notifications",
-                r#"{"priority":"high","channel":"sms","recipient":"+4900000000","payload":{"text":"x"}}"#,
-            )
-            .await,
-    );
+    let bad = stack.accept(r#"{"priority":"high","channel":"sms","recipient":"+4900000000","payload":{"text":"x"}}"#).await;
     provider.wait_for(2, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let events = stack.events().await;
@@ -378,15 +329,7 @@ async fn push_goes_to_fcm_v1_in_its_shape_and_unregistered_is_dead() {
         c.push_token = "ya29.test".into();
     })
     .await;
-    let good = accepted_id(
-        &stack
-            .server
-            .post(
-                "/v1/notifications",
-                r#"{"priority":"medium","channel":"push","recipient":"device-1","payload":{"title":"Shipped","body":"Order A-1 is on its way","data":{"order":"A-1"}}}"#,
-            )
-            .await,
-    );
+    let good = stack.accept(r#"{"priority":"medium","channel":"push","recipient":"device-1","payload":{"title":"Shipped","body":"Order A-1 is on its way","data":{"order":"A-1"}}}"#).await;
     let got = provider.wait_for(1, Duration::from_secs(10)).await;
     let message = &got[0].json()["message"];
     assert_eq!(message["token"], "device-1");
@@ -394,15 +337,7 @@ async fn push_goes_to_fcm_v1_in_its_shape_and_unregistered_is_dead() {
     assert_eq!(message["notification"]["body"], "Order A-1 is on its way");
     assert_eq!(message["data"]["order"], "A-1");
 
-    let gone = accepted_id(
-        &stack
-            .server
-            .post(
-                "/v1/notifications",
-                r#"{"priority":"medium","channel":"push","recipient":"gone-device","payload":{"title":"x"}}"#,
-            )
-            .await,
-    );
+    let gone = stack.accept(r#"{"priority":"medium","channel":"push","recipient":"gone-device","payload":{"title":"x"}}"#).await;
     provider.wait_for(2, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let events = stack.events().await;
@@ -439,24 +374,9 @@ async fn email_goes_through_smtp_and_5xx_is_permanent_4xx_retried() {
             r#"{{"priority":"high","channel":"email","recipient":"{recipient}","payload":{{"subject":"Your code","text":"Code 492811","html":"<p>Code <b>492811</b></p>"}}}}"#
         )
     };
-    let good = accepted_id(
-        &stack
-            .server
-            .post("/v1/notifications", post("ana@example.com"))
-            .await,
-    );
-    let dead = accepted_id(
-        &stack
-            .server
-            .post("/v1/notifications", post("nobody@example.com"))
-            .await,
-    );
-    let retried = accepted_id(
-        &stack
-            .server
-            .post("/v1/notifications", post("busy@example.com"))
-            .await,
-    );
+    let good = stack.accept(post("ana@example.com")).await;
+    let dead = stack.accept(post("nobody@example.com")).await;
+    let retried = stack.accept(post("busy@example.com")).await;
     let mut events = Vec::new();
     for _ in 0..200 {
         events = stack.events().await;

@@ -546,6 +546,13 @@ impl Stack {
         self.delivery = Some(delivery);
     }
 
+    /// Posts one notification and returns its id, asserting the 202.
+    pub async fn accept(&self, body: impl Into<Bytes>) -> String {
+        let resp = self.server.post("/v1/notifications", body).await;
+        assert_eq!(resp.status, 202, "{:?}", resp.body);
+        resp.body["id"].as_str().unwrap().to_string()
+    }
+
     pub async fn stop_delivery(&mut self) {
         if let Some(d) = self.delivery.take() {
             d.shutdown().await;
