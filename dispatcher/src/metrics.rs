@@ -24,6 +24,7 @@ pub struct Metrics {
     send_latency: [Histogram; 3],
     end_to_end: [Histogram; 3],
     dead_letters: [IntCounter; 3],
+    consumer_lag: [IntGauge; 3],
 }
 
 fn per_priority<T>(f: impl Fn(Priority) -> T) -> [T; 3] {
@@ -119,8 +120,17 @@ impl Metrics {
             &["priority"],
         )
         .expect("valid metric");
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "herald_consumer_lag",
+                "Messages in NOTIFY not yet delivered to the priority's consumer (as of the last fetch)",
+            ),
+            &["priority"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(attempts.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(consumer_lag.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(attempts.clone()),
             Box::new(send_latency.clone()),
             Box::new(end_to_end.clone()),
             Box::new(dead_letters.clone()),
@@ -142,6 +152,7 @@ impl Metrics {
             send_latency: per_priority(|p| send_latency.with_label_values(&[p.as_str()])),
             end_to_end: per_priority(|p| end_to_end.with_label_values(&[p.as_str()])),
             dead_letters: per_priority(|p| dead_letters.with_label_values(&[p.as_str()])),
+            consumer_lag: per_priority(|p| consumer_lag.with_label_values(&[p.as_str()])),
             attempts,
             rejected,
             registry,
@@ -171,6 +182,10 @@ impl Metrics {
 
     pub fn delivered(&self, priority: Priority, since_accepted: std::time::Duration) {
         self.end_to_end[priority.index()].observe(since_accepted.as_secs_f64());
+    }
+
+    pub fn consumer_lag(&self, priority: Priority, pending: u64) {
+        self.consumer_lag[priority.index()].set(pending as i64);
     }
 
     pub fn dead_lettered(&self, priority: Priority) {

@@ -153,6 +153,7 @@ impl Delivery {
                 priority,
                 schedulers.clone(),
                 config.fetch_batch.max(1),
+                shared.metrics.clone(),
                 stop.clone(),
             ));
         }
@@ -198,6 +199,7 @@ async fn fetch(
     priority: Priority,
     schedulers: Vec<Arc<Scheduler<Job>>>,
     batch: usize,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
     while !stop.is_cancelled() {
@@ -231,6 +233,9 @@ async fn fetch(
                 }
                 None => break,
             };
+            if let Ok(info) = message.info() {
+                metrics.consumer_lag(priority, info.pending);
+            }
             let channel = channel_of(&message);
             let job = Job { message, priority };
             if let Err(job) = schedulers[channel.index()].try_push(priority, job) {
