@@ -423,7 +423,14 @@ fn plot(
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.1))
         .fold(0.001f64, f64::max)
-        * 1.1;
+        * 1.5;
+    // Log scale: one plot must show sub-millisecond and multi-second series together.
+    let min_y = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .fold(f64::INFINITY, f64::min)
+        .clamp(0.001, max_y / 10.0)
+        * 0.7;
     let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -431,11 +438,12 @@ fn plot(
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(64)
-        .build_cartesian_2d((1.0..max_x).log_scale(), 0.0..max_y)?;
+        .build_cartesian_2d((1.0..max_x).log_scale(), (min_y..max_y).log_scale())?;
     chart
         .configure_mesh()
         .x_desc("percentile")
-        .y_desc("latency (ms)")
+        .y_desc("latency (ms, log scale)")
+        .y_label_formatter(&|y| format!("{y:.3}"))
         .x_label_formatter(&|x| format!("{:.4}%", 100.0 * (1.0 - 1.0 / x)))
         .draw()?;
     for Series {
