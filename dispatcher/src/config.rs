@@ -245,6 +245,18 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub publisher: PublisherConfig,
 
+    /// Redis holding idempotency keys (`<prefix>idem:<key>`).
+    #[arg(
+        long,
+        env = "HERALD_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+    /// How long an idempotency key remembers its notification.
+    #[arg(long, env = "HERALD_IDEMPOTENCY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub idempotency_ttl: Duration,
+
     /// Longest wait for in-flight requests and publishes at shutdown.
     #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,

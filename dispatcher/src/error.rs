@@ -131,6 +131,26 @@ impl ApiError {
         e
     }
 
+    pub fn idempotency_mismatch() -> Self {
+        let mut e = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this idempotency key was used for a different notification",
+        );
+        e.field = Some(String::from("idempotency_key"));
+        e
+    }
+
+    pub fn idempotency_in_progress() -> Self {
+        let mut e = Self::new(
+            StatusCode::CONFLICT,
+            "idempotency_in_progress",
+            "a request with this idempotency key is being processed; retry shortly",
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
         e.retry_after = Some(1);

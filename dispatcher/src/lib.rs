@@ -23,6 +23,7 @@ pub mod delivery;
 pub mod dlq;
 pub mod error;
 pub mod events;
+pub mod idempotency;
 pub mod ingress;
 pub mod jetstream;
 pub mod metrics;

@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
+use crate::idempotency::Idempotency;
 use crate::jetstream::{self, Names, Readiness};
 use crate::metrics::Metrics;
 use crate::model::Limits;
@@ -45,6 +46,7 @@ pub struct State {
     pub client: async_nats::Client,
     pub js: async_nats::jetstream::Context,
     pub names: Names,
+    pub idempotency: Idempotency,
 }
 
 /// A running ingress.
@@ -86,6 +88,12 @@ impl Ingress {
             config.nats.clone(),
             stop_supervisor.clone(),
         ));
+        let idempotency = Idempotency::new(
+            &config.redis_url,
+            &config.nats.prefix,
+            config.idempotency_ttl,
+        )
+        .map_err(std::io::Error::other)?;
         let scheduler = Arc::new(Scheduler::new(config.scheduler()));
         let publisher = Publisher::start(
             js.clone(),
@@ -107,6 +115,7 @@ impl Ingress {
             client: client.clone(),
             js,
             names,
+            idempotency,
         });
         tracing::info!(%local_addr, prefix = %config.nats.prefix, "ingress listening");
         let stop = shutdown.clone();

@@ -17,8 +17,10 @@ use uuid::Uuid;
 use super::State;
 use crate::dlq;
 use crate::error::ApiError;
+use crate::idempotency::{self, Claim};
 use crate::model::{
     describe_parse_error, new_id, parse_notification, Channel, Priority, Validated,
+    MAX_IDEMPOTENCY_KEY_LEN,
 };
 use crate::publisher::{Envelope, PublishOutcome};
 
@@ -77,26 +79,115 @@ where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let header_key = idempotency_header(&req)?;
     let body = read_json_body(state, req).await?;
     let now = Utc::now();
-    let validated = parse_notification(&body, &state.limits, now)?;
+    let mut validated = parse_notification(&body, &state.limits, now)?;
+    let key = match (header_key, validated.idempotency_key.as_deref()) {
+        (Some(h), Some(b)) if h != b => {
+            return Err(ApiError::invalid_field(
+                "idempotency_key",
+                "the Idempotency-Key header and the idempotency_key field differ",
+            )
+            .into())
+        }
+        (Some(h), _) => Some(h),
+        (None, b) => b.map(str::to_string),
+    };
     ensure_ready(state)?;
     let priority = validated.priority;
-    let (id, waiting) =
-        schedule(state, &validated, now).map_err(|e| Rejection(Some(priority), e))?;
-    match waiting.await {
+    let id = new_id();
+    let claim = match &key {
+        Some(key) => {
+            validated.idempotency_key = Some(std::borrow::Cow::Owned(key.clone()));
+            let request = idempotency::Request {
+                key,
+                id,
+                fingerprint: idempotency::fingerprint(&body),
+            };
+            let claims = state
+                .idempotency
+                .claim(std::slice::from_ref(&request))
+                .await
+                .map_err(|e| Rejection(Some(priority), e))?;
+            match claims.first() {
+                Some(Claim::Replay(original)) => {
+                    let mut response = accepted_response(StatusCode::OK, *original, priority);
+                    response
+                        .headers_mut()
+                        .insert("Idempotent-Replayed", HeaderValue::from_static("true"));
+                    return Ok(response);
+                }
+                Some(Claim::Mismatch) => {
+                    return Err(Rejection(Some(priority), ApiError::idempotency_mismatch()))
+                }
+                Some(Claim::InProgress) => {
+                    return Err(Rejection(
+                        Some(priority),
+                        ApiError::idempotency_in_progress(),
+                    ))
+                }
+                _ => Some(request),
+            }
+        }
+        None => None,
+    };
+    let scheduled = schedule(state, &validated, now, id);
+    let outcome = match scheduled {
+        Ok(waiting) => waiting.await,
+        Err(e) => {
+            if let Some(request) = &claim {
+                state.idempotency.settle(&[], &[request.key]).await;
+            }
+            return Err(Rejection(Some(priority), e));
+        }
+    };
+    if let Some(request) = &claim {
+        match &outcome {
+            Ok(Ok(_)) => {
+                state
+                    .idempotency
+                    .settle(std::slice::from_ref(request), &[])
+                    .await
+            }
+            _ => state.idempotency.settle(&[], &[request.key]).await,
+        }
+    }
+    match outcome {
         Ok(Ok(_sequence)) => {
             state.metrics.accepted(priority);
-            let body = serde_json::to_vec(&Accepted {
-                id,
-                status: "accepted",
-                priority,
-            })
-            .expect("serializing plain fields cannot fail");
-            Ok(json(StatusCode::ACCEPTED, body))
+            Ok(accepted_response(StatusCode::ACCEPTED, id, priority))
         }
         Ok(Err(reason)) => Err(Rejection(Some(priority), ApiError::publish_failed(reason))),
         Err(_) => Err(Rejection(Some(priority), ApiError::shutting_down())),
+    }
+}
+
+fn accepted_response(status: StatusCode, id: Uuid, priority: Priority) -> HttpResponse {
+    let body = serde_json::to_vec(&Accepted {
+        id,
+        status: "accepted",
+        priority,
+    })
+    .expect("serializing plain fields cannot fail");
+    json(status, body)
+}
+
+/// The `Idempotency-Key` header, checked like the body field.
+fn idempotency_header<B>(req: &Request<B>) -> Result<Option<String>, ApiError> {
+    match req.headers().get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => match v.to_str() {
+            Ok(key) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_LEN => {
+                Ok(Some(key.to_string()))
+            }
+            _ => Err(ApiError::invalid_field(
+                "Idempotency-Key",
+                format!(
+                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII bytes"
+                ),
+            )),
+        },
     }
 }
 
@@ -157,10 +248,13 @@ where
     let slots: Vec<Slot> = parsed
         .into_iter()
         .map(|item| match item {
-            Ok(v) => match schedule(state, &v, now) {
-                Ok((id, rx)) => Slot::Waiting(id, v.priority, rx),
-                Err(e) => Slot::Failed(reject(state, Some(v.priority), e)),
-            },
+            Ok(v) => {
+                let id = new_id();
+                match schedule(state, &v, now, id) {
+                    Ok(rx) => Slot::Waiting(id, v.priority, rx),
+                    Err(e) => Slot::Failed(reject(state, Some(v.priority), e)),
+                }
+            }
             Err(e) => Slot::Failed(reject(state, None, e)),
         })
         .collect();
@@ -234,8 +328,8 @@ fn schedule(
     state: &State,
     validated: &Validated<'_>,
     now: chrono::DateTime<Utc>,
-) -> Result<(Uuid, oneshot::Receiver<PublishOutcome>), ApiError> {
-    let id = new_id();
+    id: Uuid,
+) -> Result<oneshot::Receiver<PublishOutcome>, ApiError> {
     let (reply, waiting) = oneshot::channel();
     let envelope = Envelope {
         id,
@@ -246,7 +340,7 @@ fn schedule(
         reply,
     };
     match state.scheduler.try_push(validated.priority, envelope) {
-        Ok(()) => Ok((id, waiting)),
+        Ok(()) => Ok(waiting),
         Err(_) if state.scheduler.is_closed() => Err(ApiError::shutting_down()),
         Err(_) => Err(ApiError::queue_full(validated.priority)),
     }

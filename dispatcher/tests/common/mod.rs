@@ -36,6 +36,7 @@ pub fn test_config(nats_url: &str) -> ServeConfig {
     config.nats.prefix = unique_prefix();
     config.nats.readiness_interval = Duration::from_millis(100);
     config.shutdown_timeout = Duration::from_secs(20);
+    config.redis_url = redis_url();
     config
 }
 
@@ -151,7 +152,7 @@ impl Drop for TestServer {
     }
 }
 
-/// Deletes every stream Herald creates under `prefix`.
+/// Deletes every stream and Redis key Herald creates under `prefix`.
 pub async fn delete_streams(nats_url: &str, prefix: &str) {
     if let Ok(client) = async_nats::connect(nats_url).await {
         let js = jetstream::new(client);
@@ -159,6 +160,34 @@ pub async fn delete_streams(nats_url: &str, prefix: &str) {
             let _ = js.delete_stream(format!("{prefix}{name}")).await;
         }
     }
+    if let Ok(client) = redis::Client::open(redis_url()) {
+        if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}*"))
+                .query_async(&mut c)
+                .await
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut c).await;
+            }
+        }
+    }
+}
+
+/// The shared Redis (scripts/services.sh starts it).
+pub fn redis_url() -> String {
+    std::env::var("HERALD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Keys under `prefix` in the shared Redis.
+pub async fn redis_keys(prefix: &str) -> Vec<String> {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut c)
+        .await
+        .unwrap()
 }
 
 #[derive(Debug)]
@@ -243,9 +272,24 @@ impl HttpClient {
         content_type: Option<&str>,
         body: Bytes,
     ) -> Result<TestResponse, hyper_util::client::legacy::Error> {
+        self.request_with(method, url, content_type, &[], body)
+            .await
+    }
+
+    pub async fn request_with(
+        &self,
+        method: &str,
+        url: &str,
+        content_type: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<TestResponse, hyper_util::client::legacy::Error> {
         let mut req = http::Request::builder().method(method).uri(url);
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         let resp = self.0.request(req.body(Full::new(body)).unwrap()).await?;
         let status = resp.status().as_u16();
