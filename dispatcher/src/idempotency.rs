@@ -34,6 +34,7 @@ pub enum Claim {
 }
 
 /// One key to claim.
+#[derive(Debug, Clone)]
 pub struct Request<'a> {
     pub key: &'a str,
     pub id: Uuid,

@@ -96,3 +96,42 @@ async fn without_redis_only_requests_with_a_key_are_refused() {
     assert_eq!(server.stream_messages().await.len(), 1);
     server.finish().await;
 }
+
+#[tokio::test]
+async fn a_batch_claims_its_keys_together_and_replays_per_item() {
+    let server = TestServer::start().await;
+    let batch = format!(
+        "[{},{},{}]",
+        with_key("high", 1, "b-1"),
+        with_key("low", 2, "b-2"),
+        notification("medium", 3)
+    );
+    let first = server.post("/v1/notifications/batch", batch.clone()).await;
+    assert_eq!(first.status, 202, "{:?}", first.body);
+    assert_eq!(first.body["accepted"], 3);
+    let again = server.post("/v1/notifications/batch", batch).await;
+    assert_eq!(again.status, 202, "{:?}", again.body);
+    let (a, b) = (&first.body["results"], &again.body["results"]);
+    for i in 0..2 {
+        assert_eq!(b[i]["status"], 200, "{b:?}");
+        assert_eq!(b[i]["replayed"], true);
+        assert_eq!(b[i]["id"], a[i]["id"]);
+    }
+    // Without a key, a repeat is a new notification.
+    assert_eq!(b[2]["status"], 202);
+    assert_ne!(b[2]["id"], a[2]["id"]);
+
+    let changed = server
+        .post(
+            "/v1/notifications/batch",
+            format!("[{}]", with_key("high", 99, "b-1")),
+        )
+        .await;
+    assert_eq!(changed.status, 422, "{:?}", changed.body);
+    assert_eq!(
+        changed.body["results"][0]["error"]["code"],
+        "idempotency_key_reused"
+    );
+    assert_eq!(server.stream_messages().await.len(), 4);
+    server.finish().await;
+}

@@ -207,11 +207,15 @@ struct BatchItem {
     #[serde(skip_serializing_if = "Option::is_none")]
     priority: Option<Priority>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    replayed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<serde_json::Value>,
 }
 
 enum Slot {
     Waiting(Uuid, Priority, oneshot::Receiver<PublishOutcome>),
+    /// An idempotency key seen before with the same body: the first id.
+    Replayed(Uuid, Priority),
     Failed(ApiError),
 }
 
@@ -245,27 +249,77 @@ where
     if parsed.iter().any(Result::is_ok) {
         ensure_ready(state)?;
     }
+    // Every item's id up front, so idempotency keys can be claimed in one pipeline.
+    let ids: Vec<Uuid> = parsed.iter().map(|_| new_id()).collect();
+    let keyed: Vec<(usize, String, String)> = parsed
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| {
+            let key = item.as_ref().ok()?.idempotency_key.as_deref()?;
+            let fingerprint = idempotency::fingerprint(items[i].get().as_bytes());
+            Some((i, key.to_string(), fingerprint))
+        })
+        .collect();
+    let requests: Vec<idempotency::Request<'_>> = keyed
+        .iter()
+        .map(|(i, key, fingerprint)| idempotency::Request {
+            key,
+            id: ids[*i],
+            fingerprint: fingerprint.clone(),
+        })
+        .collect();
+    let claims: Vec<Result<Claim, ApiError>> = match state.idempotency.claim(&requests).await {
+        Ok(claims) => claims.into_iter().map(Ok).collect(),
+        Err(e) => requests.iter().map(|_| Err(e.clone())).collect(),
+    };
+    // Keys this batch took (to keep or release once JetStream has answered).
+    let taken: Vec<&idempotency::Request<'_>> = requests
+        .iter()
+        .zip(&claims)
+        .filter(|(_, c)| matches!(c, Ok(Claim::New)))
+        .map(|(r, _)| r)
+        .collect();
+    let mut claim_of: Vec<Option<Result<Claim, ApiError>>> = parsed.iter().map(|_| None).collect();
+    for ((i, _, _), claim) in keyed.iter().zip(claims) {
+        claim_of[*i] = Some(claim);
+    }
     let slots: Vec<Slot> = parsed
         .into_iter()
-        .map(|item| match item {
-            Ok(v) => {
-                let id = new_id();
-                match schedule(state, &v, now, id) {
-                    Ok(rx) => Slot::Waiting(id, v.priority, rx),
-                    Err(e) => Slot::Failed(reject(state, Some(v.priority), e)),
-                }
-            }
-            Err(e) => Slot::Failed(reject(state, None, e)),
+        .zip(ids)
+        .zip(claim_of)
+        .map(|((item, id), claim)| match (item, claim) {
+            (Err(e), _) => Slot::Failed(reject(state, None, e)),
+            (Ok(v), Some(Err(e))) => Slot::Failed(reject(state, Some(v.priority), e)),
+            (Ok(v), Some(Ok(Claim::Replay(original)))) => Slot::Replayed(original, v.priority),
+            (Ok(v), Some(Ok(Claim::Mismatch))) => Slot::Failed(reject(
+                state,
+                Some(v.priority),
+                ApiError::idempotency_mismatch(),
+            )),
+            (Ok(v), Some(Ok(Claim::InProgress))) => Slot::Failed(reject(
+                state,
+                Some(v.priority),
+                ApiError::idempotency_in_progress(),
+            )),
+            (Ok(v), _) => match schedule(state, &v, now, id) {
+                Ok(rx) => Slot::Waiting(id, v.priority, rx),
+                Err(e) => Slot::Failed(reject(state, Some(v.priority), e)),
+            },
         })
         .collect();
 
     let mut results = Vec::with_capacity(slots.len());
     let mut accepted = 0;
     let mut worst = StatusCode::ACCEPTED;
+    let mut published = Vec::new();
     for (index, slot) in slots.into_iter().enumerate() {
+        let mut replayed = false;
         let outcome = match slot {
             Slot::Waiting(id, priority, rx) => match rx.await {
-                Ok(Ok(_)) => Ok((id, priority)),
+                Ok(Ok(_)) => {
+                    published.push(id);
+                    Ok((id, priority))
+                }
                 Ok(Err(reason)) => Err(reject(
                     state,
                     Some(priority),
@@ -273,17 +327,24 @@ where
                 )),
                 Err(_) => Err(reject(state, Some(priority), ApiError::shutting_down())),
             },
+            Slot::Replayed(id, priority) => {
+                replayed = true;
+                Ok((id, priority))
+            }
             Slot::Failed(e) => Err(e),
         };
         results.push(match outcome {
             Ok((id, priority)) => {
-                state.metrics.accepted(priority);
+                if !replayed {
+                    state.metrics.accepted(priority);
+                }
                 accepted += 1;
                 BatchItem {
                     index,
-                    status: StatusCode::ACCEPTED.as_u16(),
+                    status: if replayed { 200 } else { 202 },
                     id: Some(id),
                     priority: Some(priority),
+                    replayed: replayed.then_some(true),
                     error: None,
                 }
             }
@@ -294,11 +355,18 @@ where
                     status: e.status.as_u16(),
                     id: None,
                     priority: None,
+                    replayed: None,
                     error: Some(e.to_json()),
                 }
             }
         });
     }
+    // Keys we took: keep those whose notification JetStream stored, release the rest.
+    let (kept, released): (Vec<_>, Vec<_>) =
+        taken.into_iter().partition(|r| published.contains(&r.id));
+    let kept: Vec<idempotency::Request<'_>> = kept.into_iter().cloned().collect();
+    let released: Vec<&str> = released.into_iter().map(|r| r.key).collect();
+    state.idempotency.settle(&kept, &released).await;
     let status = if accepted > 0 {
         StatusCode::ACCEPTED
     } else {
