@@ -30,9 +30,11 @@ async fn delivered_on_first_try_signed_and_recorded() {
     assert_eq!(r.json()["id"], id.as_str());
     assert_eq!(r.json()["payload"]["n"], 1);
 
+    let events = stack.wait_events(1).await;
+    // Nothing else comes: no second delivery, no second event.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.received().len(), 1, "delivered more than once");
-    let events = stack.events().await;
+    assert_eq!(stack.events().await, events);
     assert_eq!(events, vec![("delivered".to_string(), id, 1)]);
     stack.finish().await;
 }
@@ -52,8 +54,12 @@ async fn a_500_is_retried_after_a_backoff_within_bounds() {
         gap <= Duration::from_millis(300 + 400),
         "retried after {gap:?}"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let kinds: Vec<String> = stack.events().await.into_iter().map(|e| e.0).collect();
+    let kinds: Vec<String> = stack
+        .wait_events(2)
+        .await
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
     assert_eq!(kinds, vec!["retrying", "delivered"]);
     stack.finish().await;
 }
@@ -101,8 +107,12 @@ async fn a_400_goes_to_the_dlq_at_once_and_replay_delivers_it() {
     assert!(after.body["items"].as_array().unwrap().is_empty());
     let again = stack.server.post(&format!("/v1/dlq/{id}/replay"), "").await;
     assert_eq!(again.status, 404);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let kinds: Vec<String> = stack.events().await.into_iter().map(|e| e.0).collect();
+    let kinds: Vec<String> = stack
+        .wait_events(2)
+        .await
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
     assert_eq!(kinds, vec!["dead", "delivered"]);
     stack.finish().await;
 }
@@ -292,8 +302,7 @@ async fn sms_goes_to_the_provider_in_its_shape_and_its_refusal_is_permanent() {
 
     let bad = stack.accept(r#"{"priority":"high","channel":"sms","recipient":"+4900000000","payload":{"text":"x"}}"#).await;
     provider.wait_for(2, Duration::from_secs(10)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let events = stack.events().await;
+    let events = stack.wait_events(2).await;
     assert!(
         events.contains(&("delivered".into(), good, 1)),
         "{events:?}"
@@ -339,8 +348,7 @@ async fn push_goes_to_fcm_v1_in_its_shape_and_unregistered_is_dead() {
 
     let gone = stack.accept(r#"{"priority":"medium","channel":"push","recipient":"gone-device","payload":{"title":"x"}}"#).await;
     provider.wait_for(2, Duration::from_secs(10)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let events = stack.events().await;
+    let events = stack.wait_events(2).await;
     assert!(
         events.contains(&("delivered".into(), good, 1)),
         "{events:?}"

@@ -621,6 +621,19 @@ impl Stack {
         .collect()
     }
 
+    /// Waits until the EVENTS stream holds at least `n` events (10 s at most) and returns
+    /// them all.
+    pub async fn wait_events(&self, n: usize) -> Vec<(String, String, u64)> {
+        for _ in 0..200 {
+            let events = self.events().await;
+            if events.len() >= n {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.events().await
+    }
+
     pub async fn finish(mut self) {
         self.stop_delivery().await;
         self.server.finish().await;
