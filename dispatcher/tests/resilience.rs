@@ -198,14 +198,17 @@ async fn shutdown_answers_every_in_flight_request_and_loses_nothing_accepted() {
     server.finish().await;
 }
 
-#[tokio::test]
-async fn the_binary_exits_zero_on_sigterm_after_answering() {
-    let nats = NatsProcess::start(free_port()).await;
+/// Starts the real binary in `role` against `nats_url`; returns it and its base URL once
+/// /readyz answers 200.
+async fn spawn_dispatcher(
+    role: &str,
+    nats_url: &str,
+    prefix: &str,
+) -> (std::process::Child, String) {
     let port = free_port();
-    let prefix = common::unique_prefix();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dispatcher"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--nats-url", &nats.url(), "--prefix", &prefix])
+        .args([role, "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--nats-url", nats_url, "--prefix", prefix])
         .args(["--readiness-interval", "100ms"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -213,41 +216,71 @@ async fn the_binary_exits_zero_on_sigterm_after_answering() {
         .unwrap();
     let http = common::HttpClient::new(false);
     let base = format!("http://127.0.0.1:{port}");
-    let mut ready = false;
     for _ in 0..200 {
         if let Ok(r) = http
             .request("GET", &format!("{base}/readyz"), None, Default::default())
             .await
         {
             if r.status == 200 {
-                ready = true;
-                break;
+                return (child, base);
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(ready, "the dispatcher did not become ready");
-    let r = http
-        .request(
-            "POST",
-            &format!("{base}/v1/notifications"),
-            Some("application/json"),
-            notification("medium", 1).into(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 202);
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the dispatcher did not become ready");
+}
 
+/// Sends SIGTERM and returns the exit status.
+async fn terminate(child: std::process::Child) -> std::process::ExitStatus {
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+    let mut child = child;
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn post(base: &str, body: String) -> TestResponse {
+    common::HttpClient::new(false)
+        .request(
+            "POST",
+            &format!("{base}/v1/notifications"),
+            Some("application/json"),
+            body.into(),
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_binary_exits_zero_on_sigterm_after_answering() {
+    let nats = NatsProcess::start(free_port()).await;
+    let prefix = common::unique_prefix();
+    let (child, base) = spawn_dispatcher("serve", &nats.url(), &prefix).await;
+    let r = post(&base, notification("medium", 1)).await;
+    assert_eq!(r.status, 202);
+    let exit = terminate(child).await;
     assert!(exit.success(), "exit status {exit:?}");
     let stored = read_stream(&nats.url(), &format!("{prefix}NOTIFY")).await;
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].id(), id_of(&r));
+}
+
+/// `dispatcher run`: the binary accepts and delivers in one process, then stops cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_binary_accepts_and_delivers() {
+    let nats = NatsProcess::start(free_port()).await;
+    let receiver = common::Receiver::start(|_| (200, Duration::ZERO)).await;
+    let (child, base) = spawn_dispatcher("run", &nats.url(), &common::unique_prefix()).await;
+    let r = post(&base, common::webhook_to(&receiver.url(), "high", 1)).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let got = receiver.wait_for(1, Duration::from_secs(15)).await;
+    assert_eq!(got[0].header("herald-id"), id_of(&r));
+    let exit = terminate(child).await;
+    assert!(exit.success(), "exit status {exit:?}");
 }
