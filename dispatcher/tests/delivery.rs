@@ -422,28 +422,3 @@ async fn email_goes_through_smtp_and_5xx_is_permanent_4xx_retried() {
     );
     stack.finish().await;
 }
-
-/// A delivery consumer deleted under a running instance (an operator, a recreated stream)
-/// is created again and delivery goes on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_consumer_is_recreated() {
-    let receiver = Receiver::start(|_| (200, Duration::ZERO)).await;
-    let stack = Stack::start(|_| {}).await;
-    stack.accept(webhook_to(&receiver.url(), "low", 1)).await;
-    receiver.wait_for(1, Duration::from_secs(10)).await;
-
-    let js = async_nats::jetstream::new(async_nats::connect(&stack.server.nats_url).await.unwrap());
-    let stream = js.get_stream(&stack.server.stream).await.unwrap();
-    assert!(
-        stream
-            .delete_consumer(&format!("{}deliver-low", stack.server.prefix))
-            .await
-            .unwrap()
-            .success
-    );
-
-    let id = stack.accept(webhook_to(&receiver.url(), "low", 2)).await;
-    let got = receiver.wait_for(2, Duration::from_secs(30)).await;
-    assert_eq!(got[1].header("herald-id"), id);
-    stack.finish().await;
-}

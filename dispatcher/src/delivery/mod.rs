@@ -136,21 +136,20 @@ impl Delivery {
         let mut tasks = JoinSet::new();
         let stream = js.get_stream(&names.notify_stream).await?;
         for priority in Priority::ALL {
-            let consumer_config = consumer::pull::Config {
-                durable_name: Some(names.delivery_consumer(priority)),
-                description: Some(format!("Herald delivery, {priority} priority")),
-                filter_subject: names.notify_priority_filter(priority),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: config.ack_wait,
-                max_deliver: -1,
-                max_ack_pending: max_ack_pending as i64,
-                ..Default::default()
-            };
-            // Created here so a bad configuration fails the start, not a background task.
-            let _: consumer::PullConsumer = stream.create_consumer(consumer_config.clone()).await?;
+            let consumer: consumer::PullConsumer = stream
+                .create_consumer(consumer::pull::Config {
+                    durable_name: Some(names.delivery_consumer(priority)),
+                    description: Some(format!("Herald delivery, {priority} priority")),
+                    filter_subject: names.notify_priority_filter(priority),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: config.ack_wait,
+                    max_deliver: -1,
+                    max_ack_pending: max_ack_pending as i64,
+                    ..Default::default()
+                })
+                .await?;
             tasks.spawn(fetch(
-                stream.clone(),
-                consumer_config,
+                consumer,
                 priority,
                 schedulers.clone(),
                 config.fetch_batch.max(1),
@@ -196,8 +195,7 @@ impl Delivery {
 
 /// Pulls one priority's messages into the channel schedulers until `stop`.
 async fn fetch(
-    stream: jetstream::stream::Stream,
-    consumer_config: consumer::pull::Config,
+    consumer: consumer::PullConsumer,
     priority: Priority,
     schedulers: Vec<Arc<Scheduler<Job>>>,
     batch: usize,
@@ -205,22 +203,13 @@ async fn fetch(
     stop: CancellationToken,
 ) {
     while !stop.is_cancelled() {
-        // (Re)created on every subscription: a consumer deleted under us (an operator, a
-        // recreated stream) comes back with the same durable name instead of stalling.
-        let messages = match stream.create_consumer(consumer_config.clone()).await {
-            Ok(consumer) => {
-                let consumer: consumer::PullConsumer = consumer;
-                consumer
-                    .stream()
-                    .max_messages_per_batch(batch)
-                    .heartbeat(Duration::from_secs(5))
-                    .expires(Duration::from_secs(30))
-                    .messages()
-                    .await
-                    .map_err(async_nats::Error::from)
-            }
-            Err(err) => Err(async_nats::Error::from(err)),
-        };
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await;
         let mut messages = match messages {
             Ok(m) => m,
             Err(err) => {
