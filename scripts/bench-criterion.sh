@@ -11,11 +11,10 @@ day=$(date -u +%Y-%m-%d)
 out=$(results_dir)
 log=$(mktemp)
 cargo bench --locked -p herald-benches 2>&1 | tee "$log" >/dev/null
-cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 {
   echo "# Criterion suites, $day, revision $rev"
   echo
-  echo "Machine: $(nproc) cores ($cpu), $(free -g | awk '/Mem:/ {print $2}') GiB."
+  echo "Machine: $(machine)."
   echo "Command: \`cargo bench -p herald-benches\` (via scripts/bench-criterion.sh); criterion's"
   echo "low / estimate / high for time per iteration and throughput."
   echo

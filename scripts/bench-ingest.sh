@@ -21,12 +21,10 @@ TOOLS=${HERALD_TOOLS:-/opt/herald-tools/bin}
 NATS="$TOOLS/nats"
 
 bash scripts/services.sh >/dev/null
-if ! command -v wrk >/dev/null; then
-  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-fi
+. scripts/lib/results.sh
+ensure_wrk
 cargo build --release --locked -p dispatcher -p herald-benches --bin dispatcher --bin bare202 2>&1 | tail -1
 
-. scripts/lib/results.sh
 rev=$(git rev-parse --short HEAD)
 day=$(date -u +%Y-%m-%d)
 out=$(results_dir)
@@ -113,13 +111,11 @@ b_nps=$(awk -v r="$b_rps" -v n="$BATCH" 'BEGIN { printf "%.0f", r * n }')
 
 share_single=$(awk -v a="$h_rps" -v b="$bare_rps" 'BEGIN { printf "%.0f", 100 * a / b }')
 share_batch=$(awk -v a="$b_nps" -v b="$raw_rate" 'BEGIN { printf "%.0f", 100 * a / b }')
-cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
-mem=$(free -g | awk '/Mem:/ {print $2 " GiB"}')
 
 cat >"$out/ingest.md" <<MD
 # Ingest benchmark, $day, revision $rev
 
-Machine: $(nproc) cores ($cpu), $mem. Load generator, servers and NATS share these cores.
+Machine: $(machine). Load generator, servers and NATS share these cores.
 NATS server $("$TOOLS/nats-server" --version | awk '{print $2}'), file storage, default fsync
 interval. Stored message size (wire document + headers): ${msg_size} bytes.
 

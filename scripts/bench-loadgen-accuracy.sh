@@ -12,11 +12,9 @@ ADDR=127.0.0.1:18081
 TOOLS=${HERALD_TOOLS:-/opt/herald-tools/bin}
 export PATH="$TOOLS:$PATH"
 
-if ! command -v wrk >/dev/null; then
-  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-fi
-cargo build --release --locked -p loadgen -p herald-benches --bin loadgen --bin bare202 2>&1 | tail -1
 . scripts/lib/results.sh
+ensure_wrk
+cargo build --release --locked -p loadgen -p herald-benches --bin loadgen --bin bare202 2>&1 | tail -1
 rev=$(git rev-parse --short HEAD)
 day=$(date -u +%Y-%m-%d)
 out=$(results_dir)
@@ -57,12 +55,11 @@ if [ "$has_oha" = 1 ]; then
   oha_row="| oha $(oha --version | awk '{print $2}') | $(printf '%.0f' "$oha_rps") | $(paste -sd' ' "$work/oha") |"
   oha_line="- loadgen vs oha: **${ratio_oha} %**"
 fi
-cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 
 cat >"$out/loadgen-accuracy.md" <<MD
 # loadgen accuracy against wrk and oha, $day, revision $rev
 
-Machine: $(nproc) cores ($cpu), $(free -g | awk '/Mem:/ {print $2}') GiB; the tools and bare202 share
+Machine: $(machine); the tools and bare202 share
 them. Target: \`bare202\` (benches/bare202.rs), a hyper server that only answers 202.
 Closed loop, $CONNS connections, ${DURATION}s, HTTP/1.1 keep-alive, median of $RUNS interleaved runs.
 

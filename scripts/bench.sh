@@ -70,11 +70,10 @@ scenario "steady-batch$BATCH-200" --rate 200 --batch "$BATCH" -c 64
 scenario overload --scenario overload --capacity "$capacity" --mix high=10,medium=30,low=60 -c 512 --timeout 10s
 scenario burst --scenario burst --rate "$(( capacity / 4 ))" -c 256 --timeout 10s
 
-cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 {
   echo "# Scenario matrix, $day, revision $rev"
   echo
-  echo "Machine: $(nproc) cores ($cpu), $(free -g | awk '/Mem:/ {print $2}') GiB. loadgen, the dispatcher and NATS"
+  echo "Machine: $(machine). loadgen, the dispatcher and NATS"
   echo "(v$("$TOOLS/nats-server" --version | awk '{print $2}' | tr -d v), file storage) share these cores."
   echo "Open-loop latencies are from each request's intended start (coordinated omission"
   echo "corrected); closed-loop ones from the actual send. Errors: non-2xx answers (429 when a"
