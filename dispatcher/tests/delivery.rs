@@ -54,12 +54,7 @@ async fn a_500_is_retried_after_a_backoff_within_bounds() {
         gap <= Duration::from_millis(300 + 400),
         "retried after {gap:?}"
     );
-    let kinds: Vec<String> = stack
-        .wait_events(2)
-        .await
-        .into_iter()
-        .map(|e| e.0)
-        .collect();
+    let kinds = stack.wait_event_kinds(2).await;
     assert_eq!(kinds, vec!["retrying", "delivered"]);
     stack.finish().await;
 }
@@ -107,12 +102,7 @@ async fn a_400_goes_to_the_dlq_at_once_and_replay_delivers_it() {
     assert!(after.body["items"].as_array().unwrap().is_empty());
     let again = stack.server.post(&format!("/v1/dlq/{id}/replay"), "").await;
     assert_eq!(again.status, 404);
-    let kinds: Vec<String> = stack
-        .wait_events(2)
-        .await
-        .into_iter()
-        .map(|e| e.0)
-        .collect();
+    let kinds = stack.wait_event_kinds(2).await;
     assert_eq!(kinds, vec!["dead", "delivered"]);
     stack.finish().await;
 }

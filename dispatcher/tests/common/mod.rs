@@ -634,6 +634,11 @@ impl Stack {
         self.events().await
     }
 
+    /// The kinds of the first events, once at least `n` are stored.
+    pub async fn wait_event_kinds(&self, n: usize) -> Vec<String> {
+        self.wait_events(n).await.into_iter().map(|e| e.0).collect()
+    }
+
     pub async fn finish(mut self) {
         self.stop_delivery().await;
         self.server.finish().await;
