@@ -148,7 +148,7 @@ pub fn events_stream_config(names: &Names, config: &NatsConfig) -> stream::Confi
 }
 
 /// Creates Herald's streams, or brings existing ones to the configured definitions.
-pub async fn ensure_stream(
+pub async fn ensure_streams(
     js: &jetstream::Context,
     names: &Names,
     config: &NatsConfig,
@@ -189,7 +189,7 @@ impl Readiness {
         let mut was_ok = None;
         loop {
             let ok = client.connection_state() == async_nats::connection::State::Connected
-                && match ensure_stream(&js, &names, &config).await {
+                && match ensure_streams(&js, &names, &config).await {
                     Ok(()) => true,
                     Err(err) => {
                         tracing::warn!(stream = %names.notify_stream, error = %err, "stream check failed");

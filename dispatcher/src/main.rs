@@ -74,7 +74,7 @@ async fn start_delivery(
     // Fail fast on a sender misconfiguration, before anything is consumed.
     Senders::from_config(config).map_err(anyhow::Error::msg)?;
     loop {
-        match jetstream::ensure_stream(&js, &names, nats).await {
+        match jetstream::ensure_streams(&js, &names, nats).await {
             Ok(()) => break,
             Err(err) => {
                 tracing::warn!(error = %err, "streams not ready; retrying");
