@@ -26,7 +26,7 @@ fn single(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(p), &body, |b, body| {
             b.iter(|| {
                 let v = parse_notification(body.as_bytes(), &LIMITS, Utc::now()).unwrap();
-                black_box(v.encode(new_id(), Utc::now()))
+                black_box(v.encode(new_id(), uuid::Uuid::nil(), Utc::now()))
             })
         });
     }
@@ -51,7 +51,7 @@ fn batch(c: &mut Criterion) {
                     let now = Utc::now();
                     for item in items {
                         let v = parse_notification(item.get().as_bytes(), &LIMITS, now).unwrap();
-                        black_box(v.encode(new_id(), now));
+                        black_box(v.encode(new_id(), uuid::Uuid::nil(), now));
                     }
                 })
             });

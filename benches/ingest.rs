@@ -34,6 +34,8 @@ fn ingest(c: &mut Criterion) {
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.nats.prefix = prefix.clone();
     config.nats.readiness_interval = Duration::from_millis(100);
+    // The durable path alone; scripts/bench-state.sh measures auth and rate limiting.
+    config.auth = herald::config::AuthMode::Off;
     let ingress = runtime.block_on(Ingress::start(config)).unwrap();
     let state = ingress.state();
     let ready = runtime.block_on(async {

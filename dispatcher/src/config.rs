@@ -25,8 +25,167 @@ pub enum Command {
     Serve(Box<ServeConfig>),
     /// Run the delivery workers alone: consume NOTIFY by priority and deliver.
     Deliver(Box<DeliverArgs>),
-    /// Run ingress and delivery in one process (the quick start's default).
+    /// Run ingress, delivery and the recorder in one process (the quick start's default).
     Run(Box<RunArgs>),
+    /// Run the recorder alone: consume NOTIFY and EVENTS into PostgreSQL, MongoDB and the
+    /// Redis status cache.
+    Record(Box<RecordArgs>),
+    /// Apply the SQL migrations in migrations/ to the configured schema, then exit.
+    Migrate(Box<StoreConfig>),
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant; prints its id and webhook signing secret.
+    Create {
+        /// Unique name of the tenant.
+        name: String,
+        /// Ingress rate limit of this tenant (notifications per second).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Burst of this tenant's token bucket.
+        #[arg(long)]
+        burst: Option<u32>,
+        #[command(flatten)]
+        store: StoreConfig,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create an API key for a tenant and print it (once: only its hash is stored).
+    Create {
+        /// Name of the tenant.
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        store: StoreConfig,
+    },
+    /// Revoke an API key by its id (as printed by `key create`).
+    Revoke {
+        id: uuid::Uuid,
+        #[command(flatten)]
+        store: StoreConfig,
+    },
+}
+
+/// Where Herald keeps state: PostgreSQL (transactional), MongoDB (message documents),
+/// Redis (idempotency keys, rate limits, status cache).
+#[derive(Debug, Clone, Args)]
+pub struct StoreConfig {
+    /// PostgreSQL connection URL.
+    #[arg(
+        long,
+        env = "HERALD_DATABASE_URL",
+        default_value = "postgres://root@127.0.0.1:5432/test",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Schema holding Herald's tables (created by `migrate`).
+    #[arg(long, env = "HERALD_PG_SCHEMA", default_value = "herald", value_parser = parse_schema)]
+    pub pg_schema: String,
+    /// Most PostgreSQL connections of this process.
+    #[arg(long, env = "HERALD_PG_MAX_CONNECTIONS", default_value_t = 8)]
+    pub pg_max_connections: u32,
+    /// Apply pending migrations at start-up.
+    #[arg(long, env = "HERALD_MIGRATE", default_value_t = false)]
+    pub migrate: bool,
+    /// MongoDB connection URL (message documents).
+    #[arg(
+        long,
+        env = "HERALD_MONGO_URL",
+        default_value = "mongodb://127.0.0.1:27017",
+        hide_env_values = true
+    )]
+    pub mongo_url: String,
+    /// MongoDB database holding the `messages` collection.
+    #[arg(long, env = "HERALD_MONGO_DB", default_value = "herald", value_parser = parse_schema)]
+    pub mongo_db: String,
+    /// Redis: idempotency keys (`<prefix>idem:<key>`), rate limits (`<prefix>rl:<tenant>`),
+    /// status cache (`<prefix>status:<id>`).
+    #[arg(
+        long,
+        env = "HERALD_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+}
+
+impl StoreConfig {
+    pub fn defaults() -> Self {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            store: StoreConfig,
+        }
+        Only::parse_from(["dispatcher"]).store
+    }
+}
+
+/// A PostgreSQL schema or MongoDB database name: it is interpolated into statements, so
+/// only plain identifiers are allowed.
+fn parse_schema(s: &str) -> Result<String, String> {
+    let mut bytes = s.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
+    if first_ok
+        && s.len() <= 48
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        Ok(s.to_string())
+    } else {
+        Err(String::from(
+            "must start with a lowercase letter or '_' and hold only lowercase letters, digits and '_' (at most 48)",
+        ))
+    }
+}
+
+/// `dispatcher record`.
+#[derive(Debug, Clone, Args)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub nats: NatsConfig,
+    #[command(flatten)]
+    pub store: StoreConfig,
+    #[command(flatten)]
+    pub recorder: RecorderConfig,
+    /// Address of the health and metrics endpoints (/healthz, /readyz, /metrics).
+    #[arg(long, env = "HERALD_METRICS_LISTEN", default_value = "127.0.0.1:9092")]
+    pub metrics_listen: SocketAddr,
+}
+
+/// How the recorder batches.
+#[derive(Debug, Clone, Args)]
+pub struct RecorderConfig {
+    /// Most messages written per statement.
+    #[arg(long, env = "HERALD_RECORD_BATCH", default_value_t = 1000)]
+    pub record_batch: usize,
+    /// Messages each recorder consumer may hold unacknowledged.
+    #[arg(long, env = "HERALD_RECORD_ACK_PENDING", default_value_t = 8192)]
+    pub record_ack_pending: usize,
+    /// How long a notification's status stays in the Redis cache.
+    #[arg(long, env = "HERALD_STATUS_CACHE_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub status_cache_ttl: Duration,
+    /// How long MongoDB keeps a message document (TTL index on `accepted_at`).
+    #[arg(long, env = "HERALD_MESSAGE_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub message_retention: Duration,
+    /// Do not record into PostgreSQL / MongoDB (for deployments that keep only one).
+    #[arg(long, env = "HERALD_RECORD_SKIP", value_delimiter = ',')]
+    pub record_skip: Vec<RecordStore>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RecordStore {
+    Postgres,
+    Mongo,
 }
 
 /// `dispatcher deliver`.
@@ -36,18 +195,22 @@ pub struct DeliverArgs {
     pub nats: NatsConfig,
     #[command(flatten)]
     pub delivery: DeliveryConfig,
+    #[command(flatten)]
+    pub store: StoreConfig,
     /// Address of the health and metrics endpoints (/healthz, /readyz, /metrics).
     #[arg(long, env = "HERALD_METRICS_LISTEN", default_value = "127.0.0.1:9091")]
     pub metrics_listen: SocketAddr,
 }
 
-/// `dispatcher run`: the ingress's flags plus the delivery's.
+/// `dispatcher run`: the ingress's flags plus the delivery's and the recorder's.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub serve: ServeConfig,
     #[command(flatten)]
     pub delivery: DeliveryConfig,
+    #[command(flatten)]
+    pub recorder: RecorderConfig,
 }
 
 /// A value per channel, written `webhook:email:sms:push`.
@@ -111,7 +274,8 @@ pub struct DeliveryConfig {
     pub retry_medium: RetryPolicy,
     #[arg(long, env = "HERALD_RETRY_LOW", default_value = "5s:30m:6")]
     pub retry_low: RetryPolicy,
-    /// Key of the webhook HMAC-SHA256 signature (per tenant once tenants exist).
+    /// Key of the webhook HMAC-SHA256 signature when the ingress runs without
+    /// authentication (tenants have their own secrets).
     #[arg(
         long,
         env = "HERALD_WEBHOOK_SECRET",
@@ -180,6 +344,12 @@ impl DeliveryConfig {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    Required,
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -245,14 +415,23 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub publisher: PublisherConfig,
 
-    /// Redis holding idempotency keys (`<prefix>idem:<key>`).
-    #[arg(
-        long,
-        env = "HERALD_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
-        hide_env_values = true
-    )]
-    pub redis_url: String,
+    #[command(flatten)]
+    pub store: StoreConfig,
+    /// `required`: every /v1 route needs `Authorization: Bearer <key>`; `off`: no keys,
+    /// everything belongs to one anonymous tenant (development and benchmarks only).
+    #[arg(long, env = "HERALD_AUTH", value_enum, default_value = "required")]
+    pub auth: AuthMode,
+    /// How long a looked-up API key is trusted without asking PostgreSQL again (also how
+    /// long a revocation takes to reach every instance).
+    #[arg(long, env = "HERALD_KEY_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub key_cache_ttl: Duration,
+    /// Default ingress rate limit per tenant, notifications per second (0: no limit);
+    /// a tenant's own setting overrides it.
+    #[arg(long, env = "HERALD_RATE_LIMIT", default_value_t = 0)]
+    pub rate_limit: u32,
+    /// Default burst of the per-tenant token bucket (defaults to one second's worth).
+    #[arg(long, env = "HERALD_RATE_BURST")]
+    pub rate_burst: Option<u32>,
     /// How long an idempotency key remembers its notification.
     #[arg(long, env = "HERALD_IDEMPOTENCY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub idempotency_ttl: Duration,

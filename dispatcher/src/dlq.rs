@@ -2,7 +2,8 @@
 //! ran out of attempts, each with why. Workers write it; the API lists, replays and
 //! deletes from it.
 //!
-//! A dead letter is the original wire document under `<prefix>dlq.<priority>.<channel>.<id>`
+//! A dead letter is the original wire document under
+//! `<prefix>dlq.<tenant>.<priority>.<channel>.<id>`
 //! with headers `Herald-Error`, `Herald-Status` (the provider's HTTP status, when there was
 //! one), `Herald-Attempts` and `Herald-Dead-At`. Replay republishes the document to NOTIFY
 //! as a new JetStream message (so it gets a fresh attempt budget) and then deletes the dead
@@ -38,6 +39,7 @@ fn js_err(e: impl std::fmt::Display) -> DlqError {
 /// Why a notification died.
 pub struct Death<'a> {
     pub id: Uuid,
+    pub tenant: Uuid,
     pub priority: Priority,
     pub channel: Channel,
     pub error: &'a str,
@@ -76,7 +78,7 @@ pub async fn dead_letter(
         .headers(headers)
         .message_id(format!("dlq-{}-{}", death.id, death.source_sequence));
     js.send_publish(
-        names.dlq_subject(death.priority, death.channel, &death.id),
+        names.dlq_subject(&death.tenant, death.priority, death.channel, &death.id),
         message,
     )
     .await
@@ -139,13 +141,14 @@ pub struct Page {
 pub async fn list(
     js: &jetstream::Context,
     names: &Names,
+    tenant: &Uuid,
     priority: Option<Priority>,
     channel: Option<Channel>,
     cursor: u64,
     limit: usize,
 ) -> Result<Page, DlqError> {
     let stream = js.get_stream(&names.dlq_stream).await.map_err(js_err)?;
-    let filter = names.dlq_filter(priority, channel);
+    let filter = names.dlq_filter(tenant, priority, channel);
     let mut items = Vec::new();
     let mut next = cursor.max(1);
     while items.len() < limit {
@@ -179,11 +182,12 @@ fn is_not_found(e: &jetstream::stream::DirectGetError) -> bool {
 async fn find(
     js: &jetstream::Context,
     names: &Names,
+    tenant: &Uuid,
     id: &Uuid,
 ) -> Result<(Stream, jetstream::message::StreamMessage), DlqError> {
     let stream = js.get_stream(&names.dlq_stream).await.map_err(js_err)?;
     match stream
-        .direct_get_next_for_subject(names.dlq_by_id(id), None)
+        .direct_get_next_for_subject(names.dlq_by_id(tenant, id), None)
         .await
     {
         Ok(message) => Ok((stream, message)),
@@ -194,8 +198,13 @@ async fn find(
 
 /// Republishes a dead letter to NOTIFY (a new message, a fresh attempt budget), then
 /// removes it from the DLQ. Returns the stream sequence in NOTIFY.
-pub async fn replay(js: &jetstream::Context, names: &Names, id: &Uuid) -> Result<u64, DlqError> {
-    let (stream, message) = find(js, names, id).await?;
+pub async fn replay(
+    js: &jetstream::Context,
+    names: &Names,
+    tenant: &Uuid,
+    id: &Uuid,
+) -> Result<u64, DlqError> {
+    let (stream, message) = find(js, names, tenant, id).await?;
     let dead = to_dead_letter(message.clone());
     let priority: Priority = serde_json::from_value(serde_json::Value::String(dead.priority))
         .map_err(|_| js_err("dead letter without a valid priority header"))?;
@@ -223,8 +232,13 @@ pub async fn replay(js: &jetstream::Context, names: &Names, id: &Uuid) -> Result
 }
 
 /// Removes a dead letter for good.
-pub async fn delete(js: &jetstream::Context, names: &Names, id: &Uuid) -> Result<(), DlqError> {
-    let (stream, message) = find(js, names, id).await?;
+pub async fn delete(
+    js: &jetstream::Context,
+    names: &Names,
+    tenant: &Uuid,
+    id: &Uuid,
+) -> Result<(), DlqError> {
+    let (stream, message) = find(js, names, tenant, id).await?;
     stream
         .delete_message(message.sequence)
         .await

@@ -20,6 +20,8 @@ pub struct ApiError {
     pub retry_after: Option<u32>,
     /// Methods the route accepts (405).
     pub allow: Option<&'static str>,
+    /// Further response headers (authentication challenge, rate-limit state).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 #[derive(Serialize)]
@@ -44,6 +46,7 @@ impl ApiError {
             field: None,
             retry_after: None,
             allow: None,
+            headers: Vec::new(),
         }
     }
 
@@ -118,6 +121,40 @@ impl ApiError {
             format!("method not allowed; allowed: {allow}"),
         );
         e.allow = Some(allow);
+        e
+    }
+
+    /// 401: no, a malformed, an unknown or a revoked API key (which one is not said).
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+        e.headers
+            .push(("www-authenticate", String::from("Bearer realm=\"herald\"")));
+        e
+    }
+
+    /// 404 for a resource that does not exist *or belongs to another tenant*: a tenant
+    /// cannot learn that another's id exists.
+    pub fn no_such(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such {what}"),
+        )
+    }
+
+    /// 429: the tenant's token bucket is empty.
+    pub fn rate_limited(decision: &crate::ratelimit::Decision, cost: u32) -> Self {
+        let message = if cost > decision.limit {
+            format!(
+                "a request of {cost} notifications exceeds the tenant's burst of {}; send smaller batches",
+                decision.limit
+            )
+        } else {
+            String::from("the tenant's rate limit is exhausted; retry after the indicated time")
+        };
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+        e.retry_after = Some(decision.retry_after_secs.min(u64::from(u32::MAX)) as u32);
+        e.headers = crate::ratelimit::headers(decision);
         e
     }
 

@@ -5,13 +5,13 @@
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::jetstream::Names;
 use crate::model::{Channel, Priority};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
     Delivered,
@@ -29,21 +29,23 @@ impl EventKind {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Event<'a> {
     pub id: Uuid,
+    #[serde(default)]
+    pub tenant: Uuid,
     pub event: EventKind,
     pub priority: Priority,
     pub channel: Channel,
     /// The attempt this event is about (1-based).
     pub attempt: u32,
     pub at: DateTime<Utc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     /// For `retrying`: milliseconds until the next attempt.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_in_ms: Option<u64>,
 }
 

@@ -1,7 +1,7 @@
 //! Idempotency keys in Redis: a request repeated with the same key gets the first one's id
 //! instead of a second notification.
 //!
-//! Each key is one Redis string `<prefix>idem:<key>` = `<state>:<id>:<fingerprint>` with a
+//! Each key is one Redis string `<prefix>idem:<tenant>:<key>` = `<state>:<id>:<fingerprint>` with a
 //! TTL (`--idempotency-ttl`, 24 h). Claiming is `SET key P:… NX GET PX ttl` (Redis ≥ 7): one
 //! round trip that either takes the key or returns who has it; a batch claims all its keys
 //! in one pipeline. After JetStream answered, the key becomes `A:…` (accepted) or is
@@ -11,14 +11,14 @@
 //! Without Redis, requests that carry a key get 503 (their promise cannot be kept); requests
 //! without one are not affected.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
-use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::redis_store::RedisStore;
 
 /// What claiming a key found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,15 +36,14 @@ pub enum Claim {
 /// One key to claim.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
+    pub tenant: Uuid,
     pub key: &'a str,
     pub id: Uuid,
     pub fingerprint: String,
 }
 
 pub struct Idempotency {
-    client: redis::Client,
-    connection: OnceCell<ConnectionManager>,
-    prefix: String,
+    redis: Arc<RedisStore>,
     ttl: Duration,
 }
 
@@ -54,40 +53,20 @@ pub fn fingerprint(raw: &[u8]) -> String {
 }
 
 impl Idempotency {
-    pub fn new(url: &str, prefix: &str, ttl: Duration) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("--redis-url: {e}"))?;
-        Ok(Idempotency {
-            client,
-            connection: OnceCell::new(),
-            prefix: prefix.to_string(),
-            ttl,
-        })
+    pub fn new(redis: Arc<RedisStore>, ttl: Duration) -> Self {
+        Idempotency { redis, ttl }
     }
 
-    fn redis_key(&self, key: &str) -> String {
-        format!("{}idem:{key}", self.prefix)
+    /// Keys are scoped by tenant: two tenants may use the same key.
+    fn redis_key(&self, tenant: &Uuid, key: &str) -> String {
+        self.redis
+            .key("idem", format_args!("{}:{key}", tenant.simple()))
     }
 
-    /// The shared connection, made on first use (Redis may come up after Herald).
-    async fn connection(&self) -> Result<ConnectionManager, ApiError> {
-        let unavailable = |e: String| {
+    async fn connection(&self) -> Result<redis::aio::ConnectionManager, ApiError> {
+        self.redis.connection().await.map_err(|e| {
             ApiError::unavailable(format!("idempotency store (Redis) unreachable: {e}"))
-        };
-        self.connection
-            .get_or_try_init(|| async {
-                match tokio::time::timeout(
-                    Duration::from_secs(2),
-                    self.client.get_connection_manager(),
-                )
-                .await
-                {
-                    Ok(Ok(c)) => Ok(c),
-                    Ok(Err(e)) => Err(unavailable(e.to_string())),
-                    Err(_) => Err(unavailable(String::from("timed out"))),
-                }
-            })
-            .await
-            .cloned()
+        })
     }
 
     /// Claims every key in one pipeline; results in the same order.
@@ -100,7 +79,7 @@ impl Idempotency {
         let ttl_ms = self.ttl.as_millis() as u64;
         for r in requests {
             pipe.cmd("SET")
-                .arg(self.redis_key(r.key))
+                .arg(self.redis_key(&r.tenant, r.key))
                 .arg(format!("P:{}:{}", r.id, r.fingerprint))
                 .arg("NX")
                 .arg("GET")
@@ -135,7 +114,7 @@ impl Idempotency {
     /// Records JetStream's answers: accepted keys keep their id for the TTL, failed ones
     /// are released so a retry can go through. Errors are logged: the notification's fate
     /// is already decided.
-    pub async fn settle(&self, accepted: &[Request<'_>], failed: &[&str]) {
+    pub async fn settle(&self, accepted: &[Request<'_>], failed: &[Request<'_>]) {
         if accepted.is_empty() && failed.is_empty() {
             return;
         }
@@ -146,15 +125,17 @@ impl Idempotency {
         let ttl_ms = self.ttl.as_millis() as u64;
         for r in accepted {
             pipe.cmd("SET")
-                .arg(self.redis_key(r.key))
+                .arg(self.redis_key(&r.tenant, r.key))
                 .arg(format!("A:{}:{}", r.id, r.fingerprint))
                 .arg("XX")
                 .arg("PX")
                 .arg(ttl_ms)
                 .ignore();
         }
-        for key in failed {
-            pipe.cmd("DEL").arg(self.redis_key(key)).ignore();
+        for r in failed {
+            pipe.cmd("DEL")
+                .arg(self.redis_key(&r.tenant, r.key))
+                .ignore();
         }
         if let Err(e) = pipe.query_async::<()>(&mut connection).await {
             tracing::warn!(error = %e, "settling idempotency keys failed");

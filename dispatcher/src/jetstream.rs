@@ -23,7 +23,7 @@ pub struct Names {
     pub prefix: String,
     pub notify_stream: String,
     pub notify_filter: String,
-    /// Dead letters: `<prefix>dlq.<priority>.<channel>.<id>`.
+    /// Dead letters: `<prefix>dlq.<tenant>.<priority>.<channel>.<id>`.
     pub dlq_stream: String,
     /// Outcome events: `<prefix>events.<event>.<priority>`.
     pub events_stream: String,
@@ -59,22 +59,40 @@ impl Names {
         format!("{}deliver-{priority}", self.prefix)
     }
 
-    pub fn dlq_subject(&self, priority: Priority, channel: Channel, id: &uuid::Uuid) -> String {
-        format!("{}dlq.{priority}.{channel}.{id}", self.prefix)
+    /// The tenant is a subject token so that a tenant's dead letters are found by subject
+    /// filter, never by reading and skipping another tenant's.
+    pub fn dlq_subject(
+        &self,
+        tenant: &uuid::Uuid,
+        priority: Priority,
+        channel: Channel,
+        id: &uuid::Uuid,
+    ) -> String {
+        format!(
+            "{}dlq.{}.{priority}.{channel}.{id}",
+            self.prefix,
+            tenant.simple()
+        )
     }
 
-    /// Dead letters matching the optional filters (any id).
-    pub fn dlq_filter(&self, priority: Option<Priority>, channel: Option<Channel>) -> String {
+    /// A tenant's dead letters matching the optional filters (any id).
+    pub fn dlq_filter(
+        &self,
+        tenant: &uuid::Uuid,
+        priority: Option<Priority>,
+        channel: Option<Channel>,
+    ) -> String {
         format!(
-            "{}dlq.{}.{}.*",
+            "{}dlq.{}.{}.{}.*",
             self.prefix,
+            tenant.simple(),
             priority.map_or("*", Priority::as_str),
             channel.map_or("*", Channel::as_str)
         )
     }
 
-    pub fn dlq_by_id(&self, id: &uuid::Uuid) -> String {
-        format!("{}dlq.*.*.{id}", self.prefix)
+    pub fn dlq_by_id(&self, tenant: &uuid::Uuid, id: &uuid::Uuid) -> String {
+        format!("{}dlq.{}.*.*.{id}", self.prefix, tenant.simple())
     }
 
     pub fn event_subject(&self, event: &str, priority: Priority) -> String {

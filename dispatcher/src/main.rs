@@ -6,11 +6,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use herald::config::{Cli, Command, DeliveryConfig, LogArgs, LogFormat, NatsConfig};
+use herald::config::{
+    Cli, Command, DeliveryConfig, KeyCommand, LogArgs, LogFormat, NatsConfig, RecordStore,
+    RecorderConfig, StoreConfig, TenantCommand,
+};
 use herald::delivery::{Delivery, Senders};
 use herald::ingress::{self, Ingress};
 use herald::jetstream::{self, Names};
 use herald::metrics::Metrics;
+use herald::recorder::{self, Recorder, Sink};
+use herald::redis_store::RedisStore;
+use herald::status::StatusCache;
+use herald::{postgres, tenants};
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
@@ -37,22 +44,79 @@ fn main() -> anyhow::Result<()> {
                 let health = ingress::health::serve(args.metrics_listen, metrics.clone())
                     .await
                     .context("starting the health endpoint")?;
-                let delivery = start_delivery(&args.nats, &args.delivery, metrics).await?;
+                let delivery =
+                    start_delivery(&args.nats, &args.delivery, &args.store, metrics).await?;
                 health.set_ready(true);
                 until_signal().await;
                 delivery.shutdown().await;
             }
+            Command::Record(args) => {
+                let metrics = Arc::new(Metrics::new());
+                let health = ingress::health::serve(args.metrics_listen, metrics.clone())
+                    .await
+                    .context("starting the health endpoint")?;
+                let recorder =
+                    start_recorder(&args.nats, &args.store, &args.recorder, metrics).await?;
+                health.set_ready(true);
+                until_signal().await;
+                recorder.shutdown().await;
+            }
             Command::Run(args) => {
                 let metrics = Arc::new(Metrics::new());
                 let nats = args.serve.nats.clone();
+                let store = args.serve.store.clone();
                 let ingress = Ingress::start_with(args.serve, metrics.clone())
                     .await
                     .context("starting the ingress")?;
-                let delivery = start_delivery(&nats, &args.delivery, metrics).await?;
+                let delivery =
+                    start_delivery(&nats, &args.delivery, &store, metrics.clone()).await?;
+                let recorder = start_recorder(&nats, &store, &args.recorder, metrics).await?;
                 until_signal().await;
                 // Ingress first: what it accepted is in JetStream for the next delivery.
                 ingress.shutdown().await;
                 delivery.shutdown().await;
+                recorder.shutdown().await;
+            }
+            Command::Migrate(store) => {
+                let pool = postgres::pool(&store)?;
+                postgres::migrate(&pool, &store.pg_schema)
+                    .await
+                    .context("applying migrations")?;
+                println!("migrations applied to schema {}", store.pg_schema);
+                return Ok(());
+            }
+            Command::Tenant(TenantCommand::Create {
+                name,
+                rate,
+                burst,
+                store,
+            }) => {
+                let pool = postgres::pool(&store)?;
+                let tenant = tenants::create_tenant(&pool, &name, rate, burst).await?;
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "id": tenant.id,
+                        "name": tenant.name,
+                        "webhook_secret": tenant.webhook_secret,
+                    })
+                );
+                return Ok(());
+            }
+            Command::Key(KeyCommand::Create { tenant, store }) => {
+                let pool = postgres::pool(&store)?;
+                let key = tenants::create_key(&pool, &tenant).await?;
+                println!(
+                    "{}",
+                    serde_json::json!({ "id": key.id, "tenant": tenant, "key": key.key })
+                );
+                return Ok(());
+            }
+            Command::Key(KeyCommand::Revoke { id, store }) => {
+                let pool = postgres::pool(&store)?;
+                tenants::revoke_key(&pool, id).await?;
+                println!("{}", serde_json::json!({ "id": id, "revoked": true }));
+                return Ok(());
             }
         }
         tracing::info!("stopped");
@@ -60,45 +124,102 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-/// Connects, waits until the streams exist (NATS may come up later), starts delivery.
-async fn start_delivery(
+/// Connects to NATS and waits until Herald's streams exist (NATS may come up later).
+async fn connect_streams(
     nats: &NatsConfig,
-    config: &DeliveryConfig,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<Delivery> {
+) -> anyhow::Result<(async_nats::jetstream::Context, Names)> {
     let client = jetstream::connect(nats)
         .await
         .context("connecting to NATS")?;
     let js = async_nats::jetstream::new(client);
     let names = Names::new(&nats.prefix);
-    // Fail fast on a sender misconfiguration, before anything is consumed.
-    Senders::from_config(config).map_err(anyhow::Error::msg)?;
+    while let Err(err) = jetstream::ensure_streams(&js, &names, nats).await {
+        tracing::warn!(error = %err, "streams not ready; retrying");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok((js, names))
+}
+
+/// Retries `start` every second until it succeeds (consumers cannot be made while NATS
+/// is away).
+async fn retry_start<T, F, Fut>(what: &str, mut start: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, async_nats::Error>>,
+{
     loop {
-        match jetstream::ensure_streams(&js, &names, nats).await {
-            Ok(()) => break,
+        match start().await {
+            Ok(started) => return started,
             Err(err) => {
-                tracing::warn!(error = %err, "streams not ready; retrying");
+                tracing::warn!(error = %err, "{what} could not start; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
-    loop {
-        match Delivery::start(
+}
+
+async fn start_delivery(
+    nats: &NatsConfig,
+    config: &DeliveryConfig,
+    store: &StoreConfig,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Delivery> {
+    let directory = Arc::new(tenants::Directory::new(
+        postgres::pool(store)?,
+        Duration::from_secs(60),
+    ));
+    // Fail fast on a sender misconfiguration, before anything is consumed.
+    Senders::from_config(config, None).map_err(anyhow::Error::msg)?;
+    let (js, names) = connect_streams(nats).await?;
+    Ok(retry_start("delivery", || {
+        let senders = Senders::from_config(config, Some(directory.clone())).expect("checked above");
+        Delivery::start(js.clone(), names.clone(), config, senders, metrics.clone())
+    })
+    .await)
+}
+
+async fn start_recorder(
+    nats: &NatsConfig,
+    store: &StoreConfig,
+    config: &RecorderConfig,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Recorder> {
+    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    if !config.record_skip.contains(&RecordStore::Postgres) {
+        let pool = postgres::pool(store)?;
+        if store.migrate {
+            postgres::migrate(&pool, &store.pg_schema)
+                .await
+                .context("applying migrations")?;
+        }
+        let redis =
+            Arc::new(RedisStore::new(&store.redis_url, &nats.prefix).map_err(anyhow::Error::msg)?);
+        let cache = Arc::new(StatusCache::new(redis));
+        sinks.push(Arc::new(recorder::postgres::PostgresSink::new(
+            pool,
+            Some((cache, config.status_cache_ttl)),
+        )));
+    }
+    if !config.record_skip.contains(&RecordStore::Mongo) {
+        let client = recorder::mongo::client(&store.mongo_url)
+            .await
+            .context("--mongo-url")?;
+        sinks.push(Arc::new(recorder::mongo::MongoSink::new(
+            client.database(&store.mongo_db),
+            config.message_retention,
+        )));
+    }
+    let (js, names) = connect_streams(nats).await?;
+    Ok(retry_start("recorder", || {
+        Recorder::start(
             js.clone(),
             names.clone(),
             config,
-            Senders::from_config(config).map_err(anyhow::Error::msg)?,
+            sinks.clone(),
             metrics.clone(),
         )
-        .await
-        {
-            Ok(delivery) => return Ok(delivery),
-            Err(err) => {
-                tracing::warn!(error = %err, "delivery could not start; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
+    })
+    .await)
 }
 
 fn init_tracing(args: &LogArgs) -> anyhow::Result<()> {

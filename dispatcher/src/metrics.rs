@@ -25,6 +25,10 @@ pub struct Metrics {
     end_to_end: [Histogram; 3],
     dead_letters: [IntCounter; 3],
     consumer_lag: [IntGauge; 3],
+    recorded: IntCounterVec,
+    record_batch: HistogramVec,
+    record_failures: IntCounterVec,
+    rate_limited: IntCounterVec,
 }
 
 fn per_priority<T>(f: impl Fn(Priority) -> T) -> [T; 3] {
@@ -128,8 +132,45 @@ impl Metrics {
             &["priority"],
         )
         .expect("valid metric");
+        let recorded = IntCounterVec::new(
+            Opts::new(
+                "herald_recorded_total",
+                "Messages written by the recorder, by store and stream",
+            ),
+            &["store", "source"],
+        )
+        .expect("valid metric");
+        let record_batch = HistogramVec::new(
+            HistogramOpts::new(
+                "herald_record_write_seconds",
+                "Time to write one recorder batch, by store and stream",
+            )
+            .buckets(prometheus::exponential_buckets(0.000_25, 2.0, 16).expect("valid buckets")),
+            &["store", "source"],
+        )
+        .expect("valid metric");
+        let record_failures = IntCounterVec::new(
+            Opts::new(
+                "herald_record_failures_total",
+                "Recorder batch writes that failed (and were retried)",
+            ),
+            &["store", "source"],
+        )
+        .expect("valid metric");
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "herald_rate_limit_decisions_total",
+                "Ingress rate-limit decisions: allowed, limited, or unchecked (Redis unreachable: allowed)",
+            ),
+            &["decision"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(consumer_lag.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(recorded.clone()),
+            Box::new(record_batch.clone()),
+            Box::new(record_failures.clone()),
+            Box::new(rate_limited.clone()),
             Box::new(attempts.clone()),
             Box::new(send_latency.clone()),
             Box::new(end_to_end.clone()),
@@ -155,6 +196,10 @@ impl Metrics {
             consumer_lag: per_priority(|p| consumer_lag.with_label_values(&[p.as_str()])),
             attempts,
             rejected,
+            recorded,
+            record_batch,
+            record_failures,
+            rate_limited,
             registry,
             batch_size,
             acks_inflight,
@@ -186,6 +231,28 @@ impl Metrics {
 
     pub fn consumer_lag(&self, priority: Priority, pending: u64) {
         self.consumer_lag[priority.index()].set(pending as i64);
+    }
+
+    pub fn recorded(&self, store: &str, source: &str, messages: usize, took: std::time::Duration) {
+        self.recorded
+            .with_label_values(&[store, source])
+            .inc_by(messages as u64);
+        self.record_batch
+            .with_label_values(&[store, source])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn record_failed(&self, store: &str, source: &str) {
+        self.record_failures
+            .with_label_values(&[store, source])
+            .inc();
+    }
+
+    /// `decision`: `allowed`, `limited` or `unchecked`.
+    pub fn rate_limit(&self, decision: &str, n: usize) {
+        self.rate_limited
+            .with_label_values(&[decision])
+            .inc_by(n as u64);
     }
 
     pub fn dead_lettered(&self, priority: Priority) {

@@ -156,6 +156,9 @@ pub const WIRE_VERSION: u8 = 1;
 pub struct WireNotification<'a> {
     pub v: u8,
     pub id: Uuid,
+    /// The tenant that sent it ([`crate::tenants::ANONYMOUS`] without authentication).
+    #[serde(default)]
+    pub tenant: Uuid,
     pub priority: Priority,
     pub channel: Channel,
     #[serde(borrow)]
@@ -175,10 +178,11 @@ pub struct WireNotification<'a> {
 
 impl<'a> Validated<'a> {
     /// Encodes the wire document for this notification under `id`.
-    pub fn encode(&self, id: Uuid, accepted_at: DateTime<Utc>) -> Bytes {
+    pub fn encode(&self, id: Uuid, tenant: Uuid, accepted_at: DateTime<Utc>) -> Bytes {
         let wire = WireNotification {
             v: WIRE_VERSION,
             id,
+            tenant,
             priority: self.priority,
             channel: self.channel,
             recipient: self.recipient.clone(),
@@ -403,7 +407,7 @@ mod tests {
         let body = r#"{"priority":"high","channel":"webhook","recipient":"http://x/y","payload":{"a":[1,2,{"b":null}]},"metadata":{"k":"v"}}"#;
         let v = parse(body).unwrap();
         let id = new_id();
-        let bytes = v.encode(id, Utc::now());
+        let bytes = v.encode(id, Uuid::nil(), Utc::now());
         let wire: WireNotification<'_> = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(wire.id, id);
         assert_eq!(wire.priority, Priority::High);

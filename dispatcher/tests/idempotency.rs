@@ -39,7 +39,15 @@ async fn a_repeat_gets_the_first_id_and_stores_nothing_new() {
     assert_eq!(stored[0].body["idempotency_key"], "otp-42");
     assert_eq!(stored[0].id(), first.body["id"].as_str().unwrap());
     let keys = redis_keys(&server.prefix).await;
-    assert_eq!(keys, vec![format!("{}idem:otp-42", server.prefix)]);
+    // Keys are scoped by tenant (here the anonymous one, the nil UUID).
+    assert_eq!(
+        keys,
+        vec![format!(
+            "{}idem:{}:otp-42",
+            server.prefix,
+            uuid::Uuid::nil().simple()
+        )]
+    );
     server.finish().await;
     assert!(
         redis_keys(&keys[0]).await.is_empty(),
@@ -83,7 +91,7 @@ async fn the_header_is_a_key_too_and_must_agree_with_the_field() {
 async fn without_redis_only_requests_with_a_key_are_refused() {
     let port = common::free_port();
     let server =
-        TestServer::start_with(|c| c.redis_url = format!("redis://127.0.0.1:{port}")).await;
+        TestServer::start_with(|c| c.store.redis_url = format!("redis://127.0.0.1:{port}")).await;
     let keyed = server
         .post("/v1/notifications", with_key("high", 1, "k"))
         .await;

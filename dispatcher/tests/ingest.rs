@@ -221,7 +221,7 @@ async fn bad_input_gets_its_status_and_error_and_publishes_nothing() {
             None,
         ),
         (
-            "GET",
+            "PUT",
             "/v1/notifications",
             None,
             String::new(),

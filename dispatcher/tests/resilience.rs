@@ -209,7 +209,14 @@ async fn spawn_dispatcher(
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dispatcher"))
         .args([role, "--listen", &format!("127.0.0.1:{port}")])
         .args(["--nats-url", nats_url, "--prefix", prefix])
-        .args(["--readiness-interval", "100ms"])
+        .args([
+            "--readiness-interval",
+            "100ms",
+            "--auth",
+            "off",
+            "--migrate",
+        ])
+        .args(["--pg-schema", prefix, "--mongo-db", prefix])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -269,6 +276,7 @@ async fn the_binary_exits_zero_on_sigterm_after_answering() {
     let stored = read_stream(&nats.url(), &format!("{prefix}NOTIFY")).await;
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].id(), id_of(&r));
+    common::delete_streams(&nats.url(), &prefix).await;
 }
 
 /// `dispatcher run`: the binary accepts and delivers in one process, then stops cleanly.
@@ -276,11 +284,31 @@ async fn the_binary_exits_zero_on_sigterm_after_answering() {
 async fn the_run_binary_accepts_and_delivers() {
     let nats = NatsProcess::start(free_port()).await;
     let receiver = common::Receiver::start(|_| (200, Duration::ZERO)).await;
-    let (child, base) = spawn_dispatcher("run", &nats.url(), &common::unique_prefix()).await;
+    let prefix = common::unique_prefix();
+    let (child, base) = spawn_dispatcher("run", &nats.url(), &prefix).await;
     let r = post(&base, common::webhook_to(&receiver.url(), "high", 1)).await;
     assert_eq!(r.status, 202, "{:?}", r.body);
     let got = receiver.wait_for(1, Duration::from_secs(15)).await;
     assert_eq!(got[0].header("herald-id"), id_of(&r));
+    // The recorder runs in the same process: the status API comes to say delivered.
+    let http = common::HttpClient::new(false);
+    let url = format!("{base}/v1/notifications/{}", id_of(&r));
+    let mut last = None;
+    for _ in 0..100 {
+        let s = http
+            .request("GET", &url, None, Default::default())
+            .await
+            .unwrap();
+        if s.status == 200 && s.body["status"] == "delivered" {
+            last = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last = last.expect("status reaches delivered");
+    assert_eq!(last.body["attempts"], 1);
+    assert_eq!(last.body["priority"], "high");
     let exit = terminate(child).await;
     assert!(exit.success(), "exit status {exit:?}");
+    common::delete_streams(&nats.url(), &prefix).await;
 }

@@ -49,11 +49,17 @@ impl Senders {
     /// The senders the configuration enables. A channel without one (no SMTP relay, SMS or
     /// push provider URL) dead-letters with that reason, so nothing waits forever and a
     /// replay delivers once it is configured.
-    pub fn from_config(config: &DeliveryConfig) -> Result<Self, String> {
+    /// `tenants` gives each tenant's webhook secret; without it every webhook is signed
+    /// with `--webhook-secret`.
+    pub fn from_config(
+        config: &DeliveryConfig,
+        tenants: Option<Arc<crate::tenants::Directory>>,
+    ) -> Result<Self, String> {
         let caps = config.channel_concurrency.0;
         let webhook = senders::webhook::WebhookSender::new(
             senders::client::client(config.webhook_timeout, caps[Channel::Webhook.index()]),
             &config.webhook_secret,
+            tenants,
             config.webhook_timeout,
         );
         let sms: Arc<dyn Sender> = match &config.sms_url {
@@ -378,6 +384,7 @@ async fn bury(
 ) {
     let death = Death {
         id: notification.id,
+        tenant: notification.tenant,
         priority: notification.priority,
         channel: notification.channel,
         error: outcome.error().unwrap_or("unknown"),
@@ -415,12 +422,15 @@ fn event<'a>(
 ) -> Event<'a> {
     Event {
         id: n.id,
+        tenant: n.tenant,
         event: kind,
         priority: n.priority,
         channel: n.channel,
         attempt,
         at: Utc::now(),
-        error: outcome.and_then(SendOutcome::error),
+        error: outcome
+            .and_then(SendOutcome::error)
+            .map(std::borrow::Cow::Borrowed),
         status: outcome.and_then(SendOutcome::status),
         retry_in_ms: retry_in.map(|d| d.as_millis() as u64),
     }

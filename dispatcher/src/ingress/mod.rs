@@ -24,13 +24,17 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ServeConfig;
+use crate::config::{AuthMode, ServeConfig};
 use crate::idempotency::Idempotency;
 use crate::jetstream::{self, Names, Readiness};
 use crate::metrics::Metrics;
 use crate::model::Limits;
 use crate::publisher::{Envelope, Publisher};
+use crate::ratelimit::{Limit, RateLimiter};
+use crate::redis_store::RedisStore;
 use crate::scheduler::Scheduler;
+use crate::status::StatusCache;
+use crate::tenants::Directory;
 
 pub use routes::handle;
 
@@ -47,6 +51,13 @@ pub struct State {
     pub js: async_nats::jetstream::Context,
     pub names: Names,
     pub idempotency: Idempotency,
+    pub auth: AuthMode,
+    /// API keys → tenants (and the PostgreSQL pool the status API reads).
+    pub tenants: Arc<Directory>,
+    pub rate_limiter: RateLimiter,
+    /// The bucket of tenants without their own setting (`None`: unlimited).
+    pub default_limit: Option<Limit>,
+    pub status_cache: StatusCache,
 }
 
 /// A running ingress.
@@ -88,12 +99,18 @@ impl Ingress {
             config.nats.clone(),
             stop_supervisor.clone(),
         ));
-        let idempotency = Idempotency::new(
-            &config.redis_url,
-            &config.nats.prefix,
-            config.idempotency_ttl,
-        )
-        .map_err(std::io::Error::other)?;
+        let redis = Arc::new(
+            RedisStore::new(&config.store.redis_url, &config.nats.prefix)
+                .map_err(std::io::Error::other)?,
+        );
+        let idempotency = Idempotency::new(redis.clone(), config.idempotency_ttl);
+        let pool = crate::postgres::pool(&config.store).map_err(std::io::Error::other)?;
+        if config.store.migrate {
+            crate::postgres::migrate(&pool, &config.store.pg_schema)
+                .await
+                .map_err(std::io::Error::other)?;
+        }
+        let tenants = Arc::new(Directory::new(pool, config.key_cache_ttl));
         let scheduler = Arc::new(Scheduler::new(config.scheduler()));
         let publisher = Publisher::start(
             js.clone(),
@@ -116,6 +133,14 @@ impl Ingress {
             js,
             names,
             idempotency,
+            auth: config.auth,
+            tenants,
+            rate_limiter: RateLimiter::new(redis.clone()),
+            default_limit: (config.rate_limit > 0).then(|| Limit {
+                rate: config.rate_limit,
+                burst: config.rate_burst.unwrap_or(config.rate_limit).max(1),
+            }),
+            status_cache: StatusCache::new(redis),
         });
         tracing::info!(%local_addr, prefix = %config.nats.prefix, "ingress listening");
         let stop = shutdown.clone();

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use chrono::Utc;
-use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use serde::Serialize;
@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::State;
+use crate::config::AuthMode;
 use crate::dlq;
 use crate::error::ApiError;
 use crate::idempotency::{self, Claim};
@@ -23,38 +24,147 @@ use crate::model::{
     MAX_IDEMPOTENCY_KEY_LEN,
 };
 use crate::publisher::{Envelope, PublishOutcome};
+use crate::ratelimit::{self, Limit};
+use crate::status::{self, ListQuery};
+use crate::tenants;
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
-/// Routes one request.
+/// Routes one request. Health and metrics are open; every /v1 route needs a tenant.
 pub async fn handle<B>(state: Arc<State>, req: Request<B>) -> HttpResponse
 where
     B: hyper::body::Body + Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let result = match (req.uri().path(), req.method()) {
-        ("/v1/notifications", &Method::POST) => single(&state, req).await,
-        ("/v1/notifications/batch", &Method::POST) => batch(&state, req).await,
-        ("/v1/notifications" | "/v1/notifications/batch", _) => {
-            Err(Rejection::from(ApiError::method_not_allowed("POST")))
-        }
         ("/healthz", &Method::GET) => Ok(json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())),
         ("/readyz", &Method::GET) => Ok(readyz(&state)),
         ("/metrics", &Method::GET) => Ok(metrics(&state)),
         ("/healthz" | "/readyz" | "/metrics", _) => {
             Err(Rejection::from(ApiError::method_not_allowed("GET")))
         }
-        (path, method) if path == "/v1/dlq" || path.starts_with("/v1/dlq/") => {
-            dlq_route(&state, path, method, req.uri().query().unwrap_or(""))
-                .await
-                .map_err(Rejection::from)
-        }
+        (path, _) if path.starts_with("/v1/") => match authenticate(&state, &req).await {
+            Ok(caller) => v1(&state, &caller, req).await,
+            Err(e) => Err(Rejection::from(e)),
+        },
         _ => Err(Rejection::from(ApiError::not_found())),
     };
     result.unwrap_or_else(|Rejection(priority, err)| {
         state.metrics.rejected(priority, err.code);
         error_response(&err)
     })
+}
+
+/// The /v1 routes, for an authenticated caller.
+async fn v1<B>(state: &State, caller: &Caller, req: Request<B>) -> Result<HttpResponse, Rejection>
+where
+    B: hyper::body::Body + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    match (path.as_str(), req.method()) {
+        ("/v1/notifications", &Method::POST) => single(state, caller, req).await,
+        ("/v1/notifications", &Method::GET) => Ok(list_notifications(state, caller, &query).await?),
+        ("/v1/notifications", _) => Err(ApiError::method_not_allowed("GET, POST").into()),
+        ("/v1/notifications/batch", &Method::POST) => batch(state, caller, req).await,
+        ("/v1/notifications/batch", _) => Err(ApiError::method_not_allowed("POST").into()),
+        (p, &Method::GET) if p.starts_with("/v1/notifications/") => {
+            let id = &p["/v1/notifications/".len()..];
+            Ok(get_notification(state, caller, id).await?)
+        }
+        (p, _) if p.starts_with("/v1/notifications/") => {
+            Err(ApiError::method_not_allowed("GET").into())
+        }
+        (p, method) if p == "/v1/dlq" || p.starts_with("/v1/dlq/") => {
+            dlq_route(state, caller, p, method, &query)
+                .await
+                .map_err(Rejection::from)
+        }
+        _ => Err(ApiError::not_found().into()),
+    }
+}
+
+/// Who is calling: a tenant, or the anonymous tenant when authentication is off.
+pub struct Caller {
+    pub tenant: Uuid,
+    pub limit: Option<Limit>,
+}
+
+/// `Authorization: Bearer <key>` → the key's tenant. 401 for a missing, malformed,
+/// unknown or revoked key (the reason is not told apart, to give probing nothing); 503
+/// when the key is not cached and PostgreSQL cannot be asked.
+async fn authenticate<B>(state: &State, req: &Request<B>) -> Result<Caller, ApiError> {
+    if state.auth == AuthMode::Off {
+        return Ok(Caller {
+            tenant: tenants::ANONYMOUS,
+            limit: state.default_limit,
+        });
+    }
+    let key = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 256)
+        .ok_or_else(|| ApiError::unauthorized("Authorization: Bearer <API key> is required"))?;
+    match state.tenants.authenticate(key).await {
+        Ok(Some(tenant)) => Ok(Caller {
+            tenant: tenant.id,
+            limit: match (tenant.rate_per_sec, state.default_limit) {
+                (Some(rate), _) => Some(Limit {
+                    rate,
+                    burst: tenant.burst.unwrap_or(rate),
+                }),
+                (None, default) => default,
+            },
+        }),
+        Ok(None) => Err(ApiError::unauthorized("the API key is not valid")),
+        Err(e) => Err(ApiError::unavailable(format!(
+            "API keys cannot be checked: {e}"
+        ))),
+    }
+}
+
+/// Takes `cost` tokens from the caller's bucket: the headers to send on success, or 429.
+/// Redis unreachable: allowed (see ratelimit.rs).
+async fn rate_limit(
+    state: &State,
+    caller: &Caller,
+    cost: usize,
+) -> Result<Vec<(&'static str, String)>, ApiError> {
+    let Some(limit) = caller.limit else {
+        return Ok(Vec::new());
+    };
+    let cost = u32::try_from(cost).unwrap_or(u32::MAX);
+    match state.rate_limiter.take(caller.tenant, limit, cost).await {
+        Ok(d) if d.allowed => {
+            state.metrics.rate_limit("allowed", cost as usize);
+            Ok(ratelimit::headers(&d))
+        }
+        Ok(d) => {
+            state.metrics.rate_limit("limited", cost as usize);
+            Err(ApiError::rate_limited(&d, cost))
+        }
+        Err(e) => {
+            state.metrics.rate_limit("unchecked", cost as usize);
+            tracing::debug!(error = %e, "rate limit not checked (Redis unreachable); allowed");
+            Ok(Vec::new())
+        }
+    }
+}
+
+fn with_headers(mut response: HttpResponse, headers: Vec<(&'static str, String)>) -> HttpResponse {
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
 }
 
 /// An error answered for the whole request, with the priority it concerned when known
@@ -74,7 +184,11 @@ struct Accepted {
     priority: Priority,
 }
 
-async fn single<B>(state: &State, req: Request<B>) -> Result<HttpResponse, Rejection>
+async fn single<B>(
+    state: &State,
+    caller: &Caller,
+    req: Request<B>,
+) -> Result<HttpResponse, Rejection>
 where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -96,11 +210,15 @@ where
     };
     ensure_ready(state)?;
     let priority = validated.priority;
+    let limit_headers = rate_limit(state, caller, 1)
+        .await
+        .map_err(|e| Rejection(Some(priority), e))?;
     let id = new_id();
     let claim = match &key {
         Some(key) => {
             validated.idempotency_key = Some(std::borrow::Cow::Owned(key.clone()));
             let request = idempotency::Request {
+                tenant: caller.tenant,
                 key,
                 id,
                 fingerprint: idempotency::fingerprint(&body),
@@ -116,7 +234,7 @@ where
                     response
                         .headers_mut()
                         .insert("Idempotent-Replayed", HeaderValue::from_static("true"));
-                    return Ok(response);
+                    return Ok(with_headers(response, limit_headers));
                 }
                 Some(Claim::Mismatch) => {
                     return Err(Rejection(Some(priority), ApiError::idempotency_mismatch()))
@@ -132,12 +250,15 @@ where
         }
         None => None,
     };
-    let scheduled = schedule(state, &validated, now, id);
+    let scheduled = schedule(state, caller, &validated, now, id);
     let outcome = match scheduled {
         Ok(waiting) => waiting.await,
         Err(e) => {
             if let Some(request) = &claim {
-                state.idempotency.settle(&[], &[request.key]).await;
+                state
+                    .idempotency
+                    .settle(&[], std::slice::from_ref(request))
+                    .await;
             }
             return Err(Rejection(Some(priority), e));
         }
@@ -150,13 +271,21 @@ where
                     .settle(std::slice::from_ref(request), &[])
                     .await
             }
-            _ => state.idempotency.settle(&[], &[request.key]).await,
+            _ => {
+                state
+                    .idempotency
+                    .settle(&[], std::slice::from_ref(request))
+                    .await
+            }
         }
     }
     match outcome {
         Ok(Ok(_sequence)) => {
             state.metrics.accepted(priority);
-            Ok(accepted_response(StatusCode::ACCEPTED, id, priority))
+            Ok(with_headers(
+                accepted_response(StatusCode::ACCEPTED, id, priority),
+                limit_headers,
+            ))
         }
         Ok(Err(reason)) => Err(Rejection(Some(priority), ApiError::publish_failed(reason))),
         Err(_) => Err(Rejection(Some(priority), ApiError::shutting_down())),
@@ -223,7 +352,11 @@ enum Slot {
 /// bad item costs only itself; the good ones are queued back to back and leave in the same
 /// publish batches. 202 when at least one item was accepted; otherwise the most severe of
 /// the item statuses, with the same per-item body.
-async fn batch<B>(state: &State, req: Request<B>) -> Result<HttpResponse, Rejection>
+async fn batch<B>(
+    state: &State,
+    caller: &Caller,
+    req: Request<B>,
+) -> Result<HttpResponse, Rejection>
 where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -246,8 +379,12 @@ where
         .iter()
         .map(|item| parse_notification(item.get().as_bytes(), &state.limits, now))
         .collect();
-    if parsed.iter().any(Result::is_ok) {
+    let valid = parsed.iter().filter(|p| p.is_ok()).count();
+    let mut limit_headers = Vec::new();
+    if valid > 0 {
         ensure_ready(state)?;
+        // The batch takes one token per valid item, all or nothing.
+        limit_headers = rate_limit(state, caller, valid).await?;
     }
     // Every item's id up front, so idempotency keys can be claimed in one pipeline.
     let ids: Vec<Uuid> = parsed.iter().map(|_| new_id()).collect();
@@ -263,6 +400,7 @@ where
     let requests: Vec<idempotency::Request<'_>> = keyed
         .iter()
         .map(|(i, key, fingerprint)| idempotency::Request {
+            tenant: caller.tenant,
             key,
             id: ids[*i],
             fingerprint: fingerprint.clone(),
@@ -301,7 +439,7 @@ where
                 Some(v.priority),
                 ApiError::idempotency_in_progress(),
             )),
-            (Ok(v), _) => match schedule(state, &v, now, id) {
+            (Ok(v), _) => match schedule(state, caller, &v, now, id) {
                 Ok(rx) => Slot::Waiting(id, v.priority, rx),
                 Err(e) => Slot::Failed(reject(state, Some(v.priority), e)),
             },
@@ -365,7 +503,7 @@ where
     let (kept, released): (Vec<_>, Vec<_>) =
         taken.into_iter().partition(|r| published.contains(&r.id));
     let kept: Vec<idempotency::Request<'_>> = kept.into_iter().cloned().collect();
-    let released: Vec<&str> = released.into_iter().map(|r| r.key).collect();
+    let released: Vec<idempotency::Request<'_>> = released.into_iter().cloned().collect();
     state.idempotency.settle(&kept, &released).await;
     let status = if accepted > 0 {
         StatusCode::ACCEPTED
@@ -378,7 +516,7 @@ where
         results,
     })
     .expect("serializing plain fields cannot fail");
-    let mut response = json(status, body);
+    let mut response = with_headers(json(status, body), limit_headers);
     if matches!(
         status,
         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
@@ -394,6 +532,7 @@ where
 /// JetStream's answer.
 fn schedule(
     state: &State,
+    caller: &Caller,
     validated: &Validated<'_>,
     now: chrono::DateTime<Utc>,
     id: Uuid,
@@ -403,7 +542,7 @@ fn schedule(
         id,
         priority: validated.priority,
         channel: validated.channel,
-        body: validated.encode(id, now),
+        body: validated.encode(id, caller.tenant, now),
         scheduled_at: Instant::now(),
         reply,
     };
@@ -428,6 +567,7 @@ fn ensure_ready(state: &State) -> Result<(), ApiError> {
 /// `DELETE /v1/dlq/{id}`.
 async fn dlq_route(
     state: &State,
+    caller: &Caller,
     path: &str,
     method: &Method,
     query: &str,
@@ -446,7 +586,13 @@ async fn dlq_route(
     if method.as_str() != allow {
         return Err(ApiError::method_not_allowed(allow));
     }
-    let filter = DlqQuery::parse(query)?;
+    let filter = ListParams::parse(query, &["priority", "channel", "cursor", "limit"])?;
+    let cursor: u64 = match filter.cursor.as_deref() {
+        None => 0,
+        Some(c) => c
+            .parse()
+            .map_err(|_| ApiError::invalid_field("cursor", "cursor must be a whole number"))?,
+    };
     ensure_ready(state)?;
     let (js, names) = (&state.js, &state.names);
     let listed = match rest.as_slice() {
@@ -454,9 +600,10 @@ async fn dlq_route(
             dlq::list(
                 js,
                 names,
+                &caller.tenant,
                 filter.priority,
                 filter.channel,
-                filter.cursor,
+                cursor,
                 filter.limit,
             )
             .await
@@ -473,7 +620,9 @@ async fn dlq_route(
             let (mut replayed, mut failed) = (0, 0);
             for item in &page.items {
                 match Uuid::parse_str(&item.id) {
-                    Ok(id) if dlq::replay(js, names, &id).await.is_ok() => replayed += 1,
+                    Ok(id) if dlq::replay(js, names, &caller.tenant, &id).await.is_ok() => {
+                        replayed += 1
+                    }
                     _ => failed += 1,
                 }
             }
@@ -482,13 +631,17 @@ async fn dlq_route(
         }
         ([id, "replay"], _) => {
             let id = parse_id(id)?;
-            let sequence = dlq::replay(js, names, &id).await.map_err(dlq_error)?;
+            let sequence = dlq::replay(js, names, &caller.tenant, &id)
+                .await
+                .map_err(dlq_error)?;
             let body = serde_json::json!({ "id": id, "status": "replayed", "sequence": sequence });
             Ok(json(StatusCode::ACCEPTED, body.to_string().into_bytes()))
         }
         ([id], _) => {
             let id = parse_id(id)?;
-            dlq::delete(js, names, &id).await.map_err(dlq_error)?;
+            dlq::delete(js, names, &caller.tenant, &id)
+                .await
+                .map_err(dlq_error)?;
             let mut response = json(StatusCode::NO_CONTENT, Vec::new());
             response.headers_mut().remove(CONTENT_TYPE);
             Ok(response)
@@ -503,33 +656,47 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
 
 fn dlq_error(err: dlq::DlqError) -> ApiError {
     match err {
-        dlq::DlqError::NotFound => ApiError::not_found(),
+        dlq::DlqError::NotFound => ApiError::no_such("dead letter"),
         dlq::DlqError::JetStream(e) => ApiError::unavailable(format!("dead-letter queue: {e}")),
     }
 }
 
-/// `?priority=&channel=&cursor=&limit=` of the DLQ routes.
-struct DlqQuery {
+/// The query string of the list routes: `?priority=&channel=&status=&since=&cursor=&limit=`
+/// (each route says which keys it takes; any other key is a 422 naming it).
+struct ListParams {
     priority: Option<Priority>,
     channel: Option<Channel>,
-    cursor: u64,
+    status: Option<String>,
+    since: Option<chrono::DateTime<Utc>>,
+    cursor: Option<String>,
     limit: usize,
 }
 
-impl DlqQuery {
+impl ListParams {
     const MAX_LIMIT: usize = 1000;
+    const STATUSES: [&'static str; 4] = ["accepted", "retrying", "delivered", "dead"];
 
-    fn parse(query: &str) -> Result<Self, ApiError> {
-        let mut q = DlqQuery {
+    fn parse(query: &str, allowed: &[&str]) -> Result<Self, ApiError> {
+        let mut q = ListParams {
             priority: None,
             channel: None,
-            cursor: 0,
+            status: None,
+            since: None,
+            cursor: None,
             limit: 100,
         };
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            if !allowed.contains(&key.as_ref()) {
+                return Err(ApiError::invalid_field(
+                    key.as_ref(),
+                    format!(
+                        "unknown query parameter {key:?}; allowed: {}",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
             let enum_value = || serde_json::Value::String(value.to_string());
-            match key {
+            match key.as_ref() {
                 "priority" => {
                     q.priority = Some(serde_json::from_value(enum_value()).map_err(|_| {
                         ApiError::invalid_field("priority", "priority must be high, medium or low")
@@ -543,11 +710,28 @@ impl DlqQuery {
                         )
                     })?)
                 }
-                "cursor" => {
-                    q.cursor = value.parse().map_err(|_| {
-                        ApiError::invalid_field("cursor", "cursor must be a whole number")
-                    })?
+                "status" => {
+                    if !Self::STATUSES.contains(&value.as_ref()) {
+                        return Err(ApiError::invalid_field(
+                            "status",
+                            "status must be accepted, retrying, delivered or dead",
+                        ));
+                    }
+                    q.status = Some(value.to_string());
                 }
+                "since" => {
+                    q.since = Some(
+                        chrono::DateTime::parse_from_rfc3339(&value)
+                            .map_err(|_| {
+                                ApiError::invalid_field(
+                                    "since",
+                                    "since must be an RFC 3339 time like 2026-11-26T10:00:00Z",
+                                )
+                            })?
+                            .with_timezone(&Utc),
+                    )
+                }
+                "cursor" => q.cursor = Some(value.to_string()),
                 "limit" => {
                     q.limit = value
                         .parse()
@@ -557,16 +741,74 @@ impl DlqQuery {
                             ApiError::invalid_field("limit", "limit must be 1 to 1000")
                         })?
                 }
-                other => {
-                    return Err(ApiError::invalid_field(
-                        other,
-                        format!("unknown query parameter {other:?}"),
-                    ))
-                }
+                _ => unreachable!("only allowed keys get here"),
             }
         }
         Ok(q)
     }
+}
+
+/// `GET /v1/notifications/{id}`: the Redis cache first, then PostgreSQL. Another tenant's
+/// id is a 404, exactly like an unknown one.
+async fn get_notification(
+    state: &State,
+    caller: &Caller,
+    id: &str,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(id)?;
+    let cached = state
+        .status_cache
+        .read(id)
+        .await
+        .filter(|s| s.tenant == caller.tenant);
+    let found = match cached {
+        Some(s) => Some(s),
+        None => status::get(state.tenants.pool(), caller.tenant, id)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("status store (PostgreSQL): {e}")))?,
+    };
+    match found {
+        Some(s) => Ok(json(
+            StatusCode::OK,
+            serde_json::to_vec(&s).expect("serializing plain fields cannot fail"),
+        )),
+        None => Err(ApiError::no_such("notification")),
+    }
+}
+
+/// `GET /v1/notifications?status=&priority=&channel=&since=&limit=&cursor=`: newest first,
+/// keyset-paginated (`cursor` = the previous page's `next_cursor`).
+async fn list_notifications(
+    state: &State,
+    caller: &Caller,
+    query: &str,
+) -> Result<HttpResponse, ApiError> {
+    let p = ListParams::parse(
+        query,
+        &["status", "priority", "channel", "since", "cursor", "limit"],
+    )?;
+    let cursor = p
+        .cursor
+        .as_deref()
+        .map(|c| {
+            Uuid::parse_str(c).map_err(|_| {
+                ApiError::invalid_field("cursor", "cursor must be a next_cursor value")
+            })
+        })
+        .transpose()?;
+    let q = ListQuery {
+        status: p.status,
+        priority: p.priority,
+        channel: p.channel,
+        since: p.since,
+        cursor,
+        limit: p.limit,
+    };
+    let (items, next) = status::list(state.tenants.pool(), caller.tenant, &q)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("status store (PostgreSQL): {e}")))?;
+    let body = serde_json::json!({ "items": items, "next_cursor": next });
+    Ok(json(StatusCode::OK, body.to_string().into_bytes()))
 }
 
 /// Counts the rejection of one batch item and passes the error on.
@@ -662,6 +904,11 @@ fn error_response(err: &ApiError) -> HttpResponse {
     }
     if let Some(allow) = err.allow {
         headers.insert(ALLOW, HeaderValue::from_static(allow));
+    }
+    for (name, value) in &err.headers {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(*name, value);
+        }
     }
     response
 }

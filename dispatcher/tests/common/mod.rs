@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use bytes::Bytes;
-use herald::config::ServeConfig;
+use herald::config::{AuthMode, ServeConfig};
 use herald::ingress::Ingress;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -36,8 +36,26 @@ pub fn test_config(nats_url: &str) -> ServeConfig {
     config.nats.prefix = unique_prefix();
     config.nats.readiness_interval = Duration::from_millis(100);
     config.shutdown_timeout = Duration::from_secs(20);
-    config.redis_url = redis_url();
+    config.store.redis_url = redis_url();
+    // Tables and documents live under names derived from the prefix (lowercase already).
+    config.store.pg_schema = config.nats.prefix.clone();
+    config.store.mongo_db = config.nats.prefix.clone();
+    config.store.database_url = database_url();
+    config.store.mongo_url = mongo_url();
+    // Tests of authentication turn it on; the others speak for the anonymous tenant.
+    config.auth = AuthMode::Off;
     config
+}
+
+/// The shared PostgreSQL (scripts/services.sh starts it).
+pub fn database_url() -> String {
+    std::env::var("HERALD_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
+}
+
+/// The shared MongoDB-protocol server (FerretDB here).
+pub fn mongo_url() -> String {
+    std::env::var("HERALD_TEST_MONGO_URL").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".into())
 }
 
 pub struct TestServer {
@@ -152,8 +170,18 @@ impl Drop for TestServer {
     }
 }
 
-/// Deletes every stream and Redis key Herald creates under `prefix`.
+/// Deletes every stream, Redis key, PostgreSQL schema and MongoDB database Herald creates
+/// under `prefix`.
 pub async fn delete_streams(nats_url: &str, prefix: &str) {
+    if let Ok(pool) = sqlx::PgPool::connect(&database_url()).await {
+        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{prefix}\" CASCADE"))
+            .execute(&pool)
+            .await;
+        pool.close().await;
+    }
+    if let Ok(client) = herald::recorder::mongo::client(&mongo_url()).await {
+        let _ = client.database(prefix).drop().await;
+    }
     if let Ok(client) = async_nats::connect(nats_url).await {
         let js = jetstream::new(client);
         for name in ["NOTIFY", "DLQ", "EVENTS"] {
@@ -582,7 +610,7 @@ impl Stack {
             js,
             names,
             &self.delivery_config,
-            herald::delivery::Senders::from_config(&self.delivery_config).expect("senders"),
+            herald::delivery::Senders::from_config(&self.delivery_config, None).expect("senders"),
             std::sync::Arc::new(herald::metrics::Metrics::new()),
         )
         .await

@@ -1,13 +1,16 @@
 //! Webhook: an HTTP POST of the notification's wire document to the recipient URL.
 //!
 //! Headers: `Herald-Id`, `Herald-Attempt`, `Herald-Timestamp` (Unix seconds) and
-//! `Herald-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`. A receiver
+//! `Herald-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`, where the secret
+//! is the sending tenant's (`dispatcher tenant create` prints it), or `--webhook-secret`
+//! for notifications accepted without authentication. A receiver
 //! recomputes the HMAC over the timestamp header, a dot and the raw body with the shared
 //! secret, compares in constant time, and rejects timestamps older than a few minutes
 //! (replay). 2xx is delivered; 408, 425, 429, 5xx, timeouts and connection errors are
 //! retried (honouring `Retry-After`); any other status is permanent. Redirects are not
 //! followed.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -17,19 +20,48 @@ use sha2::Sha256;
 
 use super::client::{exchange, HttpClient};
 use super::{Attempt, SendFuture, SendOutcome, Sender};
+use crate::tenants::{Directory, ANONYMOUS};
 
 pub struct WebhookSender {
     client: HttpClient,
+    /// The secret of notifications without a tenant.
     secret: Vec<u8>,
+    tenants: Option<Arc<Directory>>,
     timeout: Duration,
 }
 
 impl WebhookSender {
-    pub fn new(client: HttpClient, secret: &str, timeout: Duration) -> Self {
+    pub fn new(
+        client: HttpClient,
+        secret: &str,
+        tenants: Option<Arc<Directory>>,
+        timeout: Duration,
+    ) -> Self {
         WebhookSender {
             client,
             secret: secret.as_bytes().to_vec(),
+            tenants,
             timeout,
+        }
+    }
+
+    /// The signing key of a notification's tenant. A tenant that cannot be looked up now
+    /// is a retry (PostgreSQL down); one that does not exist is permanent.
+    async fn secret_of(&self, tenant: uuid::Uuid) -> Result<Vec<u8>, SendOutcome> {
+        let Some(directory) = self.tenants.as_ref().filter(|_| tenant != ANONYMOUS) else {
+            return Ok(self.secret.clone());
+        };
+        match directory.get(tenant).await {
+            Ok(Some(t)) => Ok(t.webhook_secret.as_bytes().to_vec()),
+            Ok(None) => Err(SendOutcome::Permanent {
+                error: format!("tenant {tenant} does not exist"),
+                status: None,
+            }),
+            Err(e) => Err(SendOutcome::Retryable {
+                error: format!("webhook secret unavailable: {e}"),
+                status: None,
+                retry_after: None,
+            }),
         }
     }
 }
@@ -46,6 +78,10 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
 impl Sender for WebhookSender {
     fn send<'a>(&'a self, attempt: &'a Attempt<'a>) -> SendFuture<'a> {
         Box::pin(async move {
+            let secret = match self.secret_of(attempt.notification.tenant).await {
+                Ok(secret) => secret,
+                Err(outcome) => return outcome,
+            };
             let timestamp = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
@@ -58,7 +94,7 @@ impl Sender for WebhookSender {
                 .header("Herald-Timestamp", timestamp.to_string())
                 .header(
                     "Herald-Signature",
-                    signature(&self.secret, timestamp, attempt.raw),
+                    signature(&secret, timestamp, attempt.raw),
                 )
                 .body(Full::new(Bytes::copy_from_slice(attempt.raw)));
             let request = match request {

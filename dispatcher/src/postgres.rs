@@ -1,0 +1,35 @@
+//! The PostgreSQL pool and the migrations. Every connection's `search_path` is the
+//! configured schema, so statements name tables unqualified and tests isolate by schema.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::config::StoreConfig;
+
+/// The SQL files in `migrations/`, embedded at build time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// A pool that connects on first use: Herald starts while PostgreSQL is down, and what
+/// needs the database answers 503 (or retries) until it is back.
+pub fn pool(config: &StoreConfig) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = config.database_url.parse()?;
+    let options = options
+        .options([("search_path", config.pg_schema.as_str())])
+        .application_name("herald");
+    Ok(PgPoolOptions::new()
+        .max_connections(config.pg_max_connections.max(1))
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_lazy_with(options))
+}
+
+/// Creates the schema if needed and applies pending migrations (idempotent; concurrent
+/// runs are serialized by sqlx's advisory lock).
+pub async fn migrate(pool: &PgPool, schema: &str) -> Result<(), sqlx::Error> {
+    // The schema name was checked by the config parser: a plain identifier.
+    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+        .execute(pool)
+        .await?;
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! The recorder (`dispatcher record`, and inside `dispatcher run`): NOTIFY and EVENTS →
+//! PostgreSQL (state), MongoDB (message documents) and the Redis status cache.
+//!
+//! Each store has its own durable pull consumers (`<prefix>record-<store>-notify`,
+//! `<prefix>record-<store>-events`), so a store that is down only holds back its own
+//! consumers; the others keep going, and it catches up from JetStream when it returns.
+//! A consumer takes what has arrived (up to `--record-batch`), writes it with one statement
+//! per batch, and acknowledges the batch only after the write committed. Writes are
+//! idempotent (upserts keyed by notification id and event sequence; duplicate-key inserts
+//! count as done), so a batch redelivered after a crash changes nothing twice. A failed
+//! write is retried with backoff while the batch is kept alive with in-progress acks.
+
+pub mod mongo;
+pub mod postgres;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, AckKind, Message};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RecorderConfig;
+use crate::jetstream::Names;
+use crate::metrics::Metrics;
+
+/// Which stream a batch came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Notify,
+    Events,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Source::Notify => "notify",
+            Source::Events => "events",
+        }
+    }
+}
+
+/// A store the recorder writes into.
+pub trait Sink: Send + Sync + 'static {
+    /// `postgres` or `mongo`: part of the consumer names and metric labels.
+    fn name(&self) -> &'static str;
+    /// Writes one batch idempotently; returns once it is committed.
+    fn write<'a>(
+        &'a self,
+        source: Source,
+        batch: &'a [Message],
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// The running recorder.
+pub struct Recorder {
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Recorder {
+    /// Creates (or updates) the consumers of every sink and starts recording.
+    pub async fn start(
+        js: jetstream::Context,
+        names: Names,
+        config: &RecorderConfig,
+        sinks: Vec<Arc<dyn Sink>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, async_nats::Error> {
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        for sink in sinks {
+            for (source, stream_name) in [
+                (Source::Notify, &names.notify_stream),
+                (Source::Events, &names.events_stream),
+            ] {
+                let stream = js.get_stream(stream_name).await?;
+                let name = format!("{}record-{}-{}", names.prefix, sink.name(), source.as_str());
+                let consumer: consumer::PullConsumer = stream
+                    .create_consumer(consumer::pull::Config {
+                        durable_name: Some(name.clone()),
+                        description: Some(format!(
+                            "Herald recorder: {} into {}",
+                            source.as_str(),
+                            sink.name()
+                        )),
+                        ack_policy: consumer::AckPolicy::Explicit,
+                        ack_wait: Duration::from_secs(60),
+                        max_deliver: -1,
+                        max_ack_pending: config.record_ack_pending.max(1) as i64,
+                        ..Default::default()
+                    })
+                    .await?;
+                tasks.spawn(record(
+                    consumer,
+                    sink.clone(),
+                    source,
+                    config.record_batch.max(1),
+                    metrics.clone(),
+                    stop.clone(),
+                ));
+            }
+        }
+        tracing::info!(prefix = %names.prefix, "recorder running");
+        Ok(Recorder { stop, tasks })
+    }
+
+    /// Stops fetching, lets the batch being written commit and be acknowledged, returns.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        while let Some(res) = self.tasks.join_next().await {
+            if let Err(err) = res {
+                tracing::error!(error = %err, "recorder task failed");
+            }
+        }
+    }
+
+    /// Ends every task at once, acknowledging nothing more (a crash, for tests).
+    pub fn abort(mut self) {
+        self.tasks.abort_all();
+        self.tasks.detach_all();
+    }
+}
+
+/// One consumer's loop: take what has arrived, write it, acknowledge it.
+async fn record(
+    consumer: consumer::PullConsumer,
+    sink: Arc<dyn Sink>,
+    source: Source,
+    batch_max: usize,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let store = sink.name();
+    while !stop.is_cancelled() {
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(batch_max)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await;
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(err) => {
+                tracing::warn!(store, source = source.as_str(), error = %err, "cannot pull; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        loop {
+            let first = tokio::select! {
+                () = stop.cancelled() => return,
+                next = messages.next() => next,
+            };
+            let first = match first {
+                Some(Ok(message)) => message,
+                Some(Err(err)) => {
+                    tracing::warn!(store, source = source.as_str(), error = %err, "pull failed; re-subscribing");
+                    break;
+                }
+                None => break,
+            };
+            // Whatever else has already arrived joins the batch; nothing waits for more.
+            let mut batch = vec![first];
+            while batch.len() < batch_max {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(message))) => batch.push(message),
+                    _ => break,
+                }
+            }
+            if !write_until_committed(&*sink, source, &batch, &metrics, &stop).await {
+                return;
+            }
+            for message in &batch {
+                if let Err(err) = message.ack().await {
+                    tracing::warn!(store, error = %err, "ack after commit failed; the batch will be written again (idempotently)");
+                }
+            }
+        }
+    }
+}
+
+/// Retries the write with backoff until it commits (true) or the recorder stops (false:
+/// the batch stays unacknowledged and is redelivered). In-progress acks keep JetStream
+/// from handing the batch to another recorder meanwhile.
+async fn write_until_committed(
+    sink: &dyn Sink,
+    source: Source,
+    batch: &[Message],
+    metrics: &Metrics,
+    stop: &CancellationToken,
+) -> bool {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let started = std::time::Instant::now();
+        match sink.write(source, batch).await {
+            Ok(()) => {
+                metrics.recorded(sink.name(), source.as_str(), batch.len(), started.elapsed());
+                return true;
+            }
+            Err(err) => {
+                metrics.record_failed(sink.name(), source.as_str());
+                tracing::warn!(store = sink.name(), source = source.as_str(), batch = batch.len(), error = %err, retry_in = ?delay, "recording failed");
+                if stop.is_cancelled() {
+                    return false;
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return false,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                for message in batch {
+                    let _ = message.ack_with(AckKind::Progress).await;
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The stream sequence of a message (0 when it has no JetStream metadata).
+pub fn sequence(message: &Message) -> u64 {
+    message.info().map_or(0, |i| i.stream_sequence)
+}

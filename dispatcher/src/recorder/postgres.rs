@@ -1,0 +1,229 @@
+//! Recorder sink for PostgreSQL: one UNNEST statement per batch, then the rows it wrote go
+//! to the Redis status cache in one pipeline.
+//!
+//! - NOTIFY → `INSERT … ON CONFLICT (id) DO UPDATE … WHERE recipient IS NULL`: a new row
+//!   with status `accepted`, or the fill-in of a row an earlier-recorded event created.
+//! - EVENTS → one statement with three parts: every event into `delivery_attempts` (keyed
+//!   by the event's stream sequence), `dead` events into `dead_letters`, and the newest
+//!   event per notification into `notifications` where it is newer than what is there.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::Message;
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{sequence, Sink, Source};
+use crate::events::Event;
+use crate::model::WireNotification;
+use crate::status::{NotificationStatus, StatusCache, COLUMNS};
+
+pub struct PostgresSink {
+    pool: PgPool,
+    cache: Option<(Arc<StatusCache>, Duration)>,
+}
+
+impl PostgresSink {
+    /// `cache`: the status cache and its TTL, written after each commit.
+    pub fn new(pool: PgPool, cache: Option<(Arc<StatusCache>, Duration)>) -> Self {
+        PostgresSink { pool, cache }
+    }
+
+    async fn notifications(&self, batch: &[Message]) -> Result<Vec<NotificationStatus>, String> {
+        let mut seen = std::collections::HashSet::with_capacity(batch.len());
+        let (mut ids, mut tenants, mut priorities, mut channels, mut recipients, mut accepted) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for message in batch {
+            let n: WireNotification<'_> = match serde_json::from_slice(&message.payload) {
+                Ok(n) => n,
+                Err(err) => {
+                    tracing::error!(seq = sequence(message), error = %err, "undecodable notification; not recorded");
+                    continue;
+                }
+            };
+            // A replay can put the same id twice in one batch; one statement may not
+            // upsert a row twice.
+            if !seen.insert(n.id) {
+                continue;
+            }
+            ids.push(n.id);
+            tenants.push(n.tenant);
+            priorities.push(n.priority.as_str());
+            channels.push(n.channel.as_str());
+            recipients.push(n.recipient.into_owned());
+            accepted.push(n.accepted_at);
+        }
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        sqlx::query_as(&format!(
+            "INSERT INTO notifications
+                 (id, tenant_id, priority, channel, recipient, status, attempts, accepted_at, updated_at)
+             SELECT t.id, t.tenant, t.priority, t.channel, t.recipient, 'accepted', 0, t.accepted, t.accepted
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+                  AS t(id, tenant, priority, channel, recipient, accepted)
+             ON CONFLICT (id) DO UPDATE SET
+                 recipient = EXCLUDED.recipient,
+                 accepted_at = EXCLUDED.accepted_at,
+                 tenant_id = EXCLUDED.tenant_id,
+                 version = notifications.version + 1
+             WHERE notifications.recipient IS NULL
+             RETURNING {COLUMNS}"
+        ))
+        .bind(&ids)
+        .bind(&tenants)
+        .bind(&priorities)
+        .bind(&channels)
+        .bind(&recipients)
+        .bind(&accepted)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    async fn events(&self, batch: &[Message]) -> Result<Vec<NotificationStatus>, String> {
+        let mut rows = EventColumns::default();
+        for message in batch {
+            let event: Event<'_> = match serde_json::from_slice(&message.payload) {
+                Ok(e) => e,
+                Err(err) => {
+                    tracing::error!(seq = sequence(message), error = %err, "undecodable event; not recorded");
+                    continue;
+                }
+            };
+            rows.push(&event, sequence(message));
+        }
+        if rows.ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        sqlx::query_as(&format!(
+            "WITH ev AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::int[], $4::text[],
+                                      $5::timestamptz[], $6::text[], $7::int[], $8::uuid[],
+                                      $9::text[], $10::text[], $11::timestamptz[])
+                     AS t(id, seq, attempt, outcome, at, error, code, tenant, priority, channel, next_at)
+             ),
+             attempts AS (
+                 INSERT INTO delivery_attempts (notification_id, event_seq, attempt, outcome, at, error, status_code)
+                 SELECT id, seq, attempt, outcome, at, error, code FROM ev
+                 ON CONFLICT DO NOTHING
+             ),
+             dead AS (
+                 INSERT INTO dead_letters (notification_id, tenant_id, attempts, error, dead_at)
+                 SELECT DISTINCT ON (id) id, tenant, attempt, error, at FROM ev
+                 WHERE outcome = 'dead' ORDER BY id, at DESC, seq DESC
+                 ON CONFLICT (notification_id) DO UPDATE SET
+                     attempts = EXCLUDED.attempts, error = EXCLUDED.error, dead_at = EXCLUDED.dead_at
+                 WHERE EXCLUDED.dead_at > dead_letters.dead_at
+             ),
+             latest AS (
+                 SELECT DISTINCT ON (id) * FROM ev ORDER BY id, at DESC, seq DESC
+             )
+             INSERT INTO notifications AS n
+                 (id, tenant_id, priority, channel, status, attempts, updated_at, delivered_at,
+                  last_error, last_status, next_attempt_at)
+             SELECT id, tenant, priority, channel, outcome, attempt, at,
+                    CASE WHEN outcome = 'delivered' THEN at END, error, code, next_at
+             FROM latest
+             ON CONFLICT (id) DO UPDATE SET
+                 status = EXCLUDED.status,
+                 attempts = EXCLUDED.attempts,
+                 updated_at = EXCLUDED.updated_at,
+                 delivered_at = coalesce(EXCLUDED.delivered_at, n.delivered_at),
+                 last_error = coalesce(EXCLUDED.last_error, n.last_error),
+                 last_status = coalesce(EXCLUDED.last_status, n.last_status),
+                 next_attempt_at = EXCLUDED.next_attempt_at,
+                 version = n.version + 1
+             WHERE EXCLUDED.updated_at >= n.updated_at
+             RETURNING {COLUMNS}"
+        ))
+        .bind(&rows.ids)
+        .bind(&rows.seqs)
+        .bind(&rows.attempts)
+        .bind(&rows.outcomes)
+        .bind(&rows.at)
+        .bind(&rows.errors)
+        .bind(&rows.codes)
+        .bind(&rows.tenants)
+        .bind(&rows.priorities)
+        .bind(&rows.channels)
+        .bind(&rows.next_at)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// Events as columns for UNNEST.
+#[derive(Default)]
+struct EventColumns {
+    ids: Vec<Uuid>,
+    seqs: Vec<i64>,
+    attempts: Vec<i32>,
+    outcomes: Vec<&'static str>,
+    at: Vec<DateTime<Utc>>,
+    errors: Vec<Option<String>>,
+    codes: Vec<Option<i32>>,
+    tenants: Vec<Uuid>,
+    priorities: Vec<&'static str>,
+    channels: Vec<&'static str>,
+    next_at: Vec<Option<DateTime<Utc>>>,
+}
+
+impl EventColumns {
+    fn push(&mut self, e: &Event<'_>, seq: u64) {
+        self.ids.push(e.id);
+        self.seqs.push(seq as i64);
+        self.attempts.push(e.attempt as i32);
+        self.outcomes.push(e.event.as_str());
+        self.at.push(e.at);
+        self.errors.push(e.error.as_ref().map(|s| s.to_string()));
+        self.codes.push(e.status.map(i32::from));
+        self.tenants.push(e.tenant);
+        self.priorities.push(e.priority.as_str());
+        self.channels.push(e.channel.as_str());
+        self.next_at.push(
+            e.retry_in_ms
+                .map(|ms| e.at + chrono::Duration::milliseconds(ms as i64)),
+        );
+    }
+}
+
+impl Sink for PostgresSink {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn write<'a>(
+        &'a self,
+        source: Source,
+        batch: &'a [Message],
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let rows = match source {
+                Source::Notify => self.notifications(batch).await?,
+                Source::Events => self.events(batch).await?,
+            };
+            if let Some((cache, ttl)) = &self.cache {
+                // The cache is an optimisation: a failure leaves reads to PostgreSQL.
+                if let Err(err) = cache.write(&rows, *ttl).await {
+                    tracing::debug!(error = %err, "status cache not written");
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Counts of what PostgreSQL holds for a set of ids, by status (tests and tools).
+pub async fn status_counts(pool: &PgPool) -> Result<HashMap<String, i64>, sqlx::Error> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM notifications GROUP BY status")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().collect())
+}

@@ -1,0 +1,102 @@
+//! One lazily made, shared Redis connection (multiplexed, reconnecting) for everything
+//! Herald keeps in Redis: idempotency keys, rate-limit buckets, the status cache. Redis may
+//! come up after Herald, so the connection is made on first use, and every caller decides
+//! what an unreachable Redis means for it.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio::sync::OnceCell;
+
+pub struct RedisStore {
+    client: redis::Client,
+    connection: OnceCell<ConnectionManager>,
+    /// Namespace of every key (the configured prefix).
+    pub prefix: String,
+}
+
+impl RedisStore {
+    pub fn new(url: &str, prefix: &str) -> Result<Self, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("--redis-url: {e}"))?;
+        Ok(RedisStore {
+            client,
+            connection: OnceCell::new(),
+            prefix: prefix.to_string(),
+        })
+    }
+
+    /// `<prefix><kind>:<name>`.
+    pub fn key(&self, kind: &str, name: impl std::fmt::Display) -> String {
+        format!("{}{kind}:{name}", self.prefix)
+    }
+
+    /// The shared connection; an error when Redis cannot be reached within 2 s.
+    pub async fn connection(&self) -> Result<ConnectionManager, String> {
+        self.connection
+            .get_or_try_init(|| async {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(2)));
+                match tokio::time::timeout(
+                    Duration::from_secs(3),
+                    self.client.get_connection_manager_with_config(config),
+                )
+                .await
+                {
+                    Ok(Ok(c)) => Ok(c),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(String::from("timed out")),
+                }
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// A Lua script loaded once and called with EVALSHA inside pipelines (Redis runs it
+/// atomically next to the data). On `NOSCRIPT` (a restarted Redis) it is loaded again.
+pub struct Script {
+    source: &'static str,
+    sha: String,
+}
+
+impl Script {
+    pub fn new(source: &'static str) -> Self {
+        Script {
+            source,
+            sha: redis::Script::new(source).get_hash().to_string(),
+        }
+    }
+
+    /// Adds one call with `keys` to `pipe`; chain `.arg(..)` for the script's ARGV.
+    pub fn call<'p>(
+        &self,
+        pipe: &'p mut redis::Pipeline,
+        keys: &[&str],
+    ) -> &'p mut redis::Pipeline {
+        let cmd = pipe.cmd("EVALSHA").arg(&self.sha).arg(keys.len());
+        for key in keys {
+            cmd.arg(*key);
+        }
+        cmd
+    }
+
+    /// Runs `pipe`; if Redis lost the script, loads it and runs the pipeline once more.
+    pub async fn run<T: redis::FromRedisValue>(
+        &self,
+        connection: &mut ConnectionManager,
+        pipe: &redis::Pipeline,
+    ) -> redis::RedisResult<T> {
+        match pipe.query_async(connection).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(self.source)
+                    .query_async::<String>(connection)
+                    .await?;
+                pipe.query_async(connection).await
+            }
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! A notification's recorded state, as the status API shows it: read from the Redis cache
+//! (written through by the recorder) and else from PostgreSQL; lists come from PostgreSQL
+//! with keyset pagination on the time-ordered id.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::model::{Channel, Priority};
+use crate::redis_store::{RedisStore, Script};
+
+/// One row of `notifications`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct NotificationStatus {
+    pub id: Uuid,
+    #[serde(skip_serializing_if = "Uuid::is_nil")]
+    #[serde(default)]
+    #[sqlx(rename = "tenant_id")]
+    pub tenant: Uuid,
+    pub priority: String,
+    pub channel: String,
+    pub recipient: Option<String>,
+    pub status: String,
+    pub attempts: i32,
+    pub accepted_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub last_status: Option<i32>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Bumped by every write, so the cache never goes back to an older state.
+    #[serde(skip)]
+    pub version: i64,
+}
+
+/// The columns of [`NotificationStatus`], for `SELECT` and `RETURNING`.
+pub const COLUMNS: &str = "id, tenant_id, priority, channel, recipient, status, attempts, \
+     accepted_at, updated_at, delivered_at, last_error, last_status, next_attempt_at, version";
+
+/// Stores `ARGV[2]` under `KEYS[1]` only when its version `ARGV[1]` is newer than the one
+/// cached: two recorder tasks finishing out of order cannot put an older state back.
+const SET_IF_NEWER: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if current then
+  local v = tonumber(string.match(current, '^(%d+)|'))
+  if v and v >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
+return 1
+"#;
+
+/// The status cache in Redis: `<prefix>status:<id>` = `<version>|<json>`.
+pub struct StatusCache {
+    redis: std::sync::Arc<RedisStore>,
+    script: Script,
+}
+
+impl StatusCache {
+    pub fn new(redis: std::sync::Arc<RedisStore>) -> Self {
+        StatusCache {
+            redis,
+            script: Script::new(SET_IF_NEWER),
+        }
+    }
+
+    /// Writes every row in one pipeline.
+    pub async fn write(
+        &self,
+        rows: &[NotificationStatus],
+        ttl: std::time::Duration,
+    ) -> Result<(), String> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut connection = self.redis.connection().await?;
+        let mut pipe = redis::pipe();
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        for row in rows {
+            let key = self.redis.key("status", row.id);
+            let json = serde_json::to_string(row).map_err(|e| e.to_string())?;
+            self.script
+                .call(&mut pipe, &[&key])
+                .arg(row.version)
+                .arg(json)
+                .arg(ttl_ms)
+                .ignore();
+        }
+        self.script
+            .run::<()>(&mut connection, &pipe)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The cached state, if any (a Redis failure reads as a miss).
+    pub async fn read(&self, id: Uuid) -> Option<NotificationStatus> {
+        let mut connection = self.redis.connection().await.ok()?;
+        let value: Option<String> = redis::cmd("GET")
+            .arg(self.redis.key("status", id))
+            .query_async(&mut connection)
+            .await
+            .ok()?;
+        let value = value?;
+        let (version, json) = value.split_once('|')?;
+        let mut status: NotificationStatus = serde_json::from_str(json).ok()?;
+        status.version = version.parse().ok()?;
+        Some(status)
+    }
+}
+
+/// One notification of one tenant from PostgreSQL.
+pub async fn get(
+    pool: &PgPool,
+    tenant: Uuid,
+    id: Uuid,
+) -> Result<Option<NotificationStatus>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM notifications WHERE id = $1 AND tenant_id = $2"
+    ))
+    .bind(id)
+    .bind(tenant)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Filters of `GET /v1/notifications`.
+#[derive(Debug, Default, Clone)]
+pub struct ListQuery {
+    pub status: Option<String>,
+    pub priority: Option<Priority>,
+    pub channel: Option<Channel>,
+    pub since: Option<DateTime<Utc>>,
+    /// The last id of the previous page (newest first, so the next page is below it).
+    pub cursor: Option<Uuid>,
+    pub limit: usize,
+}
+
+/// The smallest UUIDv7 of a millisecond: `id >= since_id(t)` ⇔ accepted at or after `t`,
+/// answered by the primary-key order without another index.
+pub fn since_id(t: DateTime<Utc>) -> Uuid {
+    let ms = t.timestamp_millis().max(0) as u64;
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    bytes[6] = 0x70;
+    bytes[8] = 0x80;
+    Uuid::from_bytes(bytes)
+}
+
+/// A page of a tenant's notifications, newest first; the second value is the next cursor.
+pub async fn list(
+    pool: &PgPool,
+    tenant: Uuid,
+    q: &ListQuery,
+) -> Result<(Vec<NotificationStatus>, Option<Uuid>), sqlx::Error> {
+    let mut rows: Vec<NotificationStatus> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM notifications
+         WHERE tenant_id = $1
+           AND ($2::text IS NULL OR status = $2)
+           AND ($3::text IS NULL OR priority = $3)
+           AND ($4::text IS NULL OR channel = $4)
+           AND ($5::uuid IS NULL OR id >= $5)
+           AND ($6::uuid IS NULL OR id < $6)
+         ORDER BY id DESC
+         LIMIT $7"
+    ))
+    .bind(tenant)
+    .bind(q.status.as_deref())
+    .bind(q.priority.map(Priority::as_str))
+    .bind(q.channel.map(Channel::as_str))
+    .bind(q.since.map(since_id))
+    .bind(q.cursor)
+    .bind(q.limit as i64 + 1)
+    .fetch_all(pool)
+    .await?;
+    let next = if rows.len() > q.limit {
+        rows.truncate(q.limit);
+        rows.last().map(|r| r.id)
+    } else {
+        None
+    };
+    Ok((rows, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_id_orders_with_v7_ids_of_that_millisecond() {
+        let now = Utc::now();
+        let id = crate::model::new_id();
+        let at_ms = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap();
+        assert!(since_id(at_ms - chrono::Duration::milliseconds(1)) < id);
+        assert!(since_id(at_ms + chrono::Duration::milliseconds(2)) > id);
+        assert_eq!(since_id(at_ms).get_version_num(), 7);
+    }
+}

@@ -1,0 +1,216 @@
+//! Tenants and API keys: who is calling, and what they may see.
+//!
+//! A key is `hk_` + 43 characters of base64url (32 random bytes from the OS-seeded CSPRNG).
+//! PostgreSQL stores only its SHA-256; the lookup is one indexed equality on that hash, so
+//! the key itself is never compared byte by byte (nothing to time) and never logged.
+//! Looked-up keys (and unknown ones, briefly) are cached in process: the hot path does not
+//! touch PostgreSQL, and a revoked key stops working within `--key-cache-ttl`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use moka::future::Cache;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The tenant of every request when the ingress runs with `--auth off`.
+pub const ANONYMOUS: Uuid = Uuid::nil();
+
+/// What the ingress and delivery need to know about a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: Uuid,
+    pub name: String,
+    pub webhook_secret: String,
+    pub rate_per_sec: Option<u32>,
+    pub burst: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    #[error("tenant store (PostgreSQL): {0}")]
+    Store(#[from] sqlx::Error),
+    #[error("no tenant named {0:?}")]
+    UnknownTenant(String),
+    #[error("a tenant named {0:?} exists already")]
+    Exists(String),
+    #[error("no API key with id {0}")]
+    UnknownKey(Uuid),
+}
+
+/// SHA-256 of a key as presented.
+pub fn hash_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+fn random_token(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// Creates a tenant with a fresh webhook secret.
+pub async fn create_tenant(
+    pool: &PgPool,
+    name: &str,
+    rate_per_sec: Option<u32>,
+    burst: Option<u32>,
+) -> Result<Tenant, TenantError> {
+    let tenant = Tenant {
+        id: Uuid::now_v7(),
+        name: name.to_string(),
+        webhook_secret: random_token("whsec_"),
+        rate_per_sec,
+        burst,
+    };
+    let inserted = sqlx::query(
+        "INSERT INTO tenants (id, name, webhook_secret, rate_per_sec, burst)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(tenant.id)
+    .bind(&tenant.name)
+    .bind(&tenant.webhook_secret)
+    .bind(rate_per_sec.map(|r| r as i32))
+    .bind(burst.map(|b| b as i32))
+    .execute(pool)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(TenantError::Exists(name.to_string()));
+    }
+    Ok(tenant)
+}
+
+/// A new API key: its id and the key itself (shown once).
+pub struct NewKey {
+    pub id: Uuid,
+    pub key: String,
+}
+
+pub async fn create_key(pool: &PgPool, tenant_name: &str) -> Result<NewKey, TenantError> {
+    let key = random_token("hk_");
+    let id = Uuid::now_v7();
+    let inserted = sqlx::query(
+        "INSERT INTO api_keys (id, tenant_id, key_hash, key_prefix)
+         SELECT $1, id, $2, $3 FROM tenants WHERE name = $4",
+    )
+    .bind(id)
+    .bind(&hash_key(&key)[..])
+    .bind(&key[..7])
+    .bind(tenant_name)
+    .execute(pool)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(TenantError::UnknownTenant(tenant_name.to_string()));
+    }
+    Ok(NewKey { id, key })
+}
+
+pub async fn revoke_key(pool: &PgPool, id: Uuid) -> Result<(), TenantError> {
+    let updated =
+        sqlx::query("UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1")
+            .bind(id)
+            .execute(pool)
+            .await?;
+    if updated.rows_affected() == 0 {
+        return Err(TenantError::UnknownKey(id));
+    }
+    Ok(())
+}
+
+type TenantRow = (Uuid, String, String, Option<i32>, Option<i32>);
+
+fn tenant_from(row: TenantRow) -> Tenant {
+    Tenant {
+        id: row.0,
+        name: row.1,
+        webhook_secret: row.2,
+        rate_per_sec: row.3.map(|r| r as u32),
+        burst: row.4.map(|b| b as u32),
+    }
+}
+
+/// Cached lookups of tenants by API key hash and by id.
+pub struct Directory {
+    pool: PgPool,
+    by_key: Cache<[u8; 32], Option<Arc<Tenant>>>,
+    by_id: Cache<Uuid, Arc<Tenant>>,
+}
+
+impl Directory {
+    /// `ttl`: how long a found key (or tenant) is trusted; unknown keys are remembered for
+    /// at most 5 s so a flood of bad keys does not reach PostgreSQL.
+    pub fn new(pool: PgPool, ttl: Duration) -> Self {
+        struct Expiry(Duration);
+        impl moka::Expiry<[u8; 32], Option<Arc<Tenant>>> for Expiry {
+            fn expire_after_create(
+                &self,
+                _key: &[u8; 32],
+                value: &Option<Arc<Tenant>>,
+                _now: std::time::Instant,
+            ) -> Option<Duration> {
+                Some(match value {
+                    Some(_) => self.0,
+                    None => self.0.min(Duration::from_secs(5)),
+                })
+            }
+        }
+        Directory {
+            pool,
+            by_key: Cache::builder()
+                .max_capacity(100_000)
+                .expire_after(Expiry(ttl))
+                .build(),
+            by_id: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The tenant owning an unrevoked key, `None` for an unknown or revoked key.
+    pub async fn authenticate(&self, key: &str) -> Result<Option<Arc<Tenant>>, TenantError> {
+        let hash = hash_key(key);
+        if let Some(found) = self.by_key.get(&hash).await {
+            return Ok(found);
+        }
+        let row: Option<TenantRow> = sqlx::query_as(
+            "SELECT t.id, t.name, t.webhook_secret, t.rate_per_sec, t.burst
+             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+             WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+        )
+        .bind(&hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        let found = row.map(|r| Arc::new(tenant_from(r)));
+        self.by_key.insert(hash, found.clone()).await;
+        Ok(found)
+    }
+
+    /// A tenant by id (delivery needs its webhook secret).
+    pub async fn get(&self, id: Uuid) -> Result<Option<Arc<Tenant>>, TenantError> {
+        if let Some(found) = self.by_id.get(&id).await {
+            return Ok(Some(found));
+        }
+        let row: Option<TenantRow> = sqlx::query_as(
+            "SELECT id, name, webhook_secret, rate_per_sec, burst FROM tenants WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let found = row.map(|r| Arc::new(tenant_from(r)));
+        if let Some(t) = &found {
+            self.by_id.insert(id, t.clone()).await;
+        }
+        Ok(found)
+    }
+}
