@@ -162,6 +162,18 @@ pub struct RecordArgs {
     pub metrics_listen: SocketAddr,
 }
 
+impl RecordArgs {
+    /// The defaults, as `dispatcher record` with no flags would have them.
+    pub fn defaults() -> Self {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            record: RecordArgs,
+        }
+        Only::parse_from(["dispatcher"]).record
+    }
+}
+
 /// How the recorder batches.
 #[derive(Debug, Clone, Args)]
 pub struct RecorderConfig {

@@ -122,13 +122,19 @@ impl PostgresSink {
              ),
              latest AS (
                  SELECT DISTINCT ON (id) * FROM ev ORDER BY id, at DESC, seq DESC
+             ),
+             -- The newest error of the batch, even when a later event (delivered) has none.
+             errors AS (
+                 SELECT DISTINCT ON (id) id, error, code FROM ev
+                 WHERE error IS NOT NULL OR code IS NOT NULL
+                 ORDER BY id, at DESC, seq DESC
              )
              INSERT INTO notifications AS n
                  (id, tenant_id, priority, channel, status, attempts, updated_at, delivered_at,
                   last_error, last_status, next_attempt_at)
-             SELECT id, tenant, priority, channel, outcome, attempt, at,
-                    CASE WHEN outcome = 'delivered' THEN at END, error, code, next_at
-             FROM latest
+             SELECT l.id, l.tenant, l.priority, l.channel, l.outcome, l.attempt, l.at,
+                    CASE WHEN l.outcome = 'delivered' THEN l.at END, e.error, e.code, l.next_at
+             FROM latest l LEFT JOIN errors e USING (id)
              ON CONFLICT (id) DO UPDATE SET
                  status = EXCLUDED.status,
                  attempts = EXCLUDED.attempts,

@@ -576,6 +576,72 @@ pub struct Stack {
     pub server: TestServer,
     pub delivery: Option<herald::delivery::Delivery>,
     pub delivery_config: herald::config::DeliveryConfig,
+    pub recorder: Option<herald::recorder::Recorder>,
+}
+
+/// The store configuration of a test prefix (schema and database named after it).
+pub fn test_store(prefix: &str) -> herald::config::StoreConfig {
+    let mut store = herald::config::StoreConfig::defaults();
+    store.database_url = database_url();
+    store.pg_schema = prefix.to_string();
+    store.mongo_url = mongo_url();
+    store.mongo_db = prefix.to_string();
+    store.redis_url = redis_url();
+    store
+}
+
+/// A pool on the prefix's schema, migrated.
+pub async fn migrated_pool(store: &herald::config::StoreConfig) -> sqlx::PgPool {
+    let pool = herald::postgres::pool(store).unwrap();
+    herald::postgres::migrate(&pool, &store.pg_schema)
+        .await
+        .expect("migrations apply");
+    pool
+}
+
+/// The recorder's sinks for `store` (PostgreSQL with the status cache, and MongoDB).
+pub async fn sinks(
+    prefix: &str,
+    store: &herald::config::StoreConfig,
+) -> Vec<std::sync::Arc<dyn herald::recorder::Sink>> {
+    use std::sync::Arc;
+    let pool = herald::postgres::pool(store).unwrap();
+    let redis = Arc::new(herald::redis_store::RedisStore::new(&store.redis_url, prefix).unwrap());
+    let cache = Arc::new(herald::status::StatusCache::new(redis));
+    let mongo = herald::recorder::mongo::client(&store.mongo_url)
+        .await
+        .unwrap();
+    vec![
+        Arc::new(herald::recorder::postgres::PostgresSink::new(
+            pool,
+            Some((cache, Duration::from_secs(60))),
+        )),
+        Arc::new(herald::recorder::mongo::MongoSink::new(
+            mongo.database(&store.mongo_db),
+            Duration::from_secs(86_400),
+        )),
+    ]
+}
+
+/// Starts a recorder on `prefix`'s streams writing into `sinks`.
+pub async fn start_recorder(
+    nats_url: &str,
+    prefix: &str,
+    sinks: Vec<std::sync::Arc<dyn herald::recorder::Sink>>,
+) -> herald::recorder::Recorder {
+    let client = async_nats::connect(nats_url).await.unwrap();
+    let js = jetstream::new(client);
+    let mut config = herald::config::RecordArgs::defaults().recorder;
+    config.record_batch = 100;
+    herald::recorder::Recorder::start(
+        js,
+        herald::jetstream::Names::new(prefix),
+        &config,
+        sinks,
+        std::sync::Arc::new(herald::metrics::Metrics::new()),
+    )
+    .await
+    .expect("recorder starts")
 }
 
 pub fn test_delivery_config() -> herald::config::DeliveryConfig {
@@ -597,6 +663,7 @@ impl Stack {
             server,
             delivery: None,
             delivery_config,
+            recorder: None,
         };
         stack.start_delivery().await;
         stack
@@ -623,6 +690,23 @@ impl Stack {
         let resp = self.server.post("/v1/notifications", body).await;
         assert_eq!(resp.status, 202, "{:?}", resp.body);
         resp.body["id"].as_str().unwrap().to_string()
+    }
+
+    /// Migrates the prefix's schema and starts a recorder into PostgreSQL, MongoDB and
+    /// the Redis status cache.
+    pub async fn start_recording(&mut self) -> sqlx::PgPool {
+        let store = test_store(&self.server.prefix);
+        let pool = migrated_pool(&store).await;
+        let sinks = sinks(&self.server.prefix, &store).await;
+        self.recorder =
+            Some(start_recorder(&self.server.nats_url, &self.server.prefix, sinks).await);
+        pool
+    }
+
+    pub async fn stop_recording(&mut self) {
+        if let Some(r) = self.recorder.take() {
+            r.shutdown().await;
+        }
     }
 
     pub async fn stop_delivery(&mut self) {
@@ -669,6 +753,7 @@ impl Stack {
 
     pub async fn finish(mut self) {
         self.stop_delivery().await;
+        self.stop_recording().await;
         self.server.finish().await;
     }
 }
@@ -776,5 +861,59 @@ impl SmtpServer {
 
     pub fn mails(&self) -> Vec<Mail> {
         self.mails.lock().unwrap().clone()
+    }
+}
+
+/// A TCP proxy in front of a store, to cut it off (an outage as the client sees it:
+/// connections reset, new ones refused) and bring it back without touching the shared
+/// server other tests use.
+pub struct TcpProxy {
+    pub addr: SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (tx, _) = tokio::sync::watch::channel(0u64);
+        let generation = std::sync::Arc::new(tx);
+        let (up2, generation2) = (up.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut cut = generation2.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        TcpProxy {
+            addr,
+            up,
+            generation,
+        }
+    }
+
+    /// Drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
