@@ -40,7 +40,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-target/release/dispatcher --log warn serve --listen "$HERALD_ADDR" --prefix "$prefix" &
+target/release/dispatcher --log warn serve --listen "$HERALD_ADDR" --prefix "$prefix" --auth off &
 pids+=($!)
 target/release/bare202 "$BARE_ADDR" 2>/dev/null &
 pids+=($!)

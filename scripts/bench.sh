@@ -27,7 +27,9 @@ day=$(date -u +%Y-%m-%d)
 out=$(results_dir)/bench
 mkdir -p "$out"
 prefix="benchm$(date +%s)_"
-target/release/dispatcher --log warn run --listen "$ADDR" --prefix "$prefix" --queue-capacity "$QUEUES" &
+# --auth off: the matrix compares with earlier runs; scripts/bench-state.sh prices auth.
+target/release/dispatcher --log warn run --listen "$ADDR" --prefix "$prefix" --queue-capacity "$QUEUES" \
+  --auth off --migrate --pg-schema "${prefix}" --mongo-db "${prefix}" &
 dispatcher=$!
 trap 'kill $dispatcher 2>/dev/null; wait $dispatcher 2>/dev/null; for s in NOTIFY DLQ EVENTS; do "$TOOLS/nats" stream rm -f "${prefix}$s" >/dev/null 2>&1 || true; done' EXIT
 for _ in $(seq 1 100); do curl -sf "http://$ADDR/readyz" >/dev/null && break; sleep 0.1; done

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job of the quick start: starts the services and `dispatcher run` (ingress and
-# delivery), sends a sample notification, runs a short open-loop loadgen whose webhooks go
+# The main job of the quick start: starts the services, applies the migrations, creates a
+# tenant and an API key, starts `dispatcher run` (ingress, delivery and recorder), sends a
+# sample notification and reads its status back, runs a short open-loop loadgen whose webhooks go
 # to loadgen's own sink (per-priority ingest and end-to-end table, lost/duplicated counts),
 # prints what the dispatcher counted, and stops it. DURATION (10s) and RATE (2000/s) set the
 # load; the exit status is loadgen's (non-zero if anything accepted was lost).
@@ -13,21 +14,32 @@ ADDR=${HERALD_LISTEN:-127.0.0.1:8080}
 bash scripts/services.sh
 cargo build --release --locked -p dispatcher -p loadgen --bin dispatcher --bin loadgen
 
-target/release/dispatcher run --listen "$ADDR" &
+dispatcher=target/release/dispatcher
+$dispatcher migrate
+# A tenant (once; its webhook secret is printed) and a fresh API key for this run.
+$dispatcher tenant create quickstart 2>/dev/null || true
+KEY=$($dispatcher key create --tenant quickstart | sed -E 's/.*"key":"([^"]+)".*/\1/')
+AUTH="Authorization: Bearer $KEY"
+
+$dispatcher run --listen "$ADDR" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
 for _ in $(seq 1 100); do curl -sf "http://$ADDR/readyz" >/dev/null && break; sleep 0.1; done
 
 echo "--- one notification"
-curl -s "http://$ADDR/v1/notifications" -H 'content-type: application/json' \
-  -d '{"priority":"high","channel":"email","recipient":"ana@example.com","payload":{"subject":"Your code","code":"492811"}}'
-echo
+sample=$(curl -s "http://$ADDR/v1/notifications" -H 'content-type: application/json' -H "$AUTH" \
+  -d '{"priority":"high","channel":"email","recipient":"ana@example.com","payload":{"subject":"Your code","code":"492811"}}')
+echo "$sample"
 echo "--- loadgen: $RATE requests/s for $DURATION, mix high=10,medium=30,low=60, webhooks to its sink"
 status=0
-target/release/loadgen --target "http://$ADDR" --rate "$RATE" -d "$DURATION" \
+target/release/loadgen --target "http://$ADDR" --api-key "$KEY" --rate "$RATE" -d "$DURATION" \
   --sink 127.0.0.1:0 --drain-timeout 30s --out target/quickstart-results || status=$?
-echo "--- dead letters (the sample above is email, and no SMTP relay is configured here)"
-curl -s "http://$ADDR/v1/dlq?limit=3"
+echo "--- status of the sample (recorded in PostgreSQL, cached in Redis): dead, as no SMTP relay is configured here"
+sample_id=$(echo "$sample" | sed -E 's/.*"id":"([^"]+)".*/\1/')
+curl -s "http://$ADDR/v1/notifications/$sample_id" -H "$AUTH"
+echo
+echo "--- dead letters of this tenant"
+curl -s "http://$ADDR/v1/dlq?limit=3" -H "$AUTH"
 echo
 echo "--- what the dispatcher counted"
 curl -s "http://$ADDR/metrics" | grep -E '^herald_(ingest_accepted|ingest_rejected|delivery_attempts|dead_letters)'

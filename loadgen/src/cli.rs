@@ -56,6 +56,9 @@ pub struct Cli {
     /// Sent as `Authorization: Bearer <key>`.
     #[arg(long, env = "HERALD_API_KEY")]
     pub api_key: Option<String>,
+    /// Give every notification a unique `idempotency_key` (prices the Redis claim).
+    #[arg(long)]
+    pub idempotency_keys: bool,
     /// `steady`, `overload` (needs --capacity), `burst`, or a TOML file of phases.
     #[arg(long)]
     pub scenario: Option<String>,

@@ -91,6 +91,7 @@ async fn run(cli: Cli, model: LoadModel) -> anyhow::Result<bool> {
                 .map_or_else(|| String::from("http://127.0.0.1:9/hook"), Sink::url),
             payload_bytes: cli.payload_bytes,
             batch: cli.batch,
+            idempotency_keys: cli.idempotency_keys,
         },
         track_ids: sink.is_some(),
     };

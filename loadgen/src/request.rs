@@ -42,6 +42,9 @@ pub struct BodyBuilder {
     pub payload_bytes: usize,
     /// Notifications per request; 0 means the single endpoint.
     pub batch: usize,
+    /// Give every notification its own `idempotency_key` (`<run>-<seq>`), so the
+    /// dispatcher's Redis claim runs for each (and never finds a repeat).
+    pub idempotency_keys: bool,
 }
 
 impl BodyBuilder {
@@ -78,9 +81,14 @@ impl BodyBuilder {
             Channel::Sms => "+4915112345678",
             Channel::Push => "loadgen-device-token",
         };
+        if self.idempotency_keys {
+            let _ = write!(out, r#"{{"idempotency_key":"{}-{seq}","#, self.run);
+        } else {
+            out.push('{');
+        }
         let _ = write!(
             out,
-            r#"{{"priority":"{priority}","channel":"{}","recipient":"{recipient}","payload":{{"loadgen":{{"run":"{}","seq":{seq},"sent_ns":{sent_ns}}},"pad":""#,
+            r#""priority":"{priority}","channel":"{}","recipient":"{recipient}","payload":{{"loadgen":{{"run":"{}","seq":{seq},"sent_ns":{sent_ns}}},"pad":""#,
             self.channel.as_str(),
             self.run,
         );
@@ -153,6 +161,7 @@ mod tests {
             webhook_url: "http://127.0.0.1:9/hook".into(),
             payload_bytes: 256,
             batch,
+            idempotency_keys: false,
         }
     }
 
@@ -176,6 +185,17 @@ mod tests {
             .map(|n| n["payload"]["loadgen"]["seq"].as_u64().unwrap())
             .collect();
         assert_eq!(seqs, vec![6, 7, 8]);
+    }
+
+    #[test]
+    fn idempotency_keys_are_unique_per_notification() {
+        let mut b = builder(2);
+        b.idempotency_keys = true;
+        let v: Vec<serde_json::Value> =
+            serde_json::from_slice(&b.body(Priority::Medium, 5, 1)).unwrap();
+        assert_eq!(v[0]["idempotency_key"], "r1-10");
+        assert_eq!(v[1]["idempotency_key"], "r1-11");
+        assert_eq!(v[1]["priority"], "medium");
     }
 
     #[test]

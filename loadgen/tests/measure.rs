@@ -68,6 +68,7 @@ fn config(addr: SocketAddr, model: LoadModel, connections: usize) -> LoadConfig 
             webhook_url: "http://127.0.0.1:9/hook".into(),
             payload_bytes: 64,
             batch: 0,
+            idempotency_keys: false,
         },
         track_ids: false,
     }
