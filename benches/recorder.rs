@@ -115,14 +115,16 @@ async fn run(args: &Args, nats: &NatsConfig, store: &StoreConfig) -> anyhow::Res
         pool.clone(),
         Some((cache, Duration::from_secs(600))),
     ));
-    let pg_time = time_recorder(&js, &names, &config, postgres, || async {
-        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications WHERE status = 'delivered' AND recipient IS NOT NULL")
-            .fetch_one(&pool)
-            .await
-            .unwrap_or(0);
-        rows as usize >= n
-    })
+    let pg_time = time_recorder(&js, &names, &config, postgres, n).await?;
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM notifications WHERE status = 'delivered' AND recipient IS NOT NULL",
+    )
+    .fetch_one(&pool)
     .await?;
+    anyhow::ensure!(
+        rows as usize == n,
+        "PostgreSQL holds {rows} delivered rows, not {n}"
+    );
 
     let mongo = recorder::mongo::client(&store.mongo_url).await?;
     let database = mongo.database(&store.mongo_db);
@@ -131,14 +133,14 @@ async fn run(args: &Args, nats: &NatsConfig, store: &StoreConfig) -> anyhow::Res
         database.clone(),
         Duration::from_secs(86_400),
     ));
-    let mongo_time = time_recorder(&js, &names, &config, mongo_sink, || async {
-        let logged = messages
-            .count_documents(doc! { "log.0": { "$exists": true }, "payload": { "$exists": true } })
-            .await
-            .unwrap_or(0);
-        logged as usize >= n
-    })
-    .await?;
+    let mongo_time = time_recorder(&js, &names, &config, mongo_sink, n).await?;
+    let docs = messages
+        .count_documents(doc! { "payload": { "$exists": true } })
+        .await?;
+    anyhow::ensure!(
+        docs as usize == n,
+        "MongoDB holds {docs} documents, not {n}"
+    );
 
     // Raw limits, same batch size.
     sqlx::query("CREATE TABLE raw_copy (LIKE notifications INCLUDING ALL)")
@@ -235,33 +237,34 @@ async fn run(args: &Args, nats: &NatsConfig, store: &StoreConfig) -> anyhow::Res
     Ok(())
 }
 
-/// Starts a recorder with one sink and returns the time until `done` says it caught up.
-async fn time_recorder<F, Fut>(
+/// Starts a recorder with one sink and returns the time until it has written (and so
+/// acknowledged) all `n` notifications and `n` events.
+async fn time_recorder(
     js: &async_nats::jetstream::Context,
     names: &Names,
     config: &herald::config::RecorderConfig,
     sink: Arc<dyn Sink>,
-    mut done: F,
-) -> anyhow::Result<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+    n: usize,
+) -> anyhow::Result<Duration> {
+    let store = sink.name();
+    let metrics = Arc::new(Metrics::new());
     let started = Instant::now();
     let recorder = Recorder::start(
         js.clone(),
         names.clone(),
         config,
         vec![sink],
-        Arc::new(Metrics::new()),
+        metrics.clone(),
     )
     .await
     .map_err(|e| anyhow::anyhow!("recorder: {e}"))?;
-    while !done().await {
+    while metrics.recorded_count(store, "notify") + metrics.recorded_count(store, "events")
+        < 2 * n as u64
+    {
         if started.elapsed() > Duration::from_secs(600) {
             anyhow::bail!("the recorder did not catch up within 10 minutes");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let took = started.elapsed();
     recorder.shutdown().await;

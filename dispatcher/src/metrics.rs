@@ -242,6 +242,11 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// Messages a store's recorder has written from one stream so far.
+    pub fn recorded_count(&self, store: &str, source: &str) -> u64 {
+        self.recorded.with_label_values(&[store, source]).get()
+    }
+
     pub fn record_failed(&self, store: &str, source: &str) {
         self.record_failures
             .with_label_values(&[store, source])
