@@ -38,6 +38,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let prefix = format!("benchrec{}_", std::process::id());
     let mut store = StoreConfig::defaults();
     store.pg_schema = prefix.clone();
@@ -264,6 +271,11 @@ async fn time_recorder(
         if started.elapsed() > Duration::from_secs(600) {
             anyhow::bail!("the recorder did not catch up within 10 minutes");
         }
+        tracing::debug!(
+            notify = metrics.recorded_count(store, "notify"),
+            events = metrics.recorded_count(store, "events"),
+            "progress"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let took = started.elapsed();

@@ -37,20 +37,41 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
-async fn messages(prefix: &str) -> mongodb::Collection<Document> {
+async fn collection(prefix: &str, name: &str) -> mongodb::Collection<Document> {
     let client = herald::recorder::mongo::client(&common::mongo_url())
         .await
         .unwrap();
-    client
-        .database(prefix)
-        .collection(herald::recorder::mongo::COLLECTION)
+    client.database(prefix).collection(name)
 }
 
+async fn messages(prefix: &str) -> mongodb::Collection<Document> {
+    collection(prefix, herald::recorder::mongo::COLLECTION).await
+}
+
+/// Documents of `messages` by `_id`.
 async fn mongo_docs(prefix: &str) -> HashMap<String, Document> {
+    all(messages(prefix).await).await
+}
+
+/// The delivery log: entries per notification id, in stream order.
+async fn deliveries(prefix: &str) -> HashMap<String, Vec<Document>> {
+    let coll = collection(prefix, herald::recorder::mongo::DELIVERIES).await;
+    let mut by_id: HashMap<String, Vec<Document>> = HashMap::new();
+    for (_, d) in all(coll).await {
+        by_id
+            .entry(d.get_str("notification_id").unwrap().to_string())
+            .or_default()
+            .push(d);
+    }
+    for entries in by_id.values_mut() {
+        entries.sort_by_key(|e| e.get_i64("seq").unwrap());
+    }
+    by_id
+}
+
+async fn all(coll: mongodb::Collection<Document>) -> HashMap<String, Document> {
     use futures::TryStreamExt;
-    messages(prefix)
-        .await
-        .find(doc! {})
+    coll.find(doc! {})
         .await
         .unwrap()
         .try_collect::<Vec<Document>>()
@@ -178,13 +199,11 @@ async fn recorded_rows_and_documents_match_what_happened() {
     );
 
     // MongoDB: one document per notification, payload as sent, one log entry per event.
-    let docs = eventually(Duration::from_secs(20), || async {
+    let (docs, log) = eventually(Duration::from_secs(20), || async {
         let docs = mongo_docs(&stack.server.prefix).await;
-        let logged: usize = docs
-            .values()
-            .map(|d| d.get_array("log").map_or(0, |l| l.len()))
-            .sum();
-        (docs.len() == 30 && logged == 40).then_some(docs)
+        let log = deliveries(&stack.server.prefix).await;
+        let logged: usize = log.values().map(Vec::len).sum();
+        (docs.len() == 30 && logged == 40).then_some((docs, log))
     })
     .await
     .expect("documents recorded");
@@ -192,14 +211,11 @@ async fn recorded_rows_and_documents_match_what_happened() {
         let d = &docs[id];
         assert_eq!(d.get_str("priority").unwrap(), *priority);
         assert_eq!(d.get_document("payload").unwrap(), &doc! { "n": *n as i32 });
-        let log = d.get_array("log").unwrap();
-        let last = log
-            .iter()
-            .filter_map(|e| e.as_document())
-            .max_by_key(|e| e.get_i64("seq").unwrap())
-            .unwrap();
+        let entries = &log[id];
+        assert_eq!(entries.len() as i64, *attempts, "{id}");
+        let last = entries.last().unwrap();
         assert_eq!(last.get_str("event").unwrap(), *status);
-        assert_eq!(log.len() as i64, *attempts, "{id}");
+        assert_eq!(last.get_i64("attempt").unwrap(), *attempts);
     }
 
     // The status API, by id and as pages.
@@ -269,10 +285,7 @@ async fn a_redelivered_batch_changes_nothing_twice() {
                 .unwrap();
         let attempts = count(&pool, "SELECT count(*) FROM delivery_attempts").await;
         let docs = mongo_docs(&prefix).await;
-        let logs: usize = docs
-            .values()
-            .map(|d| d.get_array("log").unwrap().len())
-            .sum();
+        let logs: usize = deliveries(&prefix).await.values().map(Vec::len).sum();
         (rows, attempts, docs.len(), logs)
     };
     let first = eventually(Duration::from_secs(20), || async {

@@ -69,6 +69,11 @@ pub struct Cli {
     /// latency and lost / duplicated / unexpected notifications.
     #[arg(long)]
     pub sink: Option<SocketAddr>,
+    /// The URL the dispatcher should post webhooks to when the sink's listen address is
+    /// not how it is reached (containers: `--sink 0.0.0.0:9999 --sink-url
+    /// http://loadgen:9999/hook`).
+    #[arg(long, requires = "sink")]
+    pub sink_url: Option<String>,
     /// How long to wait after the load for deliveries to arrive at the sink.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,

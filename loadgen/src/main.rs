@@ -86,9 +86,11 @@ async fn run(cli: Cli, model: LoadModel) -> anyhow::Result<bool> {
         body: BodyBuilder {
             run: run_id,
             channel: cli.channel,
-            webhook_url: sink
-                .as_ref()
-                .map_or_else(|| String::from("http://127.0.0.1:9/hook"), Sink::url),
+            webhook_url: match (&cli.sink_url, &sink) {
+                (Some(url), _) => url.clone(),
+                (None, Some(sink)) => sink.url(),
+                (None, None) => String::from("http://127.0.0.1:9/hook"),
+            },
             payload_bytes: cli.payload_bytes,
             batch: cli.batch,
             idempotency_keys: cli.idempotency_keys,

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, AckKind, Message};
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -168,9 +168,18 @@ async fn record(
             // Whatever else has already arrived joins the batch; nothing waits for more.
             let mut batch = vec![first];
             while batch.len() < batch_max {
-                match messages.next().now_or_never() {
-                    Some(Some(Ok(message))) => batch.push(message),
-                    _ => break,
+                // Polled with this task's own waker (not `now_or_never`'s no-op one), so a
+                // pull request the stream starts here still wakes us when it is answered.
+                let ready = std::future::poll_fn(|cx| {
+                    std::task::Poll::Ready(match messages.poll_next_unpin(cx) {
+                        std::task::Poll::Ready(Some(Ok(message))) => Some(message),
+                        _ => None,
+                    })
+                })
+                .await;
+                match ready {
+                    Some(message) => batch.push(message),
+                    None => break,
                 }
             }
             if !write_until_committed(&*sink, source, &batch, &metrics, &stop).await {

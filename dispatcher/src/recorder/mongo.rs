@@ -1,20 +1,18 @@
 //! Recorder sink for MongoDB: one document per notification in `messages` (`_id` = the
-//! notification id), with the payload as a sub-document and a `log` of delivery outcomes.
-//!
-//! - NOTIFY → `insert_many`, unordered: a duplicate `_id` (a redelivered batch) counts as
-//!   done. A duplicate may also be a stub an earlier-recorded event created; those ids get
-//!   their fields set by one follow-up `update` command.
-//! - EVENTS → one `update` command per batch (many statements, unordered): `$addToSet`
-//!   of the log entry with upsert. The entry carries the event's stream sequence, so a
-//!   redelivered batch adds nothing twice.
-//! - Retention: a TTL index on `accepted_at` (`--message-retention`).
+//! notification id, the payload as a sub-document), and its delivery log as one document
+//! per outcome event in `deliveries` (`_id` = `<id>:<event stream sequence>`, indexed by
+//! notification). Every write is an unordered `insert_many`, and a duplicate `_id` (a
+//! redelivered batch) counts as done, so the recorder never updates a document: appends
+//! are MongoDB's cheapest bulk write, documents do not grow, and FerretDB's update path
+//! (which stalls under concurrent bulk upserts, see the README) is never taken.
+//! Retention: TTL indexes on `messages.accepted_at` and `deliveries.at`.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use async_nats::jetstream::Message;
 use futures::future::BoxFuture;
-use mongodb::bson::{self, doc, Bson, Document};
+use mongodb::bson::{self, doc, Document};
 use mongodb::options::ClientOptions;
 use tokio::sync::OnceCell;
 
@@ -23,6 +21,8 @@ use crate::events::Event;
 use crate::model::WireNotification;
 
 pub const COLLECTION: &str = "messages";
+/// The delivery log: one document per outcome event.
+pub const DELIVERIES: &str = "deliveries";
 const DUPLICATE_KEY: i32 = 11000;
 
 pub struct MongoSink {
@@ -49,36 +49,69 @@ impl MongoSink {
         }
     }
 
-    fn messages(&self) -> mongodb::Collection<Document> {
-        self.database.collection(COLLECTION)
-    }
-
-    /// Creates the indexes once. The TTL index is MongoDB's retention; a server that
-    /// refuses it (see the README's FerretDB notes) is logged, not fatal.
+    /// Creates the indexes once. The TTL indexes are MongoDB's retention; a server that
+    /// refuses them (see the README's FerretDB notes) is logged, not fatal.
     async fn ensure_indexes(&self) -> Result<(), String> {
         self.indexes
             .get_or_try_init(|| async {
-                let tenant = doc! { "key": { "tenant": 1, "_id": -1 }, "name": "tenant_id" };
-                self.database
-                    .run_command(doc! { "createIndexes": COLLECTION, "indexes": [tenant] })
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let ttl = doc! {
-                    "key": { "accepted_at": 1 },
-                    "name": "retention",
-                    "expireAfterSeconds": self.retention.as_secs() as i64,
+                let create = |collection: &str, index: Document| {
+                    self.database
+                        .run_command(doc! { "createIndexes": collection, "indexes": [index] })
                 };
-                if let Err(err) = self
-                    .database
-                    .run_command(doc! { "createIndexes": COLLECTION, "indexes": [ttl] })
-                    .await
-                {
-                    tracing::warn!(error = %err, "TTL index on messages.accepted_at refused; documents are not expired by the server");
+                create(
+                    COLLECTION,
+                    doc! { "key": { "tenant": 1, "_id": -1 }, "name": "tenant_id" },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                create(
+                    DELIVERIES,
+                    doc! { "key": { "notification_id": 1, "seq": 1 }, "name": "notification" },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                let retention = self.retention.as_secs() as i64;
+                for (collection, field) in [(COLLECTION, "accepted_at"), (DELIVERIES, "at")] {
+                    let ttl = doc! {
+                        "key": { field: 1 }, "name": "retention", "expireAfterSeconds": retention,
+                    };
+                    if let Err(err) = create(collection, ttl).await {
+                        tracing::warn!(collection, error = %err, "TTL index refused; documents are not expired by the server");
+                    }
                 }
                 Ok(())
             })
             .await
             .map(|_| ())
+    }
+
+    /// `insert_many`, unordered; documents whose `_id` exists already count as written.
+    async fn insert(&self, collection: &str, docs: Vec<Document>) -> Result<(), String> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let result = self
+            .database
+            .collection::<Document>(collection)
+            .insert_many(docs)
+            .ordered(false)
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) => match *err.kind {
+                mongodb::error::ErrorKind::InsertMany(ref failure)
+                    if failure.write_concern_error.is_none()
+                        && failure
+                            .write_errors
+                            .iter()
+                            .flatten()
+                            .all(|e| e.code == DUPLICATE_KEY) =>
+                {
+                    Ok(())
+                }
+                _ => Err(err.to_string()),
+            },
+        }
     }
 
     async fn notifications(&self, batch: &[Message]) -> Result<(), String> {
@@ -96,47 +129,11 @@ impl MongoSink {
                 }
             }
         }
-        if docs.is_empty() {
-            return Ok(());
-        }
-        let duplicates: Vec<usize> = match self.messages().insert_many(&docs).ordered(false).await {
-            Ok(_) => return Ok(()),
-            Err(err) => match *err.kind {
-                mongodb::error::ErrorKind::InsertMany(ref failure)
-                    if failure.write_concern_error.is_none()
-                        && failure
-                            .write_errors
-                            .iter()
-                            .flatten()
-                            .all(|e| e.code == DUPLICATE_KEY) =>
-                {
-                    failure
-                        .write_errors
-                        .iter()
-                        .flatten()
-                        .map(|e| e.index)
-                        .collect()
-                }
-                _ => return Err(err.to_string()),
-            },
-        };
-        // Present already: fill in the fields (a no-op for a redelivered batch, the
-        // document for a stub made by an event recorded first).
-        let updates: Vec<Document> = duplicates
-            .iter()
-            .filter_map(|&i| docs.get(i))
-            .map(|d| {
-                let mut fields = d.clone();
-                let id = fields.remove("_id").unwrap_or(Bson::Null);
-                fields.remove("log");
-                doc! { "q": { "_id": id }, "u": { "$set": fields } }
-            })
-            .collect();
-        self.update(updates).await
+        self.insert(COLLECTION, docs).await
     }
 
     async fn events(&self, batch: &[Message]) -> Result<(), String> {
-        let mut updates = Vec::with_capacity(batch.len());
+        let mut entries = Vec::with_capacity(batch.len());
         for message in batch {
             let event: Event<'_> = match serde_json::from_slice(&message.payload) {
                 Ok(e) => e,
@@ -145,8 +142,12 @@ impl MongoSink {
                     continue;
                 }
             };
+            let seq = sequence(message) as i64;
             let mut entry = doc! {
-                "seq": sequence(message) as i64,
+                "_id": format!("{}:{seq}", event.id),
+                "notification_id": event.id.to_string(),
+                "tenant": event.tenant.to_string(),
+                "seq": seq,
                 "event": event.event.as_str(),
                 "attempt": event.attempt as i64,
                 "at": bson::DateTime::from_chrono(event.at),
@@ -157,29 +158,9 @@ impl MongoSink {
             if let Some(status) = event.status {
                 entry.insert("status", i32::from(status));
             }
-            updates.push(doc! {
-                "q": { "_id": event.id.to_string() },
-                "u": { "$addToSet": { "log": entry } },
-                "upsert": true,
-            });
+            entries.push(entry);
         }
-        self.update(updates).await
-    }
-
-    /// One `update` command, unordered; any write error fails the batch.
-    async fn update(&self, updates: Vec<Document>) -> Result<(), String> {
-        if updates.is_empty() {
-            return Ok(());
-        }
-        let reply = self
-            .database
-            .run_command(doc! { "update": COLLECTION, "updates": updates, "ordered": false })
-            .await
-            .map_err(|e| e.to_string())?;
-        match reply.get_array("writeErrors") {
-            Ok(errors) if !errors.is_empty() => Err(format!("update write errors: {errors:?}")),
-            _ => Ok(()),
-        }
+        self.insert(DELIVERIES, entries).await
     }
 }
 
@@ -197,7 +178,6 @@ fn document(message: &Message) -> Result<Document, String> {
         "payload": payload,
         "accepted_at": bson::DateTime::from_chrono(n.accepted_at),
         "stream_seq": sequence(message) as i64,
-        "log": [],
     };
     if let Some(metadata) = n.metadata {
         let metadata: Document = serde_json::from_str(metadata.get()).map_err(|e| e.to_string())?;
