@@ -42,22 +42,23 @@ trap cleanup EXIT
 rows=()
 base=""
 mode() {
-  local name=$1 serve_args=$2 load_args=$3 rates=()
+  local name=$1 serve_args=$2 load_args=$3 rates=() slug
+  slug=${name//[^a-z]/-}
   target/release/dispatcher --log warn serve --listen "$ADDR" --prefix "$prefix" "${store[@]}" \
     $serve_args &
   pid=$!
   for _ in $(seq 1 100); do curl -sf "http://$ADDR/readyz" >/dev/null && break; sleep 0.1; done
   for _ in $(seq 1 "$REPEAT"); do
     target/release/loadgen --target "http://$ADDR" -c "$CONNS" -d "$DURATION" --warmup 2s \
-      $load_args --out "$out/state-$name" >/dev/null 2>&1 || true
-    rates+=("$(python3 -c "import json;s=json.load(open('$out/state-$name/summary.json'));print(round(s['total']['notifications_per_sec']), s['total']['errors'] if 'errors' in s['total'] else 0)")")
+      $load_args --out "$out/state/$slug" >/dev/null 2>&1 || true
+    rates+=("$(python3 -c "import json;s=json.load(open('$out/state/$slug/summary.json'));print(round(s['total']['notifications_per_sec']), s['total']['errors'] if 'errors' in s['total'] else 0)")")
   done
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
   local median errors
   median=$(printf '%s\n' "${rates[@]}" | awk '{print $1}' | sort -n | sed -n "$(( (REPEAT + 1) / 2 ))p")
   errors=$(printf '%s\n' "${rates[@]}" | awk '{print $2}' | paste -sd/)
   [ -z "$base" ] && base=$median
-  rows+=("| $name | \`serve $serve_args\` \`loadgen $load_args\` | $(printf '%s\n' "${rates[@]}" | awk '{print $1}' | paste -sd' ') | $median | $(python3 -c "print(f'{$median/$base:.2f}')") | $errors |")
+  rows+=("| $name | \`serve $serve_args\` \`loadgen ${load_args//$KEY/\$KEY}\` | $(printf '%s\n' "${rates[@]}" | awk '{print $1}' | paste -sd' ') | $median | $(python3 -c "print(f'{$median/$base:.2f}')") | $errors |")
   echo "bench-state: $name: $median notifications/s" >&2
 }
 mode "all off" "--auth off" ""

@@ -42,7 +42,8 @@ pub struct BodyBuilder {
     pub payload_bytes: usize,
     /// Notifications per request; 0 means the single endpoint.
     pub batch: usize,
-    /// Give every notification its own `idempotency_key` (`<run>-<seq>`), so the
+    /// Give every notification its own `idempotency_key` (`<run>-<priority>-<seq>`: each
+    /// priority numbers its own requests), so the
     /// dispatcher's Redis claim runs for each (and never finds a repeat).
     pub idempotency_keys: bool,
 }
@@ -82,7 +83,11 @@ impl BodyBuilder {
             Channel::Push => "loadgen-device-token",
         };
         if self.idempotency_keys {
-            let _ = write!(out, r#"{{"idempotency_key":"{}-{seq}","#, self.run);
+            let _ = write!(
+                out,
+                r#"{{"idempotency_key":"{}-{priority}-{seq}","#,
+                self.run
+            );
         } else {
             out.push('{');
         }
@@ -193,8 +198,8 @@ mod tests {
         b.idempotency_keys = true;
         let v: Vec<serde_json::Value> =
             serde_json::from_slice(&b.body(Priority::Medium, 5, 1)).unwrap();
-        assert_eq!(v[0]["idempotency_key"], "r1-10");
-        assert_eq!(v[1]["idempotency_key"], "r1-11");
+        assert_eq!(v[0]["idempotency_key"], "r1-medium-10");
+        assert_eq!(v[1]["idempotency_key"], "r1-medium-11");
         assert_eq!(v[1]["priority"], "medium");
     }
 
