@@ -145,9 +145,10 @@ pub async fn run(config: LoadConfig, stats: Arc<Stats>) -> anyhow::Result<RunRes
         origin_unix_ns,
         config,
     });
-    // Without a sink nothing needs per-request send times: build each request once.
+    // Without a sink (send times) or idempotency keys (one per notification) every request
+    // of a priority is the same: build each once.
     let mut shared = shared;
-    if !shared.config.track_ids && !shared.config.h2 {
+    if !shared.config.track_ids && !shared.config.h2 && !shared.config.body.idempotency_keys {
         let requests =
             Priority::ALL.map(|p| shared.request_bytes(&shared.config.body.body(p, 0, 0)));
         Arc::get_mut(&mut shared)
