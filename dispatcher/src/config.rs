@@ -183,6 +183,11 @@ pub struct RecorderConfig {
     /// Messages each recorder consumer may hold unacknowledged.
     #[arg(long, env = "HERALD_RECORD_ACK_PENDING", default_value_t = 8192)]
     pub record_ack_pending: usize,
+    /// JetStream hands a recorder batch to another recorder when it is not acknowledged
+    /// (nor marked in progress) within this time: how soon a crashed recorder's batch is
+    /// written by another.
+    #[arg(long, env = "HERALD_RECORD_ACK_WAIT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub record_ack_wait: Duration,
     /// How long a notification's status stays in the Redis cache.
     #[arg(long, env = "HERALD_STATUS_CACHE_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub status_cache_ttl: Duration,

@@ -285,3 +285,55 @@ async fn nothing_delivered_is_reported_plainly_and_fails_the_run() {
     assert!(hgrm.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"));
     assert!(hgrm.contains("#[Max     ="));
 }
+
+/// With `--idempotency-keys` every request carries a key of its own, from every thread and
+/// connection (a prebuilt request would repeat one key, and Herald would answer replays).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_are_unique_across_threads_and_connections() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let keys = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = keys.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        seen.lock()
+                            .unwrap()
+                            .push(v["idempotency_key"].as_str().unwrap_or("").to_string());
+                        let mut r = Response::new(Full::new(Bytes::from_static(
+                            br#"{"id":"x","status":"accepted","priority":"high"}"#,
+                        )));
+                        *r.status_mut() = StatusCode::ACCEPTED;
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let mut c = config(
+        addr,
+        LoadModel::Closed {
+            duration: Duration::from_millis(500),
+            mix: Mix([30.0, 30.0, 40.0]),
+        },
+        8,
+    );
+    c.body.idempotency_keys = true;
+    c.warmup = Duration::ZERO;
+    measure(c).await;
+    let keys = keys.lock().unwrap().clone();
+    assert!(keys.len() > 100, "{}", keys.len());
+    assert!(keys.iter().all(|k| !k.is_empty()));
+    let distinct: HashSet<&String> = keys.iter().collect();
+    assert_eq!(distinct.len(), keys.len(), "a key was sent twice");
+}

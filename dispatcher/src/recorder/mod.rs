@@ -87,7 +87,7 @@ impl Recorder {
                             sink.name()
                         )),
                         ack_policy: consumer::AckPolicy::Explicit,
-                        ack_wait: Duration::from_secs(60),
+                        ack_wait: config.record_ack_wait,
                         max_deliver: -1,
                         max_ack_pending: config.record_ack_pending.max(1) as i64,
                         ..Default::default()
