@@ -111,8 +111,16 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, async_na
         .reconnect_delay_callback(|attempt| {
             Duration::from_millis((50u64 << attempt.min(5) as u32).min(1_000))
         })
-        .connect(config.nats_url.as_str())
+        .connect(server_list(&config.nats_url))
         .await
+}
+
+/// `--nats-url` as a list: servers separated by commas (a cluster's nodes), blanks ignored.
+pub fn server_list(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 /// The NOTIFY stream: file storage, a duplicate window for `Nats-Msg-Id`, and `discard:
@@ -224,5 +232,23 @@ impl Readiness {
                 () = tokio::time::sleep(config.readiness_interval) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_list_is_split_into_servers() {
+        assert_eq!(
+            server_list("nats://a:4222, nats://b:4222,,nats://c:4222"),
+            ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+        );
+        let servers: Vec<async_nats::ServerAddr> = server_list("nats://a:1,nats://b:2")
+            .iter()
+            .map(|u| u.parse().unwrap())
+            .collect();
+        assert_eq!(servers.len(), 2);
     }
 }
