@@ -699,3 +699,44 @@ async fn messages_have_a_retention_index_where_the_server_supports_one() {
     }
     stack.finish().await;
 }
+
+/// At-least-once delivery means a duplicate can fail after the first copy arrived (the
+/// receiver went away meanwhile). The attempt is recorded; the status stays `delivered`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_duplicate_does_not_undo_a_delivery() {
+    let receiver = Receiver::start(|_| (200, Duration::ZERO)).await;
+    let mut stack = Stack::start(|_| {}).await;
+    let pool = stack.start_recording().await;
+    let id = stack.accept(webhook_to(&receiver.url(), "high", 1)).await;
+    stack.wait_events(1).await;
+    // The duplicate's outcome, as a worker that got the message again would publish it.
+    let js = async_nats::jetstream::new(async_nats::connect(&stack.server.nats_url).await.unwrap());
+    let names = herald::jetstream::Names::new(&stack.server.prefix);
+    let dead = herald::events::Event {
+        id: id.parse().unwrap(),
+        tenant: uuid::Uuid::nil(),
+        event: herald::events::EventKind::Dead,
+        priority: herald::model::Priority::High,
+        channel: herald::model::Channel::Webhook,
+        attempt: 2,
+        at: chrono::Utc::now() + chrono::Duration::seconds(1),
+        error: Some("webhook request failed: connection refused".into()),
+        status: None,
+        retry_in_ms: None,
+    };
+    herald::events::publish(&js, &names, &dead).await.unwrap();
+    let attempts = eventually(Duration::from_secs(20), || async {
+        let n = count(&pool, "SELECT count(*) FROM delivery_attempts").await;
+        (n == 2).then_some(n)
+    })
+    .await;
+    assert_eq!(attempts, Some(2), "both attempts recorded");
+    let status: String = sqlx::query_scalar("SELECT status FROM notifications WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "delivered");
+    pool.close().await;
+    stack.finish().await;
+}

@@ -145,6 +145,14 @@ async fn run(cli: Cli, model: LoadModel) -> anyhow::Result<bool> {
         let ingest = Priority::ALL.map(|p| stats.histogram(p));
         report::write_out(dir, &summary, &ingest, e2e_hists.as_ref())
             .with_context(|| format!("writing results to {}", dir.display()))?;
+        if sink.is_some() {
+            // Every id answered 202, one per line: to check Herald's own records against.
+            let mut ids: Vec<&String> = result.accepted_ids.iter().collect();
+            ids.sort();
+            let text: String = ids.into_iter().map(|id| format!("{id}\n")).collect();
+            std::fs::write(dir.join("accepted-ids.txt"), text)
+                .with_context(|| format!("writing {}/accepted-ids.txt", dir.display()))?;
+        }
         eprintln!("loadgen: results written to {}", dir.display());
     }
     let lost = summary.end_to_end.as_ref().is_some_and(|e| e.lost > 0);

@@ -71,6 +71,11 @@ pub struct EndToEnd {
     pub lost: u64,
     pub duplicated: u64,
     pub unexpected: u64,
+    /// The first lost and unexpected ids (at most 100 each), to look up in Herald.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lost_ids: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unexpected_ids: Vec<String>,
     /// From the intended send to arrival at the sink, first deliveries only.
     pub priorities: BTreeMap<String, Percentiles>,
 }
@@ -169,6 +174,8 @@ pub fn summarize(
         lost: a.lost,
         duplicated: a.duplicated,
         unexpected: a.unexpected,
+        lost_ids: a.lost_ids.clone(),
+        unexpected_ids: a.unexpected_ids.clone(),
         priorities: Priority::ALL
             .iter()
             .map(|p| (p.to_string(), Percentiles::of(&hists[p.index()])))

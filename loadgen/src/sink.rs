@@ -58,7 +58,14 @@ pub struct Accounting {
     pub lost: u64,
     pub duplicated: u64,
     pub unexpected: u64,
+    /// Up to [`MAX_LISTED_IDS`] lost ids, sorted (to look them up in Herald).
+    pub lost_ids: Vec<String>,
+    /// Up to [`MAX_LISTED_IDS`] unexpected ids, sorted.
+    pub unexpected_ids: Vec<String>,
 }
+
+/// How many lost or unexpected ids a report lists.
+pub const MAX_LISTED_IDS: usize = 100;
 
 impl Sink {
     /// Starts the sink on `addr` (port 0 picks one) for the run `run`.
@@ -101,20 +108,33 @@ impl Sink {
         let mut delivered = 0;
         let mut duplicated = 0;
         let mut unexpected = deliveries.foreign;
+        let mut unexpected_ids = Vec::new();
         for (id, &count) in &deliveries.by_id {
             duplicated += count - 1;
             if accepted.contains(id) {
                 delivered += 1;
             } else {
                 unexpected += count;
+                unexpected_ids.push(id.clone());
             }
         }
+        let mut lost_ids: Vec<String> = accepted
+            .iter()
+            .filter(|id| !deliveries.by_id.contains_key(*id))
+            .cloned()
+            .collect();
+        lost_ids.sort();
+        lost_ids.truncate(MAX_LISTED_IDS);
+        unexpected_ids.sort();
+        unexpected_ids.truncate(MAX_LISTED_IDS);
         Accounting {
             accepted: accepted.len() as u64,
             delivered,
             lost: accepted.len() as u64 - delivered,
             duplicated,
             unexpected,
+            lost_ids,
+            unexpected_ids,
         }
     }
 }

@@ -335,13 +335,16 @@ async fn deliver(shared: &Shared, job: Job) {
     let policy = shared.retry[priority.index()];
     match &outcome {
         SendOutcome::Delivered => {
-            let _ = events::publish(
-                &shared.js,
-                &shared.names,
+            if !store_event(
+                shared,
+                &message,
                 &event(&notification, EventKind::Delivered, attempt, None, None),
             )
             .await
-            .map_err(|e| tracing::warn!(error = %e, "delivered event not stored"));
+            {
+                let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                return;
+            }
             if let Err(err) = message.double_ack().await {
                 tracing::warn!(id = %notification.id, error = %err, "ack after delivery failed; it may be delivered again");
             }
@@ -353,9 +356,10 @@ async fn deliver(shared: &Shared, job: Job) {
         SendOutcome::Retryable { retry_after, .. } if !policy.exhausted(attempt) => {
             let backoff = policy.delay(attempt + 1, fastrand::f64());
             let wait = retry_after.map_or(backoff, |asked| asked.max(backoff));
-            let _ = events::publish(
-                &shared.js,
-                &shared.names,
+            // Not stored in the end: the next attempt's event carries the state on.
+            let _ = store_event(
+                shared,
+                &message,
                 &event(
                     &notification,
                     EventKind::Retrying,
@@ -364,8 +368,7 @@ async fn deliver(shared: &Shared, job: Job) {
                     Some(wait),
                 ),
             )
-            .await
-            .map_err(|e| tracing::warn!(error = %e, "retrying event not stored"));
+            .await;
             let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
         }
         _ => bury(shared, &message, &notification, attempt, sequence, &outcome).await,
@@ -394,13 +397,19 @@ async fn bury(
     };
     match dlq::dead_letter(&shared.js, &shared.names, &death, message.payload.clone()).await {
         Ok(()) => {
-            let _ = events::publish(
-                &shared.js,
-                &shared.names,
+            if !store_event(
+                shared,
+                message,
                 &event(notification, EventKind::Dead, attempt, Some(outcome), None),
             )
             .await
-            .map_err(|e| tracing::warn!(error = %e, "dead event not stored"));
+            {
+                // Comes back; the DLQ drops the repeat (same source sequence).
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                    .await;
+                return;
+            }
             let _ = message.double_ack_with(AckKind::Term).await;
             shared.metrics.dead_lettered(notification.priority);
         }
@@ -409,6 +418,36 @@ async fn bury(
             let _ = message
                 .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
                 .await;
+        }
+    }
+}
+
+/// How long a worker keeps trying to store an outcome event before it gives the message
+/// back instead of settling it.
+const EVENT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Stores an outcome event before the message is settled, retrying with backoff (with
+/// in-progress acks, so the message stays with this worker): the recorder learns a
+/// notification's fate only from this event, and on a NATS cluster the EVENTS stream can be
+/// without a leader for seconds while NOTIFY works. The event's `Nats-Msg-Id` makes retries
+/// harmless. `false` after [`EVENT_PATIENCE`]: the caller then gives the message back
+/// rather than settle it without its event (a duplicate delivery beats a lost status).
+async fn store_event(shared: &Shared, message: &Message, event: &Event<'_>) -> bool {
+    let deadline = std::time::Instant::now() + EVENT_PATIENCE;
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match events::publish(&shared.js, &shared.names, event).await {
+            Ok(()) => return true,
+            Err(err) if std::time::Instant::now() + delay > deadline => {
+                tracing::warn!(id = %event.id, event = event.event.as_str(), error = %err, "event not stored; giving the message back");
+                return false;
+            }
+            Err(err) => {
+                tracing::debug!(id = %event.id, error = %err, "event not stored yet; retrying");
+                tokio::time::sleep(delay).await;
+                let _ = message.ack_with(AckKind::Progress).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
         }
     }
 }

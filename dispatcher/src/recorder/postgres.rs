@@ -6,6 +6,8 @@
 //! - EVENTS → one statement with three parts: every event into `delivery_attempts` (keyed
 //!   by the event's stream sequence), `dead` events into `dead_letters`, and the newest
 //!   event per notification into `notifications` where it is newer than what is there.
+//!   `delivered` is final: a later failure of a duplicate delivery (at-least-once) is
+//!   kept in `delivery_attempts` but does not take the status back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -120,8 +122,11 @@ impl PostgresSink {
                      attempts = EXCLUDED.attempts, error = EXCLUDED.error, dead_at = EXCLUDED.dead_at
                  WHERE EXCLUDED.dead_at > dead_letters.dead_at
              ),
+             -- Per notification the event that decides its status: a delivery if the
+             -- batch has one (delivered is final), else the newest event.
              latest AS (
-                 SELECT DISTINCT ON (id) * FROM ev ORDER BY id, at DESC, seq DESC
+                 SELECT DISTINCT ON (id) * FROM ev
+                 ORDER BY id, (outcome = 'delivered') DESC, at DESC, seq DESC
              ),
              -- The newest error of the batch, even when a later event (delivered) has none.
              errors AS (
@@ -144,7 +149,7 @@ impl PostgresSink {
                  last_status = coalesce(EXCLUDED.last_status, n.last_status),
                  next_attempt_at = EXCLUDED.next_attempt_at,
                  version = n.version + 1
-             WHERE EXCLUDED.updated_at >= n.updated_at
+             WHERE n.status <> 'delivered' AND EXCLUDED.updated_at >= n.updated_at
              RETURNING {COLUMNS}"
         ))
         .bind(&rows.ids)
