@@ -342,7 +342,9 @@ async fn deliver(shared: &Shared, job: Job) {
             )
             .await
             {
-                let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
                 return;
             }
             if let Err(err) = message.double_ack().await {
