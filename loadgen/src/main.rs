@@ -2,6 +2,7 @@
 //! Exit status: 0 when every objective was met and nothing accepted was lost, 1 otherwise,
 //! 2 for bad arguments.
 
+use std::collections::HashSet;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -114,7 +115,7 @@ async fn run(cli: Cli, model: LoadModel) -> anyhow::Result<bool> {
 
     let e2e = match &sink {
         Some(sink) => {
-            drain(sink, result.accepted_ids.len(), cli.drain_timeout).await;
+            drain(sink, &result.accepted_ids, cli.drain_timeout).await;
             let hists = Priority::ALL.map(|p| sink.latency(p));
             Some((sink.account(&result.accepted_ids), hists))
         }
@@ -159,15 +160,17 @@ async fn run(cli: Cli, model: LoadModel) -> anyhow::Result<bool> {
     Ok(!lost && summary.slo.iter().all(|s| s.met))
 }
 
-/// Waits until every accepted notification reached the sink, or the timeout.
-async fn drain(sink: &Sink, accepted: usize, timeout: Duration) {
+/// Waits until every accepted notification reached the sink, or the timeout. Deliveries of
+/// ids that were never answered 202 (an ingress that died after storing) do not count.
+async fn drain(sink: &Sink, accepted: &HashSet<String>, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     let mut last_report = Instant::now();
-    while sink.delivered_count() < accepted && Instant::now() < deadline {
+    while sink.delivered_of(accepted) < accepted.len() && Instant::now() < deadline {
         if last_report.elapsed() >= Duration::from_secs(5) {
             eprintln!(
-                "loadgen: waiting for deliveries: {} of {accepted} arrived",
-                sink.delivered_count()
+                "loadgen: waiting for deliveries: {} of {} arrived",
+                sink.delivered_of(accepted),
+                accepted.len()
             );
             last_report = Instant::now();
         }

@@ -98,9 +98,13 @@ impl Sink {
             .clone()
     }
 
-    /// Distinct ids of this run delivered so far.
-    pub fn delivered_count(&self) -> usize {
-        self.shared.deliveries.lock().unwrap().by_id.len()
+    /// How many of `accepted` have been delivered so far.
+    pub fn delivered_of(&self, accepted: &HashSet<String>) -> usize {
+        let deliveries = self.shared.deliveries.lock().unwrap();
+        accepted
+            .iter()
+            .filter(|id| deliveries.by_id.contains_key(*id))
+            .count()
     }
 
     pub fn account(&self, accepted: &HashSet<String>) -> Accounting {

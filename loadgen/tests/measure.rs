@@ -212,6 +212,10 @@ async fn sink_counts_lost_duplicated_and_unexpected_exactly() {
     assert_eq!(a.lost, 1);
     assert_eq!(a.duplicated, 1);
     assert_eq!(a.unexpected, 2);
+    assert_eq!(a.lost_ids, ["e"]);
+    assert_eq!(a.unexpected_ids, ["d"]);
+    // The drain waits on accepted ids only: "d" arrived but was never answered 202.
+    assert_eq!(sink.delivered_of(&accepted), 3);
     assert_eq!(sink.latency(loadgen::scenario::Priority::High).len(), 3);
     assert_eq!(sink.latency(loadgen::scenario::Priority::Low).len(), 1);
 }
