@@ -588,3 +588,41 @@ mod tests {
         }
     }
 }
+
+/// The README's configuration table is the operator's reference: every flag of every role
+/// must be in it, so a new flag cannot ship undocumented.
+#[cfg(test)]
+mod reference {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_is_in_the_readme() {
+        let readme = include_str!("../../README.md");
+        let mut missing = Vec::new();
+        let cli = super::Cli::command();
+        let mut commands = vec![cli];
+        while let Some(command) = commands.pop() {
+            for arg in command.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if matches!(long, "help" | "version") {
+                    continue;
+                }
+                let flag = format!("--{long}");
+                let documented = readme.match_indices(&flag).any(|(at, _)| {
+                    !readme[at + flag.len()..]
+                        .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-')
+                });
+                if !documented {
+                    missing.push(format!("{} {flag}", command.get_name()));
+                }
+            }
+            commands.extend(command.get_subcommands().cloned());
+        }
+        missing.sort();
+        missing.dedup();
+        assert!(
+            missing.is_empty(),
+            "flags missing from README.md: {missing:?}"
+        );
+    }
+}
