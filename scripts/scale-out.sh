@@ -5,6 +5,8 @@
 #      through, one instance of each role gets SIGKILL.
 #   2. "cluster": the same roles on a three-node NATS cluster started here (streams with 3
 #      replicas, Herald given all three URLs); halfway through, one NATS node gets SIGKILL.
+#   3. "shares": a backlog of every priority, then two delivery instances: the first
+#      deliveries follow the weights 8:4:1 across both.
 # Each run must end with lost == 0 at both sinks, and every accepted notification recorded
 # as delivered in PostgreSQL. Prints one table; exit status non-zero when a check fails.
 # Knobs: DURATION (10s), RATE (400 requests/s per loadgen), PROFILE (debug: the build the
@@ -168,6 +170,70 @@ kill_a_nats_node() {
   echo "scale-out: $1: SIGKILL to NATS node herald-2" >&2
 }
 run cluster "$urls" 3 kill_a_nats_node
+
+
+# 3. "shares": a backlog of 1000 per priority, then two delivery instances start; the
+#    first 650 deliveries (while every class is still backlogged) must follow the weights
+#    8:4:1 across both instances (61.5 / 30.8 / 7.7 %, within 6 points).
+shares() {
+  local prefix="so$(date +%s%N | tail -c 10)_"
+  prefixes+=("$prefix")
+  local store=(--pg-schema "$prefix" --mongo-db "$prefix")
+  local common=(--prefix "$prefix" "${store[@]}")
+  "$bin" migrate "${store[@]}" >/dev/null
+  "$bin" tenant create shares "${store[@]}" >/dev/null
+  local key p hook
+  key=$("$bin" key create --tenant shares "${store[@]}" | sed -E 's/.*"key":"([^"]+)".*/\1/')
+  hook=$(free_port)
+  # A receiver that logs the priority of each delivery in arrival order.
+  python3 - "$hook" "$work/shares-order.txt" <<'PY' &
+import http.server, sys
+log = open(sys.argv[2], "a", buffering=1)
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        log.write(self.headers.get("Herald-Priority", "?") + "\n")
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Hook).serve_forever()
+PY
+  pids+=($!)
+  p=$(free_port)
+  role shares-serve "http://127.0.0.1:$p/readyz" serve "${common[@]}" --listen "127.0.0.1:$p"
+  for priority in low medium high; do
+    python3 -c "import json,sys; print(json.dumps([{'priority': sys.argv[1], 'channel': 'webhook', 'recipient': 'http://127.0.0.1:$hook/hook', 'payload': {'n': i}} for i in range(1000)]))" "$priority" |
+      curl -sf "http://127.0.0.1:$p/v1/notifications/batch" -H "authorization: Bearer $key" \
+        -H 'content-type: application/json' --data-binary @- >/dev/null
+  done
+  for i in 0 1; do
+    local m; m=$(free_port)
+    # Few workers, so that the order is the schedulers' and not the receiver's.
+    role "shares-deliver-$i" "http://127.0.0.1:$m/readyz" deliver "${common[@]}" \
+      --metrics-listen "127.0.0.1:$m" --channel-concurrency 2:1:1:1
+  done
+  for _ in $(seq 1 600); do
+    [ "$(wc -l <"$work/shares-order.txt" 2>/dev/null || echo 0)" -ge 650 ] && break
+    sleep 0.1
+  done
+  local verdict
+  verdict=$(python3 - "$work/shares-order.txt" <<'PY'
+import sys
+first = [l.strip() for l in open(sys.argv[1])][:650]
+share = {p: 100 * first.count(p) / max(len(first), 1) for p in ("high", "medium", "low")}
+want = {"high": 800 / 13, "medium": 400 / 13, "low": 100 / 13}
+ok = len(first) == 650 and all(abs(share[p] - want[p]) <= 6 for p in want)
+print(f"{share['high']:.1f} / {share['medium']:.1f} / {share['low']:.1f} % of the first {len(first)} {'ok' if ok else 'FAILED'}")
+PY
+)
+  echo "scale-out: shares across two delivery instances: $verdict" >&2
+  case "$verdict" in *FAILED) failed=1 ;; esac
+  rows+=("| shares (2 deliver, backlog 1000 per priority; want 61.5 / 30.8 / 7.7 %) | - | - | - | - | - | - | $verdict |")
+  for f in "$work"/shares-*.pid; do kill -TERM "$(cat "$f")" 2>/dev/null || true; done
+}
+shares
 
 table=$(
   echo "| run | accepted (202) | lost | duplicated | ingest errors | of those recorded delivered | not recorded delivered | verdict |"
