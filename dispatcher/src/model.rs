@@ -485,4 +485,85 @@ mod tests {
             assert_eq!(err.field.as_deref(), Some(field), "{body}: {}", err.message);
         }
     }
+
+    mod round_trip {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Any JSON value, nested a little, with strings that need escaping.
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::Bool),
+                any::<i64>().prop_map(|n| serde_json::json!(n)),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(|f| serde_json::json!(f)),
+                "\\PC{0,12}|[\"\\\\\u{0}-\u{1f}\u{2028}é😀]{0,6}"
+                    .prop_map(serde_json::Value::String),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                    prop::collection::btree_map("\\PC{0,8}", inner, 0..4)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn object() -> impl Strategy<Value = serde_json::Value> {
+            prop::collection::btree_map("\\PC{0,8}", json_value(), 0..5)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect()))
+        }
+
+        proptest! {
+            /// Whatever a client sends that validates is carried in the wire document with
+            /// the payload byte for byte as sent, and every field decodes to what was sent.
+            #[test]
+            fn the_wire_document_carries_the_request_exactly(
+                payload in object(),
+                metadata in proptest::option::of(object()),
+                key in proptest::option::of("[ -~]{1,40}"),
+                local in "[a-z0-9._%+-]{1,20}",
+                priority in prop_oneof![Just(Priority::High), Just(Priority::Medium), Just(Priority::Low)],
+            ) {
+                let mut request = serde_json::json!({
+                    "priority": priority,
+                    "channel": "email",
+                    "recipient": format!("{local}@example.com"),
+                    "payload": payload,
+                });
+                if let Some(m) = &metadata {
+                    request["metadata"] = m.clone();
+                }
+                if let Some(k) = &key {
+                    request["idempotency_key"] = serde_json::json!(k);
+                }
+                let body = serde_json::to_vec(&request).unwrap();
+                let limits = Limits { max_payload: usize::MAX };
+                let validated = parse_notification(&body, &limits, Utc::now()).unwrap();
+                let id = new_id();
+                let tenant = Uuid::new_v4();
+                let at = Utc::now();
+                let bytes = validated.encode(id, tenant, at);
+                let wire: WireNotification<'_> = serde_json::from_slice(&bytes).unwrap();
+                prop_assert_eq!(wire.id, id);
+                prop_assert_eq!(wire.tenant, tenant);
+                prop_assert_eq!(wire.priority, priority);
+                prop_assert_eq!(wire.channel, Channel::Email);
+                prop_assert_eq!(wire.recipient.as_ref(), format!("{local}@example.com"));
+                prop_assert_eq!(wire.accepted_at, at);
+                prop_assert_eq!(wire.idempotency_key.as_deref(), key.as_deref());
+                // Byte for byte: the raw slice of the request is what travels.
+                let sent_payload = serde_json::to_string(&request["payload"]).unwrap();
+                prop_assert_eq!(wire.payload.get(), sent_payload.as_str());
+                let decoded: serde_json::Value = serde_json::from_str(wire.payload.get()).unwrap();
+                prop_assert_eq!(&decoded, &request["payload"]);
+                prop_assert_eq!(
+                    wire.metadata.map(|m| serde_json::from_str::<serde_json::Value>(m.get()).unwrap()),
+                    metadata
+                );
+            }
+        }
+    }
 }
