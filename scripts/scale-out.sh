@@ -84,10 +84,12 @@ run() {
     role "$label-serve-$i" "http://127.0.0.1:$p/readyz" serve "${common[@]}" --listen "127.0.0.1:$p"
     ports+=("$p")
   done
+  # --sink-grace: a killed deliver may have delivered without settling; its redelivery
+  # (after --ack-wait) must still find the receiver, as a real receiver would be there.
   local lg=()
   for i in 0 1; do
     "$loadgen" --target "http://127.0.0.1:${ports[$i]}" --api-key "$key" --rate "$RATE" \
-      -d "$DURATION" --warmup 1s -c 32 --sink 127.0.0.1:0 --drain-timeout 60s \
+      -d "$DURATION" --warmup 1s -c 32 --sink 127.0.0.1:0 --drain-timeout 60s --sink-grace 15s \
       --out "$work/$label-load-$i" >"$work/$label-load-$i.txt" 2>&1 &
     lg+=($!)
   done

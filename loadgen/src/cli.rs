@@ -74,6 +74,10 @@ pub struct Cli {
     /// http://loadgen:9999/hook`).
     #[arg(long, requires = "sink")]
     pub sink_url: Option<String>,
+    /// Keep the sink up this long after every accepted notification arrived, to count late
+    /// duplicates (and keep answering redeliveries from a crashed dispatcher).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, requires = "sink")]
+    pub sink_grace: Duration,
     /// How long to wait after the load for deliveries to arrive at the sink.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,

@@ -116,6 +116,7 @@ async fn run(cli: Cli, model: LoadModel) -> anyhow::Result<bool> {
     let e2e = match &sink {
         Some(sink) => {
             drain(sink, &result.accepted_ids, cli.drain_timeout).await;
+            tokio::time::sleep(cli.sink_grace).await;
             let hists = Priority::ALL.map(|p| sink.latency(p));
             Some((sink.account(&result.accepted_ids), hists))
         }
