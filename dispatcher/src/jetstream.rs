@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self, consumer, stream, Message};
 use async_nats::Subject;
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NatsConfig;
@@ -187,6 +188,91 @@ pub async fn ensure_streams(
         js.create_or_update_stream(stream).await?;
     }
     Ok(())
+}
+
+/// A durable pull consumer's messages, one at a time, until `stop`: subscribes with
+/// heartbeats, and when a pull fails waits a moment and subscribes again. Delivery and the
+/// recorder read their consumers through it.
+pub struct Pull {
+    consumer: consumer::PullConsumer,
+    batch: usize,
+    stop: CancellationToken,
+    /// Names the consumer in log lines.
+    label: String,
+    messages: Option<consumer::pull::Stream>,
+}
+
+impl Pull {
+    pub fn new(
+        consumer: consumer::PullConsumer,
+        batch: usize,
+        stop: CancellationToken,
+        label: String,
+    ) -> Self {
+        Pull {
+            consumer,
+            batch,
+            stop,
+            label,
+            messages: None,
+        }
+    }
+
+    /// The next message; `None` once `stop` is cancelled.
+    pub async fn next(&mut self) -> Option<Message> {
+        while !self.stop.is_cancelled() {
+            let messages = match &mut self.messages {
+                Some(messages) => messages,
+                None => {
+                    let subscribed = self
+                        .consumer
+                        .stream()
+                        .max_messages_per_batch(self.batch)
+                        .heartbeat(Duration::from_secs(5))
+                        .expires(Duration::from_secs(30))
+                        .messages()
+                        .await;
+                    match subscribed {
+                        Ok(m) => self.messages.insert(m),
+                        Err(err) => {
+                            tracing::warn!(consumer = %self.label, error = %err, "cannot pull; retrying");
+                            tokio::select! {
+                                () = self.stop.cancelled() => return None,
+                                () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                            }
+                        }
+                    }
+                }
+            };
+            let next = tokio::select! {
+                () = self.stop.cancelled() => return None,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => return Some(message),
+                Some(Err(err)) => {
+                    tracing::warn!(consumer = %self.label, error = %err, "pull failed; re-subscribing");
+                    self.messages = None;
+                }
+                None => self.messages = None,
+            }
+        }
+        None
+    }
+
+    /// A message that has already arrived, without waiting for one. Polled with this
+    /// task's own waker (not `now_or_never`'s no-op one), so a pull request the stream
+    /// starts here still wakes the task when it is answered.
+    pub async fn ready(&mut self) -> Option<Message> {
+        let messages = self.messages.as_mut()?;
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match messages.poll_next_unpin(cx) {
+                std::task::Poll::Ready(Some(Ok(message))) => Some(message),
+                _ => None,
+            })
+        })
+        .await
+    }
 }
 
 /// Whether this instance can take notifications: NATS connected and the stream verified.

@@ -22,14 +22,13 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, AckKind, Message};
 use chrono::Utc;
-use futures::StreamExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DeliveryConfig;
 use crate::dlq::{self, Death};
 use crate::events::{self, Event, EventKind};
-use crate::jetstream::{Names, HEADER_CHANNEL};
+use crate::jetstream::{Names, Pull, HEADER_CHANNEL};
 use crate::metrics::Metrics;
 use crate::model::{Channel, Priority, WireNotification};
 use crate::scheduler::{PerClass, Scheduler, SchedulerConfig};
@@ -208,46 +207,16 @@ async fn fetch(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    while !stop.is_cancelled() {
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(batch)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await;
-        let mut messages = match messages {
-            Ok(m) => m,
-            Err(err) => {
-                tracing::warn!(%priority, error = %err, "cannot pull; retrying");
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                }
-            }
-        };
-        loop {
-            let next = tokio::select! {
-                () = stop.cancelled() => return,
-                next = messages.next() => next,
-            };
-            let message = match next {
-                Some(Ok(message)) => message,
-                Some(Err(err)) => {
-                    tracing::warn!(%priority, error = %err, "pull failed; re-subscribing");
-                    break;
-                }
-                None => break,
-            };
-            if let Ok(info) = message.info() {
-                metrics.consumer_lag(priority, info.pending);
-            }
-            let channel = channel_of(&message);
-            let job = Job { message, priority };
-            if let Err(job) = schedulers[channel.index()].try_push(priority, job) {
-                // Closed (shutting down) or, against the sizing, full: let it come back.
-                let _ = job.message.ack_with(AckKind::Nak(None)).await;
-            }
+    let mut pull = Pull::new(consumer, batch, stop, format!("deliver-{priority}"));
+    while let Some(message) = pull.next().await {
+        if let Ok(info) = message.info() {
+            metrics.consumer_lag(priority, info.pending);
+        }
+        let channel = channel_of(&message);
+        let job = Job { message, priority };
+        if let Err(job) = schedulers[channel.index()].try_push(priority, job) {
+            // Closed (shutting down) or, against the sizing, full: let it come back.
+            let _ = job.message.ack_with(AckKind::Nak(None)).await;
         }
     }
 }

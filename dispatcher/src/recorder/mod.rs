@@ -18,12 +18,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, AckKind, Message};
 use futures::future::BoxFuture;
-use futures::StreamExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RecorderConfig;
-use crate::jetstream::Names;
+use crate::jetstream::{Names, Pull};
 use crate::metrics::Metrics;
 
 /// Which stream a batch came from.
@@ -133,62 +132,23 @@ async fn record(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    let store = sink.name();
-    while !stop.is_cancelled() {
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(batch_max)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await;
-        let mut messages = match messages {
-            Ok(m) => m,
-            Err(err) => {
-                tracing::warn!(store, source = source.as_str(), error = %err, "cannot pull; retrying");
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                }
-            }
-        };
-        loop {
-            let first = tokio::select! {
-                () = stop.cancelled() => return,
-                next = messages.next() => next,
-            };
-            let first = match first {
-                Some(Ok(message)) => message,
-                Some(Err(err)) => {
-                    tracing::warn!(store, source = source.as_str(), error = %err, "pull failed; re-subscribing");
-                    break;
-                }
+    let label = format!("record-{}-{}", sink.name(), source.as_str());
+    let mut pull = Pull::new(consumer, batch_max, stop.clone(), label);
+    while let Some(first) = pull.next().await {
+        // Whatever else has already arrived joins the batch; nothing waits for more.
+        let mut batch = vec![first];
+        while batch.len() < batch_max {
+            match pull.ready().await {
+                Some(message) => batch.push(message),
                 None => break,
-            };
-            // Whatever else has already arrived joins the batch; nothing waits for more.
-            let mut batch = vec![first];
-            while batch.len() < batch_max {
-                // Polled with this task's own waker (not `now_or_never`'s no-op one), so a
-                // pull request the stream starts here still wakes us when it is answered.
-                let ready = std::future::poll_fn(|cx| {
-                    std::task::Poll::Ready(match messages.poll_next_unpin(cx) {
-                        std::task::Poll::Ready(Some(Ok(message))) => Some(message),
-                        _ => None,
-                    })
-                })
-                .await;
-                match ready {
-                    Some(message) => batch.push(message),
-                    None => break,
-                }
             }
-            if !write_until_committed(&*sink, source, &batch, &metrics, &stop).await {
-                return;
-            }
-            for message in &batch {
-                if let Err(err) = message.ack().await {
-                    tracing::warn!(store, error = %err, "ack after commit failed; the batch will be written again (idempotently)");
-                }
+        }
+        if !write_until_committed(&*sink, source, &batch, &metrics, &stop).await {
+            return;
+        }
+        for message in &batch {
+            if let Err(err) = message.ack().await {
+                tracing::warn!(store = sink.name(), error = %err, "ack after commit failed; the batch will be written again (idempotently)");
             }
         }
     }
