@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::RecorderConfig;
 use crate::jetstream::{Names, Pull};
 use crate::metrics::Metrics;
+use crate::model::WireNotification;
 
 /// Which stream a batch came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,4 +195,28 @@ async fn write_until_committed(
 /// The stream sequence of a message (0 when it has no JetStream metadata).
 pub fn sequence(message: &Message) -> u64 {
     message.info().map_or(0, |i| i.stream_sequence)
+}
+
+/// A batch's messages decoded as `T`, each with its stream sequence. One that does not
+/// decode is logged and left out: it would fail the same way on every redelivery.
+pub fn decode<'a, T: serde::Deserialize<'a>>(batch: &'a [Message], what: &str) -> Vec<(T, u64)> {
+    batch
+        .iter()
+        .filter_map(|message| match serde_json::from_slice(&message.payload) {
+            Ok(decoded) => Some((decoded, sequence(message))),
+            Err(err) => {
+                tracing::error!(seq = sequence(message), error = %err, "undecodable {what}; not recorded");
+                None
+            }
+        })
+        .collect()
+}
+
+/// A NOTIFY batch's notifications, the first copy of each id only: a replay can put one id
+/// in a batch twice, and one upsert statement may not touch a row twice.
+pub fn notifications(batch: &[Message]) -> Vec<(WireNotification<'_>, u64)> {
+    let mut seen = std::collections::HashSet::with_capacity(batch.len());
+    let mut decoded: Vec<(WireNotification<'_>, u64)> = decode(batch, "notification");
+    decoded.retain(|(n, _)| seen.insert(n.id));
+    decoded
 }

@@ -7,7 +7,6 @@
 //! (which stalls under concurrent bulk upserts, see the README) is never taken.
 //! Retention: TTL indexes on `messages.accepted_at` and `deliveries.at`.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use async_nats::jetstream::Message;
@@ -16,7 +15,7 @@ use mongodb::bson::{self, doc, Document};
 use mongodb::options::ClientOptions;
 use tokio::sync::OnceCell;
 
-use super::{sequence, Sink, Source};
+use super::{Sink, Source};
 use crate::events::Event;
 use crate::model::WireNotification;
 
@@ -115,17 +114,12 @@ impl MongoSink {
     }
 
     async fn notifications(&self, batch: &[Message]) -> Result<(), String> {
-        let mut seen = HashSet::with_capacity(batch.len());
         let mut docs = Vec::with_capacity(batch.len());
-        for message in batch {
-            match document(message) {
-                Ok(d) => {
-                    if seen.insert(d.get_str("_id").unwrap_or_default().to_string()) {
-                        docs.push(d);
-                    }
-                }
+        for (n, seq) in super::notifications(batch) {
+            match document(&n, seq) {
+                Ok(d) => docs.push(d),
                 Err(err) => {
-                    tracing::error!(seq = sequence(message), error = %err, "undecodable notification; not recorded in MongoDB")
+                    tracing::error!(seq, error = %err, "notification not convertible to BSON; not recorded in MongoDB")
                 }
             }
         }
@@ -134,15 +128,8 @@ impl MongoSink {
 
     async fn events(&self, batch: &[Message]) -> Result<(), String> {
         let mut entries = Vec::with_capacity(batch.len());
-        for message in batch {
-            let event: Event<'_> = match serde_json::from_slice(&message.payload) {
-                Ok(e) => e,
-                Err(err) => {
-                    tracing::error!(seq = sequence(message), error = %err, "undecodable event; not recorded in MongoDB");
-                    continue;
-                }
-            };
-            let seq = sequence(message) as i64;
+        for (event, seq) in super::decode::<Event<'_>>(batch, "event") {
+            let seq = seq as i64;
             let mut entry = doc! {
                 "_id": format!("{}:{seq}", event.id),
                 "notification_id": event.id.to_string(),
@@ -164,10 +151,8 @@ impl MongoSink {
     }
 }
 
-/// The document of one NOTIFY message.
-fn document(message: &Message) -> Result<Document, String> {
-    let n: WireNotification<'_> =
-        serde_json::from_slice(&message.payload).map_err(|e| e.to_string())?;
+/// The document of one notification (`seq`: its NOTIFY stream sequence).
+fn document(n: &WireNotification<'_>, seq: u64) -> Result<Document, String> {
     let payload: Document = serde_json::from_str(n.payload.get()).map_err(|e| e.to_string())?;
     let mut d = doc! {
         "_id": n.id.to_string(),
@@ -177,9 +162,9 @@ fn document(message: &Message) -> Result<Document, String> {
         "recipient": n.recipient.as_ref(),
         "payload": payload,
         "accepted_at": bson::DateTime::from_chrono(n.accepted_at),
-        "stream_seq": sequence(message) as i64,
+        "stream_seq": seq as i64,
     };
-    if let Some(metadata) = n.metadata {
+    if let Some(metadata) = &n.metadata {
         let metadata: Document = serde_json::from_str(metadata.get()).map_err(|e| e.to_string())?;
         d.insert("metadata", metadata);
     }

@@ -19,9 +19,8 @@ use futures::future::BoxFuture;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{sequence, Sink, Source};
+use super::{Sink, Source};
 use crate::events::Event;
-use crate::model::WireNotification;
 use crate::status::{NotificationStatus, StatusCache, COLUMNS};
 
 pub struct PostgresSink {
@@ -36,22 +35,9 @@ impl PostgresSink {
     }
 
     async fn notifications(&self, batch: &[Message]) -> Result<Vec<NotificationStatus>, String> {
-        let mut seen = std::collections::HashSet::with_capacity(batch.len());
         let (mut ids, mut tenants, mut priorities, mut channels, mut recipients, mut accepted) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
-        for message in batch {
-            let n: WireNotification<'_> = match serde_json::from_slice(&message.payload) {
-                Ok(n) => n,
-                Err(err) => {
-                    tracing::error!(seq = sequence(message), error = %err, "undecodable notification; not recorded");
-                    continue;
-                }
-            };
-            // A replay can put the same id twice in one batch; one statement may not
-            // upsert a row twice.
-            if !seen.insert(n.id) {
-                continue;
-            }
+        for (n, _) in super::notifications(batch) {
             ids.push(n.id);
             tenants.push(n.tenant);
             priorities.push(n.priority.as_str());
@@ -89,15 +75,8 @@ impl PostgresSink {
 
     async fn events(&self, batch: &[Message]) -> Result<Vec<NotificationStatus>, String> {
         let mut rows = EventColumns::default();
-        for message in batch {
-            let event: Event<'_> = match serde_json::from_slice(&message.payload) {
-                Ok(e) => e,
-                Err(err) => {
-                    tracing::error!(seq = sequence(message), error = %err, "undecodable event; not recorded");
-                    continue;
-                }
-            };
-            rows.push(&event, sequence(message));
+        for (event, seq) in super::decode::<Event<'_>>(batch, "event") {
+            rows.push(&event, seq);
         }
         if rows.ids.is_empty() {
             return Ok(Vec::new());
