@@ -120,13 +120,16 @@ pub struct StoreConfig {
 
 impl StoreConfig {
     pub fn defaults() -> Self {
-        #[derive(Parser)]
-        struct Only {
-            #[command(flatten)]
-            store: StoreConfig,
-        }
-        Only::parse_from(["dispatcher"]).store
+        defaults_of()
     }
+}
+
+/// A group of flags as the command line gives it with no flags (environment fallbacks
+/// apply, as they would there).
+fn defaults_of<T: clap::Args + clap::FromArgMatches>() -> T {
+    let matches =
+        T::augment_args(clap::Command::new("dispatcher")).get_matches_from(["dispatcher"]);
+    T::from_arg_matches(&matches).expect("every flag of the group has a default")
 }
 
 /// A PostgreSQL schema or MongoDB database name: it is interpolated into statements, so
@@ -165,12 +168,7 @@ pub struct RecordArgs {
 impl RecordArgs {
     /// The defaults, as `dispatcher record` with no flags would have them.
     pub fn defaults() -> Self {
-        #[derive(Parser)]
-        struct Only {
-            #[command(flatten)]
-            record: RecordArgs,
-        }
-        Only::parse_from(["dispatcher"]).record
+        defaults_of()
     }
 }
 
@@ -352,12 +350,7 @@ pub struct DeliveryConfig {
 impl DeliveryConfig {
     /// The defaults, as the command line would have them with no flags.
     pub fn defaults() -> Self {
-        #[derive(Parser)]
-        struct Only {
-            #[command(flatten)]
-            delivery: DeliveryConfig,
-        }
-        Only::parse_from(["dispatcher"]).delivery
+        defaults_of()
     }
 }
 
@@ -468,12 +461,7 @@ impl ServeConfig {
 
     /// The defaults, as `dispatcher serve` with no flags and no environment would have them.
     pub fn defaults() -> Self {
-        #[derive(Parser)]
-        struct Only {
-            #[command(flatten)]
-            serve: ServeConfig,
-        }
-        Only::parse_from(["dispatcher"]).serve
+        defaults_of()
     }
 }
 
