@@ -61,11 +61,10 @@ where
     B: hyper::body::Body + Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
-    match (path.as_str(), req.method()) {
+    let query = req.uri().query().unwrap_or("");
+    match (req.uri().path(), req.method()) {
         ("/v1/notifications", &Method::POST) => single(state, caller, req).await,
-        ("/v1/notifications", &Method::GET) => Ok(list_notifications(state, caller, &query).await?),
+        ("/v1/notifications", &Method::GET) => Ok(list_notifications(state, caller, query).await?),
         ("/v1/notifications", _) => Err(ApiError::method_not_allowed("GET, POST").into()),
         ("/v1/notifications/batch", &Method::POST) => batch(state, caller, req).await,
         ("/v1/notifications/batch", _) => Err(ApiError::method_not_allowed("POST").into()),
@@ -77,7 +76,7 @@ where
             Err(ApiError::method_not_allowed("GET").into())
         }
         (p, method) if p == "/v1/dlq" || p.starts_with("/v1/dlq/") => {
-            dlq_route(state, caller, p, method, &query)
+            dlq_route(state, caller, p, method, query)
                 .await
                 .map_err(Rejection::from)
         }
