@@ -23,19 +23,27 @@ use tokio::net::TcpListener;
 
 /// A server that answers 202 like Herald after `delay(now)`.
 async fn server(delay: impl Fn(Instant) -> Duration + Send + Sync + 'static) -> SocketAddr {
+    server_reading(move |arrived, _| delay(arrived)).await
+}
+
+/// As [`server`], with the request body too: `answer(arrival time, body)` gives the delay.
+async fn server_reading(
+    answer: impl Fn(Instant, &[u8]) -> Duration + Send + Sync + 'static,
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let delay = Arc::new(delay);
+    let answer = Arc::new(answer);
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
-            let delay = delay.clone();
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let wait = delay(Instant::now());
+                    let arrived = Instant::now();
+                    let answer = answer.clone();
                     async move {
-                        let _ = req.into_body().collect().await;
-                        tokio::time::sleep(wait).await;
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        tokio::time::sleep(answer(arrived, &body)).await;
                         let mut r = Response::new(Full::new(Bytes::from_static(
                             br#"{"id":"x","status":"accepted","priority":"high"}"#,
                         )));
@@ -294,36 +302,16 @@ async fn nothing_delivered_is_reported_plainly_and_fails_the_run() {
 /// connection (a prebuilt request would repeat one key, and Herald would answer replays).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_are_unique_across_threads_and_connections() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let keys = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = keys.clone();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let seen = seen.clone();
-                    async move {
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                        seen.lock()
-                            .unwrap()
-                            .push(v["idempotency_key"].as_str().unwrap_or("").to_string());
-                        let mut r = Response::new(Full::new(Bytes::from_static(
-                            br#"{"id":"x","status":"accepted","priority":"high"}"#,
-                        )));
-                        *r.status_mut() = StatusCode::ACCEPTED;
-                        Ok::<_, Infallible>(r)
-                    }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let addr = server_reading(move |_, body| {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        seen.lock()
+            .unwrap()
+            .push(v["idempotency_key"].as_str().unwrap_or("").to_string());
+        Duration::ZERO
+    })
+    .await;
     let mut c = config(
         addr,
         LoadModel::Closed {
