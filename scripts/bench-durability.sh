@@ -20,7 +20,6 @@ out=$(results_dir)
 work=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 rows=()
 # setting NAME SYNC: one nats-server with that sync_interval, one dispatcher, both loads.

@@ -39,7 +39,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. scripts/lib/results.sh
 
 # role NAME HEALTH_URL ARGS...: starts one dispatcher role; its pid goes to $work/NAME.pid.
 role() {
@@ -245,7 +245,6 @@ table=$(
 echo "$table"
 # RESULTS=1: keep the table under results/ with machine and command.
 if [ "${RESULTS:-0}" = 1 ]; then
-  . scripts/lib/results.sh
   out=$(results_dir)
   {
     echo "# Scale-out under failure"

@@ -2,6 +2,7 @@
 # ran on. results_dir: prints results/<date>-<rev> (created). results_row SCRIPT HEADLINE
 # REPORT: adds a row to results/README.md, creating it with its header the first time.
 # machine: "N cores (CPU model), M GiB". ensure_wrk: installs wrk (Debian) when missing.
+# free_port: a TCP port on 127.0.0.1 that was free a moment ago.
 results_dir() {
   local dir
   dir="results/$(date -u +%Y-%m-%d)-$(git rev-parse --short HEAD)"
@@ -20,4 +21,7 @@ machine() {
 ensure_wrk() {
   command -v wrk >/dev/null && return
   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+}
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
