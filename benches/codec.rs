@@ -8,9 +8,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use herald::model::{new_id, parse_notification, Limits, Priority};
 use serde_json::value::RawValue;
 
-const LIMITS: Limits = Limits {
-    max_payload: 64 * 1024,
-};
+fn limits() -> Limits<'static> {
+    Limits::public(64 * 1024)
+}
 
 fn notification(priority: Priority, n: usize) -> String {
     format!(
@@ -25,7 +25,7 @@ fn single(c: &mut Criterion) {
         let body = notification(p, 1);
         group.bench_with_input(BenchmarkId::from_parameter(p), &body, |b, body| {
             b.iter(|| {
-                let v = parse_notification(body.as_bytes(), &LIMITS, Utc::now()).unwrap();
+                let v = parse_notification(body.as_bytes(), &limits(), Utc::now()).unwrap();
                 black_box(v.encode(new_id(), uuid::Uuid::nil(), Utc::now()))
             })
         });
@@ -50,7 +50,7 @@ fn batch(c: &mut Criterion) {
                     let items: Vec<&RawValue> = serde_json::from_str(body).unwrap();
                     let now = Utc::now();
                     for item in items {
-                        let v = parse_notification(item.get().as_bytes(), &LIMITS, now).unwrap();
+                        let v = parse_notification(item.get().as_bytes(), &limits(), now).unwrap();
                         black_box(v.encode(new_id(), uuid::Uuid::nil(), now));
                     }
                 })

@@ -7,6 +7,8 @@
 # Knobs: DURATION (10s), CONNS (64), BATCH (100), REPEAT (3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# loadgen's sink listens on loopback, which the webhook SSRF policy refuses by default.
+export HERALD_WEBHOOK_ALLOW_NETS=${HERALD_WEBHOOK_ALLOW_NETS:-127.0.0.0/8,::1}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 BATCH=${BATCH:-100}

@@ -9,6 +9,8 @@
 # results/README.md. Knobs: DURATION (15s), CONNS (64), BATCH (1000), BATCH_CONNS (4), RUNS (3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# loadgen's sink listens on loopback, which the webhook SSRF policy refuses by default.
+export HERALD_WEBHOOK_ALLOW_NETS=${HERALD_WEBHOOK_ALLOW_NETS:-127.0.0.0/8,::1}
 
 DURATION=${DURATION:-15s}
 CONNS=${CONNS:-64}

@@ -8,6 +8,8 @@
 # Knobs: N (50000), DURATION (10s), CONNS (64), REPEAT (3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# loadgen's sink listens on loopback, which the webhook SSRF policy refuses by default.
+export HERALD_WEBHOOK_ALLOW_NETS=${HERALD_WEBHOOK_ALLOW_NETS:-127.0.0.0/8,::1}
 N=${N:-50000}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}

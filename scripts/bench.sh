@@ -11,6 +11,8 @@
 # Knobs: DURATION (10s), WARMUP (2s), RATES ("2000 5000 10000"), BATCH (100).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# loadgen's sink listens on loopback, which the webhook SSRF policy refuses by default.
+export HERALD_WEBHOOK_ALLOW_NETS=${HERALD_WEBHOOK_ALLOW_NETS:-127.0.0.0/8,::1}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 RATES=${RATES:-2000 5000 10000}

@@ -7,6 +7,8 @@
 # load; the exit status is loadgen's (non-zero if anything accepted was lost).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# loadgen's sink listens on loopback, which the webhook SSRF policy refuses by default.
+export HERALD_WEBHOOK_ALLOW_NETS=${HERALD_WEBHOOK_ALLOW_NETS:-127.0.0.0/8,::1}
 DURATION=${DURATION:-10s}
 RATE=${RATE:-2000}
 ADDR=${HERALD_LISTEN:-127.0.0.1:8080}

@@ -14,6 +14,8 @@
 # Runs in CI (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# loadgen's sink listens on loopback, which the webhook SSRF policy refuses by default.
+export HERALD_WEBHOOK_ALLOW_NETS=${HERALD_WEBHOOK_ALLOW_NETS:-127.0.0.0/8,::1}
 DURATION=${DURATION:-10s}
 RATE=${RATE:-400}
 PROFILE=${PROFILE:-debug}

@@ -7,6 +7,8 @@
 # Knobs: SERVE (1), DELIVER (1), RECORD (1), PREFIX (empty), HERALD_* for everything else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# loadgen's sink listens on loopback, which the webhook SSRF policy refuses by default.
+export HERALD_WEBHOOK_ALLOW_NETS=${HERALD_WEBHOOK_ALLOW_NETS:-127.0.0.0/8,::1}
 SERVE=${SERVE:-1}
 DELIVER=${DELIVER:-1}
 RECORD=${RECORD:-1}

@@ -52,6 +52,10 @@ pub enum TenantCommand {
         /// Burst of this tenant's token bucket.
         #[arg(long)]
         burst: Option<u32>,
+        /// Largest `payload` this tenant may send, in bytes (default: the ingress's
+        /// --max-payload; a request body is still bounded by --max-body).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
+        max_payload: Option<u32>,
         #[command(flatten)]
         store: StoreConfig,
     },
@@ -211,10 +215,29 @@ pub struct DeliverArgs {
     #[command(flatten)]
     pub delivery: DeliveryConfig,
     #[command(flatten)]
+    pub destinations: DestinationConfig,
+    #[command(flatten)]
     pub store: StoreConfig,
     /// Address of the health and metrics endpoints (/healthz, /readyz, /metrics).
     #[arg(long, env = "HERALD_METRICS_LISTEN", default_value = "127.0.0.1:9091")]
     pub metrics_listen: SocketAddr,
+}
+
+/// Where webhooks may go (see destination.rs). The ingress refuses IP literals outside the
+/// policy at the door; delivery checks every resolved address.
+#[derive(Debug, Clone, Args)]
+pub struct DestinationConfig {
+    /// Networks webhooks may reach although they are internal (loopback, private,
+    /// link-local, ...), comma-separated CIDRs or addresses, e.g. `127.0.0.0/8,::1`.
+    /// Empty (the default): public addresses only.
+    #[arg(long, env = "HERALD_WEBHOOK_ALLOW_NETS", default_value = "", value_parser = crate::destination::parse_nets)]
+    pub webhook_allow_nets: crate::destination::Nets,
+}
+
+impl DestinationConfig {
+    pub fn policy(&self) -> crate::destination::DestinationPolicy {
+        crate::destination::DestinationPolicy::new(self.webhook_allow_nets.0.clone())
+    }
 }
 
 /// `dispatcher run`: the ingress's flags plus the delivery's and the recorder's.
@@ -391,6 +414,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub nats: NatsConfig,
+
+    #[command(flatten)]
+    pub destinations: DestinationConfig,
 
     /// Largest request body accepted, in bytes (413 above).
     #[arg(long, env = "HERALD_MAX_BODY", default_value_t = 8 * 1024 * 1024)]

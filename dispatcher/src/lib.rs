@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod delivery;
+pub mod destination;
 pub mod dlq;
 pub mod error;
 pub mod events;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use herald::config::{
-    Cli, Command, DeliveryConfig, KeyCommand, LogArgs, LogFormat, NatsConfig, RecordStore,
-    RecorderConfig, StoreConfig, TenantCommand,
+    Cli, Command, DeliveryConfig, DestinationConfig, KeyCommand, LogArgs, LogFormat, NatsConfig,
+    RecordStore, RecorderConfig, StoreConfig, TenantCommand,
 };
 use herald::delivery::{Delivery, Senders};
 use herald::ingress::{self, Ingress};
@@ -44,8 +44,14 @@ fn main() -> anyhow::Result<()> {
                 let health = ingress::health::serve(args.metrics_listen, metrics.clone())
                     .await
                     .context("starting the health endpoint")?;
-                let delivery =
-                    start_delivery(&args.nats, &args.delivery, &args.store, metrics).await?;
+                let delivery = start_delivery(
+                    &args.nats,
+                    &args.delivery,
+                    &args.destinations,
+                    &args.store,
+                    metrics,
+                )
+                .await?;
                 health.set_ready(true);
                 until_signal().await;
                 delivery.shutdown().await;
@@ -65,11 +71,18 @@ fn main() -> anyhow::Result<()> {
                 let metrics = Arc::new(Metrics::new());
                 let nats = args.serve.nats.clone();
                 let store = args.serve.store.clone();
+                let destinations = args.serve.destinations.clone();
                 let ingress = Ingress::start_with(args.serve, metrics.clone())
                     .await
                     .context("starting the ingress")?;
-                let delivery =
-                    start_delivery(&nats, &args.delivery, &store, metrics.clone()).await?;
+                let delivery = start_delivery(
+                    &nats,
+                    &args.delivery,
+                    &destinations,
+                    &store,
+                    metrics.clone(),
+                )
+                .await?;
                 let recorder = start_recorder(&nats, &store, &args.recorder, metrics).await?;
                 until_signal().await;
                 // Ingress first: what it accepted is in JetStream for the next delivery.
@@ -89,10 +102,16 @@ fn main() -> anyhow::Result<()> {
                 name,
                 rate,
                 burst,
+                max_payload,
                 store,
             }) => {
                 let pool = postgres::pool(&store)?;
-                let tenant = tenants::create_tenant(&pool, &name, rate, burst).await?;
+                let limits = tenants::TenantLimits {
+                    rate_per_sec: rate,
+                    burst,
+                    max_payload,
+                };
+                let tenant = tenants::create_tenant(&pool, &name, limits).await?;
                 println!(
                     "{}",
                     serde_json::json!({
@@ -161,18 +180,21 @@ where
 async fn start_delivery(
     nats: &NatsConfig,
     config: &DeliveryConfig,
+    destinations: &DestinationConfig,
     store: &StoreConfig,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Delivery> {
+    let policy = Arc::new(destinations.policy());
     let directory = Arc::new(tenants::Directory::new(
         postgres::pool(store)?,
         Duration::from_secs(60),
     ));
     // Fail fast on a sender misconfiguration, before anything is consumed.
-    Senders::from_config(config, None).map_err(anyhow::Error::msg)?;
+    Senders::from_config(config, None, policy.clone()).map_err(anyhow::Error::msg)?;
     let (js, names) = connect_streams(nats).await?;
     Ok(retry_start("delivery", || {
-        let senders = Senders::from_config(config, Some(directory.clone())).expect("checked above");
+        let senders = Senders::from_config(config, Some(directory.clone()), policy.clone())
+            .expect("checked above");
         Delivery::start(js.clone(), names.clone(), config, senders, metrics.clone())
     })
     .await)

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::destination::DestinationPolicy;
 use crate::error::ApiError;
 
 /// Urgency class of a notification. The discriminant is the scheduler's queue index.
@@ -98,9 +99,21 @@ pub fn new_id() -> Uuid {
 
 /// Limits applied while validating a request.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Maximum size of `payload` as sent, in bytes.
+pub struct Limits<'p> {
+    /// Maximum size of `payload` as sent, in bytes (the caller's tenant's, or the server's).
     pub max_payload: usize,
+    /// Webhook URLs with an IP literal outside this policy are refused at the door.
+    pub destinations: &'p DestinationPolicy,
+}
+
+impl Limits<'static> {
+    /// Public webhook destinations only, payloads up to `max_payload`.
+    pub fn public(max_payload: usize) -> Self {
+        Limits {
+            max_payload,
+            destinations: &crate::destination::PUBLIC_ONLY,
+        }
+    }
 }
 
 /// Longest accepted recipient, idempotency key and metadata; fixed because no legitimate
@@ -264,7 +277,7 @@ fn validate<'a>(
     let recipient = request
         .recipient
         .ok_or_else(|| ApiError::invalid_field("recipient", "missing field `recipient`"))?;
-    validate_recipient(channel, &recipient)?;
+    validate_recipient(channel, &recipient, limits.destinations)?;
     let payload = request
         .payload
         .ok_or_else(|| ApiError::invalid_field("payload", "missing field `payload`"))?;
@@ -334,7 +347,11 @@ fn validate<'a>(
 
 /// Cheap, channel-specific checks that catch a wrong recipient at the door instead of in the
 /// dead-letter queue. Providers do the full validation.
-fn validate_recipient(channel: Channel, recipient: &str) -> Result<(), ApiError> {
+fn validate_recipient(
+    channel: Channel,
+    recipient: &str,
+    destinations: &DestinationPolicy,
+) -> Result<(), ApiError> {
     let fail = |why: &str| Err(ApiError::invalid_field("recipient", why));
     if recipient.trim().is_empty() {
         return fail("recipient must not be empty");
@@ -348,7 +365,9 @@ fn validate_recipient(channel: Channel, recipient: &str) -> Result<(), ApiError>
                 if matches!(uri.scheme_str(), Some("http" | "https"))
                     && uri.authority().is_some() =>
             {
-                Ok(())
+                destinations
+                    .check_uri(&uri)
+                    .map_err(|refused| ApiError::invalid_field("recipient", refused.to_string()))
             }
             _ => fail("webhook recipient must be an absolute http or https URL"),
         },
@@ -385,8 +404,8 @@ fn validate_recipient(channel: Channel, recipient: &str) -> Result<(), ApiError>
 mod tests {
     use super::*;
 
-    fn limits() -> Limits {
-        Limits { max_payload: 64 }
+    fn limits() -> Limits<'static> {
+        Limits::public(64)
     }
 
     fn parse(body: &str) -> Result<Validated<'_>, ApiError> {
@@ -540,7 +559,7 @@ mod tests {
                     request["idempotency_key"] = serde_json::json!(k);
                 }
                 let body = serde_json::to_vec(&request).unwrap();
-                let limits = Limits { max_payload: usize::MAX };
+                let limits = Limits::public(usize::MAX);
                 let validated = parse_notification(&body, &limits, Utc::now()).unwrap();
                 let id = new_id();
                 let tenant = Uuid::new_v4();

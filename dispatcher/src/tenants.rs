@@ -20,13 +20,37 @@ use uuid::Uuid;
 pub const ANONYMOUS: Uuid = Uuid::nil();
 
 /// What the ingress and delivery need to know about a tenant.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Tenant {
     pub id: Uuid,
     pub name: String,
     pub webhook_secret: String,
     pub rate_per_sec: Option<u32>,
     pub burst: Option<u32>,
+    /// Largest `payload` this tenant may send; `None` = the server's `--max-payload`.
+    pub max_payload: Option<u32>,
+}
+
+/// Never prints the webhook secret (a `{:?}` in a log line must not leak it).
+impl std::fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tenant")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("webhook_secret", &"<redacted>")
+            .field("rate_per_sec", &self.rate_per_sec)
+            .field("burst", &self.burst)
+            .field("max_payload", &self.max_payload)
+            .finish()
+    }
+}
+
+/// A tenant's own limits; `None` = the server's defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TenantLimits {
+    pub rate_per_sec: Option<u32>,
+    pub burst: Option<u32>,
+    pub max_payload: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,25 +83,27 @@ fn random_token(prefix: &str) -> String {
 pub async fn create_tenant(
     pool: &PgPool,
     name: &str,
-    rate_per_sec: Option<u32>,
-    burst: Option<u32>,
+    limits: TenantLimits,
 ) -> Result<Tenant, TenantError> {
     let tenant = Tenant {
         id: Uuid::now_v7(),
         name: name.to_string(),
         webhook_secret: random_token("whsec_"),
-        rate_per_sec,
-        burst,
+        rate_per_sec: limits.rate_per_sec,
+        burst: limits.burst,
+        max_payload: limits.max_payload,
     };
+    let as_int = |v: Option<u32>| v.map(|v| i32::try_from(v).unwrap_or(i32::MAX));
     let inserted = sqlx::query(
-        "INSERT INTO tenants (id, name, webhook_secret, rate_per_sec, burst)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING",
+        "INSERT INTO tenants (id, name, webhook_secret, rate_per_sec, burst, max_payload_bytes)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
     )
     .bind(tenant.id)
     .bind(&tenant.name)
     .bind(&tenant.webhook_secret)
-    .bind(rate_per_sec.map(|r| r as i32))
-    .bind(burst.map(|b| b as i32))
+    .bind(as_int(limits.rate_per_sec))
+    .bind(as_int(limits.burst))
+    .bind(as_int(limits.max_payload))
     .execute(pool)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -123,7 +149,7 @@ pub async fn revoke_key(pool: &PgPool, id: Uuid) -> Result<(), TenantError> {
     Ok(())
 }
 
-type TenantRow = (Uuid, String, String, Option<i32>, Option<i32>);
+type TenantRow = (Uuid, String, String, Option<i32>, Option<i32>, Option<i32>);
 
 fn tenant_from(row: TenantRow) -> Tenant {
     Tenant {
@@ -132,6 +158,7 @@ fn tenant_from(row: TenantRow) -> Tenant {
         webhook_secret: row.2,
         rate_per_sec: row.3.map(|r| r as u32),
         burst: row.4.map(|b| b as u32),
+        max_payload: row.5.map(|b| b as u32),
     }
 }
 
@@ -184,7 +211,8 @@ impl Directory {
             return Ok(found);
         }
         let row: Option<TenantRow> = sqlx::query_as(
-            "SELECT t.id, t.name, t.webhook_secret, t.rate_per_sec, t.burst
+            "SELECT t.id, t.name, t.webhook_secret, t.rate_per_sec, t.burst,
+                    t.max_payload_bytes
              FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
              WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
         )
@@ -202,7 +230,8 @@ impl Directory {
             return Ok(Some(found));
         }
         let row: Option<TenantRow> = sqlx::query_as(
-            "SELECT id, name, webhook_secret, rate_per_sec, burst FROM tenants WHERE id = $1",
+            "SELECT id, name, webhook_secret, rate_per_sec, burst, max_payload_bytes
+             FROM tenants WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)

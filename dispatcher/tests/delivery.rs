@@ -412,3 +412,77 @@ async fn email_goes_through_smtp_and_5xx_is_permanent_4xx_retried() {
     );
     stack.finish().await;
 }
+
+/// SSRF policy, against a real receiver on loopback: a host name resolving to loopback,
+/// an IPv4 literal and an IPv4-mapped IPv6 literal are all refused as permanent failures
+/// without a connection; allow-listing loopback delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_to_internal_addresses_are_refused_unless_allow_listed() {
+    use herald::delivery::senders::{client::client, webhook::WebhookSender};
+    use herald::delivery::senders::{Attempt, SendOutcome, Sender};
+    use herald::destination::DestinationPolicy;
+    use std::sync::Arc;
+
+    let receiver = Receiver::start(|_| (200, Duration::ZERO)).await;
+    let port = receiver.addr.port();
+    let send = |policy: DestinationPolicy, url: String| async move {
+        let policy = Arc::new(policy);
+        let timeout = Duration::from_secs(5);
+        let sender = WebhookSender::new(
+            client(timeout, 4, Some(policy.clone())),
+            SECRET,
+            None,
+            timeout,
+            policy,
+        );
+        let body = webhook_to(&url, "high", 1);
+        // The ingress would refuse the literals at the door; delivery must not rely on it.
+        let anywhere = DestinationPolicy::new(vec!["0.0.0.0/0".parse().unwrap()]);
+        let limits = herald::model::Limits {
+            max_payload: 64 * 1024,
+            destinations: &anywhere,
+        };
+        let validated =
+            herald::model::parse_notification(body.as_bytes(), &limits, chrono::Utc::now())
+                .unwrap();
+        let raw = validated.encode(
+            herald::model::new_id(),
+            uuid::Uuid::nil(),
+            chrono::Utc::now(),
+        );
+        let notification: herald::model::WireNotification<'_> =
+            serde_json::from_slice(&raw).unwrap();
+        let attempt = Attempt {
+            notification: &notification,
+            raw: &raw,
+            number: 1,
+        };
+        sender.send(&attempt).await
+    };
+
+    for url in [
+        format!("http://localhost:{port}/hook"),
+        format!("http://127.0.0.1:{port}/hook"),
+        format!("http://[::ffff:127.0.0.1]:{port}/hook"),
+    ] {
+        match send(DestinationPolicy::default(), url.clone()).await {
+            SendOutcome::Permanent {
+                error,
+                status: None,
+            } => {
+                assert!(error.contains("loopback"), "{url}: {error}");
+                assert!(error.contains("refused by the webhook destination policy"));
+            }
+            other => panic!("{url}: expected a permanent refusal, got {other:?}"),
+        }
+    }
+    assert!(
+        receiver.received().is_empty(),
+        "a refused destination was contacted"
+    );
+
+    let loopback = DestinationPolicy::new(common::loopback_nets());
+    let outcome = send(loopback, format!("http://localhost:{port}/hook")).await;
+    assert_eq!(outcome, SendOutcome::Delivered);
+    assert_eq!(receiver.wait_for(1, Duration::from_secs(5)).await.len(), 1);
+}

@@ -163,6 +163,35 @@ async fn bad_input_gets_its_status_and_error_and_publishes_nothing() {
             "invalid_field",
             Some("recipient"),
         ),
+        // SSRF policy: internal IP literals are refused at the door (loopback is
+        // allow-listed in test_config, these ranges are not).
+        (
+            "POST",
+            "/v1/notifications",
+            Some("application/json"),
+            r#"{"channel":"webhook","recipient":"http://169.254.169.254/latest/meta-data/","payload":{}}"#.into(),
+            422,
+            "invalid_field",
+            Some("recipient"),
+        ),
+        (
+            "POST",
+            "/v1/notifications",
+            Some("application/json"),
+            r#"{"channel":"webhook","recipient":"http://10.0.0.1:8080/admin","payload":{}}"#.into(),
+            422,
+            "invalid_field",
+            Some("recipient"),
+        ),
+        (
+            "POST",
+            "/v1/notifications",
+            Some("application/json"),
+            r#"{"channel":"webhook","recipient":"http://[fd00::1]/x","payload":{}}"#.into(),
+            422,
+            "invalid_field",
+            Some("recipient"),
+        ),
         (
             "POST",
             "/v1/notifications",

@@ -217,6 +217,7 @@ async fn spawn_dispatcher(
             "--migrate",
         ])
         .args(["--pg-schema", prefix, "--mongo-db", prefix])
+        .args(["--webhook-allow-nets", "127.0.0.0/8,::1"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -349,7 +349,12 @@ async fn a_redelivered_batch_changes_nothing_twice() {
 
 /// Creates a tenant with one key on the server's schema; returns (tenant id, key).
 async fn tenant(pool: &PgPool, name: &str, rate: Option<u32>) -> (uuid::Uuid, String) {
-    let t = herald::tenants::create_tenant(pool, name, rate, rate)
+    let limits = herald::tenants::TenantLimits {
+        rate_per_sec: rate,
+        burst: rate,
+        max_payload: None,
+    };
+    let t = herald::tenants::create_tenant(pool, name, limits)
         .await
         .unwrap();
     let key = herald::tenants::create_key(pool, name).await.unwrap();
@@ -587,6 +592,74 @@ async fn the_rate_limit_answers_429_with_its_headers() {
     // Everything stored was answered 202.
     let stored = server.stream_messages().await.len();
     assert!((5..=6).contains(&stored), "{stored}");
+    server.finish().await;
+}
+
+/// A tenant's own payload limit applies to it alone, in single requests and batch items;
+/// tenants without one get the server's `--max-payload`.
+#[tokio::test]
+async fn a_tenant_payload_limit_applies_to_that_tenant_only() {
+    let (server, pool) = auth_server(|c| c.max_payload = 1024).await;
+    let small = herald::tenants::TenantLimits {
+        max_payload: Some(64),
+        ..Default::default()
+    };
+    herald::tenants::create_tenant(&pool, "tiny", small)
+        .await
+        .unwrap();
+    let tiny = herald::tenants::create_key(&pool, "tiny")
+        .await
+        .unwrap()
+        .key;
+    let (_, roomy) = tenant(&pool, "roomy", None).await;
+    let sized = |bytes: usize| {
+        format!(
+            r#"{{"channel":"sms","recipient":"+4915112345678","payload":{{"x":"{}"}}}}"#,
+            "y".repeat(bytes - 8)
+        )
+    };
+    let r = as_tenant(&server, &tiny, "POST", "/v1/notifications", Some(sized(64))).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let r = as_tenant(&server, &tiny, "POST", "/v1/notifications", Some(sized(65))).await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    assert_eq!(r.body["error"]["field"], "payload");
+    assert!(r.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("limit of 64 bytes"));
+    let batch = format!("[{},{}]", sized(10), sized(200));
+    let r = as_tenant(
+        &server,
+        &tiny,
+        "POST",
+        "/v1/notifications/batch",
+        Some(batch),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    assert_eq!(r.body["results"][0]["status"], 202, "{:?}", r.body);
+    assert_eq!(r.body["results"][1]["error"]["field"], "payload");
+    // The other tenant has the server's limit: 200 passes, 1025 does not.
+    let r = as_tenant(
+        &server,
+        &roomy,
+        "POST",
+        "/v1/notifications",
+        Some(sized(200)),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let r = as_tenant(
+        &server,
+        &roomy,
+        "POST",
+        "/v1/notifications",
+        Some(sized(1025)),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    assert_eq!(server.stream_messages().await.len(), 3);
+    pool.close().await;
     server.finish().await;
 }
 

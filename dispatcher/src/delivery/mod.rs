@@ -49,21 +49,27 @@ impl Senders {
     /// push provider URL) dead-letters with that reason, so nothing waits forever and a
     /// replay delivers once it is configured.
     /// `tenants` gives each tenant's webhook secret; without it every webhook is signed
-    /// with `--webhook-secret`.
+    /// with `--webhook-secret`. `destinations`: where webhooks may go.
     pub fn from_config(
         config: &DeliveryConfig,
         tenants: Option<Arc<crate::tenants::Directory>>,
+        destinations: Arc<crate::destination::DestinationPolicy>,
     ) -> Result<Self, String> {
         let caps = config.channel_concurrency.0;
         let webhook = senders::webhook::WebhookSender::new(
-            senders::client::client(config.webhook_timeout, caps[Channel::Webhook.index()]),
+            senders::client::client(
+                config.webhook_timeout,
+                caps[Channel::Webhook.index()],
+                Some(destinations.clone()),
+            ),
             &config.webhook_secret,
             tenants,
             config.webhook_timeout,
+            destinations,
         );
         let sms: Arc<dyn Sender> = match &config.sms_url {
             Some(url) => Arc::new(senders::sms::SmsSender::new(
-                senders::client::client(config.provider_timeout, caps[Channel::Sms.index()]),
+                senders::client::client(config.provider_timeout, caps[Channel::Sms.index()], None),
                 url,
                 &config.sms_account_sid,
                 &config.sms_auth_token,
@@ -74,7 +80,7 @@ impl Senders {
         };
         let push: Arc<dyn Sender> = match &config.push_url {
             Some(url) => Arc::new(senders::push::PushSender::new(
-                senders::client::client(config.provider_timeout, caps[Channel::Push.index()]),
+                senders::client::client(config.provider_timeout, caps[Channel::Push.index()], None),
                 url,
                 &config.push_project,
                 &config.push_token,

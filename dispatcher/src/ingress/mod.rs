@@ -25,10 +25,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AuthMode, ServeConfig};
+use crate::destination::DestinationPolicy;
 use crate::idempotency::Idempotency;
 use crate::jetstream::{self, Names, Readiness};
 use crate::metrics::Metrics;
-use crate::model::Limits;
 use crate::publisher::{Envelope, Publisher};
 use crate::ratelimit::{Limit, RateLimiter};
 use crate::redis_store::RedisStore;
@@ -40,7 +40,9 @@ pub use routes::handle;
 
 /// What every request handler shares.
 pub struct State {
-    pub limits: Limits,
+    /// `payload` limit of tenants without their own.
+    pub max_payload: usize,
+    pub destinations: DestinationPolicy,
     pub max_body: usize,
     pub max_batch: usize,
     pub body_timeout: Duration,
@@ -120,9 +122,8 @@ impl Ingress {
             config.publisher.clone(),
         );
         let state = Arc::new(State {
-            limits: Limits {
-                max_payload: config.max_payload,
-            },
+            max_payload: config.max_payload,
+            destinations: config.destinations.policy(),
             max_body: config.max_body,
             max_batch: config.max_batch,
             body_timeout: config.body_timeout,

@@ -20,7 +20,7 @@ use crate::dlq;
 use crate::error::ApiError;
 use crate::idempotency::{self, Claim};
 use crate::model::{
-    describe_parse_error, new_id, parse_notification, Channel, Priority, Validated,
+    describe_parse_error, new_id, parse_notification, Channel, Limits, Priority, Validated,
     MAX_IDEMPOTENCY_KEY_LEN,
 };
 use crate::publisher::{Envelope, PublishOutcome};
@@ -88,6 +88,17 @@ where
 pub struct Caller {
     pub tenant: Uuid,
     pub limit: Option<Limit>,
+    /// The tenant's own `payload` limit, or the server's.
+    pub max_payload: usize,
+}
+
+impl Caller {
+    fn limits<'s>(&self, state: &'s State) -> Limits<'s> {
+        Limits {
+            max_payload: self.max_payload,
+            destinations: &state.destinations,
+        }
+    }
 }
 
 /// `Authorization: Bearer <key>` → the key's tenant. 401 for a missing, malformed,
@@ -98,6 +109,7 @@ async fn authenticate<B>(state: &State, req: &Request<B>) -> Result<Caller, ApiE
         return Ok(Caller {
             tenant: tenants::ANONYMOUS,
             limit: state.default_limit,
+            max_payload: state.max_payload,
         });
     }
     let key = req
@@ -121,6 +133,9 @@ async fn authenticate<B>(state: &State, req: &Request<B>) -> Result<Caller, ApiE
                 }),
                 (None, default) => default,
             },
+            max_payload: tenant
+                .max_payload
+                .map_or(state.max_payload, |bytes| bytes as usize),
         }),
         Ok(None) => Err(ApiError::unauthorized("the API key is not valid")),
         Err(e) => Err(ApiError::unavailable(format!(
@@ -195,7 +210,7 @@ where
     let header_key = idempotency_header(&req)?;
     let body = read_json_body(state, req).await?;
     let now = Utc::now();
-    let mut validated = parse_notification(&body, &state.limits, now)?;
+    let mut validated = parse_notification(&body, &caller.limits(state), now)?;
     let key = match (header_key, validated.idempotency_key.as_deref()) {
         (Some(h), Some(b)) if h != b => {
             return Err(ApiError::invalid_field(
@@ -374,9 +389,10 @@ where
         return Err(ApiError::batch_too_large(items.len(), state.max_batch).into());
     }
     let now = Utc::now();
+    let limits = caller.limits(state);
     let parsed: Vec<Result<Validated<'_>, ApiError>> = items
         .iter()
-        .map(|item| parse_notification(item.get().as_bytes(), &state.limits, now))
+        .map(|item| parse_notification(item.get().as_bytes(), &limits, now))
         .collect();
     let valid = parsed.iter().filter(|p| p.is_ok()).count();
     let mut limit_headers = Vec::new();

@@ -44,7 +44,14 @@ pub fn test_config(nats_url: &str) -> ServeConfig {
     config.store.mongo_url = mongo_url();
     // Tests of authentication turn it on; the others speak for the anonymous tenant.
     config.auth = AuthMode::Off;
+    // Test receivers listen on loopback, which the default policy refuses.
+    config.destinations.webhook_allow_nets = herald::destination::Nets(loopback_nets());
     config
+}
+
+/// Loopback, allow-listed for webhooks so tests can run receivers on 127.0.0.1.
+pub fn loopback_nets() -> Vec<ipnet::IpNet> {
+    vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]
 }
 
 /// The shared PostgreSQL (scripts/services.sh starts it).
@@ -677,7 +684,12 @@ impl Stack {
             js,
             names,
             &self.delivery_config,
-            herald::delivery::Senders::from_config(&self.delivery_config, None).expect("senders"),
+            herald::delivery::Senders::from_config(
+                &self.delivery_config,
+                None,
+                std::sync::Arc::new(herald::destination::DestinationPolicy::new(loopback_nets())),
+            )
+            .expect("senders"),
             std::sync::Arc::new(herald::metrics::Metrics::new()),
         )
         .await

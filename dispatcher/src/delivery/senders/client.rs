@@ -1,7 +1,9 @@
 //! The HTTP client every HTTP-speaking sender shares: pooled keep-alive connections,
 //! HTTPS with the Mozilla root store (webpki-roots) or plain HTTP, no redirects followed,
-//! and one exchange helper that classifies the answer.
+//! an optional destination policy on every resolved address, and one exchange helper that
+//! classifies the answer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,11 +13,18 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
 use super::{parse_retry_after, SendOutcome};
+use crate::destination::{refusal_in, DestinationPolicy, PolicyResolver};
 
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector<PolicyResolver>>, Full<Bytes>>;
 
-pub fn client(timeout: Duration, max_idle_per_host: usize) -> HttpClient {
-    let mut http = HttpConnector::new();
+/// `policy`: the addresses a host name may resolve to (tenants' webhooks); `None` for the
+/// providers the operator configured.
+pub fn client(
+    timeout: Duration,
+    max_idle_per_host: usize,
+    policy: Option<Arc<DestinationPolicy>>,
+) -> HttpClient {
+    let mut http = HttpConnector::new_with_resolver(PolicyResolver::new(policy));
     http.set_nodelay(true);
     http.set_connect_timeout(Some(timeout));
     http.enforce_http(false);
@@ -54,10 +63,16 @@ pub async fn exchange(
             status: None,
             retry_after: None,
         },
-        Ok(Err(e)) => SendOutcome::Retryable {
-            error: format!("{what} request failed: {e}"),
-            status: None,
-            retry_after: None,
+        Ok(Err(e)) => match refusal_in(&e) {
+            Some(refused) => SendOutcome::Permanent {
+                error: refused.to_string(),
+                status: None,
+            },
+            None => SendOutcome::Retryable {
+                error: format!("{what} request failed: {e}"),
+                status: None,
+                retry_after: None,
+            },
         },
         Ok(Ok((status, retry_after))) => SendOutcome::from_http_status(status, retry_after, what),
     }
