@@ -421,6 +421,14 @@ pub struct ServeConfig {
     /// Largest request body accepted, in bytes (413 above).
     #[arg(long, env = "HERALD_MAX_BODY", default_value_t = 8 * 1024 * 1024)]
     pub max_body: usize,
+    /// Open connections at most; more are answered 503 and closed at once (clients see a
+    /// clear refusal instead of a hang, and the process keeps its file descriptors).
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Largest request head (request line + headers) of HTTP/1.1, and header list of h2, in
+    /// bytes (431 above).
+    #[arg(long, env = "HERALD_MAX_HEADER_BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(8192..))]
+    pub max_header_bytes: u32,
     /// Largest `payload` of one notification, in bytes (422 above).
     #[arg(long, env = "HERALD_MAX_PAYLOAD", default_value_t = 64 * 1024)]
     pub max_payload: usize,

@@ -29,6 +29,8 @@ pub struct Metrics {
     record_batch: HistogramVec,
     record_failures: IntCounterVec,
     rate_limited: IntCounterVec,
+    pub connections_open: IntGauge,
+    pub connections_refused: IntCounter,
 }
 
 fn per_priority<T>(f: impl Fn(Priority) -> T) -> [T; 3] {
@@ -165,8 +167,17 @@ impl Metrics {
             &["decision"],
         )
         .expect("valid metric");
+        let connections_open = IntGauge::new("herald_http_connections", "Open ingress connections")
+            .expect("valid metric");
+        let connections_refused = IntCounter::new(
+            "herald_http_connections_refused_total",
+            "Connections answered 503 and closed because --max-connections were open",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(consumer_lag.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections_open.clone()),
+            Box::new(connections_refused.clone()),
             Box::new(recorded.clone()),
             Box::new(record_batch.clone()),
             Box::new(record_failures.clone()),
@@ -203,6 +214,8 @@ impl Metrics {
             registry,
             batch_size,
             acks_inflight,
+            connections_open,
+            connections_refused,
         }
     }
 

@@ -492,3 +492,131 @@ async fn slow_clients_hit_the_read_timeouts() {
     assert!(server.stream_messages().await.is_empty());
     server.finish().await;
 }
+
+/// Sends raw bytes on a new connection and reads until the server closes it (or 5 s).
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(request).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        conn.read_to_end(&mut response),
+    )
+    .await
+    .expect("the server answers and closes");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// Slow-loris: headers dripped a byte at a time never finish a request; the connection is
+/// closed at the header timeout although bytes keep coming, and an idle connection is
+/// closed too. Oversized heads get 431. The server keeps serving through all of it.
+#[tokio::test]
+async fn slow_loris_idle_and_oversized_heads_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let timeout = std::time::Duration::from_millis(500);
+    let server = TestServer::start_with(|c| {
+        c.header_timeout = timeout;
+        c.max_header_bytes = 16 * 1024;
+    })
+    .await;
+
+    let mut loris = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = b"POST /v1/notifications HTTP/1.1\r\nhost: x\r\nx-drip: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let started = std::time::Instant::now();
+    let mut cut_after = None;
+    for byte in head {
+        if loris.write_all(&[*byte]).await.is_err() {
+            cut_after = Some(started.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(std::time::Duration::from_millis(50), loris.read(&mut buf)).await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                cut_after = Some(started.elapsed());
+                break;
+            }
+            _ => {}
+        }
+    }
+    let cut_after = cut_after.expect("the dripping connection was never closed");
+    assert!(
+        cut_after >= timeout && cut_after < timeout * 4,
+        "closed after {cut_after:?}"
+    );
+
+    let mut idle = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(timeout * 4, idle.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "idle connection not closed: {closed:?}"
+    );
+
+    let big = format!(
+        "POST /v1/notifications HTTP/1.1\r\nhost: x\r\nx-big: {}\r\ncontent-length: 0\r\n\r\n",
+        "b".repeat(20 * 1024)
+    );
+    let answer = raw_exchange(server.addr, big.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    let ok = server
+        .post("/v1/notifications", notification("high", 1))
+        .await;
+    assert_eq!(ok.status, 202, "{:?}", ok.body);
+    assert_eq!(server.stream_messages().await.len(), 1);
+    server.finish().await;
+}
+
+/// Over --max-connections, a new connection gets a complete 503 (JSON, Retry-After) and is
+/// closed; once connections close, new ones are served again.
+#[tokio::test]
+async fn connections_over_the_limit_get_503_and_service_resumes() {
+    let server = TestServer::start_with(|c| {
+        c.max_connections = 4;
+        c.header_timeout = std::time::Duration::from_secs(30);
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    // The accept loop takes the four before the fifth (one listener, in order).
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let body = notification("high", 1);
+    let request = format!(
+        "POST /v1/notifications HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = raw_exchange(server.addr, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    assert!(
+        answer.contains(r#""code":"too_many_connections""#),
+        "{answer}"
+    );
+
+    drop(held);
+    let mut served = None;
+    for _ in 0..50 {
+        let r = server.post("/v1/notifications", body.clone()).await;
+        if r.status == 202 {
+            served = Some(r);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(served.is_some(), "service did not resume");
+    let metrics = server.get("/metrics").await;
+    let text = metrics.body.as_str().unwrap();
+    let refused_line = text
+        .lines()
+        .find(|l| l.starts_with("herald_http_connections_refused_total"))
+        .expect("refusal counter exported");
+    let refused: u64 = refused_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(refused >= 2, "{refused_line}");
+    // Only the accepted requests were stored: never one from a refused connection.
+    assert_eq!(server.stream_messages().await.len(), 1);
+    server.finish().await;
+}

@@ -218,13 +218,16 @@ async fn accept_loop(
         .http1()
         .keep_alive(config.keep_alive)
         .header_read_timeout(config.header_timeout)
+        .max_buf_size(config.max_header_bytes as usize)
         .timer(TokioTimer::new());
     builder
         .http2()
         .keep_alive_interval(config.h2_keep_alive_interval)
         .max_concurrent_streams(512)
+        .max_header_list_size(config.max_header_bytes)
         .timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     loop {
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,
@@ -238,21 +241,57 @@ async fn accept_loop(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            state.metrics.connections_refused.inc();
+            tokio::spawn(refuse_connection(stream));
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let open = state.metrics.connections_open.clone();
         let state = state.clone();
-        let service = service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(state, req).await) }
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let first_byte_timeout = config.header_timeout;
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
+            open.inc();
+            // hyper's header timeout starts once the protocol is known; the auto builder
+            // waits for the first bytes without one, so an idle connection would hold its
+            // slot forever.
+            let mut first = [0u8; 1];
+            let spoke = tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)).await;
+            if matches!(spoke, Ok(Ok(n)) if n > 0) {
+                let service = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(handle(state, req).await) }
+                });
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                if let Err(err) = watcher.watch(connection.into_owned()).await {
+                    tracing::debug!(%peer, error = %err, "connection ended with an error");
+                }
             }
+            open.dec();
+            drop(slot);
         });
     }
     graceful
+}
+
+/// Over `--max-connections`: a complete 503, then the request is read and discarded until
+/// the peer closes (closing with unread input would send a reset that can destroy the 503
+/// before the client reads it); one second at most in all.
+async fn refuse_connection(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str = r#"{"error":{"code":"too_many_connections","message":"the server is at its connection limit; retry shortly"}}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
