@@ -24,6 +24,8 @@ pub mod destination;
 pub mod dlq;
 pub mod error;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod idempotency;
 pub mod ingress;
 pub mod jetstream;

@@ -218,10 +218,38 @@ pub fn parse_notification<'a>(
     limits: &Limits,
     now: DateTime<Utc>,
 ) -> Result<Validated<'a>, ApiError> {
+    // serde also reads a struct from an array of its fields in order; a notification is
+    // an object only.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Err(err) => describe_parse_error::<serde::de::IgnoredAny>(body, err),
+                Ok(_) => ApiError::invalid_body("a notification must be a JSON object"),
+            },
+        );
+    }
     match serde_json::from_slice::<NotificationRequest<'a>>(body) {
         Ok(request) => validate(request, limits, now),
         Err(err) => Err(describe_parse_error::<NotificationRequest<'a>>(body, err)),
     }
+}
+
+/// Splits a batch body into its items (each parsed later on its own, so one bad item does
+/// not fail the others): a non-empty JSON array of at most `max_batch` values.
+pub fn parse_batch(body: &[u8], max_batch: usize) -> Result<Vec<&RawValue>, ApiError> {
+    let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|err| {
+        match describe_parse_error::<Vec<&RawValue>>(body, err) {
+            e if e.status == http::StatusCode::BAD_REQUEST => e,
+            _ => ApiError::invalid_body("body must be a JSON array of notifications"),
+        }
+    })?;
+    if items.is_empty() {
+        return Err(ApiError::invalid_body("batch is empty"));
+    }
+    if items.len() > max_batch {
+        return Err(ApiError::batch_too_large(items.len(), max_batch));
+    }
+    Ok(items)
 }
 
 /// Turns a failed parse into the error the client sees: 400 with line and column when the
@@ -243,11 +271,14 @@ pub fn describe_parse_error<'a, T: Deserialize<'a>>(
             let message = strip_position(&inner.to_string());
             let field = if path == "." {
                 // Unknown and missing fields are reported at the containing object.
-                field_named_in(&message).unwrap_or_default()
+                field_named_in(&message)
             } else {
-                path
+                Some(path)
             };
-            ApiError::invalid_field(field, message)
+            match field {
+                Some(field) => ApiError::invalid_field(field, message),
+                None => ApiError::invalid_body(message),
+            }
         }
     }
 }
@@ -410,6 +441,28 @@ mod tests {
 
     fn parse(body: &str) -> Result<Validated<'_>, ApiError> {
         parse_notification(body.as_bytes(), &limits(), Utc::now())
+    }
+
+    /// Found by the fuzz checks: serde reads a struct from an array of its fields, so this
+    /// array was accepted as a notification; and a non-object body was an `invalid_field`
+    /// naming no field.
+    #[test]
+    fn only_an_object_is_a_notification() {
+        for body in [
+            r#"["high","sms","+4915112345678",{},null,null,null,null]"#,
+            r#""text""#,
+            "42",
+            " null ",
+        ] {
+            let err = parse(body).expect_err(body);
+            assert_eq!(
+                (err.status.as_u16(), err.code),
+                (422, "invalid_body"),
+                "{body}"
+            );
+            assert_eq!(err.field, None);
+        }
+        assert_eq!(parse("[1,").unwrap_err().code, "malformed_json");
     }
 
     #[test]

@@ -78,6 +78,11 @@ pub struct Cli {
     /// duplicates (and keep answering redeliveries from a crashed dispatcher).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, requires = "sink")]
     pub sink_grace: Duration,
+    /// Make the sink misbehave for a window after it starts (fault injection):
+    /// `hang:3s:8s` (never answers), `reset:3s:8s` (drops connections), or
+    /// `slow=1500ms:3s:8s` (answers late). Unanswered deliveries are not counted.
+    #[arg(long, requires = "sink")]
+    pub sink_fault: Option<crate::sink::SinkFault>,
     /// How long to wait after the load for deliveries to arrive at the sink.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,

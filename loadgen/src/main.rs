@@ -54,7 +54,7 @@ async fn run(cli: Cli, model: LoadModel) -> anyhow::Result<bool> {
     );
     let sink = match cli.sink {
         Some(addr) => Some(
-            Sink::start(addr, run_id.clone())
+            Sink::start(addr, run_id.clone(), cli.sink_fault)
                 .await
                 .with_context(|| format!("starting the sink on {addr}"))?,
         ),

@@ -9,10 +9,10 @@
 //! `loadgen` marker in the payload (`payload.loadgen`, or `loadgen` at the top level).
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -36,8 +36,59 @@ struct Deliveries {
     foreign: u64,
 }
 
+/// How the sink misbehaves during a fault window (fault-injection runs, `--sink-fault`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// Reads the request, never answers; the connection is dropped when the window ends.
+    Hang,
+    /// Drops the connection without an answer as soon as a request arrives.
+    Reset,
+    /// Answers every request after this delay (and counts it: a slow receiver still
+    /// receives).
+    Slow(Duration),
+}
+
+/// A fault and its window, relative to the sink's start: `hang:3s:8s`, `reset:3s:8s`,
+/// `slow=1500ms:3s:8s`. Requests not answered 2xx are not counted as delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SinkFault {
+    pub kind: FaultKind,
+    pub from: Duration,
+    pub until: Duration,
+}
+
+impl FromStr for SinkFault {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let usage = || {
+            format!("{s:?}: expected hang:FROM:UNTIL, reset:FROM:UNTIL or slow=DELAY:FROM:UNTIL")
+        };
+        let duration = |v: &str| humantime::parse_duration(v).map_err(|_| usage());
+        let mut parts = s.split(':');
+        let (Some(kind), Some(from), Some(until), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(usage());
+        };
+        let kind = match kind.split_once('=') {
+            None if kind == "hang" => FaultKind::Hang,
+            None if kind == "reset" => FaultKind::Reset,
+            Some(("slow", delay)) => FaultKind::Slow(duration(delay)?),
+            _ => return Err(usage()),
+        };
+        let (from, until) = (duration(from)?, duration(until)?);
+        if until <= from {
+            return Err(format!("{s:?}: the window must end after it starts"));
+        }
+        Ok(SinkFault { kind, from, until })
+    }
+}
+
 struct Shared {
     run: String,
+    fault: Option<SinkFault>,
+    started: Instant,
     deliveries: Mutex<Deliveries>,
     latency: [Mutex<Histogram<u64>>; 3],
 }
@@ -68,12 +119,19 @@ pub struct Accounting {
 pub const MAX_LISTED_IDS: usize = 100;
 
 impl Sink {
-    /// Starts the sink on `addr` (port 0 picks one) for the run `run`.
-    pub async fn start(addr: SocketAddr, run: String) -> std::io::Result<Self> {
+    /// Starts the sink on `addr` (port 0 picks one) for the run `run`, misbehaving as
+    /// `fault` says.
+    pub async fn start(
+        addr: SocketAddr,
+        run: String,
+        fault: Option<SinkFault>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             run,
+            fault,
+            started: Instant::now(),
             deliveries: Mutex::default(),
             latency: std::array::from_fn(|_| Mutex::new(new_histogram())),
         });
@@ -143,6 +201,17 @@ impl Sink {
     }
 }
 
+impl Shared {
+    /// The fault in force now, and when its window ends.
+    fn active_fault(&self) -> Option<(FaultKind, Instant)> {
+        let fault = self.fault?;
+        let elapsed = self.started.elapsed();
+        (fault.from..fault.until)
+            .contains(&elapsed)
+            .then(|| (fault.kind, self.started + fault.until))
+    }
+}
+
 impl Drop for Sink {
     fn drop(&mut self) {
         self.task.abort();
@@ -158,7 +227,22 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(receive(&shared, req).await) }
+                async move {
+                    // An error makes hyper drop the connection without an answer.
+                    let dropped = || std::io::Error::other("sink fault: no answer");
+                    match shared.active_fault() {
+                        Some((FaultKind::Reset, _)) => Err(dropped()),
+                        Some((FaultKind::Hang, until)) => {
+                            tokio::time::sleep_until(until.into()).await;
+                            Err(dropped())
+                        }
+                        Some((FaultKind::Slow(delay), _)) => {
+                            tokio::time::sleep(delay).await;
+                            Ok(receive(&shared, req).await)
+                        }
+                        None => Ok::<_, std::io::Error>(receive(&shared, req).await),
+                    }
+                }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)

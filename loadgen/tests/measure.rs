@@ -178,7 +178,7 @@ async fn a_stall_shows_in_open_loop_percentiles_and_hides_in_closed_loop() {
 
 #[tokio::test]
 async fn sink_counts_lost_duplicated_and_unexpected_exactly() {
-    let sink = Sink::start("127.0.0.1:0".parse().unwrap(), "run-1".into())
+    let sink = Sink::start("127.0.0.1:0".parse().unwrap(), "run-1".into(), None)
         .await
         .unwrap();
     let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
@@ -226,6 +226,64 @@ async fn sink_counts_lost_duplicated_and_unexpected_exactly() {
     assert_eq!(sink.delivered_of(&accepted), 3);
     assert_eq!(sink.latency(loadgen::scenario::Priority::High).len(), 3);
     assert_eq!(sink.latency(loadgen::scenario::Priority::Low).len(), 1);
+}
+
+/// Sink faults as fault-injection runs use them: inside the window a reset drops the
+/// connection unanswered and a hang never answers (neither counts as delivered); a slow
+/// sink answers late and counts; after the window, deliveries count again.
+#[tokio::test]
+async fn sink_faults_refuse_or_delay_only_inside_their_window() {
+    use loadgen::sink::{FaultKind, SinkFault};
+    use std::time::{Duration, Instant};
+    let post = |url: String, id: &'static str| async move {
+        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build_http::<Full<Bytes>>();
+        let body = format!(
+            r#"{{"id":"{id}","priority":"high","payload":{{"loadgen":{{"run":"r","sent_ns":1}}}}}}"#
+        );
+        let req = hyper::Request::post(url).body(Full::new(Bytes::from(body)));
+        tokio::time::timeout(Duration::from_millis(700), http.request(req.unwrap()))
+            .await
+            .map(|r| r.map(|r| r.status().as_u16()))
+    };
+    let accepted: HashSet<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
+    for (fault, refused) in [
+        ("reset:0s:1s", "connection dropped"),
+        ("hang:0s:1s", "no answer"),
+    ] {
+        let fault: SinkFault = fault.parse().unwrap();
+        let sink = Sink::start("127.0.0.1:0".parse().unwrap(), "r".into(), Some(fault))
+            .await
+            .unwrap();
+        match post(sink.url(), "a").await {
+            Ok(Ok(status)) => panic!("{fault:?}: answered {status} inside the window"),
+            Ok(Err(_)) => assert_eq!(refused, "connection dropped", "{fault:?}"),
+            Err(_) => assert_eq!(refused, "no answer", "{fault:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(post(sink.url(), "b").await.unwrap().unwrap(), 200);
+        let a = sink.account(&accepted);
+        assert_eq!((a.delivered, a.lost), (1, 1), "{fault:?}");
+        assert_eq!(a.lost_ids, ["a"]);
+    }
+    let slow: SinkFault = "slow=300ms:0s:10s".parse().unwrap();
+    assert_eq!(slow.kind, FaultKind::Slow(Duration::from_millis(300)));
+    let sink = Sink::start("127.0.0.1:0".parse().unwrap(), "r".into(), Some(slow))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(post(sink.url(), "a").await.unwrap().unwrap(), 200);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(sink.account(&accepted).delivered, 1);
+    for bad in [
+        "hang:2s",
+        "slow:0s:1s",
+        "reset:2s:1s",
+        "drop:0s:1s",
+        "slow=x:0s:1s",
+    ] {
+        assert!(bad.parse::<SinkFault>().is_err(), "{bad}");
+    }
 }
 
 fn loadgen(args: &[&str]) -> std::process::Output {

@@ -10,7 +10,6 @@ use http::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TY
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use serde::Serialize;
-use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -20,7 +19,7 @@ use crate::dlq;
 use crate::error::ApiError;
 use crate::idempotency::{self, Claim};
 use crate::model::{
-    describe_parse_error, new_id, parse_notification, Channel, Limits, Priority, Validated,
+    new_id, parse_batch, parse_notification, Channel, Limits, Priority, Validated,
     MAX_IDEMPOTENCY_KEY_LEN,
 };
 use crate::publisher::{Envelope, PublishOutcome};
@@ -376,18 +375,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let body = read_json_body(state, req).await?;
-    let items: Vec<&RawValue> = serde_json::from_slice(&body).map_err(|err| {
-        match describe_parse_error::<Vec<&RawValue>>(&body, err) {
-            e if e.status == StatusCode::BAD_REQUEST => e,
-            _ => ApiError::invalid_body("body must be a JSON array of notifications"),
-        }
-    })?;
-    if items.is_empty() {
-        return Err(ApiError::invalid_body("batch is empty").into());
-    }
-    if items.len() > state.max_batch {
-        return Err(ApiError::batch_too_large(items.len(), state.max_batch).into());
-    }
+    let items = parse_batch(&body, state.max_batch)?;
     let now = Utc::now();
     let limits = caller.limits(state);
     let parsed: Vec<Result<Validated<'_>, ApiError>> = items
