@@ -32,31 +32,13 @@ prefixes=()
 cleanup() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  for prefix in "${prefixes[@]}"; do
-    for s in NOTIFY DLQ EVENTS; do "$TOOLS/nats" stream rm -f "${prefix}$s" >/dev/null 2>&1 || true; done
-    [ "${failed:-0}" -ne 0 ] || psql -h 127.0.0.1 -U root -d test -qc "DROP SCHEMA IF EXISTS \"$prefix\" CASCADE" >/dev/null 2>&1 || true
-    redis-cli --scan --pattern "${prefix}*" | xargs -r redis-cli del >/dev/null 2>&1 || true
-  done
+  drop_prefixes
   if [ "${failed:-0}" -ne 0 ]; then echo "scale-out: logs kept in $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
 . scripts/lib/results.sh
-
-# role NAME HEALTH_URL ARGS...: starts one dispatcher role; its pid goes to $work/NAME.pid.
-role() {
-  local name=$1 health=$2; shift 2
-  "$bin" --log warn "$@" >"$work/$name.log" 2>&1 &
-  echo $! >"$work/$name.pid"
-  pids+=($!)
-  for _ in $(seq 1 300); do
-    curl -sf "$health" >/dev/null && return 0
-    sleep 0.1
-  done
-  echo "scale-out: $name did not become ready" >&2
-  tail -5 "$work/$name.log" >&2
-  return 1
-}
+. scripts/lib/roles.sh
 
 # run LABEL NATS_URLS REPLICAS KILL: the whole scenario; KILL is a shell function name
 # called halfway through the load.
@@ -64,14 +46,11 @@ rows=()
 failed=0
 run() {
   local label=$1 urls=$2 replicas=$3 kill_fn=$4
-  local prefix="so$(date +%s%N | tail -c 10)_"
-  prefixes+=("$prefix")
+  local prefix key
+  new_prefix so
   local store=(--pg-schema "$prefix" --mongo-db "$prefix")
   local common=(--nats-url "$urls" --prefix "$prefix" "${store[@]}" --stream-replicas "$replicas")
-  "$bin" migrate "${store[@]}" >/dev/null
-  "$bin" tenant create scaleout "${store[@]}" >/dev/null
-  local key
-  key=$("$bin" key create --tenant scaleout "${store[@]}" | sed -E 's/.*"key":"([^"]+)".*/\1/')
+  key=$(tenant_key "$prefix" scaleout)
   local ports=()
   for i in 0 1; do
     local p; p=$(free_port)
@@ -100,26 +79,20 @@ run() {
   local status=0
   for p in "${lg[@]}"; do wait "$p" || status=1; done
   # Every accepted notification must end up recorded as delivered.
-  local accepted lost
   # Accepted as the sinks count them (warm-up included): every 202 of the run.
-  accepted=$(python3 -c "import json; print(sum(json.load(open('$work/$label-load-'+str(i)+'/summary.json'))['end_to_end']['accepted'] for i in (0,1)))")
-  lost=$(python3 -c "import json; print(sum(json.load(open('$work/$label-load-'+str(i)+'/summary.json'))['end_to_end']['lost'] for i in (0,1)))")
-  local errors
-  errors=$(python3 -c "import json; print(sum(json.load(open('$work/$label-load-'+str(i)+'/summary.json'))['total']['errors'] for i in (0,1)))")
+  local runs=("$work/$label-load-0" "$work/$label-load-1")
+  local accepted lost errors
+  accepted=$(summary_sum accepted "${runs[@]}")
+  lost=$(summary_sum lost "${runs[@]}")
+  errors=$(summary_sum errors "${runs[@]}")
   # Every id answered 202 must be recorded as delivered (a killed recorder's batches come
   # back after --record-ack-wait). Notifications JetStream stored whose ingress died before
   # answering are not in the list: their client saw an error, and their receiver (the
   # loadgen sink) may be gone before they are delivered.
   cat "$work/$label-load-0/accepted-ids.txt" "$work/$label-load-1/accepted-ids.txt" >"$work/$label-accepted.txt"
-  psql -h 127.0.0.1 -U root -d test -qc "CREATE TABLE \"$prefix\".accepted (id uuid PRIMARY KEY)" \
-    -c "\\copy \"$prefix\".accepted FROM '$work/$label-accepted.txt'" >/dev/null
-  local recorded=0 stuck=0
-  for _ in $(seq 1 60); do
-    recorded=$(psql -h 127.0.0.1 -U root -d test -Atc "SELECT count(*) FROM \"$prefix\".accepted a JOIN \"$prefix\".notifications n USING (id) WHERE n.status = 'delivered' AND n.recipient IS NOT NULL")
-    stuck=$((accepted - recorded))
-    [ "$stuck" -eq 0 ] && break
-    sleep 1
-  done
+  local recorded stuck
+  recorded=$(recorded_delivered "$prefix" "$work/$label-accepted.txt" "$accepted")
+  stuck=$((accepted - recorded))
   local verdict=ok
   if [ "$status" -ne 0 ] || [ "$lost" -ne 0 ] || [ "$recorded" -lt "$accepted" ] || [ "$stuck" -ne 0 ]; then
     verdict=FAILED
@@ -130,7 +103,7 @@ run() {
     psql -h 127.0.0.1 -U root -d test -c "SELECT n.status, n.attempts, n.last_status, left(n.last_error, 80) AS last_error, count(*) FROM \"$prefix\".accepted a LEFT JOIN \"$prefix\".notifications n USING (id) WHERE n.status IS DISTINCT FROM 'delivered' OR n.recipient IS NULL GROUP BY 1, 2, 3, 4 ORDER BY 5 DESC LIMIT 10" >&2
   fi
   local duplicated
-  duplicated=$(python3 -c "import json; print(sum(json.load(open('$work/$label-load-'+str(i)+'/summary.json'))['end_to_end']['duplicated'] for i in (0,1)))")
+  duplicated=$(summary_sum duplicated "${runs[@]}")
   rows+=("| $label | $accepted | $lost | $duplicated | $errors | $recorded | $stuck | $verdict |")
   # Stop what is left of this scenario's processes.
   for f in "$work/$label"-*.pid; do kill -TERM "$(cat "$f")" 2>/dev/null || true; done
@@ -180,14 +153,11 @@ run cluster "$urls" 3 kill_a_nats_node
 #    first 650 deliveries (while every class is still backlogged) must follow the weights
 #    8:4:1 across both instances (61.5 / 30.8 / 7.7 %, within 6 points).
 shares() {
-  local prefix="so$(date +%s%N | tail -c 10)_"
-  prefixes+=("$prefix")
+  local prefix key p hook
+  new_prefix so
   local store=(--pg-schema "$prefix" --mongo-db "$prefix")
   local common=(--prefix "$prefix" "${store[@]}")
-  "$bin" migrate "${store[@]}" >/dev/null
-  "$bin" tenant create shares "${store[@]}" >/dev/null
-  local key p hook
-  key=$("$bin" key create --tenant shares "${store[@]}" | sed -E 's/.*"key":"([^"]+)".*/\1/')
+  key=$(tenant_key "$prefix" shares)
   hook=$(free_port)
   # A receiver that logs the priority of each delivery in arrival order.
   python3 - "$hook" "$work/shares-order.txt" <<'PY' &

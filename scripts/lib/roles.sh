@@ -1,0 +1,82 @@
+# Sourced by scripts/scale-out.sh and scripts/faults.sh: starting Herald roles as
+# processes, restarting them, and checking a loadgen run against PostgreSQL.
+# Needs: $bin (dispatcher binary), $work (a scratch directory), arrays pids and prefixes.
+#
+# role NAME HEALTH_URL ARGS...  starts `dispatcher ARGS`, waits for HEALTH_URL; pid in
+#                               $work/NAME.pid, log in $work/NAME.log
+# restart_role NAME             starts NAME again with the same arguments
+# new_prefix TAG                sets $prefix to a fresh prefix (also the schema and Mongo
+#                               database) and remembers it for drop_prefixes
+# tenant_key PREFIX TENANT      migrates the prefix's schema, creates TENANT, prints a key
+# summary_sum FIELD DIR...      sum of loadgen summary.json's end_to_end.FIELD (or
+#                               total.errors for FIELD=errors) over runs
+# recorded_delivered PREFIX IDS WANT
+#                               waits (60 s at most) until WANT of the ids in file IDS are
+#                               recorded `delivered` in PostgreSQL; prints how many are
+# drop_prefixes                 removes every prefix's streams, schema and Redis keys
+declare -A role_cmd role_health
+
+role() {
+  local name=$1 health=$2; shift 2
+  role_cmd[$name]=$(printf '%q ' "$@")
+  role_health[$name]=$health
+  "$bin" --log warn "$@" >>"$work/$name.log" 2>&1 &
+  echo $! >"$work/$name.pid"
+  pids+=($!)
+  for _ in $(seq 1 300); do
+    curl -sf "$health" >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "$name did not become ready" >&2
+  tail -5 "$work/$name.log" >&2
+  return 1
+}
+
+restart_role() {
+  local name=$1
+  eval "role \"\$name\" \"\${role_health[\$name]}\" ${role_cmd[$name]}"
+}
+
+new_prefix() {
+  prefix="$1$(date +%s%N | tail -c 10)_"
+  prefixes+=("$prefix")
+}
+
+tenant_key() {
+  local store=(--pg-schema "$1" --mongo-db "$1")
+  "$bin" migrate "${store[@]}" >/dev/null
+  "$bin" tenant create "$2" "${store[@]}" >/dev/null
+  "$bin" key create --tenant "$2" "${store[@]}" | sed -E 's/.*"key":"([^"]+)".*/\1/'
+}
+
+summary_sum() {
+  local field=$1; shift
+  python3 - "$field" "$@" <<'PY'
+import json, sys
+field, dirs = sys.argv[1], sys.argv[2:]
+def get(d):
+    s = json.load(open(d + "/summary.json"))
+    return s["total"]["errors"] if field == "errors" else s["end_to_end"][field]
+print(sum(get(d) for d in dirs))
+PY
+}
+
+recorded_delivered() {
+  local prefix=$1 ids=$2 want=$3 recorded=0
+  psql -h 127.0.0.1 -U root -d test -qc "CREATE TABLE IF NOT EXISTS \"$prefix\".accepted (id uuid PRIMARY KEY)" \
+    -c "\\copy \"$prefix\".accepted FROM '$ids'" >/dev/null
+  for _ in $(seq 1 60); do
+    recorded=$(psql -h 127.0.0.1 -U root -d test -Atc "SELECT count(*) FROM \"$prefix\".accepted a JOIN \"$prefix\".notifications n USING (id) WHERE n.status = 'delivered' AND n.recipient IS NOT NULL" 2>/dev/null || echo 0)
+    [ "$recorded" -ge "$want" ] && break
+    sleep 1
+  done
+  echo "$recorded"
+}
+
+drop_prefixes() {
+  for prefix in "${prefixes[@]}"; do
+    for s in NOTIFY DLQ EVENTS; do "$TOOLS/nats" stream rm -f "${prefix}$s" >/dev/null 2>&1 || true; done
+    [ "${failed:-0}" -ne 0 ] || psql -h 127.0.0.1 -U root -d test -qc "DROP SCHEMA IF EXISTS \"$prefix\" CASCADE" >/dev/null 2>&1 || true
+    redis-cli --scan --pattern "${prefix}*" | xargs -r redis-cli del >/dev/null 2>&1 || true
+  done
+}
