@@ -17,6 +17,16 @@
 //!   definition and readiness.
 //! - [`model`] (request, validation, wire document), [`error`] (every client-visible error
 //!   and its status), [`config`] (clap), [`metrics`] (Prometheus).
+//!
+//! Downstream of NATS, each role alone or all in `dispatcher run`:
+//! - [`delivery`]: pull consumers → per-channel schedulers → senders, retries by NAK with
+//!   backoff, [`dlq`] for what keeps failing, outcome [`events`]; [`destination`] is the
+//!   SSRF policy every webhook address passes.
+//! - [`recorder`]: NOTIFY and EVENTS → PostgreSQL ([`postgres`]), MongoDB and the Redis
+//!   [`status`] cache, one statement per batch.
+//! - At the ingress, from Redis ([`redis_store`]): [`idempotency`] and [`ratelimit`];
+//!   from PostgreSQL: [`tenants`] and API keys.
+//! - `fuzzing`: the properties the cargo-fuzz targets check (dispatcher/fuzz).
 
 pub mod config;
 pub mod delivery;

@@ -74,9 +74,18 @@ recorded_delivered() {
 }
 
 drop_prefixes() {
+  [ "${#prefixes[@]}" -gt 0 ] || return 0
   for prefix in "${prefixes[@]}"; do
     for s in NOTIFY DLQ EVENTS; do "$TOOLS/nats" stream rm -f "${prefix}$s" >/dev/null 2>&1 || true; done
     [ "${failed:-0}" -ne 0 ] || psql -h 127.0.0.1 -U root -d test -qc "DROP SCHEMA IF EXISTS \"$prefix\" CASCADE" >/dev/null 2>&1 || true
     redis-cli --scan --pattern "${prefix}*" | xargs -r redis-cli del >/dev/null 2>&1 || true
   done
+  # The MongoDB databases (FerretDB keeps one SQLite file each), through pymongo.
+  python3 -c 'import pymongo' 2>/dev/null || pip install -q pymongo >/dev/null 2>&1 || true
+  python3 - "${prefixes[@]}" <<'PY' 2>/dev/null || echo "could not drop the MongoDB databases ${prefixes[*]}" >&2
+import sys, pymongo
+client = pymongo.MongoClient("mongodb://127.0.0.1:27017", serverSelectionTimeoutMS=5000)
+for name in sys.argv[1:]:
+    client.drop_database(name)
+PY
 }

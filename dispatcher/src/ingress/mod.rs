@@ -228,6 +228,9 @@ async fn accept_loop(
         .timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    // Refusals hold a descriptor for up to a second each; beyond this many at once a flood
+    // is simply closed.
+    let refusals = Arc::new(tokio::sync::Semaphore::new(1024));
     loop {
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,
@@ -243,7 +246,12 @@ async fn accept_loop(
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             state.metrics.connections_refused.inc();
-            tokio::spawn(refuse_connection(stream));
+            if let Ok(refusing) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    refuse_connection(stream).await;
+                    drop(refusing);
+                });
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
