@@ -17,6 +17,8 @@ status=0
 for target in request batch; do
   corpus=target/corpus/$target
   artifacts=target/artifacts/$target
+  # Artifacts of an earlier run are not this run's findings.
+  rm -rf "$artifacts"
   mkdir -p "$corpus" "$artifacts" "regressions/$target"
   cp seeds/* "$corpus"/
   echo "fuzz: $target for ${SECONDS_PER_TARGET}s"
