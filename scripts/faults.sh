@@ -27,14 +27,9 @@ PAUSE=${PAUSE:-4}
 PROFILE=${PROFILE:-debug}
 TOOLS=${HERALD_TOOLS:-/opt/herald-tools/bin}
 
-bash scripts/services.sh >/dev/null
-flag=(); [ "$PROFILE" = release ] && flag=(--release)
-cargo build "${flag[@]}" --locked -p dispatcher -p loadgen --bin dispatcher --bin loadgen 2>&1 | tail -1
-bin=$PWD/target/$PROFILE/dispatcher
-loadgen=$PWD/target/$PROFILE/loadgen
-work=$(mktemp -d)
-pids=()
-prefixes=()
+. scripts/lib/results.sh
+. scripts/lib/roles.sh
+prepare_roles
 failed=0
 cleanup() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
@@ -45,8 +40,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-. scripts/lib/results.sh
-. scripts/lib/roles.sh
 
 pg_version=$(ls /etc/postgresql | sort -V | tail -n1)
 # fault CASE start|repair

@@ -21,14 +21,9 @@ RATE=${RATE:-400}
 PROFILE=${PROFILE:-debug}
 TOOLS=${HERALD_TOOLS:-/opt/herald-tools/bin}
 
-bash scripts/services.sh >/dev/null
-flag=(); [ "$PROFILE" = release ] && flag=(--release)
-cargo build "${flag[@]}" --locked -p dispatcher -p loadgen --bin dispatcher --bin loadgen 2>&1 | tail -1
-bin=$PWD/target/$PROFILE/dispatcher
-loadgen=$PWD/target/$PROFILE/loadgen
-work=$(mktemp -d)
-pids=()
-prefixes=()
+. scripts/lib/results.sh
+. scripts/lib/roles.sh
+prepare_roles
 cleanup() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -37,8 +32,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-. scripts/lib/results.sh
-. scripts/lib/roles.sh
 
 # run LABEL NATS_URLS REPLICAS KILL: the whole scenario; KILL is a shell function name
 # called halfway through the load.

@@ -21,16 +21,11 @@ TOOLS=${HERALD_TOOLS:-/opt/herald-tools/bin}
 ADDR=127.0.0.1:18090
 METRICS_EVERY=10
 
-bash scripts/services.sh >/dev/null
-cargo build --release --locked -p dispatcher -p loadgen --bin dispatcher --bin loadgen 2>&1 | tail -1
-python3 -c 'import matplotlib' 2>/dev/null || pip install -q matplotlib >/dev/null 2>&1
+PROFILE=release
 . scripts/lib/results.sh
-bin=$PWD/target/release/dispatcher
-loadgen=$PWD/target/release/loadgen
-work=$(mktemp -d)
-pids=()
-prefixes=()
 . scripts/lib/roles.sh
+prepare_roles
+python3 -c 'import matplotlib' 2>/dev/null || pip install -q matplotlib >/dev/null 2>&1
 cleanup() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true

@@ -1,7 +1,8 @@
 # Sourced by scripts/scale-out.sh and scripts/faults.sh: starting Herald roles as
 # processes, restarting them, and checking a loadgen run against PostgreSQL.
-# Needs: $bin (dispatcher binary), $work (a scratch directory), arrays pids and prefixes.
-#
+# prepare_roles                 services up, dispatcher and loadgen built for $PROFILE
+#                               (debug|release); sets bin, loadgen, work (a scratch
+#                               directory) and empty arrays pids and prefixes
 # role NAME HEALTH_URL ARGS...  starts `dispatcher ARGS`, waits for HEALTH_URL; pid in
 #                               $work/NAME.pid, log in $work/NAME.log
 # restart_role NAME             starts NAME again with the same arguments
@@ -15,6 +16,18 @@
 #                               recorded `delivered` in PostgreSQL; prints how many are
 # drop_prefixes                 removes every prefix's streams, schema and Redis keys
 declare -A role_cmd role_health
+
+prepare_roles() {
+  bash scripts/services.sh >/dev/null
+  local flag=()
+  [ "$PROFILE" = release ] && flag=(--release)
+  cargo build "${flag[@]}" --locked -p dispatcher -p loadgen --bin dispatcher --bin loadgen 2>&1 | tail -1
+  bin=$PWD/target/$PROFILE/dispatcher
+  loadgen=$PWD/target/$PROFILE/loadgen
+  work=$(mktemp -d)
+  pids=()
+  prefixes=()
+}
 
 role() {
   local name=$1 health=$2; shift 2
