@@ -5,11 +5,12 @@
 //! carrier-grade NAT, unspecified, multicast, broadcast, documentation, benchmarking and
 //! reserved ranges, IPv6 unique-local and link-local, and IPv4 addresses mapped into IPv6.
 //!
-//! Checked twice: at the door for IP literals (422 naming `recipient`), and at connect
-//! time on every address a host name resolves to ([`PolicyResolver`]), so a name that
-//! resolves (or rebinds) to a refused address is refused too; a refusal is permanent
-//! (dead letter with the reason; a replay after allow-listing delivers it). Redirects are
-//! never followed, so a public URL cannot bounce a request inward.
+//! Checked twice: at the door for IP literals (422 naming `recipient`), and by the webhook
+//! client's [`PolicyConnector`] on every connection: IP literals directly, host names on
+//! every address they resolve to ([`PolicyResolver`]), so a name that resolves (or
+//! rebinds) to a refused address is refused too; a refusal is permanent (dead letter with
+//! the reason; a replay after allow-listing delivers it). Redirects are never followed, so
+//! a public URL cannot bounce a request inward.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -17,7 +18,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use std::time::Duration;
+
 use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
 
 /// The webhook destination policy: public addresses, plus the allow-listed networks.
@@ -182,8 +187,49 @@ impl tower_service::Service<Name> for PolicyResolver {
     }
 }
 
+/// The connector of the webhook client: hyper's connector resolves names through
+/// [`PolicyResolver`] but dials IP literals without asking it, so literals are checked here
+/// before dialing. With no policy (the operator's own providers) it is hyper's connector.
+#[derive(Clone)]
+pub struct PolicyConnector {
+    inner: HttpConnector<PolicyResolver>,
+    policy: Option<Arc<DestinationPolicy>>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl PolicyConnector {
+    /// TCP without Nagle, connecting within `connect_timeout`, for `http` and `https` URLs
+    /// (TLS is layered on top by the caller).
+    pub fn new(policy: Option<Arc<DestinationPolicy>>, connect_timeout: Duration) -> Self {
+        let mut inner = HttpConnector::new_with_resolver(PolicyResolver::new(policy.clone()));
+        inner.set_nodelay(true);
+        inner.set_connect_timeout(Some(connect_timeout));
+        inner.enforce_http(false);
+        PolicyConnector { inner, policy }
+    }
+}
+
+impl tower_service::Service<http::Uri> for PolicyConnector {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        if let Some(Err(refused)) = self.policy.as_ref().map(|p| p.check_uri(&uri)) {
+            return Box::pin(async move { Err(refused.into()) });
+        }
+        let connecting = self.inner.call(uri);
+        Box::pin(async move { connecting.await.map_err(Into::into) })
+    }
+}
+
 /// The policy refusal somewhere in an error's chain (the HTTP client wraps the
-/// resolver's error), if that is why it failed.
+/// connector's and the resolver's errors), if that is why it failed.
 pub fn refusal_in(err: &(dyn std::error::Error + 'static)) -> Option<Refused> {
     let mut current = Some(err);
     while let Some(e) = current {

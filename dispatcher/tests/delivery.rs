@@ -428,13 +428,7 @@ async fn webhooks_to_internal_addresses_are_refused_unless_allow_listed() {
     let send = |policy: DestinationPolicy, url: String| async move {
         let policy = Arc::new(policy);
         let timeout = Duration::from_secs(5);
-        let sender = WebhookSender::new(
-            client(timeout, 4, Some(policy.clone())),
-            SECRET,
-            None,
-            timeout,
-            policy,
-        );
+        let sender = WebhookSender::new(client(timeout, 4, Some(policy)), SECRET, None, timeout);
         let body = webhook_to(&url, "high", 1);
         // The ingress would refuse the literals at the door; delivery must not rely on it.
         let anywhere = DestinationPolicy::new(vec!["0.0.0.0/0".parse().unwrap()]);

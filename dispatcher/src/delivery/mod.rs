@@ -60,12 +60,11 @@ impl Senders {
             senders::client::client(
                 config.webhook_timeout,
                 caps[Channel::Webhook.index()],
-                Some(destinations.clone()),
+                Some(destinations),
             ),
             &config.webhook_secret,
             tenants,
             config.webhook_timeout,
-            destinations,
         );
         let sms: Arc<dyn Sender> = match &config.sms_url {
             Some(url) => Arc::new(senders::sms::SmsSender::new(

@@ -9,25 +9,22 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::{parse_retry_after, SendOutcome};
-use crate::destination::{refusal_in, DestinationPolicy, PolicyResolver};
+use crate::destination::{refusal_in, DestinationPolicy, PolicyConnector};
 
-pub type HttpClient = Client<HttpsConnector<HttpConnector<PolicyResolver>>, Full<Bytes>>;
+pub type HttpClient = Client<HttpsConnector<PolicyConnector>, Full<Bytes>>;
 
-/// `policy`: the addresses a host name may resolve to (tenants' webhooks); `None` for the
-/// providers the operator configured.
+/// `policy`: where a request may connect (tenants' webhooks); `None` for the providers the
+/// operator configured.
 pub fn client(
     timeout: Duration,
     max_idle_per_host: usize,
     policy: Option<Arc<DestinationPolicy>>,
 ) -> HttpClient {
-    let mut http = HttpConnector::new_with_resolver(PolicyResolver::new(policy));
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(timeout));
-    http.enforce_http(false);
+    let http = PolicyConnector::new(policy, timeout);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()

@@ -20,7 +20,6 @@ use sha2::Sha256;
 
 use super::client::{exchange, HttpClient};
 use super::{Attempt, SendFuture, SendOutcome, Sender};
-use crate::destination::DestinationPolicy;
 use crate::tenants::{Directory, ANONYMOUS};
 
 pub struct WebhookSender {
@@ -29,25 +28,21 @@ pub struct WebhookSender {
     secret: Vec<u8>,
     tenants: Option<Arc<Directory>>,
     timeout: Duration,
-    /// Checks IP-literal URLs, which never reach the client's resolver.
-    policy: Arc<DestinationPolicy>,
 }
 
 impl WebhookSender {
-    /// `policy` must be the one `client` resolves with.
+    /// `client` carries the destination policy (see `client::client`).
     pub fn new(
         client: HttpClient,
         secret: &str,
         tenants: Option<Arc<Directory>>,
         timeout: Duration,
-        policy: Arc<DestinationPolicy>,
     ) -> Self {
         WebhookSender {
             client,
             secret: secret.as_bytes().to_vec(),
             tenants,
             timeout,
-            policy,
         }
     }
 
@@ -92,22 +87,7 @@ impl Sender for WebhookSender {
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs();
-            let uri = match attempt.notification.recipient.parse::<http::Uri>() {
-                Ok(uri) => uri,
-                Err(e) => {
-                    return SendOutcome::Permanent {
-                        error: format!("invalid webhook URL: {e}"),
-                        status: None,
-                    }
-                }
-            };
-            if let Err(refused) = self.policy.check_uri(&uri) {
-                return SendOutcome::Permanent {
-                    error: refused.to_string(),
-                    status: None,
-                };
-            }
-            let request = http::Request::post(uri)
+            let request = http::Request::post(attempt.notification.recipient.as_ref())
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .header("Herald-Id", attempt.notification.id.to_string())
                 .header("Herald-Attempt", attempt.number.to_string())
