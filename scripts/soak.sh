@@ -36,11 +36,9 @@ trap cleanup EXIT
 
 new_prefix soak
 key=$(tenant_key "$prefix" soak)
-"$bin" --log warn run --listen "$ADDR" --prefix "$prefix" --pg-schema "$prefix" --mongo-db "$prefix" \
-  >"$work/dispatcher.log" 2>&1 &
-dispatcher=$!
-pids+=($dispatcher)
-for _ in $(seq 1 100); do curl -sf "http://$ADDR/readyz" >/dev/null && break; sleep 0.1; done
+role soak-run "http://$ADDR/readyz" run --listen "$ADDR" --prefix "$prefix" \
+  --pg-schema "$prefix" --mongo-db "$prefix"
+dispatcher=$(cat "$work/soak-run.pid")
 
 if [ -z "${CAPACITY:-}" ]; then
   echo "soak: probing capacity: closed loop, 64 connections, $PROBE" >&2

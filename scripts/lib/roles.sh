@@ -1,5 +1,5 @@
-# Sourced by scripts/scale-out.sh and scripts/faults.sh: starting Herald roles as
-# processes, restarting them, and checking a loadgen run against PostgreSQL.
+# Sourced by scripts/scale-out.sh, scripts/faults.sh and scripts/soak.sh: starting Herald
+# roles as processes, restarting them, and checking a loadgen run against PostgreSQL.
 # prepare_roles                 services up, dispatcher and loadgen built for $PROFILE
 #                               (debug|release); sets bin, loadgen, work (a scratch
 #                               directory) and empty arrays pids and prefixes
@@ -14,7 +14,8 @@
 # recorded_delivered PREFIX IDS WANT
 #                               waits (60 s at most) until WANT of the ids in file IDS are
 #                               recorded `delivered` in PostgreSQL; prints how many are
-# drop_prefixes                 removes every prefix's streams, schema and Redis keys
+# drop_prefixes                 removes every prefix's streams, schema (kept when $failed
+#                               is set, for diagnosis), Redis keys and MongoDB database
 declare -A role_cmd role_health
 
 prepare_roles() {
