@@ -25,10 +25,7 @@ pub struct Tenant {
     pub id: Uuid,
     pub name: String,
     pub webhook_secret: String,
-    pub rate_per_sec: Option<u32>,
-    pub burst: Option<u32>,
-    /// Largest `payload` this tenant may send; `None` = the server's `--max-payload`.
-    pub max_payload: Option<u32>,
+    pub limits: TenantLimits,
 }
 
 /// Never prints the webhook secret (a `{:?}` in a log line must not leak it).
@@ -38,18 +35,18 @@ impl std::fmt::Debug for Tenant {
             .field("id", &self.id)
             .field("name", &self.name)
             .field("webhook_secret", &"<redacted>")
-            .field("rate_per_sec", &self.rate_per_sec)
-            .field("burst", &self.burst)
-            .field("max_payload", &self.max_payload)
+            .field("limits", &self.limits)
             .finish()
     }
 }
 
 /// A tenant's own limits; `None` = the server's defaults.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TenantLimits {
+    /// Ingress token bucket: notifications per second, and its burst.
     pub rate_per_sec: Option<u32>,
     pub burst: Option<u32>,
+    /// Largest `payload` this tenant may send; `None` = the server's `--max-payload`.
     pub max_payload: Option<u32>,
 }
 
@@ -89,9 +86,7 @@ pub async fn create_tenant(
         id: Uuid::now_v7(),
         name: name.to_string(),
         webhook_secret: random_token("whsec_"),
-        rate_per_sec: limits.rate_per_sec,
-        burst: limits.burst,
-        max_payload: limits.max_payload,
+        limits,
     };
     let as_int = |v: Option<u32>| v.map(|v| i32::try_from(v).unwrap_or(i32::MAX));
     let inserted = sqlx::query(
@@ -156,9 +151,11 @@ fn tenant_from(row: TenantRow) -> Tenant {
         id: row.0,
         name: row.1,
         webhook_secret: row.2,
-        rate_per_sec: row.3.map(|r| r as u32),
-        burst: row.4.map(|b| b as u32),
-        max_payload: row.5.map(|b| b as u32),
+        limits: TenantLimits {
+            rate_per_sec: row.3.map(|r| r as u32),
+            burst: row.4.map(|b| b as u32),
+            max_payload: row.5.map(|b| b as u32),
+        },
     }
 }
 

@@ -125,14 +125,15 @@ async fn authenticate<B>(state: &State, req: &Request<B>) -> Result<Caller, ApiE
     match state.tenants.authenticate(key).await {
         Ok(Some(tenant)) => Ok(Caller {
             tenant: tenant.id,
-            limit: match (tenant.rate_per_sec, state.default_limit) {
+            limit: match (tenant.limits.rate_per_sec, state.default_limit) {
                 (Some(rate), _) => Some(Limit {
                     rate,
-                    burst: tenant.burst.unwrap_or(rate),
+                    burst: tenant.limits.burst.unwrap_or(rate),
                 }),
                 (None, default) => default,
             },
             max_payload: tenant
+                .limits
                 .max_payload
                 .map_or(state.max_payload, |bytes| bytes as usize),
         }),
