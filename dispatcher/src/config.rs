@@ -435,9 +435,15 @@ pub struct ServeConfig {
     /// Most notifications in one batch request (413 above).
     #[arg(long, env = "HERALD_MAX_BATCH", default_value_t = 1000)]
     pub max_batch: usize,
-    /// Time allowed for a client to send its request headers.
+    /// Time allowed for a request head, from its first byte (and for a new connection,
+    /// from accept to its first request); the connection is closed after.
     #[arg(long, env = "HERALD_HEADER_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request. Announced on
+    /// HTTP/1.1 responses (`Keep-Alive: timeout=N`); on expiry HTTP/1.1 gets a FIN and h2 a
+    /// GOAWAY. Longer than pooled clients keep idle connections is fine: they close first.
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
     /// Time allowed for a client to send its request body (408 after).
     #[arg(long, env = "HERALD_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub body_timeout: Duration,

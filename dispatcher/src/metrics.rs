@@ -31,6 +31,8 @@ pub struct Metrics {
     rate_limited: IntCounterVec,
     pub connections_open: IntGauge,
     pub connections_refused: IntCounter,
+    pub connections_closed_idle: IntCounter,
+    pub connections_closed_header_timeout: IntCounter,
 }
 
 fn per_priority<T>(f: impl Fn(Priority) -> T) -> [T; 3] {
@@ -174,8 +176,17 @@ impl Metrics {
             "Connections answered 503 and closed because --max-connections were open",
         )
         .expect("valid metric");
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "herald_http_connections_closed_total",
+                "Connections Herald closed: idle (graceful, after --idle-timeout) or header_timeout (a request head late)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(consumer_lag.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections_closed.clone()),
             Box::new(connections_open.clone()),
             Box::new(connections_refused.clone()),
             Box::new(recorded.clone()),
@@ -216,6 +227,9 @@ impl Metrics {
             acks_inflight,
             connections_open,
             connections_refused,
+            connections_closed_idle: connections_closed.with_label_values(&["idle"]),
+            connections_closed_header_timeout: connections_closed
+                .with_label_values(&["header_timeout"]),
         }
     }
 

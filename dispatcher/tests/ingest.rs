@@ -608,3 +608,129 @@ async fn connections_over_the_limit_get_503_and_service_resumes() {
     assert_eq!(server.stream_messages().await.len(), 1);
     server.finish().await;
 }
+
+/// One request through a pooled client of its own; answers the status, the `Keep-Alive`
+/// header and the local address of the connection it went over (same address = reused).
+async fn pooled_post(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    server: &TestServer,
+) -> (u16, Option<String>, std::net::SocketAddr) {
+    use hyper_util::client::legacy::connect::HttpInfo;
+    let request = http::Request::post(server.url("/v1/notifications"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(notification(
+            "high", 1,
+        ))))
+        .unwrap();
+    let response = client.request(request).await.expect("request completes");
+    let local = response
+        .extensions()
+        .get::<HttpInfo>()
+        .expect("the connector reports the connection")
+        .local_addr();
+    let keep_alive = response
+        .headers()
+        .get("keep-alive")
+        .map(|v| v.to_str().unwrap().to_string());
+    let status = response.status().as_u16();
+    http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap();
+    (status, keep_alive, local)
+}
+
+fn pooled_client(
+    h2c: bool,
+) -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+> {
+    // Pools keep idle connections for 90 s, like hyper's and Go's defaults.
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(h2c)
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .build_http()
+}
+
+/// A pooled client that sits idle past the old 5 s limit and past the header timeout
+/// reuses its connection, over HTTP/1.1 and h2, and every request succeeds. HTTP/1.1
+/// answers announce the idle timeout.
+#[tokio::test]
+async fn pooled_clients_reuse_connections_idle_past_the_header_timeout() {
+    let server = TestServer::start_with(|c| {
+        c.header_timeout = std::time::Duration::from_millis(500);
+        c.idle_timeout = std::time::Duration::from_secs(60);
+    })
+    .await;
+    for h2c in [false, true] {
+        let client = pooled_client(h2c);
+        let (status, keep_alive, first) = pooled_post(&client, &server).await;
+        assert_eq!(status, 202);
+        let expected = (!h2c).then(|| "timeout=60".to_string());
+        assert_eq!(keep_alive, expected, "h2c {h2c}");
+        tokio::time::sleep(std::time::Duration::from_millis(5_500)).await;
+        let (status, _, second) = pooled_post(&client, &server).await;
+        assert_eq!(status, 202, "h2c {h2c}");
+        assert_eq!(first, second, "h2c {h2c}: the idle connection was reused");
+    }
+    assert_eq!(server.stream_messages().await.len(), 4);
+    server.finish().await;
+}
+
+/// Past the idle timeout the server closes the connection gracefully: an HTTP/1.1 client
+/// reads a clean end of stream (FIN, not a reset), and a pooled client (HTTP/1.1 or h2,
+/// GOAWAY) notices and opens a new connection, so its next request succeeds too.
+#[tokio::test]
+async fn idle_connections_close_cleanly_and_pooled_clients_reconnect() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let idle = std::time::Duration::from_millis(700);
+    let server = TestServer::start_with(|c| c.idle_timeout = idle).await;
+
+    let body = notification("high", 1);
+    let request = format!(
+        "POST /v1/notifications HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut raw = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    raw.write_all(request.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let end = tokio::time::timeout(idle * 5, raw.read_to_end(&mut answer)).await;
+    let waited = started.elapsed();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 202"), "{text}");
+    assert!(
+        matches!(end, Ok(Ok(_))),
+        "the idle close is a clean FIN: {end:?}"
+    );
+    assert!(
+        waited >= idle,
+        "closed after {waited:?}, before the idle timeout"
+    );
+
+    for h2c in [false, true] {
+        let client = pooled_client(h2c);
+        let (status, _, first) = pooled_post(&client, &server).await;
+        assert_eq!(status, 202);
+        tokio::time::sleep(idle * 3).await;
+        let (status, _, second) = pooled_post(&client, &server).await;
+        assert_eq!(status, 202, "h2c {h2c}");
+        assert_ne!(
+            first, second,
+            "h2c {h2c}: a new connection after the idle close"
+        );
+    }
+    let metrics = server.get("/metrics").await;
+    let text = metrics.body.as_str().unwrap();
+    let closed: u64 = text
+        .lines()
+        .find(|l| l.starts_with(r#"herald_http_connections_closed_total{reason="idle"}"#))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("idle closes are counted");
+    assert!(closed >= 3, "{closed}");
+    assert_eq!(server.stream_messages().await.len(), 5);
+    server.finish().await;
+}

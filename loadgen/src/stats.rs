@@ -23,6 +23,10 @@ pub fn new_histogram() -> Histogram<u64> {
 pub enum TransportError {
     Connect,
     Timeout,
+    /// A reused keep-alive connection turned out closed before any byte of the answer:
+    /// the server retired it while idle (or raced the request). The request may or may
+    /// not have been processed; a client would retry it with its idempotency key.
+    Stale,
     Io,
 }
 
@@ -31,6 +35,7 @@ impl TransportError {
         match self {
             TransportError::Connect => "connect",
             TransportError::Timeout => "timeout",
+            TransportError::Stale => "stale_connection",
             TransportError::Io => "io",
         }
     }

@@ -363,17 +363,32 @@ enum Transport {
 struct H1 {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// Exchanges completed on this connection: a failure before the first byte of an
+    /// answer on a reused connection is a stale connection, not a broken server.
+    exchanges: u64,
 }
 
 impl H1 {
     /// Writes one request and reads one answer (`Content-Length` framed).
     async fn exchange(&mut self, request: &[u8]) -> Result<(u16, Bytes), TransportError> {
+        let answer = self.exchange_once(request).await;
+        match answer {
+            Ok(_) => self.exchanges += 1,
+            Err(TransportError::Io) if self.exchanges > 0 && self.buf.is_empty() => {
+                return Err(TransportError::Stale)
+            }
+            Err(_) => {}
+        }
+        answer
+    }
+
+    async fn exchange_once(&mut self, request: &[u8]) -> Result<(u16, Bytes), TransportError> {
         use tokio::io::AsyncWriteExt;
+        self.buf.clear();
         self.stream
             .write_all(request)
             .await
             .map_err(|_| TransportError::Io)?;
-        self.buf.clear();
         loop {
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut response = httparse::Response::new(&mut headers);
@@ -450,6 +465,8 @@ impl Transport {
                 let response = client.request(request).await.map_err(|e| {
                     if e.is_connect() {
                         TransportError::Connect
+                    } else if closed_before_answer(&e) {
+                        TransportError::Stale
                     } else {
                         TransportError::Io
                     }
@@ -471,6 +488,7 @@ impl Transport {
                     *slot = Some(H1 {
                         stream,
                         buf: Vec::with_capacity(16 * 1024),
+                        exchanges: 0,
                     });
                 }
                 let connection = slot.as_mut().expect("connected above");
@@ -485,6 +503,15 @@ impl Transport {
             }
         }
     }
+}
+
+/// h2: the server closed the connection (GOAWAY or FIN) before answering. hyper's pool
+/// already retries requests the server refused unprocessed; what is left is a close that
+/// raced a request.
+fn closed_before_answer(error: &hyper_util::client::legacy::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<hyper::Error>())
+        .is_some_and(|e| e.is_incomplete_message() || e.is_canceled())
 }
 
 impl Shared {

@@ -387,3 +387,70 @@ async fn idempotency_keys_are_unique_across_threads_and_connections() {
     let distinct: HashSet<&String> = keys.iter().collect();
     assert_eq!(distinct.len(), keys.len(), "a key was sent twice");
 }
+
+/// A server that answers one request per connection and then closes it without saying so
+/// (no `Connection: close`), as a server retiring an idle keep-alive connection does.
+async fn one_answer_per_connection() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                while buf.len() < head_end + length {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let body = br#"{"id":"x","status":"accepted","priority":"high"}"#;
+                let answer = format!(
+                    "HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.write_all(body).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A request that finds its reused connection closed is counted as a stale connection,
+/// apart from other io errors; the next request reconnects and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_connection_found_closed_is_reported_as_stale() {
+    let addr = one_answer_per_connection().await;
+    let mut c = config(addr, open(40.0, 2), 1);
+    c.threads = 1;
+    c.warmup = Duration::ZERO;
+    let s = measure(c).await;
+    let mut transport = std::collections::BTreeMap::<String, u64>::new();
+    for class in s.priorities.values() {
+        for (kind, n) in &class.errors_by_transport {
+            *transport.entry(kind.clone()).or_default() += n;
+        }
+    }
+    let stale = transport.get("stale_connection").copied().unwrap_or(0);
+    assert!(stale >= 10, "{transport:?}");
+    assert_eq!(transport.get("io"), None, "{transport:?}");
+    assert!(s.total.ok >= 10, "{}", s.total.ok);
+}

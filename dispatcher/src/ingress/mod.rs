@@ -7,6 +7,7 @@
 //! requests finish (their publishes are still being acknowledged), close the scheduler,
 //! let the publishers drain it and collect every ack, flush the NATS connection.
 
+mod connection;
 pub mod health;
 mod routes;
 
@@ -19,10 +20,10 @@ use async_nats::jetstream::context::ContextBuilder;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{AuthMode, ServeConfig};
 use crate::destination::DestinationPolicy;
@@ -147,9 +148,10 @@ impl Ingress {
         let stop = shutdown.clone();
         let serving = state.clone();
         let task = tokio::spawn(async move {
-            let graceful = accept_loop(listener, serving, &config, stop).await;
+            let connections = accept_loop(listener, serving, &config, stop).await;
             tracing::info!("shutting down: finishing in-flight requests");
-            if tokio::time::timeout(config.shutdown_timeout, graceful.shutdown())
+            connections.close();
+            if tokio::time::timeout(config.shutdown_timeout, connections.wait())
                 .await
                 .is_err()
             {
@@ -206,18 +208,21 @@ impl Ingress {
     }
 }
 
-/// Accepts connections until `stop`, returning the watcher of those still open.
+/// Accepts connections until `stop`, returning the tracker of those still open (each
+/// closes gracefully once `stop` is cancelled).
 async fn accept_loop(
     listener: TcpListener,
     state: Arc<State>,
     config: &ServeConfig,
     stop: CancellationToken,
-) -> GracefulShutdown {
+) -> TaskTracker {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .keep_alive(config.keep_alive)
-        .header_read_timeout(config.header_timeout)
+        // The header clock is Herald's (connection.rs): hyper's would also run while a
+        // kept-alive connection waits for its next request.
+        .header_read_timeout(None)
         .max_buf_size(config.max_header_bytes as usize)
         .timer(TokioTimer::new());
     builder
@@ -226,7 +231,17 @@ async fn accept_loop(
         .max_concurrent_streams(512)
         .max_header_list_size(config.max_header_bytes)
         .timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+    let clocks = connection::Clocks {
+        idle: config.idle_timeout,
+        header: config.header_timeout,
+    };
+    // The idle timeout announced to HTTP/1.1 clients: the least time an idle connection
+    // stays open, so clients that honour it retire the connection before Herald does.
+    let keep_alive = config.keep_alive.then(|| {
+        http::HeaderValue::from_str(&format!("timeout={}", config.idle_timeout.as_secs()))
+            .expect("digits are a valid header value")
+    });
+    let connections = TaskTracker::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     // Refusals hold a descriptor for up to a second each; beyond this many at once a flood
     // is simply closed.
@@ -255,33 +270,54 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let open = state.metrics.connections_open.clone();
         let state = state.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let first_byte_timeout = config.header_timeout;
-        tokio::spawn(async move {
-            open.inc();
-            // hyper's header timeout starts once the protocol is known; the auto builder
-            // waits for the first bytes without one, so an idle connection would hold its
-            // slot forever.
-            let mut first = [0u8; 1];
-            let spoke = tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)).await;
-            if matches!(spoke, Ok(Ok(n)) if n > 0) {
-                let service = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(state, req).await) }
-                });
-                let connection = builder.serve_connection(TokioIo::new(stream), service);
-                if let Err(err) = watcher.watch(connection.into_owned()).await {
+        let stop = stop.clone();
+        let keep_alive = keep_alive.clone();
+        connections.spawn(async move {
+            let metrics = state.metrics.clone();
+            metrics.connections_open.inc();
+            let activity = Arc::new(connection::Activity::new(clocks));
+            let io = TokioIo::new(connection::Watched::new(stream, activity.clone()));
+            let watched = activity.clone();
+            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let state = state.clone();
+                let activity = watched.clone();
+                let keep_alive = keep_alive.clone();
+                async move {
+                    let version = req.version();
+                    activity.request_started(version);
+                    let mut response = handle(state, req).await;
+                    activity.request_finished();
+                    if let (Some(value), http::Version::HTTP_11) = (keep_alive, version) {
+                        response
+                            .headers_mut()
+                            .insert(http::HeaderName::from_static("keep-alive"), value);
+                    }
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let served = builder.serve_connection(io, service);
+            tokio::pin!(served);
+            let ended = connection::drive(served, &activity, &stop, || {
+                metrics.connections_closed_idle.inc();
+            })
+            .await;
+            match ended {
+                connection::Ended::Done(Ok(())) => {}
+                connection::Ended::Done(Err(err)) => {
                     tracing::debug!(%peer, error = %err, "connection ended with an error");
                 }
+                connection::Ended::HeadTimeout => {
+                    metrics.connections_closed_header_timeout.inc();
+                    tracing::debug!(%peer, "request head not received in time; connection closed");
+                }
             }
-            open.dec();
+            metrics.connections_open.dec();
             drop(slot);
         });
     }
-    graceful
+    connections
 }
 
 /// Over `--max-connections`: a complete 503, then the request is read and discarded until
