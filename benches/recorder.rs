@@ -262,6 +262,7 @@ async fn time_recorder(
         config,
         vec![sink],
         metrics.clone(),
+        herald::admission::Yielding::default(),
     )
     .await
     .map_err(|e| anyhow::anyhow!("recorder: {e}"))?;

@@ -14,6 +14,11 @@ use crate::scheduler::{PerClass, SchedulerConfig, MAX_WEIGHT_SUM};
 pub struct Cli {
     #[command(flatten)]
     pub log: LogArgs,
+    /// Nice value of background threads: delivery and the recorder inside `run`, and every
+    /// thread of `deliver` and `record`, so that a co-located door gets the CPU first
+    /// (0: no change).
+    #[arg(long, env = "HERALD_BACKGROUND_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19), global = true)]
+    pub background_nice: i32,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -465,6 +470,18 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub publisher: PublisherConfig,
 
+    /// Shed low, then medium, priority when the door's standing delay exceeds
+    /// `--overload-target` (see the README's "Overload"); `false`: queue bounds only.
+    #[arg(long, env = "HERALD_OVERLOAD_SHEDDING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub overload_shedding: bool,
+    /// Standing delay (minimum over an interval of publish sojourn and runtime lag) above
+    /// which the door is overloaded.
+    #[arg(long, env = "HERALD_OVERLOAD_TARGET", default_value = "5ms", value_parser = humantime::parse_duration)]
+    pub overload_target: Duration,
+    /// How often admission is adjusted, and the window of the minimum.
+    #[arg(long, env = "HERALD_OVERLOAD_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub overload_interval: Duration,
+
     #[command(flatten)]
     pub store: StoreConfig,
     /// `required`: every /v1 route needs `Authorization: Bearer <key>`; `off`: no keys,
@@ -496,6 +513,14 @@ impl ServeConfig {
         SchedulerConfig {
             weights: self.weights,
             capacities: self.queue_capacity,
+        }
+    }
+
+    pub fn admission(&self) -> crate::admission::AdmissionConfig {
+        crate::admission::AdmissionConfig {
+            enabled: self.overload_shedding,
+            target: self.overload_target,
+            interval: self.overload_interval,
         }
     }
 

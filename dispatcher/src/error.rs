@@ -168,6 +168,19 @@ impl ApiError {
         e
     }
 
+    /// The door sheds this class to keep higher ones fast (admission.rs).
+    pub fn overloaded(priority: crate::model::Priority) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "overloaded",
+            format!(
+                "Herald is overloaded and sheds {priority} priority first; retry after Retry-After, with jitter"
+            ),
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
     pub fn idempotency_mismatch() -> Self {
         let mut e = Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -9,6 +9,9 @@
 //! - [`ingress`]: hyper server; reads and limits the body, validates it into a
 //!   [`model::Validated`] notification, gives it a UUIDv7 id and queues it. It answers 202
 //!   only after JetStream acknowledged the message.
+//! - [`admission`]: under overload (a standing delay at the door), refuses the lowest
+//!   priority first, before it costs a parse or a publish; background roles in
+//!   `dispatcher run` yield to the door while it sheds.
 //! - [`scheduler`]: bounded lock-free queues per [`model::Priority`], drained by smooth
 //!   weighted round-robin over the classes holding work; full classes refuse (429).
 //! - [`publisher`]: batches from the scheduler, pipelined publishes, one ack per waiting
@@ -28,6 +31,7 @@
 //!   from PostgreSQL: [`tenants`] and API keys.
 //! - `fuzzing`: the properties the cargo-fuzz targets check (dispatcher/fuzz).
 
+pub mod admission;
 pub mod config;
 pub mod delivery;
 pub mod destination;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use herald::admission::Yielding;
 use herald::config::{
     Cli, Command, DeliveryConfig, DestinationConfig, KeyCommand, LogArgs, LogFormat, NatsConfig,
     RecordStore, RecorderConfig, StoreConfig, TenantCommand,
@@ -26,11 +27,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(&cli.log)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(async {
+    // `deliver` and `record` alone are background work through and through; in `run`
+    // delivery and the recorder get a runtime of their own, niced, so the door's threads
+    // win the CPU when it is short (issue: priority under overload).
+    let alone_in_background = matches!(cli.command, Command::Deliver(_) | Command::Record(_));
+    let runtime = build_runtime("herald", alone_in_background.then_some(cli.background_nice))?;
+    let background = match cli.command {
+        Command::Run(_) => Some(build_runtime("herald-bg", Some(cli.background_nice))?),
+        _ => None,
+    };
+    let background_handle = background.as_ref().map(|r| r.handle().clone());
+    let outcome = runtime.block_on(async {
         match cli.command {
             Command::Serve(config) => {
                 let ingress = Ingress::start(*config)
@@ -50,6 +57,7 @@ fn main() -> anyhow::Result<()> {
                     &args.destinations,
                     &args.store,
                     metrics,
+                    Yielding::default(),
                 )
                 .await?;
                 health.set_ready(true);
@@ -61,8 +69,14 @@ fn main() -> anyhow::Result<()> {
                 let health = ingress::health::serve(args.metrics_listen, metrics.clone())
                     .await
                     .context("starting the health endpoint")?;
-                let recorder =
-                    start_recorder(&args.nats, &args.store, &args.recorder, metrics).await?;
+                let recorder = start_recorder(
+                    &args.nats,
+                    &args.store,
+                    &args.recorder,
+                    metrics,
+                    Yielding::default(),
+                )
+                .await?;
                 health.set_ready(true);
                 until_signal().await;
                 recorder.shutdown().await;
@@ -72,18 +86,32 @@ fn main() -> anyhow::Result<()> {
                 let nats = args.serve.nats.clone();
                 let store = args.serve.store.clone();
                 let destinations = args.serve.destinations.clone();
+                let (delivery_config, recorder_config) = (args.delivery, args.recorder);
                 let ingress = Ingress::start_with(args.serve, metrics.clone())
                     .await
                     .context("starting the ingress")?;
-                let delivery = start_delivery(
-                    &nats,
-                    &args.delivery,
-                    &destinations,
-                    &store,
-                    metrics.clone(),
-                )
-                .await?;
-                let recorder = start_recorder(&nats, &store, &args.recorder, metrics).await?;
+                let yielding = Yielding::to(ingress.admission());
+                // Started on the background runtime, so every task they spawn (and their
+                // NATS and store connections) runs on its niced threads.
+                let background = background_handle.expect("run has a background runtime");
+                let (delivery, recorder) = background
+                    .spawn(async move {
+                        let delivery = start_delivery(
+                            &nats,
+                            &delivery_config,
+                            &destinations,
+                            &store,
+                            metrics.clone(),
+                            yielding.clone(),
+                        )
+                        .await?;
+                        let recorder =
+                            start_recorder(&nats, &store, &recorder_config, metrics, yielding)
+                                .await?;
+                        Ok::<_, anyhow::Error>((delivery, recorder))
+                    })
+                    .await
+                    .context("starting delivery and the recorder")??;
                 until_signal().await;
                 // Ingress first: what it accepted is in JetStream for the next delivery.
                 ingress.shutdown().await;
@@ -140,7 +168,38 @@ fn main() -> anyhow::Result<()> {
         }
         tracing::info!("stopped");
         Ok(())
-    })
+    });
+    // Outside any runtime's context, where dropping one may block.
+    drop(background);
+    outcome
+}
+
+/// A multi-threaded runtime whose threads are named `name` and, with `nice`, niced.
+fn build_runtime(name: &str, nice: Option<i32>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name(name);
+    if let Some(nice) = nice.filter(|&n| n > 0) {
+        builder.on_thread_start(move || renice_this_thread(nice));
+    }
+    builder
+        .build()
+        .with_context(|| format!("starting the {name} runtime"))
+}
+
+/// Lowers the calling thread's scheduling priority (Linux nice values are per thread).
+fn renice_this_thread(nice: i32) {
+    // SAFETY: gettid and setpriority take plain integers and touch no memory of ours.
+    let failed = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice) != 0
+    };
+    if failed {
+        tracing::warn!(
+            nice,
+            error = %std::io::Error::last_os_error(),
+            "could not lower a background thread's priority"
+        );
+    }
 }
 
 /// Connects to NATS and waits until Herald's streams exist (NATS may come up later).
@@ -183,6 +242,7 @@ async fn start_delivery(
     destinations: &DestinationConfig,
     store: &StoreConfig,
     metrics: Arc<Metrics>,
+    yielding: Yielding,
 ) -> anyhow::Result<Delivery> {
     let policy = Arc::new(destinations.policy());
     let directory = Arc::new(tenants::Directory::new(
@@ -195,7 +255,14 @@ async fn start_delivery(
     Ok(retry_start("delivery", || {
         let senders = Senders::from_config(config, Some(directory.clone()), policy.clone())
             .expect("checked above");
-        Delivery::start(js.clone(), names.clone(), config, senders, metrics.clone())
+        Delivery::start(
+            js.clone(),
+            names.clone(),
+            config,
+            senders,
+            metrics.clone(),
+            yielding.clone(),
+        )
     })
     .await)
 }
@@ -205,6 +272,7 @@ async fn start_recorder(
     store: &StoreConfig,
     config: &RecorderConfig,
     metrics: Arc<Metrics>,
+    yielding: Yielding,
 ) -> anyhow::Result<Recorder> {
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     if !config.record_skip.contains(&RecordStore::Postgres) {
@@ -239,6 +307,7 @@ async fn start_recorder(
             config,
             sinks.clone(),
             metrics.clone(),
+            yielding.clone(),
         )
     })
     .await)

@@ -5,8 +5,8 @@
 //! label set.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::model::Priority;
@@ -33,6 +33,9 @@ pub struct Metrics {
     pub connections_refused: IntCounter,
     pub connections_closed_idle: IntCounter,
     pub connections_closed_header_timeout: IntCounter,
+    admission_delay: Gauge,
+    admission_fraction: [Gauge; 3],
+    record_lag: IntGaugeVec,
 }
 
 fn per_priority<T>(f: impl Fn(Priority) -> T) -> [T; 3] {
@@ -184,9 +187,33 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let admission_delay = Gauge::new(
+            "herald_admission_delay_seconds",
+            "Standing delay of the last interval (the larger of the minimum publish sojourn and the minimum runtime lag) that admission judges overload by",
+        )
+        .expect("valid metric");
+        let admission_fraction = GaugeVec::new(
+            Opts::new(
+                "herald_admission_fraction",
+                "Share of each priority's requests the door admits now (1: all; below 1: shedding)",
+            ),
+            &["priority"],
+        )
+        .expect("valid metric");
+        let record_lag = IntGaugeVec::new(
+            Opts::new(
+                "herald_record_lag",
+                "Messages a recorder consumer has yet to record (its JetStream pending count at the last batch)",
+            ),
+            &["store", "source"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(consumer_lag.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(connections_closed.clone()),
+            Box::new(admission_delay.clone()),
+            Box::new(admission_fraction.clone()),
+            Box::new(record_lag.clone()),
             Box::new(connections_open.clone()),
             Box::new(connections_refused.clone()),
             Box::new(recorded.clone()),
@@ -230,6 +257,11 @@ impl Metrics {
             connections_closed_idle: connections_closed.with_label_values(&["idle"]),
             connections_closed_header_timeout: connections_closed
                 .with_label_values(&["header_timeout"]),
+            admission_delay,
+            admission_fraction: per_priority(|p| {
+                admission_fraction.with_label_values(&[p.as_str()])
+            }),
+            record_lag,
         }
     }
 
@@ -254,6 +286,20 @@ impl Metrics {
 
     pub fn delivered(&self, priority: Priority, since_accepted: std::time::Duration) {
         self.end_to_end[priority.index()].observe(since_accepted.as_secs_f64());
+    }
+
+    /// The admission controller's last judgement: standing delay and admitted fractions.
+    pub fn admission(&self, standing_seconds: f64, fractions: [f64; 3]) {
+        self.admission_delay.set(standing_seconds);
+        for (gauge, fraction) in self.admission_fraction.iter().zip(fractions) {
+            gauge.set(fraction);
+        }
+    }
+
+    pub fn record_lag(&self, store: &str, source: &str, pending: u64) {
+        self.record_lag
+            .with_label_values(&[store, source])
+            .set(pending as i64);
     }
 
     pub fn consumer_lag(&self, priority: Priority, pending: u64) {

@@ -18,6 +18,7 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use crate::admission::Admission;
 use crate::config::PublisherConfig;
 use crate::jetstream::{Names, HEADER_CHANNEL, HEADER_PRIORITY};
 use crate::metrics::Metrics;
@@ -47,6 +48,7 @@ struct Shared {
     js: jetstream::Context,
     names: Names,
     scheduler: Arc<Scheduler<Envelope>>,
+    admission: Arc<Admission>,
     metrics: Arc<Metrics>,
     inflight: Arc<Semaphore>,
     config: PublisherConfig,
@@ -57,6 +59,7 @@ impl Publisher {
         js: jetstream::Context,
         names: Names,
         scheduler: Arc<Scheduler<Envelope>>,
+        admission: Arc<Admission>,
         metrics: Arc<Metrics>,
         config: PublisherConfig,
     ) -> Self {
@@ -65,6 +68,7 @@ impl Publisher {
             js,
             names,
             scheduler,
+            admission,
             metrics,
             config,
         });
@@ -177,9 +181,11 @@ async fn send_batch(
                 Err(e) => Err(e.to_string()),
             };
             match &outcome {
-                Ok(_) => shared
-                    .metrics
-                    .published(priority, scheduled_at.elapsed().as_secs_f64()),
+                Ok(_) => {
+                    let sojourn = scheduled_at.elapsed();
+                    shared.admission.publish_delay(sojourn);
+                    shared.metrics.published(priority, sojourn.as_secs_f64());
+                }
                 Err(err) => {
                     shared.metrics.publish_failed(priority);
                     tracing::debug!(%id, error = %err, "publish not acknowledged");

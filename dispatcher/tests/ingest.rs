@@ -734,3 +734,118 @@ async fn idle_connections_close_cleanly_and_pooled_clients_reconnect() {
     assert_eq!(server.stream_messages().await.len(), 5);
     server.finish().await;
 }
+
+/// Value of the first sample of `name` (with its labels) in a Prometheus text page.
+fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Low floods the door from many connections while high trickles in: high is accepted
+/// every time, low is refused with a complete 429 `overloaded` (Retry-After, JSON), a
+/// `Herald-Priority: low` request is refused before its body is read, and once the flood
+/// stops low is admitted again. Every 202 is in the stream. The target delay is 1 ms, which
+/// 32 closed-loop clients of a debug build exceed on any machine: this checks the wiring,
+/// not the machine's speed (admission.rs tests the control law).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_flood_is_shed_while_high_is_accepted() {
+    let server = TestServer::start_with(|c| {
+        c.overload_target = std::time::Duration::from_millis(1);
+    })
+    .await;
+    let url = server.url("/v1/notifications");
+    let flood_until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut flood = tokio::task::JoinSet::new();
+    for worker in 0..32 {
+        let http = common::HttpClient::new(false);
+        let url = url.clone();
+        flood.spawn(async move {
+            let mut statuses = Vec::new();
+            let mut n = 0;
+            while std::time::Instant::now() < flood_until {
+                n += 1;
+                let body = notification("low", worker * 1_000_000 + n);
+                let r = http
+                    .request("POST", &url, Some("application/json"), body.into())
+                    .await
+                    .expect("request completes");
+                if r.status == 429 {
+                    assert_eq!(r.body["error"]["code"], "overloaded", "{:?}", r.body);
+                    assert_eq!(r.header("retry-after"), Some("1"));
+                }
+                statuses.push(r.status);
+            }
+            statuses
+        });
+    }
+    let mut high = Vec::new();
+    let mut refused_unread = None;
+    while std::time::Instant::now() < flood_until {
+        let r = server
+            .post("/v1/notifications", notification("high", 1))
+            .await;
+        high.push(r.status);
+        if refused_unread.is_none() {
+            // Not JSON at all: a 429 (not 400) shows the body was never parsed.
+            let r = server
+                .http
+                .request_with(
+                    "POST",
+                    &url,
+                    Some("application/json"),
+                    &[("herald-priority", "low")],
+                    bytes::Bytes::from_static(b"not json"),
+                )
+                .await
+                .unwrap();
+            if r.status == 429 {
+                refused_unread = Some(r.body.clone());
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut low = Vec::new();
+    while let Some(statuses) = flood.join_next().await {
+        low.extend(statuses.unwrap());
+    }
+    assert!(high.len() > 20, "{}", high.len());
+    assert!(high.iter().all(|&s| s == 202), "high refused: {high:?}");
+    let low_refused = low.iter().filter(|&&s| s == 429).count();
+    let low_accepted = low.iter().filter(|&&s| s == 202).count();
+    assert!(
+        low_refused > 0,
+        "no low request was shed ({} sent)",
+        low.len()
+    );
+    assert_eq!(low_refused + low_accepted, low.len(), "only 202 or 429");
+    let unread = refused_unread.expect("a Herald-Priority: low request was shed unread");
+    assert_eq!(unread["error"]["code"], "overloaded");
+
+    // Calm again: low comes back within a few intervals.
+    let mut recovered = false;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let page = server.get("/metrics").await;
+        let page = page.body.as_str().unwrap().to_string();
+        if metric(&page, r#"herald_admission_fraction{priority="low"}"#) == Some(1.0) {
+            let shed = metric(
+                &page,
+                r#"herald_ingest_rejected_total{priority="low",reason="overloaded"}"#,
+            )
+            .expect("shed requests are counted by priority and reason");
+            assert!(shed >= low_refused as f64, "{shed} < {low_refused}");
+            recovered = true;
+            break;
+        }
+    }
+    assert!(recovered, "low was not admitted again after the flood");
+    let r = server
+        .post("/v1/notifications", notification("low", 7))
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+
+    let stored = server.stream_messages().await.len();
+    assert_eq!(stored, high.len() + low_accepted + 1, "every 202 is stored");
+    server.finish().await;
+}

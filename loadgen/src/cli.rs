@@ -59,6 +59,10 @@ pub struct Cli {
     /// Give every notification a unique `idempotency_key` (prices the Redis claim).
     #[arg(long)]
     pub idempotency_keys: bool,
+    /// Send each request's priority as a `Herald-Priority` header too, so an overloaded
+    /// Herald can refuse it before reading the body.
+    #[arg(long)]
+    pub priority_header: bool,
     /// `steady`, `overload` (needs --capacity), `burst`, or a TOML file of phases.
     #[arg(long)]
     pub scenario: Option<String>,

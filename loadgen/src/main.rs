@@ -84,6 +84,7 @@ async fn run(cli: Cli, model: LoadModel) -> anyhow::Result<bool> {
         timeout: cli.timeout,
         h2: cli.h2,
         api_key: cli.api_key.clone(),
+        priority_header: cli.priority_header,
         body: BodyBuilder {
             run: run_id,
             channel: cli.channel,

@@ -55,6 +55,8 @@ pub struct LoadConfig {
     pub timeout: Duration,
     pub h2: bool,
     pub api_key: Option<String>,
+    /// Send `Herald-Priority` with every request (early shedding).
+    pub priority_header: bool,
     pub body: BodyBuilder,
     /// Keep the ids Herald accepted (for the sink's accounting).
     pub track_ids: bool,
@@ -150,7 +152,7 @@ pub async fn run(config: LoadConfig, stats: Arc<Stats>) -> anyhow::Result<RunRes
     let mut shared = shared;
     if !shared.config.track_ids && !shared.config.h2 && !shared.config.body.idempotency_keys {
         let requests =
-            Priority::ALL.map(|p| shared.request_bytes(&shared.config.body.body(p, 0, 0)));
+            Priority::ALL.map(|p| shared.request_bytes(p, &shared.config.body.body(p, 0, 0)));
         Arc::get_mut(&mut shared)
             .expect("not shared yet")
             .static_requests = Some(requests);
@@ -462,6 +464,12 @@ impl Transport {
                 if let Some(auth) = &shared.auth {
                     request.headers_mut().insert(AUTHORIZATION, auth.clone());
                 }
+                if shared.config.priority_header {
+                    request.headers_mut().insert(
+                        "herald-priority",
+                        http::HeaderValue::from_static(priority.as_str()),
+                    );
+                }
                 let response = client.request(request).await.map_err(|e| {
                     if e.is_connect() {
                         TransportError::Connect
@@ -494,7 +502,11 @@ impl Transport {
                 let connection = slot.as_mut().expect("connected above");
                 let outcome = match &shared.static_requests {
                     Some(requests) => connection.exchange(&requests[priority.index()]).await,
-                    None => connection.exchange(&shared.request_bytes(&body)).await,
+                    None => {
+                        connection
+                            .exchange(&shared.request_bytes(priority, &body))
+                            .await
+                    }
                 };
                 if outcome.is_err() {
                     *slot = None;
@@ -516,7 +528,7 @@ fn closed_before_answer(error: &hyper_util::client::legacy::Error) -> bool {
 
 impl Shared {
     /// The complete HTTP/1.1 request for `body`.
-    fn request_bytes(&self, body: &[u8]) -> Vec<u8> {
+    fn request_bytes(&self, priority: Priority, body: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(body.len() + 256);
         out.extend_from_slice(b"POST ");
         out.extend_from_slice(self.path.as_bytes());
@@ -526,6 +538,11 @@ impl Shared {
         if let Some(auth) = &self.auth {
             out.extend_from_slice(b"Authorization: ");
             out.extend_from_slice(auth.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if self.config.priority_header {
+            out.extend_from_slice(b"Herald-Priority: ");
+            out.extend_from_slice(priority.as_str().as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());

@@ -70,6 +70,7 @@ fn config(addr: SocketAddr, model: LoadModel, connections: usize) -> LoadConfig 
         timeout: Duration::from_secs(10),
         h2: false,
         api_key: None,
+        priority_header: false,
         body: BodyBuilder {
             run: "test".into(),
             channel: Channel::Webhook,

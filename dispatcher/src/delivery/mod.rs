@@ -25,6 +25,7 @@ use chrono::Utc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Yielding;
 use crate::config::DeliveryConfig;
 use crate::dlq::{self, Death};
 use crate::events::{self, Event, EventKind};
@@ -123,6 +124,7 @@ impl Delivery {
         config: &DeliveryConfig,
         senders: Senders,
         metrics: Arc<Metrics>,
+        yielding: Yielding,
     ) -> Result<Self, async_nats::Error> {
         let stop = CancellationToken::new();
         let max_ack_pending = config.max_ack_pending.max(1);
@@ -164,6 +166,7 @@ impl Delivery {
                 schedulers.clone(),
                 config.fetch_batch.max(1),
                 shared.metrics.clone(),
+                yielding.clone(),
                 stop.clone(),
             ));
         }
@@ -210,10 +213,19 @@ async fn fetch(
     schedulers: Vec<Arc<Scheduler<Job>>>,
     batch: usize,
     metrics: Arc<Metrics>,
+    yielding: Yielding,
     stop: CancellationToken,
 ) {
+    /// Messages taken between pauses while the door sheds this priority.
+    const BURST: usize = 32;
     let mut pull = Pull::new(consumer, batch, stop, format!("deliver-{priority}"));
+    let mut burst = 0;
     while let Some(message) = pull.next().await {
+        burst += 1;
+        if burst >= BURST {
+            burst = 0;
+            yielding.pause(priority).await;
+        }
         if let Ok(info) = message.info() {
             metrics.consumer_lag(priority, info.pending);
         }

@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Admission;
 use crate::config::{AuthMode, ServeConfig};
 use crate::destination::DestinationPolicy;
 use crate::idempotency::Idempotency;
@@ -48,6 +49,8 @@ pub struct State {
     pub max_batch: usize,
     pub body_timeout: Duration,
     pub scheduler: Arc<Scheduler<Envelope>>,
+    /// Which priorities the door admits now.
+    pub admission: Arc<Admission>,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     pub client: async_nats::Client,
@@ -115,10 +118,18 @@ impl Ingress {
         }
         let tenants = Arc::new(Directory::new(pool, config.key_cache_ttl));
         let scheduler = Arc::new(Scheduler::new(config.scheduler()));
+        let admission = Arc::new(Admission::new(config.admission()));
+        let stop_admission = CancellationToken::new();
+        let controller = tokio::spawn(
+            admission
+                .clone()
+                .run(metrics.clone(), stop_admission.clone()),
+        );
         let publisher = Publisher::start(
             js.clone(),
             names.clone(),
             scheduler.clone(),
+            admission.clone(),
             metrics.clone(),
             config.publisher.clone(),
         );
@@ -129,6 +140,7 @@ impl Ingress {
             max_batch: config.max_batch,
             body_timeout: config.body_timeout,
             scheduler: scheduler.clone(),
+            admission,
             metrics,
             readiness,
             client: client.clone(),
@@ -169,6 +181,8 @@ impl Ingress {
             }
             stop_supervisor.cancel();
             let _ = supervisor.await;
+            stop_admission.cancel();
+            let _ = controller.await;
             tracing::info!("shutdown complete");
         });
         Ok(Ingress {
@@ -187,6 +201,12 @@ impl Ingress {
     /// the HTTP connection in between.
     pub fn state(&self) -> Arc<State> {
         self.state.clone()
+    }
+
+    /// The door's admission state: background roles in the same process yield while it
+    /// sheds.
+    pub fn admission(&self) -> Arc<Admission> {
+        self.state.admission.clone()
     }
 
     /// A token that starts a graceful shutdown when cancelled.

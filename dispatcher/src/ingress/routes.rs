@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::State;
+use crate::admission::Decision;
 use crate::config::AuthMode;
 use crate::dlq;
 use crate::error::ApiError;
@@ -208,9 +209,29 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let header_key = idempotency_header(&req)?;
+    // Shed before the body costs a read and a parse, when the client says its priority.
+    let hinted = priority_header(&req)?;
+    if let Some(refusal) = hinted.and_then(|p| shed(state, p)) {
+        return Err(refusal);
+    }
     let body = read_json_body(state, req).await?;
     let now = Utc::now();
     let mut validated = parse_notification(&body, &caller.limits(state), now)?;
+    match hinted {
+        None => {
+            if let Some(refusal) = shed(state, validated.priority) {
+                return Err(refusal);
+            }
+        }
+        Some(hint) if hint != validated.priority => {
+            return Err(ApiError::invalid_field(
+                "priority",
+                "the Herald-Priority header and the priority field differ",
+            )
+            .into())
+        }
+        Some(_) => {}
+    }
     let key = match (header_key, validated.idempotency_key.as_deref()) {
         (Some(h), Some(b)) if h != b => {
             return Err(ApiError::invalid_field(
@@ -316,6 +337,34 @@ fn accepted_response(status: StatusCode, id: Uuid, priority: Priority) -> HttpRe
     json(status, body)
 }
 
+/// The `Herald-Priority` header: a client that sends it lets an overloaded door refuse the
+/// request before reading its body.
+fn priority_header<B>(req: &Request<B>) -> Result<Option<Priority>, ApiError> {
+    let Some(value) = req.headers().get(PRIORITY_HEADER) else {
+        return Ok(None);
+    };
+    match value.as_bytes() {
+        b"high" => Ok(Some(Priority::High)),
+        b"medium" => Ok(Some(Priority::Medium)),
+        b"low" => Ok(Some(Priority::Low)),
+        _ => Err(ApiError::invalid_field(
+            "Herald-Priority",
+            "Herald-Priority must be high, medium or low",
+        )),
+    }
+}
+
+const PRIORITY_HEADER: &str = "herald-priority";
+
+/// Admission at the door (admission.rs): the 429 `overloaded` to answer while the class is
+/// shed.
+fn shed(state: &State, priority: Priority) -> Option<Rejection> {
+    match state.admission.admit(priority) {
+        Decision::Admit => None,
+        Decision::Shed => Some(Rejection(Some(priority), ApiError::overloaded(priority))),
+    }
+}
+
 /// The `Idempotency-Key` header, checked like the body field.
 fn idempotency_header<B>(req: &Request<B>) -> Result<Option<String>, ApiError> {
     match req.headers().get("idempotency-key") {
@@ -375,6 +424,10 @@ where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // A batch that declares one priority for all its items can be shed unread.
+    if let Some(refusal) = priority_header(&req)?.and_then(|p| shed(state, p)) {
+        return Err(refusal);
+    }
     let body = read_json_body(state, req).await?;
     let items = parse_batch(&body, state.max_batch)?;
     let now = Utc::now();
@@ -443,6 +496,9 @@ where
                 Some(v.priority),
                 ApiError::idempotency_in_progress(),
             )),
+            (Ok(v), _) if state.admission.admit(v.priority) == Decision::Shed => Slot::Failed(
+                reject(state, Some(v.priority), ApiError::overloaded(v.priority)),
+            ),
             (Ok(v), _) => match schedule(state, caller, &v, now, id) {
                 Ok(rx) => Slot::Waiting(id, v.priority, rx),
                 Err(e) => Slot::Failed(reject(state, Some(v.priority), e)),

@@ -21,10 +21,11 @@ use futures::future::BoxFuture;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Yielding;
 use crate::config::RecorderConfig;
 use crate::jetstream::{Names, Pull};
 use crate::metrics::Metrics;
-use crate::model::WireNotification;
+use crate::model::{Priority, WireNotification};
 
 /// Which stream a batch came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +69,7 @@ impl Recorder {
         config: &RecorderConfig,
         sinks: Vec<Arc<dyn Sink>>,
         metrics: Arc<Metrics>,
+        yielding: Yielding,
     ) -> Result<Self, async_nats::Error> {
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -99,6 +101,7 @@ impl Recorder {
                     source,
                     config.record_batch.max(1),
                     metrics.clone(),
+                    yielding.clone(),
                     stop.clone(),
                 ));
             }
@@ -131,11 +134,15 @@ async fn record(
     source: Source,
     batch_max: usize,
     metrics: Arc<Metrics>,
+    yielding: Yielding,
     stop: CancellationToken,
 ) {
     let label = format!("record-{}-{}", sink.name(), source.as_str());
     let mut pull = Pull::new(consumer, batch_max, stop.clone(), label);
     while let Some(first) = pull.next().await {
+        // While the door sheds anything, record in larger, rarer batches (cheaper per
+        // message); the lag this builds is bounded by one pause's arrivals and reported.
+        yielding.pause(Priority::Low).await;
         // Whatever else has already arrived joins the batch; nothing waits for more.
         let mut batch = vec![first];
         while batch.len() < batch_max {
@@ -143,6 +150,9 @@ async fn record(
                 Some(message) => batch.push(message),
                 None => break,
             }
+        }
+        if let Some(Ok(info)) = batch.last().map(Message::info) {
+            metrics.record_lag(sink.name(), source.as_str(), info.pending);
         }
         if !write_until_committed(&*sink, source, &batch, &metrics, &stop).await {
             return;

@@ -646,6 +646,7 @@ pub async fn start_recorder(
         &config,
         sinks,
         std::sync::Arc::new(herald::metrics::Metrics::new()),
+        herald::admission::Yielding::default(),
     )
     .await
     .expect("recorder starts")
@@ -691,6 +692,7 @@ impl Stack {
             )
             .expect("senders"),
             std::sync::Arc::new(herald::metrics::Metrics::new()),
+            herald::admission::Yielding::default(),
         )
         .await
         .expect("delivery starts");

@@ -1,0 +1,377 @@
+//! Admission control: which priorities the door takes while Herald is overloaded.
+//!
+//! The scheduler orders only what waits inside it. Under CPU overload nothing waits there:
+//! requests wait in sockets, in hyper's connection tasks and for the CPU, and high suffers
+//! like low. So the door watches its own delay and refuses the lowest class first, before
+//! that class costs a parse, a publish or a delivery.
+//!
+//! **Signal** (CoDel's standing-queue test): every `interval`, the *minimum* over the
+//! interval of two delays. If even the fastest sample waited longer than `target`, a queue
+//! is standing, not passing:
+//! - publish sojourn: from a notification entering the scheduler to its PubAck (the
+//!   scheduler, the publisher, NATS);
+//! - runtime lag: how late a 10 ms timer of the ingress runtime fires, which is how long a
+//!   ready connection task waits for a thread: the queueing in hyper that the publish
+//!   sojourn does not see.
+//!
+//! **Law** (AIMD over an admitted fraction per class, high never shed here):
+//! - overloaded: the lowest class still admitted loses a quarter of its fraction (below
+//!   1/64: none). Medium is cut only once low is fully shed.
+//! - not overloaded: the highest class not fully admitted gains 1/16. Low recovers only once
+//!   medium is fully back.
+//!
+//! With a 100 ms interval, low goes from all to nothing in about 1.5 s of overload and
+//! back in 1.6 s. High is refused only by its own queue bound (`queue_full`), that is when
+//! high alone exceeds capacity.
+//!
+//! **Admission** of a fraction `f` is deterministic: the n-th arrival of a class is
+//! admitted when `floor((n+1)·f) > floor(n·f)`, so admitted requests are spread evenly
+//! (no bursts of refusals) and every tenant of the class sees the same fraction admitted:
+//! a flooding tenant cannot push another tenant's traffic out ahead of its own.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::model::Priority;
+
+/// A whole fraction: everything admitted.
+const ONE: u32 = 1 << 16;
+/// Below this fraction (1/64) a class is shed entirely.
+const FLOOR: u32 = ONE / 64;
+/// Additive increase per calm interval (1/16).
+const STEP: u32 = ONE / 16;
+/// No delay sample in this interval.
+const NO_SAMPLE: u64 = u64::MAX;
+
+/// The controller's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct AdmissionConfig {
+    /// Off: every class is always admitted (queue bounds still apply).
+    pub enabled: bool,
+    /// Standing delay above which the door is overloaded.
+    pub target: Duration,
+    /// How often the fractions are adjusted (and the window of the minimum).
+    pub interval: Duration,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            enabled: true,
+            target: Duration::from_millis(5),
+            interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// The door's admission state, shared by the request handlers (read), the publisher
+/// (delay samples) and, in `dispatcher run`, the background roles (whether to yield).
+pub struct Admission {
+    config: AdmissionConfig,
+    /// Admitted fraction per class, in 1/65536.
+    admitted: [AtomicU32; 3],
+    /// Arrivals per class while partly admitted, for the even spread.
+    arrivals: [AtomicU64; 3],
+    /// Minimum publish sojourn of this interval, µs.
+    publish_min_us: AtomicU64,
+    /// Minimum runtime lag of this interval, µs.
+    lag_min_us: AtomicU64,
+}
+
+/// How a request fared at the door.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Admit,
+    /// Refused: its class is being shed.
+    Shed,
+}
+
+impl Admission {
+    pub fn new(config: AdmissionConfig) -> Self {
+        Admission {
+            config,
+            admitted: std::array::from_fn(|_| AtomicU32::new(ONE)),
+            arrivals: std::array::from_fn(|_| AtomicU64::new(0)),
+            publish_min_us: AtomicU64::new(NO_SAMPLE),
+            lag_min_us: AtomicU64::new(NO_SAMPLE),
+        }
+    }
+
+    /// Whether a request of `priority` is admitted now. Cheap: one load while a class is
+    /// wholly admitted or shed, one `fetch_add` while it is partly.
+    pub fn admit(&self, priority: Priority) -> Decision {
+        let c = priority.index();
+        let fraction = self.admitted[c].load(Ordering::Relaxed);
+        if fraction >= ONE {
+            return Decision::Admit;
+        }
+        if fraction == 0 {
+            return Decision::Shed;
+        }
+        let n = self.arrivals[c].fetch_add(1, Ordering::Relaxed);
+        let f = u64::from(fraction);
+        if ((n + 1) * f) >> 16 > (n * f) >> 16 {
+            Decision::Admit
+        } else {
+            Decision::Shed
+        }
+    }
+
+    /// Whether `priority` is being shed at all: background work for that class (and for
+    /// everything when low is shed) yields the CPU to the door.
+    pub fn shedding(&self, priority: Priority) -> bool {
+        self.admitted[priority.index()].load(Ordering::Relaxed) < ONE
+    }
+
+    /// The admitted fraction of a class, 0.0 to 1.0.
+    pub fn fraction(&self, priority: Priority) -> f64 {
+        f64::from(self.admitted[priority.index()].load(Ordering::Relaxed)) / f64::from(ONE)
+    }
+
+    /// A publish sojourn (scheduler entry to PubAck).
+    pub fn publish_delay(&self, delay: Duration) {
+        self.publish_min_us
+            .fetch_min(delay.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn runtime_lag(&self, lag: Duration) {
+        self.lag_min_us
+            .fetch_min(lag.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Closes the interval: takes its minimum delays and adjusts the fractions. Returns the
+    /// standing delay it judged by.
+    pub fn adjust(&self) -> Option<Duration> {
+        let publish = self.publish_min_us.swap(NO_SAMPLE, Ordering::Relaxed);
+        let lag = self.lag_min_us.swap(NO_SAMPLE, Ordering::Relaxed);
+        // The worse of the two standing delays; no sample of either: no evidence.
+        let standing = [publish, lag]
+            .into_iter()
+            .filter(|&us| us != NO_SAMPLE)
+            .max()
+            .map(Duration::from_micros);
+        if !self.config.enabled {
+            return standing;
+        }
+        let overloaded = standing.is_some_and(|d| d > self.config.target);
+        let [_, medium, low] = &self.admitted;
+        if overloaded {
+            // Lowest class still admitted gives up a quarter.
+            for class in [low, medium] {
+                let f = class.load(Ordering::Relaxed);
+                if f > 0 {
+                    let cut = f - f / 4;
+                    class.store(if cut < FLOOR { 0 } else { cut }, Ordering::Relaxed);
+                    break;
+                }
+            }
+        } else {
+            // Highest class not wholly admitted gets some back.
+            for class in [medium, low] {
+                let f = class.load(Ordering::Relaxed);
+                if f < ONE {
+                    class.store((f + STEP).min(ONE), Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+        standing
+    }
+
+    /// Runs the controller until `stop`: a runtime-lag probe and one adjustment per
+    /// interval, exported to `metrics`.
+    pub async fn run(self: Arc<Self>, metrics: Arc<Metrics>, stop: CancellationToken) {
+        const PROBE: Duration = Duration::from_millis(10);
+        let mut next_adjust = tokio::time::Instant::now() + self.config.interval;
+        loop {
+            let due = tokio::time::Instant::now() + PROBE;
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep_until(due) => {}
+            }
+            let now = tokio::time::Instant::now();
+            self.runtime_lag(now.saturating_duration_since(due));
+            if now >= next_adjust {
+                next_adjust = now + self.config.interval;
+                let standing = self.adjust();
+                metrics.admission(
+                    standing.map_or(0.0, |d| d.as_secs_f64()),
+                    Priority::ALL.map(|p| self.fraction(p)),
+                );
+            }
+        }
+    }
+}
+
+/// How background work (delivery, the recorder) in the door's process yields to it: while
+/// the door sheds a class, that class's background work runs in short bursts with pauses
+/// between, so the CPU goes to the door first, and nothing stops entirely (low is never
+/// starved, the recorder's lag stays bounded). Outside `dispatcher run` there is no door
+/// in the process and nothing waits; there the process's threads are niced instead.
+#[derive(Clone, Default)]
+pub struct Yielding(Option<Arc<Admission>>);
+
+impl Yielding {
+    /// Pause between bursts while shedding.
+    pub const PAUSE: Duration = Duration::from_millis(250);
+
+    /// Yields to `admission`.
+    pub fn to(admission: Arc<Admission>) -> Self {
+        Yielding(Some(admission))
+    }
+
+    /// Whether work of `priority` should pause now.
+    pub fn should_pause(&self, priority: Priority) -> bool {
+        self.0.as_ref().is_some_and(|a| a.shedding(priority))
+    }
+
+    /// Sleeps [`Yielding::PAUSE`] if work of `priority` should pause; `true` if it did.
+    pub async fn pause(&self, priority: Priority) -> bool {
+        if self.should_pause(priority) {
+            tokio::time::sleep(Self::PAUSE).await;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn admission() -> Admission {
+        Admission::new(AdmissionConfig::default())
+    }
+
+    fn interval(a: &Admission, delay_ms: u64) {
+        a.publish_delay(Duration::from_millis(delay_ms));
+        a.runtime_lag(Duration::from_micros(100));
+        a.adjust();
+    }
+
+    fn admitted_of(a: &Admission, priority: Priority, n: usize) -> usize {
+        (0..n)
+            .filter(|_| a.admit(priority) == Decision::Admit)
+            .count()
+    }
+
+    #[test]
+    fn calm_admits_everything() {
+        let a = admission();
+        for _ in 0..50 {
+            interval(&a, 1);
+        }
+        for p in Priority::ALL {
+            assert_eq!(admitted_of(&a, p, 1000), 1000);
+        }
+    }
+
+    #[test]
+    fn overload_sheds_low_wholly_before_medium_and_never_high() {
+        let a = admission();
+        let mut low_gone_at = None;
+        let mut medium_cut_at = None;
+        for i in 0..60 {
+            interval(&a, 50);
+            if low_gone_at.is_none() && a.fraction(Priority::Low) == 0.0 {
+                low_gone_at = Some(i);
+            }
+            if medium_cut_at.is_none() && a.fraction(Priority::Medium) < 1.0 {
+                medium_cut_at = Some(i);
+                assert_eq!(
+                    a.fraction(Priority::Low),
+                    0.0,
+                    "medium cut while low admitted"
+                );
+            }
+        }
+        assert!(low_gone_at.unwrap() <= 20, "{low_gone_at:?}");
+        assert!(medium_cut_at.unwrap() > low_gone_at.unwrap());
+        assert_eq!(a.fraction(Priority::Medium), 0.0);
+        assert_eq!(admitted_of(&a, Priority::High, 1000), 1000);
+        assert_eq!(admitted_of(&a, Priority::Low, 1000), 0);
+    }
+
+    #[test]
+    fn recovery_restores_medium_before_low() {
+        let a = admission();
+        for _ in 0..60 {
+            interval(&a, 50);
+        }
+        let mut medium_full_at = None;
+        for i in 0..60 {
+            interval(&a, 1);
+            if a.fraction(Priority::Low) > 0.0 {
+                let full = medium_full_at.expect("medium back before low");
+                assert!(i > full);
+            }
+            if medium_full_at.is_none() && a.fraction(Priority::Medium) == 1.0 {
+                medium_full_at = Some(i);
+            }
+        }
+        assert_eq!(a.fraction(Priority::Low), 1.0);
+    }
+
+    #[test]
+    fn the_runtime_lag_alone_is_evidence_of_overload() {
+        let a = admission();
+        a.publish_delay(Duration::from_micros(300));
+        a.runtime_lag(Duration::from_millis(40));
+        assert_eq!(a.adjust(), Some(Duration::from_millis(40)));
+        assert!(a.shedding(Priority::Low));
+    }
+
+    #[test]
+    fn a_single_fast_sample_means_no_standing_queue() {
+        let a = admission();
+        for delay in [80, 60, 2, 90] {
+            a.publish_delay(Duration::from_millis(delay));
+        }
+        a.adjust();
+        assert!(!a.shedding(Priority::Low));
+    }
+
+    #[test]
+    fn disabled_never_sheds() {
+        let a = Admission::new(AdmissionConfig {
+            enabled: false,
+            ..AdmissionConfig::default()
+        });
+        for _ in 0..50 {
+            interval(&a, 500);
+        }
+        assert_eq!(admitted_of(&a, Priority::Low, 100), 100);
+    }
+
+    proptest! {
+        /// Any admitted fraction is kept to within one request over any run of arrivals.
+        #[test]
+        fn admission_follows_the_fraction(fraction in 1u32..ONE, n in 1usize..5000) {
+            let a = admission();
+            a.admitted[Priority::Low.index()].store(fraction, Ordering::Relaxed);
+            let admitted = admitted_of(&a, Priority::Low, n) as f64;
+            let expected = n as f64 * f64::from(fraction) / f64::from(ONE);
+            prop_assert!((admitted - expected).abs() <= 1.0, "{admitted} vs {expected}");
+        }
+
+        /// Whatever the sequence of delays, high is always admitted, medium is shed only
+        /// while low is shed entirely, and fractions stay within [0, 1].
+        #[test]
+        fn the_order_of_classes_holds(delays in proptest::collection::vec(0u64..40, 1..200)) {
+            let a = admission();
+            for d in delays {
+                interval(&a, d);
+                prop_assert_eq!(a.fraction(Priority::High), 1.0);
+                let (m, l) = (a.fraction(Priority::Medium), a.fraction(Priority::Low));
+                prop_assert!((0.0..=1.0).contains(&m) && (0.0..=1.0).contains(&l));
+                prop_assert!(m == 1.0 || l == 0.0, "medium {} while low {}", m, l);
+            }
+        }
+    }
+}
