@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# Priority under overload (issue 13): a release `dispatcher run` (authentication on, the
+# recorder into PostgreSQL, MongoDB and Redis), with NATS, the stores and the loadgens on
+# the same machine. Runs, each against fresh streams, schema and database:
+#   capacity   closed loop, 64 connections, default mix: the full-pipeline capacity C
+#   baseline   high alone at HIGH_RATE (200/s), open loop
+#   flood-Nx   the same high (tenant "app", its own loadgen and sink) while tenant "bulk"
+#              floods low at N x C from a second loadgen (N in FLOODS: 3 5 10), sending
+#              Herald-Priority so that shed requests are refused before their body is read
+#   mix        the quick start's mix (10/30/60) offered at MIX_RATE (20,000/s)
+# For each run and priority: offered and achieved rate, accepted, 429s, ingest and
+# end-to-end p50/p99, lost; goodput (accepted and delivered per second, all priorities)
+# against C; the targets' verdicts. Writes overload.md under results/<date>-<rev>/ (the
+# loadgen summaries beside it) and a row to results/README.md.
+# Knobs: DURATION (20s per run), HIGH_RATE (200), FLOODS ("3 5 10"), MIX_RATE (20000),
+# CAPACITY (skip the capacity run), DRAIN (300s: longest wait for deliveries after a run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HERALD_WEBHOOK_ALLOW_NETS=${HERALD_WEBHOOK_ALLOW_NETS:-127.0.0.0/8,::1}
+DURATION=${DURATION:-20s}
+HIGH_RATE=${HIGH_RATE:-200}
+FLOODS=${FLOODS:-3 5 10}
+MIX_RATE=${MIX_RATE:-20000}
+DRAIN=${DRAIN:-300s}
+TOOLS=${HERALD_TOOLS:-/opt/herald-tools/bin}
+ADDR=127.0.0.1:18095
+
+PROFILE=release
+. scripts/lib/results.sh
+. scripts/lib/roles.sh
+prepare_roles
+out=$(results_dir)/overload
+mkdir -p "$out"
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  drop_prefixes
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Starts a fresh dispatcher on a fresh prefix with tenants app and bulk; sets app_key,
+# bulk_key and dispatcher (its pid).
+fresh_run() {
+  if [ -n "${dispatcher:-}" ]; then
+    kill -TERM "$dispatcher" 2>/dev/null || true
+    wait "$dispatcher" 2>/dev/null || true
+  fi
+  new_prefix ovl
+  app_key=$(tenant_key "$prefix" app)
+  "$bin" tenant create bulk --pg-schema "$prefix" --mongo-db "$prefix" >/dev/null
+  bulk_key=$("$bin" key create --tenant bulk --pg-schema "$prefix" --mongo-db "$prefix" |
+    sed -E 's/.*"key":"([^"]+)".*/\1/')
+  role "run-$1" "http://$ADDR/readyz" run --listen "$ADDR" --prefix "$prefix" \
+    --pg-schema "$prefix" --mongo-db "$prefix"
+  dispatcher=$(cat "$work/run-$1.pid")
+}
+
+# loadgen NAME KEY ARGS...: one loadgen with its own sink, summary in $out/NAME.
+load() {
+  local name=$1 key=$2; shift 2
+  "$loadgen" --target "http://$ADDR" --api-key "$key" -d "$DURATION" --warmup 2s \
+    --sink 127.0.0.1:0 --drain-timeout "$DRAIN" --out "$out/$name" "$@" \
+    >"$out/$name.txt" 2>"$work/$name.progress" || true
+}
+
+if [ -z "${CAPACITY:-}" ]; then
+  fresh_run capacity
+  echo "bench-overload: capacity (closed loop, 64 connections, $DURATION)" >&2
+  load capacity "$app_key" -c 64
+  CAPACITY=$(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["total"]["requests_per_sec"]))' "$out/capacity/summary.json")
+fi
+echo "bench-overload: capacity $CAPACITY req/s" >&2
+echo "$CAPACITY" >"$out/capacity.txt"
+
+fresh_run baseline
+echo "bench-overload: high alone at $HIGH_RATE/s" >&2
+load baseline-high "$app_key" --rate "$HIGH_RATE" --mix high=1 -c 16
+
+for n in $FLOODS; do
+  flood=$((CAPACITY * n))
+  fresh_run "flood-${n}x"
+  echo "bench-overload: high $HIGH_RATE/s + low flood $flood/s (${n}x)" >&2
+  load "flood-${n}x-low" "$bulk_key" --rate "$flood" --mix low=1 -c 256 --priority-header &
+  flooder=$!
+  sleep 1
+  load "flood-${n}x-high" "$app_key" --rate "$HIGH_RATE" --mix high=1 -c 16 --warmup 1s
+  wait "$flooder"
+done
+
+fresh_run mix
+echo "bench-overload: quick-start mix at $MIX_RATE/s" >&2
+load mix "$app_key" --rate "$MIX_RATE" -c 128 --priority-header
+
+python3 - "$out" "$CAPACITY" "$HIGH_RATE" "$MIX_RATE" "$FLOODS" "$(machine)" "$(git rev-parse --short HEAD)" "$DURATION" <<'PY' >"$out/../overload.md"
+import json, os, sys
+out, capacity, high_rate, mix_rate, floods, machine, rev, duration = sys.argv[1:]
+capacity, high_rate, mix_rate = float(capacity), float(high_rate), float(mix_rate)
+floods = floods.split()
+
+def summary(name):
+    path = os.path.join(out, name, "summary.json")
+    return json.load(open(path)) if os.path.exists(path) else None
+
+def rows(run, name, offered):
+    s = summary(name)
+    if s is None:
+        return [], None
+    e2e = s.get("end_to_end") or {}
+    lines = []
+    for p in ("high", "medium", "low"):
+        c = s["priorities"].get(p)
+        if not c or c["requests"] == 0:
+            continue
+        e = (e2e.get("priorities") or {}).get(p) or {}
+        lines.append(
+            f"| {run} | {p} | {offered.get(p, 0):,.0f} | {c['requests_per_sec']:,.0f} | {c['accepted']:,} "
+            f"| {c['errors_by_status'].get('429', 0):,} | {c['ingest']['p50_ms']:.1f} | {c['ingest']['p99_ms']:.1f} "
+            f"| {e.get('p50_ms', float('nan')):.1f} | {e.get('p99_ms', float('nan')):.1f} |")
+    return lines, s
+
+table = ["| run | priority | offered/s | sent/s | accepted | 429 | ingest p50 ms | ingest p99 ms | e2e p50 ms | e2e p99 ms |",
+         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+verdicts, losses, goodputs = [], [], []
+
+def account(run, summaries):
+    lost = sum((s.get("end_to_end") or {}).get("lost", 0) for s in summaries if s)
+    delivered = sum((s.get("end_to_end") or {}).get("delivered", 0) for s in summaries if s)
+    # The sinks count the warm-up's deliveries too.
+    secs = max((s["measured_seconds"] + s["warmup_seconds"] for s in summaries if s), default=1.0)
+    losses.append(f"| {run} | {delivered:,} | {lost:,} | {delivered / secs:,.0f} | {100 * delivered / secs / capacity:.0f} % |")
+    return lost, delivered / secs
+
+lines, cap = rows("capacity", "capacity", {})
+table += lines
+account("capacity", [cap])
+lines, base = rows("baseline", "baseline-high", {"high": high_rate})
+table += lines
+account("baseline", [base])
+base_ingest = base["priorities"]["high"]["ingest"]["p99_ms"] if base else float("nan")
+base_e2e = ((base or {}).get("end_to_end") or {}).get("priorities", {}).get("high", {}).get("p99_ms", float("nan"))
+for n in floods:
+    run = f"flood {n}x"
+    l1, low = rows(run, f"flood-{n}x-low", {"low": capacity * int(n)})
+    l2, high = rows(run, f"flood-{n}x-high", {"high": high_rate})
+    table += l2 + l1
+    lost, goodput = account(run, [low, high])
+    if high:
+        h = high["priorities"]["high"]
+        share = h["accepted"] / max(h["requests"], 1)
+        e2e = ((high.get("end_to_end") or {}).get("priorities") or {}).get("high", {}).get("p99_ms", float("nan"))
+        verdicts.append(
+            f"| {run} | {100 * share:.2f} % {'ok' if share >= 0.999 else 'MISSED'} "
+            f"| {h['ingest']['p99_ms']:.1f} ms vs {max(2 * base_ingest, 10):.1f} {'ok' if h['ingest']['p99_ms'] <= max(2 * base_ingest, 10) else 'MISSED'} "
+            f"| {e2e:.1f} ms vs {max(2 * base_e2e, 50):.1f} {'ok' if e2e <= max(2 * base_e2e, 50) else 'MISSED'} "
+            f"| {100 * goodput / capacity:.0f} % {'ok' if goodput >= 0.8 * capacity else 'MISSED'} "
+            f"| {lost} {'ok' if lost == 0 else 'MISSED'} |")
+lines, mix = rows("mix", "mix", {"high": mix_rate * 0.1, "medium": mix_rate * 0.3, "low": mix_rate * 0.6})
+table += lines
+account("mix", [mix])
+
+print(f"""# Priority under overload
+
+- Revision {rev}; machine: {machine}; everything co-located (dispatcher, NATS, PostgreSQL,
+  FerretDB, Redis and the loadgens).
+- Command: `scripts/bench-overload.sh` (DURATION={duration} per run, HIGH_RATE={high_rate:.0f},
+  FLOODS="{' '.join(floods)}", MIX_RATE={mix_rate:.0f}). A release `dispatcher run` with
+  authentication and the recorder, fresh streams, schema and database per run; each
+  loadgen has its own sink. Flood loadgens send `Herald-Priority`; the flood is tenant
+  `bulk`, high is tenant `app`.
+- Full-pipeline capacity C (closed loop, 64 connections, default mix): **{capacity:,.0f} req/s**.
+- offered/s is the rate asked of loadgen, sent/s what it managed to send (loadgen shares the
+  two cores; a flood it cannot send is reported as sent, not as offered). Latencies are
+  coordinated-omission corrected (from the intended send time).
+
+{chr(10).join(table)}
+
+## Delivered (goodput) and lost
+
+Goodput: notifications accepted and delivered to the sinks, per second of the run.
+
+| run | delivered | lost | goodput/s | of C |
+|---|---:|---:|---:|---:|
+{chr(10).join(losses)}
+
+## Targets
+
+Unloaded high: ingest p99 {base_ingest:.1f} ms, end-to-end p99 {base_e2e:.1f} ms.
+
+| run | high accepted (≥ 99.9 %) | high ingest p99 (≤ 2x, floor 10 ms) | high e2e p99 (≤ 2x, floor 50 ms) | goodput (≥ 80 % of C) | lost (0) |
+|---|---|---|---|---|---|
+{chr(10).join(verdicts)}
+""")
+PY
+results_row scripts/bench-overload.sh "overload: capacity $CAPACITY/s; see report" overload.md
+echo "bench-overload: wrote $out/../overload.md" >&2
+cat "$out/../overload.md"
