@@ -61,7 +61,7 @@ load() {
   local name=$1 key=$2; shift 2
   "$loadgen" --target "http://$ADDR" --api-key "$key" -d "$DURATION" --warmup 2s \
     --sink 127.0.0.1:0 --drain-timeout "$DRAIN" --out "$out/$name" "$@" \
-    >"$out/$name.txt" 2>"$work/$name.progress" || true
+    >"$out/$name.txt" 2>"$out/$name.progress" || true
 }
 
 if [ -z "${CAPACITY:-}" ]; then
@@ -84,7 +84,7 @@ for n in $FLOODS; do
   load "flood-${n}x-low" "$bulk_key" --rate "$flood" --mix low=1 -c 256 --priority-header &
   flooder=$!
   sleep 1
-  load "flood-${n}x-high" "$app_key" --rate "$HIGH_RATE" --mix high=1 -c 16 --warmup 1s
+  load "flood-${n}x-high" "$app_key" --rate "$HIGH_RATE" --mix high=1 -c 16
   wait "$flooder"
 done
 

@@ -2,23 +2,29 @@
 //!
 //! The scheduler orders only what waits inside it. Under CPU overload nothing waits there:
 //! requests wait in sockets, in hyper's connection tasks and for the CPU, and high suffers
-//! like low. So the door watches its own delay and refuses the lowest class first, before
-//! that class costs a parse, a publish or a delivery.
+//! like low. So the door watches delays and refuses the lowest class first, before that
+//! class costs a parse, a publish or a delivery.
 //!
-//! **Signal** (CoDel's standing-queue test): every `interval`, the *minimum* over the
-//! interval of two delays. If even the fastest sample waited longer than `target`, a queue
-//! is standing, not passing:
-//! - publish sojourn: from a notification entering the scheduler to its PubAck (the
-//!   scheduler, the publisher, NATS);
-//! - runtime lag: how late a 10 ms timer of the ingress runtime fires, which is how long a
-//!   ready connection task waits for a thread: the queueing in hyper that the publish
-//!   sojourn does not see.
+//! **Signals** (CoDel's standing-queue test): every `interval`, the *minimum* of each delay
+//! over the interval. If even the fastest sample waited longer than its target, a queue is
+//! standing, not passing.
+//! - Door (target `target`, 5 ms): the larger of two minima.
+//!   - publish sojourn: from a notification entering the scheduler to its PubAck (the
+//!     scheduler, the publisher, NATS);
+//!   - run-queue delay: every 10 ms a probe task yields and times how long the ingress
+//!     runtime takes to poll it again, which is how long a ready connection task waits
+//!     for a thread: the queueing in hyper that the publish sojourn does not see.
+//! - Pipeline (target `backlog_target`, 1 s; only where delivery runs in the door's
+//!   process, i.e. `dispatcher run`): per class, how long its first delivery attempts
+//!   waited in JetStream. A class counts only while it is admitted at all, so a backlog
+//!   left over from before it was shed cannot shed the classes above it; high's backlog
+//!   counts always and sheds the classes below.
 //!
 //! **Law** (AIMD over an admitted fraction per class, high never shed here):
-//! - overloaded: the lowest class still admitted loses a quarter of its fraction (below
-//!   1/64: none). Medium is cut only once low is fully shed.
-//! - not overloaded: the highest class not fully admitted gains 1/16. Low recovers only once
-//!   medium is fully back.
+//! - overloaded (either signal): the lowest class still admitted loses a quarter of its
+//!   fraction (below 1/64: none). Medium is cut only once low is fully shed.
+//! - calm: the highest class not fully admitted gains 1/16. Low recovers only once medium
+//!   is fully back.
 //!
 //! With a 100 ms interval, low goes from all to nothing in about 1.5 s of overload and
 //! back in 1.6 s. High is refused only by its own queue bound (`queue_full`), that is when
@@ -52,8 +58,11 @@ const NO_SAMPLE: u64 = u64::MAX;
 pub struct AdmissionConfig {
     /// Off: every class is always admitted (queue bounds still apply).
     pub enabled: bool,
-    /// Standing delay above which the door is overloaded.
+    /// Standing door delay above which the door is overloaded.
     pub target: Duration,
+    /// Standing delivery backlog (age of first attempts) above which the pipeline is
+    /// overloaded.
+    pub backlog_target: Duration,
     /// How often the fractions are adjusted (and the window of the minimum).
     pub interval: Duration,
 }
@@ -63,6 +72,7 @@ impl Default for AdmissionConfig {
         AdmissionConfig {
             enabled: true,
             target: Duration::from_millis(5),
+            backlog_target: Duration::from_secs(1),
             interval: Duration::from_millis(100),
         }
     }
@@ -78,8 +88,10 @@ pub struct Admission {
     arrivals: [AtomicU64; 3],
     /// Minimum publish sojourn of this interval, µs.
     publish_min_us: AtomicU64,
-    /// Minimum runtime lag of this interval, µs.
+    /// Minimum run-queue delay of this interval, µs.
     lag_min_us: AtomicU64,
+    /// Minimum age of first delivery attempts of this interval per class, µs.
+    backlog_min_us: [AtomicU64; 3],
 }
 
 /// How a request fared at the door.
@@ -98,6 +110,7 @@ impl Admission {
             arrivals: std::array::from_fn(|_| AtomicU64::new(0)),
             publish_min_us: AtomicU64::new(NO_SAMPLE),
             lag_min_us: AtomicU64::new(NO_SAMPLE),
+            backlog_min_us: std::array::from_fn(|_| AtomicU64::new(NO_SAMPLE)),
         }
     }
 
@@ -143,21 +156,33 @@ impl Admission {
             .fetch_min(lag.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// How long a first delivery attempt of `priority` waited in JetStream.
+    pub fn backlog_age(&self, priority: Priority, age: Duration) {
+        self.backlog_min_us[priority.index()].fetch_min(age.as_micros() as u64, Ordering::Relaxed);
+    }
+
     /// Closes the interval: takes its minimum delays and adjusts the fractions. Returns the
-    /// standing delay it judged by.
-    pub fn adjust(&self) -> Option<Duration> {
+    /// standing delays it judged by: the door's and the pipeline's.
+    pub fn adjust(&self) -> Standing {
         let publish = self.publish_min_us.swap(NO_SAMPLE, Ordering::Relaxed);
         let lag = self.lag_min_us.swap(NO_SAMPLE, Ordering::Relaxed);
         // The worse of the two standing delays; no sample of either: no evidence.
-        let standing = [publish, lag]
-            .into_iter()
-            .filter(|&us| us != NO_SAMPLE)
-            .max()
-            .map(Duration::from_micros);
+        let door = worst([publish, lag]);
+        // Classes shed entirely do not count: their backlog is what is left from before.
+        let backlog = worst(std::array::from_fn::<_, 3, _>(|c| {
+            let min = self.backlog_min_us[c].swap(NO_SAMPLE, Ordering::Relaxed);
+            if self.admitted[c].load(Ordering::Relaxed) > 0 {
+                min
+            } else {
+                NO_SAMPLE
+            }
+        }));
+        let standing = Standing { door, backlog };
         if !self.config.enabled {
             return standing;
         }
-        let overloaded = standing.is_some_and(|d| d > self.config.target);
+        let overloaded = door.is_some_and(|d| d > self.config.target)
+            || backlog.is_some_and(|d| d > self.config.backlog_target);
         let [_, medium, low] = &self.admitted;
         if overloaded {
             // Lowest class still admitted gives up a quarter.
@@ -182,29 +207,50 @@ impl Admission {
         standing
     }
 
-    /// Runs the controller until `stop`: a runtime-lag probe and one adjustment per
-    /// interval, exported to `metrics`.
+    /// Runs the controller until `stop`: a run-queue probe every 10 ms and one adjustment
+    /// per interval, exported to `metrics`.
     pub async fn run(self: Arc<Self>, metrics: Arc<Metrics>, stop: CancellationToken) {
         const PROBE: Duration = Duration::from_millis(10);
         let mut next_adjust = tokio::time::Instant::now() + self.config.interval;
         loop {
-            let due = tokio::time::Instant::now() + PROBE;
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep_until(due) => {}
+                () = tokio::time::sleep(PROBE) => {}
             }
+            // A yielded task goes to the back of the runtime's queue: the time until it
+            // runs again is what a connection task woken now would wait.
+            let yielded = std::time::Instant::now();
+            tokio::task::yield_now().await;
+            self.runtime_lag(yielded.elapsed());
             let now = tokio::time::Instant::now();
-            self.runtime_lag(now.saturating_duration_since(due));
             if now >= next_adjust {
                 next_adjust = now + self.config.interval;
                 let standing = self.adjust();
+                let seconds = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64());
                 metrics.admission(
-                    standing.map_or(0.0, |d| d.as_secs_f64()),
+                    seconds(standing.door),
+                    seconds(standing.backlog),
                     Priority::ALL.map(|p| self.fraction(p)),
                 );
             }
         }
     }
+}
+
+/// The standing delays of one interval (`None`: no sample).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    pub door: Option<Duration>,
+    pub backlog: Option<Duration>,
+}
+
+/// The largest of some minima in µs, [`NO_SAMPLE`] meaning none.
+fn worst<const N: usize>(minima: [u64; N]) -> Option<Duration> {
+    minima
+        .into_iter()
+        .filter(|&us| us != NO_SAMPLE)
+        .max()
+        .map(Duration::from_micros)
 }
 
 /// How background work (delivery, the recorder) in the door's process yields to it: while
@@ -222,6 +268,13 @@ impl Yielding {
     /// Yields to `admission`.
     pub fn to(admission: Arc<Admission>) -> Self {
         Yielding(Some(admission))
+    }
+
+    /// A first delivery attempt of `priority` waited `age` in JetStream.
+    pub fn backlog_age(&self, priority: Priority, age: Duration) {
+        if let Some(admission) = &self.0 {
+            admission.backlog_age(priority, age);
+        }
     }
 
     /// Whether work of `priority` should pause now.
@@ -323,7 +376,30 @@ mod tests {
         let a = admission();
         a.publish_delay(Duration::from_micros(300));
         a.runtime_lag(Duration::from_millis(40));
-        assert_eq!(a.adjust(), Some(Duration::from_millis(40)));
+        assert_eq!(a.adjust().door, Some(Duration::from_millis(40)));
+        assert!(a.shedding(Priority::Low));
+    }
+
+    #[test]
+    fn a_standing_backlog_sheds_and_a_shed_classs_leftover_does_not_cut_the_next() {
+        let a = admission();
+        // Low's deliveries stay 3 s old. Low is cut to nothing; while its leftover backlog
+        // drains, low is let in a little at a time and cut again, but medium is never cut
+        // for it.
+        let mut reached_nothing = false;
+        for _ in 0..40 {
+            a.backlog_age(Priority::Low, Duration::from_secs(3));
+            a.backlog_age(Priority::Medium, Duration::from_millis(20));
+            interval(&a, 1);
+            reached_nothing |= a.fraction(Priority::Low) == 0.0;
+            assert_eq!(a.fraction(Priority::Medium), 1.0);
+        }
+        assert!(reached_nothing);
+        assert!(a.fraction(Priority::Low) <= 1.0 / 16.0);
+        // High's backlog sheds the classes below it.
+        let a = admission();
+        a.backlog_age(Priority::High, Duration::from_secs(2));
+        assert_eq!(a.adjust().backlog, Some(Duration::from_secs(2)));
         assert!(a.shedding(Priority::Low));
     }
 

@@ -478,6 +478,11 @@ pub struct ServeConfig {
     /// which the door is overloaded.
     #[arg(long, env = "HERALD_OVERLOAD_TARGET", default_value = "5ms", value_parser = humantime::parse_duration)]
     pub overload_target: Duration,
+    /// Standing delivery backlog (age of first attempts, per class) above which the
+    /// pipeline counts as overloaded; only `dispatcher run`, where delivery shares the
+    /// door's process.
+    #[arg(long, env = "HERALD_OVERLOAD_BACKLOG", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub overload_backlog: Duration,
     /// How often admission is adjusted, and the window of the minimum.
     #[arg(long, env = "HERALD_OVERLOAD_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub overload_interval: Duration,
@@ -520,6 +525,7 @@ impl ServeConfig {
         crate::admission::AdmissionConfig {
             enabled: self.overload_shedding,
             target: self.overload_target,
+            backlog_target: self.overload_backlog,
             interval: self.overload_interval,
         }
     }

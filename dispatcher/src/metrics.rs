@@ -34,6 +34,7 @@ pub struct Metrics {
     pub connections_closed_idle: IntCounter,
     pub connections_closed_header_timeout: IntCounter,
     admission_delay: Gauge,
+    admission_backlog: Gauge,
     admission_fraction: [Gauge; 3],
     record_lag: IntGaugeVec,
 }
@@ -192,6 +193,11 @@ impl Metrics {
             "Standing delay of the last interval (the larger of the minimum publish sojourn and the minimum runtime lag) that admission judges overload by",
         )
         .expect("valid metric");
+        let admission_backlog = Gauge::new(
+            "herald_admission_backlog_seconds",
+            "Standing delivery backlog of the last interval (the largest per-class minimum age of first attempts; dispatcher run only)",
+        )
+        .expect("valid metric");
         let admission_fraction = GaugeVec::new(
             Opts::new(
                 "herald_admission_fraction",
@@ -212,6 +218,7 @@ impl Metrics {
             Box::new(consumer_lag.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(connections_closed.clone()),
             Box::new(admission_delay.clone()),
+            Box::new(admission_backlog.clone()),
             Box::new(admission_fraction.clone()),
             Box::new(record_lag.clone()),
             Box::new(connections_open.clone()),
@@ -258,6 +265,7 @@ impl Metrics {
             connections_closed_header_timeout: connections_closed
                 .with_label_values(&["header_timeout"]),
             admission_delay,
+            admission_backlog,
             admission_fraction: per_priority(|p| {
                 admission_fraction.with_label_values(&[p.as_str()])
             }),
@@ -288,9 +296,10 @@ impl Metrics {
         self.end_to_end[priority.index()].observe(since_accepted.as_secs_f64());
     }
 
-    /// The admission controller's last judgement: standing delay and admitted fractions.
-    pub fn admission(&self, standing_seconds: f64, fractions: [f64; 3]) {
-        self.admission_delay.set(standing_seconds);
+    /// The admission controller's last judgement: standing delays and admitted fractions.
+    pub fn admission(&self, door_seconds: f64, backlog_seconds: f64, fractions: [f64; 3]) {
+        self.admission_delay.set(door_seconds);
+        self.admission_backlog.set(backlog_seconds);
         for (gauge, fraction) in self.admission_fraction.iter().zip(fractions) {
             gauge.set(fraction);
         }

@@ -228,6 +228,12 @@ async fn fetch(
         }
         if let Ok(info) = message.info() {
             metrics.consumer_lag(priority, info.pending);
+            if info.delivered == 1 {
+                let stored = info.published.unix_timestamp_nanos();
+                let now = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX) as i128;
+                let age = u64::try_from(now - stored).unwrap_or(0);
+                yielding.backlog_age(priority, Duration::from_nanos(age));
+            }
         }
         let channel = channel_of(&message);
         let job = Job { message, priority };
