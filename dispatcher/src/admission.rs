@@ -35,7 +35,7 @@
 //! (no bursts of refusals) and every tenant of the class sees the same fraction admitted:
 //! a flooding tenant cannot push another tenant's traffic out ahead of its own.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,6 +92,9 @@ pub struct Admission {
     lag_min_us: AtomicU64,
     /// Minimum age of first delivery attempts of this interval per class, µs.
     backlog_min_us: [AtomicU64; 3],
+    /// The door itself was overloaded in the last interval (not only the pipeline): only
+    /// then does background work yield, since a pipeline that is behind must work.
+    door_overloaded: AtomicBool,
 }
 
 /// How a request fared at the door.
@@ -111,6 +114,7 @@ impl Admission {
             publish_min_us: AtomicU64::new(NO_SAMPLE),
             lag_min_us: AtomicU64::new(NO_SAMPLE),
             backlog_min_us: std::array::from_fn(|_| AtomicU64::new(NO_SAMPLE)),
+            door_overloaded: AtomicBool::new(false),
         }
     }
 
@@ -134,10 +138,15 @@ impl Admission {
         }
     }
 
-    /// Whether `priority` is being shed at all: background work for that class (and for
-    /// everything when low is shed) yields the CPU to the door.
+    /// Whether `priority` is being shed at all.
     pub fn shedding(&self, priority: Priority) -> bool {
         self.admitted[priority.index()].load(Ordering::Relaxed) < ONE
+    }
+
+    /// Whether background work of `priority` should yield the CPU: the door is overloaded
+    /// and sheds that class. A pipeline that is merely behind keeps working.
+    pub fn yield_for(&self, priority: Priority) -> bool {
+        self.door_overloaded.load(Ordering::Relaxed) && self.shedding(priority)
     }
 
     /// The admitted fraction of a class, 0.0 to 1.0.
@@ -181,8 +190,10 @@ impl Admission {
         if !self.config.enabled {
             return standing;
         }
-        let overloaded = door.is_some_and(|d| d > self.config.target)
-            || backlog.is_some_and(|d| d > self.config.backlog_target);
+        let door_overloaded = door.is_some_and(|d| d > self.config.target);
+        self.door_overloaded
+            .store(door_overloaded, Ordering::Relaxed);
+        let overloaded = door_overloaded || backlog.is_some_and(|d| d > self.config.backlog_target);
         let [_, medium, low] = &self.admitted;
         if overloaded {
             // Lowest class still admitted gives up a quarter.
@@ -254,8 +265,8 @@ fn worst<const N: usize>(minima: [u64; N]) -> Option<Duration> {
 }
 
 /// How background work (delivery, the recorder) in the door's process yields to it: while
-/// the door sheds a class, that class's background work runs in short bursts with pauses
-/// between, so the CPU goes to the door first, and nothing stops entirely (low is never
+/// the door is overloaded and sheds a class, that class's background work runs in short
+/// bursts with pauses between, so the CPU goes to the door first, and nothing stops entirely (low is never
 /// starved, the recorder's lag stays bounded). Outside `dispatcher run` there is no door
 /// in the process and nothing waits; there the process's threads are niced instead.
 #[derive(Clone, Default)]
@@ -279,7 +290,7 @@ impl Yielding {
 
     /// Whether work of `priority` should pause now.
     pub fn should_pause(&self, priority: Priority) -> bool {
-        self.0.as_ref().is_some_and(|a| a.shedding(priority))
+        self.0.as_ref().is_some_and(|a| a.yield_for(priority))
     }
 
     /// Sleeps [`Yielding::PAUSE`] if work of `priority` should pause; `true` if it did.
@@ -378,6 +389,11 @@ mod tests {
         a.runtime_lag(Duration::from_millis(40));
         assert_eq!(a.adjust().door, Some(Duration::from_millis(40)));
         assert!(a.shedding(Priority::Low));
+        assert!(
+            a.yield_for(Priority::Low),
+            "background yields to an overloaded door"
+        );
+        assert!(!a.yield_for(Priority::High));
     }
 
     #[test]
@@ -396,6 +412,8 @@ mod tests {
         }
         assert!(reached_nothing);
         assert!(a.fraction(Priority::Low) <= 1.0 / 16.0);
+        // A pipeline that is behind keeps working: nothing yields for it.
+        assert!(!a.yield_for(Priority::Low));
         // High's backlog sheds the classes below it.
         let a = admission();
         a.backlog_age(Priority::High, Duration::from_secs(2));

@@ -14,9 +14,8 @@ use crate::scheduler::{PerClass, SchedulerConfig, MAX_WEIGHT_SUM};
 pub struct Cli {
     #[command(flatten)]
     pub log: LogArgs,
-    /// Nice value of background threads: delivery and the recorder inside `run`, and every
-    /// thread of `deliver` and `record`, so that a co-located door gets the CPU first
-    /// (0: no change).
+    /// Nice value of the recorder's threads (inside `run`, and every thread of `record`),
+    /// so that a co-located door and high's deliveries get the CPU first (0: no change).
     #[arg(long, env = "HERALD_BACKGROUND_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19), global = true)]
     pub background_nice: i32,
     #[command(subcommand)]

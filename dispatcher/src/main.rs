@@ -27,10 +27,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(&cli.log)?;
-    // `deliver` and `record` alone are background work through and through; in `run`
-    // delivery and the recorder get a runtime of their own, niced, so the door's threads
-    // win the CPU when it is short (issue: priority under overload).
-    let alone_in_background = matches!(cli.command, Command::Deliver(_) | Command::Record(_));
+    // The recorder is background work through and through: `record` alone is niced, and
+    // in `run` the recorder gets a runtime of its own, niced, so the door (and high's
+    // deliveries) win the CPU when it is short.
+    let alone_in_background = matches!(cli.command, Command::Record(_));
     let runtime = build_runtime("herald", alone_in_background.then_some(cli.background_nice))?;
     let background = match cli.command {
         Command::Run(_) => Some(build_runtime("herald-bg", Some(cli.background_nice))?),
@@ -91,27 +91,26 @@ fn main() -> anyhow::Result<()> {
                     .await
                     .context("starting the ingress")?;
                 let yielding = Yielding::to(ingress.admission());
-                // Started on the background runtime, so every task they spawn (and their
-                // NATS and store connections) runs on its niced threads.
+                // Delivery shares the door's runtime: high's deliveries are as urgent as
+                // its requests, and low's yield by pausing. The recorder is background
+                // through and through: started on the niced runtime, so every task it
+                // spawns (and its NATS and store connections) runs there.
+                let delivery = start_delivery(
+                    &nats,
+                    &delivery_config,
+                    &destinations,
+                    &store,
+                    metrics.clone(),
+                    yielding.clone(),
+                )
+                .await?;
                 let background = background_handle.expect("run has a background runtime");
-                let (delivery, recorder) = background
+                let recorder = background
                     .spawn(async move {
-                        let delivery = start_delivery(
-                            &nats,
-                            &delivery_config,
-                            &destinations,
-                            &store,
-                            metrics.clone(),
-                            yielding.clone(),
-                        )
-                        .await?;
-                        let recorder =
-                            start_recorder(&nats, &store, &recorder_config, metrics, yielding)
-                                .await?;
-                        Ok::<_, anyhow::Error>((delivery, recorder))
+                        start_recorder(&nats, &store, &recorder_config, metrics, yielding).await
                     })
                     .await
-                    .context("starting delivery and the recorder")??;
+                    .context("starting the recorder")??;
                 until_signal().await;
                 // Ingress first: what it accepted is in JetStream for the next delivery.
                 ingress.shutdown().await;
