@@ -51,9 +51,32 @@ fresh_run() {
   "$bin" tenant create bulk --pg-schema "$prefix" --mongo-db "$prefix" >/dev/null
   bulk_key=$("$bin" key create --tenant bulk --pg-schema "$prefix" --mongo-db "$prefix" |
     sed -E 's/.*"key":"([^"]+)".*/\1/')
-  role "run-$1" "http://$ADDR/readyz" run --listen "$ADDR" --prefix "$prefix" \
-    --pg-schema "$prefix" --mongo-db "$prefix"
-  dispatcher=$(cat "$work/run-$1.pid")
+  local name=$1; shift
+  role "run-$name" "http://$ADDR/readyz" run --listen "$ADDR" --prefix "$prefix" \
+    --pg-schema "$prefix" --mongo-db "$prefix" "$@"
+  dispatcher=$(cat "$work/run-$name.pid")
+}
+
+# CPU seconds (user + system) a process has used so far.
+cpu_seconds() {
+  awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"
+}
+
+# cost NAME KEY ARGS...: a closed-loop loadgen run; appends "NAME requests accepted
+# dispatcher_cpu_s nats_cpu_s" to $out/cost.txt, CPU counted from the start of the load
+# until its deliveries are drained.
+cost() {
+  local name=$1 key=$2 nats d0 n0; shift 2
+  nats=$(pgrep -o -x nats-server)
+  d0=$(cpu_seconds "$dispatcher"); n0=$(cpu_seconds "$nats")
+  load "$name" "$key" --warmup 0s "$@"
+  python3 - "$out/$name/summary.json" "$name" "$d0" "$(cpu_seconds "$dispatcher")" "$n0" "$(cpu_seconds "$nats")" >>"$out/cost.txt" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+d = float(sys.argv[4]) - float(sys.argv[3])
+n = float(sys.argv[6]) - float(sys.argv[5])
+print(sys.argv[2], s["total"]["requests"], s["total"]["notifications_accepted"], f"{d:.2f}", f"{n:.2f}")
+PY
 }
 
 # loadgen NAME KEY ARGS...: one loadgen with its own sink, summary in $out/NAME.
@@ -91,6 +114,18 @@ done
 fresh_run mix
 echo "bench-overload: quick-start mix at $MIX_RATE/s" >&2
 load mix "$app_key" --rate "$MIX_RATE" -c 128 --priority-header
+
+# What a refusal costs against an acceptance: every low request refused (a zero target
+# makes any delay count as overload, so low is shed wholly after 1.5 s), then every high
+# request accepted, closed loop; dispatcher and nats-server CPU per request.
+: >"$out/cost.txt"
+fresh_run cost-refuse --overload-target 0s
+sleep 3
+echo "bench-overload: cost of a refusal" >&2
+cost cost-refuse "$bulk_key" -c 256 --mix low=1 --priority-header
+fresh_run cost-accept
+echo "bench-overload: cost of an acceptance" >&2
+cost cost-accept "$app_key" -c 64 --mix high=1
 
 python3 - "$out" "$CAPACITY" "$HIGH_RATE" "$MIX_RATE" "$FLOODS" "$(machine)" "$(git rev-parse --short HEAD)" "$DURATION" <<'PY' >"$out/../overload.md"
 import json, os, sys
@@ -159,6 +194,13 @@ lines, mix = rows("mix", "mix", {"high": mix_rate * 0.1, "medium": mix_rate * 0.
 table += lines
 account("mix", [mix])
 
+cost_rows = []
+if os.path.exists(os.path.join(out, "cost.txt")):
+    for line in open(os.path.join(out, "cost.txt")):
+        name, requests, accepted, d, n = line.split()
+        r = max(int(requests), 1)
+        cost_rows.append(f"| {name} | {int(requests):,} | {int(accepted):,} | {float(d):.2f} | {1e6 * float(d) / r:.0f} | {1e6 * float(n) / r:.0f} |")
+
 print(f"""# Priority under overload
 
 - Revision {rev}; machine: {machine}; everything co-located (dispatcher, NATS, PostgreSQL,
@@ -182,6 +224,17 @@ Goodput: notifications accepted and delivered to the sinks, per second of the ru
 | run | delivered | lost | goodput/s | of C |
 |---|---:|---:|---:|---:|
 {chr(10).join(losses)}
+
+## What a refusal costs
+
+CPU per request from /proc (user + system), closed loop, from the start of the load until
+its deliveries were drained: every low request refused (`--overload-target 0s`, sent with
+`Herald-Priority`), against every high request accepted (its publish, delivery and
+recording included).
+
+| run | requests | accepted | dispatcher CPU s | µs per request | nats-server µs per request |
+|---|---:|---:|---:|---:|---:|
+{chr(10).join(cost_rows)}
 
 ## Targets
 

@@ -482,6 +482,11 @@ pub struct ServeConfig {
     /// door's process.
     #[arg(long, env = "HERALD_OVERLOAD_BACKLOG", default_value = "1s", value_parser = humantime::parse_duration)]
     pub overload_backlog: Duration,
+    /// How long a request refused as `overloaded` waits for its 429: a flood that resends
+    /// at once is paced to one request per hold per connection, so refusing it stays
+    /// cheap (0: answer at once).
+    #[arg(long, env = "HERALD_OVERLOAD_REFUSAL_HOLD", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub overload_refusal_hold: Duration,
     /// How often admission is adjusted, and the window of the minimum.
     #[arg(long, env = "HERALD_OVERLOAD_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub overload_interval: Duration,

@@ -7,6 +7,9 @@
 use http::StatusCode;
 use serde::Serialize;
 
+/// The code of the 429 an overloaded door answers for a class it sheds.
+pub const OVERLOADED: &str = "overloaded";
+
 /// An error answered to an HTTP client.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{status} {code}: {message}")]
@@ -168,11 +171,12 @@ impl ApiError {
         e
     }
 
-    /// The door sheds this class to keep higher ones fast (admission.rs).
+    /// The door sheds this class to keep higher ones fast (admission.rs); its code is
+    /// [`OVERLOADED`].
     pub fn overloaded(priority: crate::model::Priority) -> Self {
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "overloaded",
+            OVERLOADED,
             format!(
                 "Herald is overloaded and sheds {priority} priority first; retry after Retry-After, with jitter"
             ),

@@ -51,6 +51,8 @@ pub struct State {
     pub scheduler: Arc<Scheduler<Envelope>>,
     /// Which priorities the door admits now.
     pub admission: Arc<Admission>,
+    /// How long a request refused as `overloaded` waits for its answer.
+    pub refusal_hold: Duration,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     pub client: async_nats::Client,
@@ -141,6 +143,7 @@ impl Ingress {
             body_timeout: config.body_timeout,
             scheduler: scheduler.clone(),
             admission,
+            refusal_hold: config.overload_refusal_hold,
             metrics,
             readiness,
             client: client.clone(),

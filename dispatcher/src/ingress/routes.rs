@@ -17,7 +17,7 @@ use super::State;
 use crate::admission::Decision;
 use crate::config::AuthMode;
 use crate::dlq;
-use crate::error::ApiError;
+use crate::error::{ApiError, OVERLOADED};
 use crate::idempotency::{self, Claim};
 use crate::model::{
     new_id, parse_batch, parse_notification, Channel, Limits, Priority, Validated,
@@ -49,10 +49,20 @@ where
         },
         _ => Err(Rejection::from(ApiError::not_found())),
     };
-    result.unwrap_or_else(|Rejection(priority, err)| {
-        state.metrics.rejected(priority, err.code);
-        error_response(&err)
-    })
+    match result {
+        Ok(response) => response,
+        Err(Rejection(priority, err)) => {
+            state.metrics.rejected(priority, err.code);
+            if err.code == OVERLOADED {
+                // Held, not answered at once: a client that ignores Retry-After and sends
+                // again as soon as it is answered (an open-loop flood) is paced to one
+                // request per hold per connection, so refusals cannot eat the CPU that
+                // shedding freed. Waiting costs a timer, not a thread.
+                tokio::time::sleep(state.refusal_hold).await;
+            }
+            error_response(&err)
+        }
+    }
 }
 
 /// The /v1 routes, for an authenticated caller.
