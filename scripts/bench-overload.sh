@@ -69,7 +69,7 @@ cost() {
   local name=$1 key=$2 nats d0 n0; shift 2
   nats=$(pgrep -o -x nats-server)
   d0=$(cpu_seconds "$dispatcher"); n0=$(cpu_seconds "$nats")
-  load "$name" "$key" --warmup 0s "$@"
+  warm=0s load "$name" "$key" "$@"
   python3 - "$out/$name/summary.json" "$name" "$d0" "$(cpu_seconds "$dispatcher")" "$n0" "$(cpu_seconds "$nats")" >>"$out/cost.txt" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
@@ -79,10 +79,11 @@ print(sys.argv[2], s["total"]["requests"], s["total"]["notifications_accepted"],
 PY
 }
 
-# loadgen NAME KEY ARGS...: one loadgen with its own sink, summary in $out/NAME.
+# loadgen NAME KEY ARGS...: one loadgen with its own sink, summary in $out/NAME; $warm
+# (2s) warm-up.
 load() {
   local name=$1 key=$2; shift 2
-  "$loadgen" --target "http://$ADDR" --api-key "$key" -d "$DURATION" --warmup 2s \
+  "$loadgen" --target "http://$ADDR" --api-key "$key" -d "$DURATION" --warmup "${warm:-2s}" \
     --sink 127.0.0.1:0 --drain-timeout "$DRAIN" --out "$out/$name" "$@" \
     >"$out/$name.txt" 2>"$out/$name.progress" || true
 }

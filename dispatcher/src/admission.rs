@@ -15,8 +15,8 @@
 //!     runtime takes to poll it again, which is how long a ready connection task waits
 //!     for a thread: the queueing in hyper that the publish sojourn does not see.
 //! - Pipeline (target `backlog_target`, 1 s; only where delivery runs in the door's
-//!   process, i.e. `dispatcher run`): per class, how long its first delivery attempts
-//!   waited in JetStream. A class counts only while it is admitted at all, so a backlog
+//!   process, i.e. `dispatcher run`): per class, how long after acceptance its first
+//!   delivery attempts start. A class counts only while it is admitted at all, so a backlog
 //!   left over from before it was shed cannot shed the classes above it; high's backlog
 //!   counts always and sheds the classes below.
 //!
@@ -165,7 +165,7 @@ impl Admission {
             .fetch_min(lag.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// How long a first delivery attempt of `priority` waited in JetStream.
+    /// How long after its acceptance a first delivery attempt of `priority` starts.
     pub fn backlog_age(&self, priority: Priority, age: Duration) {
         self.backlog_min_us[priority.index()].fetch_min(age.as_micros() as u64, Ordering::Relaxed);
     }
@@ -281,7 +281,7 @@ impl Yielding {
         Yielding(Some(admission))
     }
 
-    /// A first delivery attempt of `priority` waited `age` in JetStream.
+    /// A first delivery attempt of `priority` starts `age` after it was accepted.
     pub fn backlog_age(&self, priority: Priority, age: Duration) {
         if let Some(admission) = &self.0 {
             admission.backlog_age(priority, age);

@@ -107,6 +107,8 @@ struct Shared {
     retry: [RetryPolicy; 3],
     ack_wait: Duration,
     metrics: Arc<Metrics>,
+    /// Reports backlog ages to the door's admission (`dispatcher run`) and yields to it.
+    yielding: Yielding,
 }
 
 /// The running delivery role.
@@ -144,6 +146,7 @@ impl Delivery {
             retry: [config.retry_high, config.retry_medium, config.retry_low],
             ack_wait: config.ack_wait,
             metrics,
+            yielding: yielding.clone(),
         });
         let mut tasks = JoinSet::new();
         let stream = js.get_stream(&names.notify_stream).await?;
@@ -228,12 +231,6 @@ async fn fetch(
         }
         if let Ok(info) = message.info() {
             metrics.consumer_lag(priority, info.pending);
-            if info.delivered == 1 {
-                let stored = info.published.unix_timestamp_nanos();
-                let now = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX) as i128;
-                let age = u64::try_from(now - stored).unwrap_or(0);
-                yielding.backlog_age(priority, Duration::from_nanos(age));
-            }
         }
         let channel = channel_of(&message);
         let job = Job { message, priority };
@@ -307,6 +304,14 @@ async fn deliver(shared: &Shared, job: Job) {
         let wait = (send_at - now).to_std().unwrap_or_default();
         let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
         return;
+    }
+    if attempt == 1 {
+        // Taken at the worker, not at the fetch: a class whose ack-pending window is full
+        // is fetched no more, and its backlog must not fall silent.
+        let waited = (now - notification.accepted_at)
+            .to_std()
+            .unwrap_or_default();
+        shared.yielding.backlog_age(priority, waited);
     }
     let channel = notification.channel;
     let started = std::time::Instant::now();
