@@ -8,12 +8,14 @@
 //! **Signals** (CoDel's standing-queue test): every `interval`, the *minimum* of each delay
 //! over the interval. If even the fastest sample waited longer than its target, a queue is
 //! standing, not passing.
-//! - Door (target `target`, 5 ms): the larger of two minima.
-//!   - publish sojourn: from a notification entering the scheduler to its PubAck (the
-//!     scheduler, the publisher, NATS);
-//!   - run-queue delay: every 10 ms a probe task yields and times how long the ingress
-//!     runtime takes to poll it again, which is how long a ready connection task waits
-//!     for a thread: the queueing in hyper that the publish sojourn does not see.
+//! - Door (target `target`, 5 ms): the larger of
+//!   - the minimum publish sojourn: from a notification entering the scheduler to its
+//!     PubAck (the scheduler, the publisher, NATS);
+//!   - the mean run-queue delay: every 10 ms a probe task yields and times how long the
+//!     ingress runtime takes to poll it again, which is how long a ready connection task
+//!     waits for a thread: the queueing in hyper that the publish sojourn does not see.
+//!     Its mean, not its minimum: ten samples of a saturated runtime include idle
+//!     moments, and the minimum let the CPU run full while high's requests queued.
 //! - Pipeline (target `backlog_target`, 1 s; only where delivery runs in the door's
 //!   process, i.e. `dispatcher run`): per class, how long after acceptance its first
 //!   delivery attempts start. A class counts only while it is admitted at all, so a backlog
@@ -88,8 +90,9 @@ pub struct Admission {
     arrivals: [AtomicU64; 3],
     /// Minimum publish sojourn of this interval, µs.
     publish_min_us: AtomicU64,
-    /// Minimum run-queue delay of this interval, µs.
-    lag_min_us: AtomicU64,
+    /// Run-queue delay samples of this interval: their sum (µs) and count.
+    lag_sum_us: AtomicU64,
+    lag_samples: AtomicU64,
     /// Minimum age of first delivery attempts of this interval per class, µs.
     backlog_min_us: [AtomicU64; 3],
     /// The door itself was overloaded in the last interval (not only the pipeline): only
@@ -112,7 +115,8 @@ impl Admission {
             admitted: std::array::from_fn(|_| AtomicU32::new(ONE)),
             arrivals: std::array::from_fn(|_| AtomicU64::new(0)),
             publish_min_us: AtomicU64::new(NO_SAMPLE),
-            lag_min_us: AtomicU64::new(NO_SAMPLE),
+            lag_sum_us: AtomicU64::new(0),
+            lag_samples: AtomicU64::new(0),
             backlog_min_us: std::array::from_fn(|_| AtomicU64::new(NO_SAMPLE)),
             door_overloaded: AtomicBool::new(false),
         }
@@ -161,8 +165,9 @@ impl Admission {
     }
 
     fn runtime_lag(&self, lag: Duration) {
-        self.lag_min_us
-            .fetch_min(lag.as_micros() as u64, Ordering::Relaxed);
+        self.lag_sum_us
+            .fetch_add(lag.as_micros() as u64, Ordering::Relaxed);
+        self.lag_samples.fetch_add(1, Ordering::Relaxed);
     }
 
     /// How long after its acceptance a first delivery attempt of `priority` starts.
@@ -174,7 +179,11 @@ impl Admission {
     /// standing delays it judged by: the door's and the pipeline's.
     pub fn adjust(&self) -> Standing {
         let publish = self.publish_min_us.swap(NO_SAMPLE, Ordering::Relaxed);
-        let lag = self.lag_min_us.swap(NO_SAMPLE, Ordering::Relaxed);
+        let lag_sum = self.lag_sum_us.swap(0, Ordering::Relaxed);
+        let lag = match self.lag_samples.swap(0, Ordering::Relaxed) {
+            0 => NO_SAMPLE,
+            n => lag_sum / n,
+        };
         // The worse of the two standing delays; no sample of either: no evidence.
         let door = worst([publish, lag]);
         // Classes shed entirely do not count: their backlog is what is left from before.
