@@ -191,6 +191,17 @@ for n in floods:
             f"| {e2e:.1f} ms vs {max(2 * base_e2e, 50):.1f} {'ok' if e2e <= max(2 * base_e2e, 50) else 'MISSED'} "
             f"| {100 * goodput / capacity:.0f} % {'ok' if goodput >= 0.8 * capacity else 'MISSED'} "
             f"| {lost} {'ok' if lost == 0 else 'MISSED'} |")
+flood_high = [(n, summary(f"flood-{n}x-high")) for n in floods]
+flood_high = [(n, h) for n, h in flood_high if h]
+def e2e_p99(s):
+    return ((s.get("end_to_end") or {}).get("priorities") or {}).get("high", {}).get("p99_ms", float("nan"))
+ingest_p99s = "/".join("%.0f" % h["priorities"]["high"]["ingest"]["p99_ms"] for _, h in flood_high)
+e2e_p99s = "/".join("%.0f" % e2e_p99(h) for _, h in flood_high)
+accepted_min = min((100 * h["priorities"]["high"]["accepted"] / max(h["priorities"]["high"]["requests"], 1) for _, h in flood_high), default=0)
+with open(os.path.join(out, "headline.txt"), "w") as f:
+    f.write(f"C {capacity:,.0f}/s; under low floods of {'/'.join(n for n, _ in flood_high)}x C: "
+            f"high accepted {accepted_min:.1f} % or more, ingest p99 {ingest_p99s} ms (alone {base_ingest:.1f}), "
+            f"e2e p99 {e2e_p99s} ms (alone {base_e2e:.1f})")
 lines, mix = rows("mix", "mix", {"high": mix_rate * 0.1, "medium": mix_rate * 0.3, "low": mix_rate * 0.6})
 table += lines
 account("mix", [mix])
@@ -248,6 +259,6 @@ Unloaded high: ingest p99 {base_ingest:.1f} ms, end-to-end p99 {base_e2e:.1f} ms
 PY
 # The accepted ids served the sinks' accounting; at megabytes a run they stay out of git.
 find "$out" -name accepted-ids.txt -delete
-results_row scripts/bench-overload.sh "$(sed -n 's/^| flood \([0-9]*x\) | \(.*\)/\1: \2/p' "$out/../overload.md" | head -1 | cut -c1-160)" overload.md
+results_row scripts/bench-overload.sh "$(cat "$out/headline.txt")" overload.md
 echo "bench-overload: wrote $out/../overload.md" >&2
 cat "$out/../overload.md"

@@ -16,9 +16,10 @@
 //!     waits for a thread: the queueing in hyper that the publish sojourn does not see.
 //!     Its mean, not its minimum: ten samples of a saturated runtime include idle
 //!     moments, and the minimum let the CPU run full while high's requests queued.
-//! - Pipeline (target `backlog_target`, 1 s; only where delivery runs in the door's
-//!   process, i.e. `dispatcher run`): per class, how long after acceptance its first
-//!   delivery attempts start. A class counts only while it is admitted at all, so a backlog
+//! - Pipeline (target `backlog_target`, 1 s; only where delivery and the recorder run in
+//!   the door's process, i.e. `dispatcher run`): per class, how long after acceptance its
+//!   first delivery attempts start and its messages are recorded, so that the door takes
+//!   no more than delivery and the stores can keep up with. A class counts only while it is admitted at all, so a backlog
 //!   left over from before it was shed cannot shed the classes above it; high's backlog
 //!   counts always and sheds the classes below.
 //!
@@ -290,7 +291,13 @@ impl Yielding {
         Yielding(Some(admission))
     }
 
-    /// A first delivery attempt of `priority` starts `age` after it was accepted.
+    /// Whether anything listens to backlog ages (only inside `dispatcher run`).
+    pub fn reports(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// A first delivery attempt, or the recording, of a `priority` notification happens
+    /// `age` after it was accepted.
     pub fn backlog_age(&self, priority: Priority, age: Duration) {
         if let Some(admission) = &self.0 {
             admission.backlog_age(priority, age);

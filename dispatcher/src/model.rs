@@ -39,6 +39,11 @@ impl Priority {
             Priority::Low => "low",
         }
     }
+
+    /// The priority named exactly `name` (`high`, `medium`, `low`).
+    pub fn from_name(name: &str) -> Option<Priority> {
+        Priority::ALL.into_iter().find(|p| p.as_str() == name)
+    }
 }
 
 impl fmt::Display for Priority {

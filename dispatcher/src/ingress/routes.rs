@@ -353,11 +353,9 @@ fn priority_header<B>(req: &Request<B>) -> Result<Option<Priority>, ApiError> {
     let Some(value) = req.headers().get(PRIORITY_HEADER) else {
         return Ok(None);
     };
-    match value.as_bytes() {
-        b"high" => Ok(Some(Priority::High)),
-        b"medium" => Ok(Some(Priority::Medium)),
-        b"low" => Ok(Some(Priority::Low)),
-        _ => Err(ApiError::invalid_field(
+    match value.to_str().ok().and_then(Priority::from_name) {
+        Some(priority) => Ok(Some(priority)),
+        None => Err(ApiError::invalid_field(
             "Herald-Priority",
             "Herald-Priority must be high, medium or low",
         )),
