@@ -157,7 +157,6 @@ async fn record(
         if !write_until_committed(&*sink, source, &batch, &metrics, &stop).await {
             return;
         }
-        report_backlog(&yielding, source, &batch);
         for message in &batch {
             if let Err(err) = message.ack().await {
                 tracing::warn!(store = sink.name(), error = %err, "ack after commit failed; the batch will be written again (idempotently)");
@@ -169,41 +168,6 @@ async fn record(
 /// Retries the write with backoff until it commits (true) or the recorder stops (false:
 /// the batch stays unacknowledged and is redelivered). In-progress acks keep JetStream
 /// from handing the batch to another recorder meanwhile.
-/// Tells the door's admission how long after acceptance each priority's newest message of
-/// the batch was recorded, so that it takes no more than the stores keep up with.
-fn report_backlog(yielding: &Yielding, source: Source, batch: &[Message]) {
-    if !yielding.reports() {
-        return;
-    }
-    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX) as i128;
-    let mut newest = [i128::MAX; 3];
-    for message in batch {
-        let (Some(priority), Ok(info)) = (priority_of(source, &message.subject), message.info())
-        else {
-            continue;
-        };
-        let age = now - info.published.unix_timestamp_nanos();
-        newest[priority.index()] = newest[priority.index()].min(age);
-    }
-    for (priority, age) in Priority::ALL.into_iter().zip(newest) {
-        if age != i128::MAX {
-            let age = u64::try_from(age).unwrap_or(0);
-            yielding.backlog_age(priority, Duration::from_nanos(age));
-        }
-    }
-}
-
-/// The priority a NOTIFY (`…notify.<priority>.<channel>`) or EVENTS
-/// (`…events.<event>.<priority>`) subject names.
-fn priority_of(source: Source, subject: &str) -> Option<Priority> {
-    let mut tokens = subject.rsplit('.');
-    let token = match source {
-        Source::Notify => tokens.nth(1),
-        Source::Events => tokens.next(),
-    }?;
-    Priority::from_name(token)
-}
-
 async fn write_until_committed(
     sink: &dyn Sink,
     source: Source,
@@ -265,22 +229,4 @@ pub fn notifications(batch: &[Message]) -> Vec<(WireNotification<'_>, u64)> {
     let mut decoded: Vec<(WireNotification<'_>, u64)> = decode(batch, "notification");
     decoded.retain(|(n, _)| seen.insert(n.id));
     decoded
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subjects_name_their_priority() {
-        assert_eq!(
-            priority_of(Source::Notify, "t1_notify.low.webhook"),
-            Some(Priority::Low)
-        );
-        assert_eq!(
-            priority_of(Source::Events, "events.delivered.high"),
-            Some(Priority::High)
-        );
-        assert_eq!(priority_of(Source::Notify, "notify"), None);
-    }
 }
