@@ -31,13 +31,7 @@ PROFILE=release
 prepare_roles
 out=$(results_dir)/overload
 mkdir -p "$out"
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  drop_prefixes
-  rm -rf "$work"
-}
-trap cleanup EXIT
+trap stop_roles EXIT
 
 # Starts a fresh dispatcher on a fresh prefix with tenants app and bulk; sets app_key,
 # bulk_key and dispatcher (its pid).

@@ -26,13 +26,7 @@ PROFILE=release
 . scripts/lib/roles.sh
 prepare_roles
 python3 -c 'import matplotlib' 2>/dev/null || pip install -q matplotlib >/dev/null 2>&1
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  drop_prefixes
-  rm -rf "$work"
-}
-trap cleanup EXIT
+trap stop_roles EXIT
 
 new_prefix soak
 key=$(tenant_key "$prefix" soak)

@@ -275,9 +275,9 @@ fn worst<const N: usize>(minima: [u64; N]) -> Option<Duration> {
 
 /// How background work (delivery, the recorder) in the door's process yields to it: while
 /// the door is overloaded and sheds a class, that class's background work runs in short
-/// bursts with pauses between, so the CPU goes to the door first, and nothing stops entirely (low is never
-/// starved, the recorder's lag stays bounded). Outside `dispatcher run` there is no door
-/// in the process and nothing waits; there the process's threads are niced instead.
+/// bursts with pauses between, so the CPU goes to the door first, and nothing stops
+/// entirely (low is never starved, the recorder's lag stays bounded). Outside `dispatcher
+/// run` there is no door in the process and nothing waits (`record` alone runs niced).
 #[derive(Clone, Default)]
 pub struct Yielding(Option<Arc<Admission>>);
 

@@ -1,4 +1,4 @@
-# Sourced by scripts/scale-out.sh, scripts/faults.sh and scripts/soak.sh: starting Herald
+# Sourced by scripts/scale-out.sh, faults.sh, soak.sh and bench-overload.sh: starting Herald
 # roles as processes, restarting them, and checking a loadgen run against PostgreSQL.
 # prepare_roles                 services up, dispatcher and loadgen built for $PROFILE
 #                               (debug|release); sets bin, loadgen, work (a scratch
@@ -16,6 +16,8 @@
 #                               recorded `delivered` in PostgreSQL; prints how many are
 # drop_prefixes                 removes every prefix's streams, schema (kept when $failed
 #                               is set, for diagnosis), Redis keys and MongoDB database
+# stop_roles                    TERMs every started role, waits, drops the prefixes and
+#                               the scratch directory (the EXIT trap of the bench scripts)
 declare -A role_cmd role_health
 
 prepare_roles() {
@@ -102,4 +104,11 @@ client = pymongo.MongoClient("mongodb://127.0.0.1:27017", serverSelectionTimeout
 for name in sys.argv[1:]:
     client.drop_database(name)
 PY
+}
+
+stop_roles() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  drop_prefixes
+  rm -rf "$work"
 }
