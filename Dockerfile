@@ -32,6 +32,9 @@ COPY --from=build /usr/local/bin/dispatcher /usr/local/bin/loadgen /usr/local/bi
 USER herald
 # 8080: the ingress; 9091 / 9092: health and metrics of `deliver` / `record`.
 EXPOSE 8080 9091 9092
+# Inside a container the ingress must listen on every interface, or a published port
+# reaches nothing (the binary's default, 127.0.0.1:8080, is for a host).
+ENV HERALD_LISTEN=0.0.0.0:8080
 # HERALD_HEALTH_URL lets each role point the check at its own health endpoint.
 ENV HERALD_HEALTH_URL=http://127.0.0.1:8080/healthz
 HEALTHCHECK --interval=5s --timeout=2s --start-period=10s --retries=3 \

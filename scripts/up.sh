@@ -38,6 +38,8 @@ start() {
   done
   echo "up: $name did not become ready; see $STATE/$name.log" >&2
   tail -5 "$STATE/$name.log" >&2
+  # Stop the roles already started (and drop their pid files), so the next up can run.
+  bash scripts/down.sh >&2
   exit 1
 }
 for i in $(seq 0 $((RECORD - 1))); do

@@ -688,4 +688,52 @@ mod reference {
             "flags missing from README.md: {missing:?}"
         );
     }
+
+    /// Every `HERALD_*` variable docker-compose.yml sets or reads is a setting of the
+    /// dispatcher, or one of the few the image, loadgen or compose itself reads: a typo
+    /// there would be ignored silently by every container.
+    #[test]
+    fn compose_sets_only_real_settings() {
+        const ELSEWHERE: [&str; 4] = [
+            "HERALD_HEALTH_URL", // the image's HEALTHCHECK
+            "HERALD_API_KEY",    // loadgen's --api-key
+            "HERALD_UID",        // compose's user: of loadgen
+            "HERALD_GID",
+        ];
+        let compose = include_str!("../../docker-compose.yml");
+        let mut known: Vec<String> = ELSEWHERE.iter().map(|s| s.to_string()).collect();
+        let mut commands = vec![super::Cli::command()];
+        while let Some(command) = commands.pop() {
+            known.extend(
+                command
+                    .get_arguments()
+                    .filter_map(|a| a.get_env())
+                    .map(|e| e.to_string_lossy().into_owned()),
+            );
+            commands.extend(command.get_subcommands().cloned());
+        }
+        let mut unknown: Vec<&str> = compose
+            .match_indices("HERALD_")
+            .map(|(at, _)| {
+                let rest = &compose[at..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            // `HERALD_*` in prose names no variable.
+            .filter(|name| name.len() > "HERALD_".len())
+            .filter(|name| !known.iter().any(|k| k == name))
+            .collect();
+        unknown.sort();
+        unknown.dedup();
+        assert!(
+            unknown.is_empty(),
+            "docker-compose.yml names variables nothing reads: {unknown:?}"
+        );
+        assert!(
+            compose.contains("HERALD_WEBHOOK_ALLOW_NETS"),
+            "the scan sees the file"
+        );
+    }
 }

@@ -118,7 +118,8 @@ fn main() -> anyhow::Result<()> {
                 recorder.shutdown().await;
             }
             Command::Migrate(store) => {
-                let pool = postgres::pool(&store)?;
+                // Often started together with a fresh PostgreSQL: wait for it a minute.
+                let pool = postgres::pool_waiting(&store, Duration::from_secs(60))?;
                 postgres::migrate(&pool, &store.pg_schema)
                     .await
                     .context("applying migrations")?;
@@ -314,7 +315,10 @@ async fn start_recorder(
 
 fn init_tracing(args: &LogArgs) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&args.log).context("parsing --log")?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // stderr: stdout carries the commands' JSON (tenant and key creation), for pipes.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

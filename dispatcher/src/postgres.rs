@@ -13,13 +13,20 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// A pool that connects on first use: Herald starts while PostgreSQL is down, and what
 /// needs the database answers 503 (or retries) until it is back.
 pub fn pool(config: &StoreConfig) -> Result<PgPool, sqlx::Error> {
+    pool_waiting(config, Duration::from_secs(3))
+}
+
+/// As [`pool`], a statement waiting up to `patience` for a connection: sqlx keeps
+/// retrying while PostgreSQL refuses connections or is starting up. For one-shot commands
+/// started beside a fresh database (compose's `migrate`).
+pub fn pool_waiting(config: &StoreConfig, patience: Duration) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = config.database_url.parse()?;
     let options = options
         .options([("search_path", config.pg_schema.as_str())])
         .application_name("herald");
     Ok(PgPoolOptions::new()
         .max_connections(config.pg_max_connections.max(1))
-        .acquire_timeout(Duration::from_secs(3))
+        .acquire_timeout(patience)
         .connect_lazy_with(options))
 }
 
