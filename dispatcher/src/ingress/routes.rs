@@ -504,12 +504,12 @@ where
                 Some(v.priority),
                 ApiError::idempotency_in_progress(),
             )),
-            (Ok(v), _) if state.admission.admit(v.priority) == Decision::Shed => Slot::Failed(
-                reject(state, Some(v.priority), ApiError::overloaded(v.priority)),
-            ),
-            (Ok(v), _) => match schedule(state, caller, &v, now, id) {
-                Ok(rx) => Slot::Waiting(id, v.priority, rx),
-                Err(e) => Slot::Failed(reject(state, Some(v.priority), e)),
+            (Ok(v), _) => match shed(state, v.priority) {
+                Some(Rejection(priority, e)) => Slot::Failed(reject(state, priority, e)),
+                None => match schedule(state, caller, &v, now, id) {
+                    Ok(rx) => Slot::Waiting(id, v.priority, rx),
+                    Err(e) => Slot::Failed(reject(state, Some(v.priority), e)),
+                },
             },
         })
         .collect();
