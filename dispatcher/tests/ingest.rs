@@ -849,3 +849,54 @@ async fn a_low_flood_is_shed_while_high_is_accepted() {
     assert_eq!(stored, high.len() + low_accepted + 1, "every 202 is stored");
     server.finish().await;
 }
+
+/// With a zero target every interval counts as overloaded: low is shed wholly, then
+/// medium, never high. A batch mixing the three then gets 202 for its high item and a
+/// per-item 429 `overloaded` for the others, and nothing but the high item is stored.
+#[tokio::test]
+async fn a_batch_is_shed_item_by_item_by_class() {
+    let server = TestServer::start_with(|c| {
+        c.overload_target = std::time::Duration::ZERO;
+    })
+    .await;
+    let mut both_shed = false;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let page = server.get("/metrics").await;
+        let page = page.body.as_str().unwrap().to_string();
+        let fraction = |p: &str| {
+            metric(
+                &page,
+                &format!(r#"herald_admission_fraction{{priority="{p}"}}"#),
+            )
+        };
+        if fraction("medium") == Some(0.0) {
+            assert_eq!(fraction("low"), Some(0.0), "medium shed before low");
+            assert_eq!(fraction("high"), Some(1.0));
+            both_shed = true;
+            break;
+        }
+    }
+    assert!(
+        both_shed,
+        "medium and low were not shed under a zero target"
+    );
+    let batch = format!(
+        "[{},{},{}]",
+        notification("high", 1),
+        notification("medium", 2),
+        notification("low", 3)
+    );
+    let r = server.post("/v1/notifications/batch", batch).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let results = r.body["results"].as_array().unwrap();
+    assert_eq!(results[0]["status"], 202);
+    for item in &results[1..] {
+        assert_eq!(item["status"], 429, "{item}");
+        assert_eq!(item["error"]["code"], "overloaded", "{item}");
+    }
+    let stored = server.stream_messages().await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].body["priority"], "high");
+    server.finish().await;
+}
