@@ -5,9 +5,9 @@
 //! like low. So the door watches delays and refuses the lowest class first, before that
 //! class costs a parse, a publish or a delivery.
 //!
-//! **Signals** (CoDel's standing-queue test): every `interval`, the *minimum* of each delay
-//! over the interval. If even the fastest sample waited longer than its target, a queue is
-//! standing, not passing.
+//! **Signals**, judged every `interval`. Mostly CoDel's standing-queue test, the *minimum*
+//! of a delay over the interval: if even the fastest sample waited longer than its
+//! target, a queue is standing, not passing.
 //! - Door (target `target`, 5 ms): the larger of
 //!   - the minimum publish sojourn: from a notification entering the scheduler to its
 //!     PubAck (the scheduler, the publisher, NATS);
@@ -264,7 +264,7 @@ pub struct Standing {
     pub backlog: Option<Duration>,
 }
 
-/// The largest of some minima in µs, [`NO_SAMPLE`] meaning none.
+/// The largest of an interval's delays in µs, [`NO_SAMPLE`] meaning none.
 fn worst<const N: usize>(minima: [u64; N]) -> Option<Duration> {
     minima
         .into_iter()
@@ -297,18 +297,10 @@ impl Yielding {
         }
     }
 
-    /// Whether work of `priority` should pause now.
-    pub fn should_pause(&self, priority: Priority) -> bool {
-        self.0.as_ref().is_some_and(|a| a.yield_for(priority))
-    }
-
-    /// Sleeps [`Yielding::PAUSE`] if work of `priority` should pause; `true` if it did.
-    pub async fn pause(&self, priority: Priority) -> bool {
-        if self.should_pause(priority) {
+    /// Sleeps [`Yielding::PAUSE`] if work of `priority` should yield to the door now.
+    pub async fn pause(&self, priority: Priority) {
+        if self.0.as_ref().is_some_and(|a| a.yield_for(priority)) {
             tokio::time::sleep(Self::PAUSE).await;
-            true
-        } else {
-            false
         }
     }
 }
