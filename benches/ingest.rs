@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use herald::app::App;
 use herald::config::ServeConfig;
-use herald::ingress::{handle, Ingress};
+use herald::ingress::handle;
 use herald::model::Priority;
 use http_body_util::Full;
 
@@ -30,14 +31,19 @@ fn request(path: &str, body: &Bytes) -> http::Request<Full<Bytes>> {
 fn ingest(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let prefix = format!("bench{}_", std::process::id());
-    let mut config = ServeConfig::defaults();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.nats.prefix = prefix.clone();
-    config.nats.readiness_interval = Duration::from_millis(100);
-    // The durable path alone; scripts/bench-state.sh measures auth and rate limiting.
-    config.auth = herald::config::AuthMode::Off;
-    let ingress = runtime.block_on(Ingress::start(config)).unwrap();
-    let state = ingress.state();
+    let config = ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        nats: herald::config::NatsConfig {
+            prefix: prefix.clone(),
+            readiness_interval: Duration::from_millis(100),
+            ..Default::default()
+        },
+        // The durable path alone; scripts/bench-state.sh measures auth and rate limiting.
+        auth: herald::config::AuthMode::Off,
+        ..Default::default()
+    };
+    let app = runtime.block_on(App::serve(config)).unwrap();
+    let state = app.ingress().expect("serve runs the ingress").state();
     let ready = runtime.block_on(async {
         for _ in 0..50 {
             if state.readiness.is_ready(&state.client) {
@@ -77,7 +83,7 @@ fn ingest(c: &mut Criterion) {
     }
     group.finish();
     runtime.block_on(async {
-        ingress.shutdown().await;
+        app.shutdown().await;
         if let Ok(client) = async_nats::connect("nats://127.0.0.1:4222").await {
             let _ = async_nats::jetstream::new(client)
                 .delete_stream(format!("{prefix}NOTIFY"))

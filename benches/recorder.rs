@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use herald::config::{NatsConfig, RecordArgs, StoreConfig};
+use herald::config::{NatsConfig, RecorderConfig, StoreConfig};
 use herald::jetstream::Names;
 use herald::metrics::Metrics;
 use herald::recorder::{self, Recorder, Sink};
@@ -31,8 +31,9 @@ struct Args {
     /// Recorder batch size, also the raw benchmarks' batch size.
     #[arg(long, default_value_t = 1000)]
     batch: usize,
-    #[command(flatten)]
-    nats: NatsConfig,
+    /// NATS server URL.
+    #[arg(long, default_value_t = NatsConfig::default().nats_url)]
+    nats_url: String,
 }
 
 #[tokio::main]
@@ -46,11 +47,14 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let prefix = format!("benchrec{}_", std::process::id());
-    let mut store = StoreConfig::defaults();
-    store.pg_schema = prefix.clone();
+    let mut store = StoreConfig::default();
+    store.pg.pg_schema = prefix.clone();
     store.mongo_db = prefix.clone();
-    let mut nats = args.nats.clone();
-    nats.prefix = prefix.clone();
+    let nats = NatsConfig {
+        nats_url: args.nats_url.clone(),
+        prefix: prefix.clone(),
+        ..NatsConfig::default()
+    };
     let result = run(&args, &nats, &store).await;
     cleanup(&nats, &store).await;
     result
@@ -64,8 +68,8 @@ async fn run(args: &Args, nats: &NatsConfig, store: &StoreConfig) -> anyhow::Res
     herald::jetstream::ensure_streams(&js, &names, nats)
         .await
         .map_err(|e| anyhow::anyhow!("streams: {e}"))?;
-    let pool = herald::postgres::pool(store)?;
-    herald::postgres::migrate(&pool, &store.pg_schema).await?;
+    let pool = herald::postgres::pool(&store.pg)?;
+    herald::postgres::migrate(&pool, &store.pg.pg_schema).await?;
 
     let tenant = uuid::Uuid::now_v7();
     let now = chrono::Utc::now();
@@ -111,8 +115,10 @@ async fn run(args: &Args, nats: &NatsConfig, store: &StoreConfig) -> anyhow::Res
         started.elapsed().as_secs_f64()
     );
 
-    let mut config = RecordArgs::defaults().recorder;
-    config.record_batch = args.batch;
+    let config = RecorderConfig {
+        record_batch: args.batch,
+        ..Default::default()
+    };
     let redis = Arc::new(
         herald::redis_store::RedisStore::new(&store.redis_url, &nats.prefix)
             .map_err(anyhow::Error::msg)?,
@@ -249,7 +255,7 @@ async fn run(args: &Args, nats: &NatsConfig, store: &StoreConfig) -> anyhow::Res
 async fn time_recorder(
     js: &async_nats::jetstream::Context,
     names: &Names,
-    config: &herald::config::RecorderConfig,
+    config: &RecorderConfig,
     sink: Arc<dyn Sink>,
     n: usize,
 ) -> anyhow::Result<Duration> {
@@ -291,10 +297,10 @@ async fn cleanup(nats: &NatsConfig, store: &StoreConfig) {
             let _ = js.delete_stream(format!("{}{name}", nats.prefix)).await;
         }
     }
-    if let Ok(pool) = herald::postgres::pool(store) {
+    if let Ok(pool) = herald::postgres::pool(&store.pg) {
         let _ = sqlx::query(&format!(
             "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-            store.pg_schema
+            store.pg.pg_schema
         ))
         .execute(&pool)
         .await;

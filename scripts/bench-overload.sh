@@ -42,8 +42,8 @@ fresh_run() {
   fi
   new_prefix ovl
   app_key=$(tenant_key "$prefix" app)
-  "$bin" tenant create bulk --pg-schema "$prefix" --mongo-db "$prefix" >/dev/null
-  bulk_key=$("$bin" key create --tenant bulk --pg-schema "$prefix" --mongo-db "$prefix" |
+  "$bin" tenant create bulk --pg-schema "$prefix" >/dev/null
+  bulk_key=$("$bin" key create --tenant bulk --pg-schema "$prefix" |
     sed -E 's/.*"key":"([^"]+)".*/\1/')
   local name=$1; shift
   role "run-$name" "http://$ADDR/readyz" run --listen "$ADDR" --prefix "$prefix" \

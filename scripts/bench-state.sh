@@ -28,7 +28,7 @@ echo "bench-state: recorder, N=$N" >&2
 recorder_table=$(target/release/bench-recorder --n "$N")
 
 prefix="benchst$(date +%s)_"
-store=(--pg-schema "$prefix" --mongo-db "$prefix")
+store=(--pg-schema "$prefix")
 target/release/dispatcher migrate "${store[@]}" >/dev/null
 target/release/dispatcher tenant create bench "${store[@]}" >/dev/null
 KEY=$(target/release/dispatcher key create --tenant bench "${store[@]}" | sed -E 's/.*"key":"([^"]+)".*/\1/')

@@ -65,10 +65,10 @@ one_case() {
   local case=$1 prefix key
   new_prefix fi
   key=$(tenant_key "$prefix" faults)
-  local common=(--prefix "$prefix" --pg-schema "$prefix" --mongo-db "$prefix")
+  local common=(--prefix "$prefix" --pg-schema "$prefix")
   local p serve_port record_port
   record_port=$(free_port)
-  role "$case-record" "http://127.0.0.1:$record_port/readyz" record "${common[@]}" \
+  role "$case-record" "http://127.0.0.1:$record_port/readyz" record "${common[@]}" --mongo-db "$prefix" \
     --metrics-listen "127.0.0.1:$record_port" --record-ack-wait 10s
   p=$(free_port)
   # Short retries and timeouts: the drain window is for loss, not for a 30-minute backoff.

@@ -41,13 +41,13 @@ run() {
   local label=$1 urls=$2 replicas=$3 kill_fn=$4
   local prefix key
   new_prefix so
-  local store=(--pg-schema "$prefix" --mongo-db "$prefix")
+  local store=(--pg-schema "$prefix")
   local common=(--nats-url "$urls" --prefix "$prefix" "${store[@]}" --stream-replicas "$replicas")
   key=$(tenant_key "$prefix" scaleout)
   local ports=()
   for i in 0 1; do
     local p; p=$(free_port)
-    role "$label-record-$i" "http://127.0.0.1:$p/readyz" record "${common[@]}" \
+    role "$label-record-$i" "http://127.0.0.1:$p/readyz" record "${common[@]}" --mongo-db "$prefix" \
       --metrics-listen "127.0.0.1:$p" --record-ack-wait 10s
     p=$(free_port)
     # Short retries: the drain window is for loss, not for waiting out a 30-minute backoff.
@@ -148,7 +148,7 @@ run cluster "$urls" 3 kill_a_nats_node
 shares() {
   local prefix key p hook
   new_prefix so
-  local store=(--pg-schema "$prefix" --mongo-db "$prefix")
+  local store=(--pg-schema "$prefix")
   local common=(--prefix "$prefix" "${store[@]}")
   key=$(tenant_key "$prefix" shares)
   hook=$(free_port)

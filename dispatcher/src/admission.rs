@@ -67,6 +67,9 @@ pub struct AdmissionConfig {
     pub backlog_target: Duration,
     /// How often the fractions are adjusted (and the window of the minimum).
     pub interval: Duration,
+    /// How long a request refused as `overloaded` waits for its 429: a flood that resends
+    /// at once is paced to one request per hold per connection.
+    pub refusal_hold: Duration,
 }
 
 impl Default for AdmissionConfig {
@@ -76,6 +79,7 @@ impl Default for AdmissionConfig {
             target: Duration::from_millis(5),
             backlog_target: Duration::from_secs(1),
             interval: Duration::from_millis(100),
+            refusal_hold: Duration::from_millis(100),
         }
     }
 }

@@ -253,6 +253,18 @@ pub fn refusal_in(err: &(dyn std::error::Error + 'static)) -> Option<Refused> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Nets(pub Vec<IpNet>);
 
+impl std::fmt::Display for Nets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, net) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{net}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Comma-separated networks or addresses; empty (as an unset environment variable in a
 /// compose file gives it) is none.
 pub fn parse_nets(s: &str) -> Result<Nets, String> {

@@ -19,7 +19,11 @@
 //! - [`jetstream`]: connection, names under the configured prefix, the stream's
 //!   definition and readiness.
 //! - [`model`] (request, validation, wire document), [`error`] (every client-visible error
-//!   and its status), [`config`] (clap), [`metrics`] (Prometheus).
+//!   and its status), [`config`] (plain settings with their defaults; the binary's
+//!   `cli.rs` fills them from flags and `HERALD_*`), [`metrics`] (Prometheus).
+//! - [`app`]: the one composition root that starts each role from its settings (the
+//!   binary, the tests and the benchmarks all use it); [`lifecycle`]: backoff, shutdown
+//!   deadlines and the health endpoints every role answers alike.
 //!
 //! Downstream of NATS, each role alone or all in `dispatcher run`:
 //! - [`delivery`]: pull consumers → per-channel schedulers → senders, retries by NAK with
@@ -32,6 +36,7 @@
 //! - `fuzzing`: the properties the cargo-fuzz targets check (dispatcher/fuzz).
 
 pub mod admission;
+pub mod app;
 pub mod config;
 pub mod delivery;
 pub mod destination;
@@ -43,6 +48,7 @@ pub mod fuzzing;
 pub mod idempotency;
 pub mod ingress;
 pub mod jetstream;
+pub mod lifecycle;
 pub mod metrics;
 pub mod model;
 pub mod postgres;

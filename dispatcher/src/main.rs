@@ -1,23 +1,13 @@
 //! `dispatcher`: the Herald binary. Parses the command line and runs the chosen role until
 //! SIGINT or SIGTERM, then shuts it down gracefully and exits 0.
 
-use std::sync::Arc;
-use std::time::Duration;
+mod cli;
 
 use anyhow::Context;
 use clap::Parser;
-use herald::admission::Yielding;
-use herald::config::{
-    Cli, Command, DeliveryConfig, DestinationConfig, KeyCommand, LogArgs, LogFormat, NatsConfig,
-    RecordStore, RecorderConfig, StoreConfig, TenantCommand,
-};
-use herald::delivery::{Delivery, Senders};
-use herald::ingress::{self, Ingress};
-use herald::jetstream::{self, Names};
-use herald::metrics::Metrics;
-use herald::recorder::{self, Recorder, Sink};
-use herald::redis_store::RedisStore;
-use herald::status::StatusCache;
+use cli::{Cli, Command, KeyCommand, LogArgs, LogFormat, TenantCommand};
+use herald::app::{self, App};
+use herald::config::PgConfig;
 use herald::{postgres, tenants};
 use tracing_subscriber::EnvFilter;
 
@@ -36,94 +26,22 @@ fn main() -> anyhow::Result<()> {
         Command::Run(_) => Some(build_runtime("herald-bg", Some(cli.background_nice))?),
         _ => None,
     };
-    let background_handle = background.as_ref().map(|r| r.handle().clone());
     let outcome = runtime.block_on(async {
-        match cli.command {
-            Command::Serve(config) => {
-                let ingress = Ingress::start(*config)
-                    .await
-                    .context("starting the ingress")?;
-                until_signal().await;
-                ingress.shutdown().await;
-            }
-            Command::Deliver(args) => {
-                let metrics = Arc::new(Metrics::new());
-                let health = ingress::health::serve(args.metrics_listen, metrics.clone())
-                    .await
-                    .context("starting the health endpoint")?;
-                let delivery = start_delivery(
-                    &args.nats,
-                    &args.delivery,
-                    &args.destinations,
-                    &args.store,
-                    metrics,
-                    Yielding::default(),
-                )
-                .await?;
-                health.set_ready(true);
-                until_signal().await;
-                delivery.shutdown().await;
-            }
-            Command::Record(args) => {
-                let metrics = Arc::new(Metrics::new());
-                let health = ingress::health::serve(args.metrics_listen, metrics.clone())
-                    .await
-                    .context("starting the health endpoint")?;
-                let recorder = start_recorder(
-                    &args.nats,
-                    &args.store,
-                    &args.recorder,
-                    metrics,
-                    Yielding::default(),
-                )
-                .await?;
-                health.set_ready(true);
-                until_signal().await;
-                recorder.shutdown().await;
-            }
+        let app = match cli.command {
+            Command::Serve(args) => App::serve((*args).into()).await?,
+            Command::Deliver(args) => App::deliver((*args).into()).await?,
+            Command::Record(args) => App::record((*args).into()).await?,
             Command::Run(args) => {
-                let metrics = Arc::new(Metrics::new());
-                let nats = args.serve.nats.clone();
-                let store = args.serve.store.clone();
-                let destinations = args.serve.destinations.clone();
-                let (delivery_config, recorder_config) = (args.delivery, args.recorder);
-                let ingress = Ingress::start_with(args.serve, metrics.clone())
-                    .await
-                    .context("starting the ingress")?;
-                let yielding = Yielding::to(ingress.admission());
-                // Delivery shares the door's runtime: high's deliveries are as urgent as
-                // its requests, and low's yield by pausing. The recorder is background
-                // through and through: started on the niced runtime, so every task it
-                // spawns (and its NATS and store connections) runs there.
-                let delivery = start_delivery(
-                    &nats,
-                    &delivery_config,
-                    &destinations,
-                    &store,
-                    metrics.clone(),
-                    yielding.clone(),
+                App::run(
+                    (*args).into(),
+                    background.as_ref().map(|r| r.handle().clone()),
                 )
-                .await?;
-                let background = background_handle.expect("run has a background runtime");
-                let recorder = background
-                    .spawn(async move {
-                        start_recorder(&nats, &store, &recorder_config, metrics, yielding).await
-                    })
-                    .await
-                    .context("starting the recorder")??;
-                until_signal().await;
-                // Ingress first: what it accepted is in JetStream for the next delivery.
-                ingress.shutdown().await;
-                delivery.shutdown().await;
-                recorder.shutdown().await;
+                .await?
             }
-            Command::Migrate(store) => {
-                // Often started together with a fresh PostgreSQL: wait for it a minute.
-                let pool = postgres::pool_waiting(&store, Duration::from_secs(60))?;
-                postgres::migrate(&pool, &store.pg_schema)
-                    .await
-                    .context("applying migrations")?;
-                println!("migrations applied to schema {}", store.pg_schema);
+            Command::Migrate(pg) => {
+                let pg = PgConfig::from(pg);
+                app::migrate(&pg).await.context("applying migrations")?;
+                println!("migrations applied to schema {}", pg.pg_schema);
                 return Ok(());
             }
             Command::Tenant(TenantCommand::Create {
@@ -131,9 +49,9 @@ fn main() -> anyhow::Result<()> {
                 rate,
                 burst,
                 max_payload,
-                store,
+                pg,
             }) => {
-                let pool = postgres::pool(&store)?;
+                let pool = postgres::pool(&pg.into())?;
                 let limits = tenants::TenantLimits {
                     rate_per_sec: rate,
                     burst,
@@ -150,8 +68,8 @@ fn main() -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
-            Command::Key(KeyCommand::Create { tenant, store }) => {
-                let pool = postgres::pool(&store)?;
+            Command::Key(KeyCommand::Create { tenant, pg }) => {
+                let pool = postgres::pool(&pg.into())?;
                 let key = tenants::create_key(&pool, &tenant).await?;
                 println!(
                     "{}",
@@ -159,15 +77,16 @@ fn main() -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
-            Command::Key(KeyCommand::Revoke { id, store }) => {
-                let pool = postgres::pool(&store)?;
+            Command::Key(KeyCommand::Revoke { id, pg }) => {
+                let pool = postgres::pool(&pg.into())?;
                 tenants::revoke_key(&pool, id).await?;
                 println!("{}", serde_json::json!({ "id": id, "revoked": true }));
                 return Ok(());
             }
-        }
-        tracing::info!("stopped");
-        Ok(())
+        };
+        until_signal().await;
+        app.shutdown().await;
+        anyhow::Ok(())
     });
     // Outside any runtime's context, where dropping one may block.
     drop(background);
@@ -200,117 +119,6 @@ fn renice_this_thread(nice: i32) {
             "could not lower a background thread's priority"
         );
     }
-}
-
-/// Connects to NATS and waits until Herald's streams exist (NATS may come up later).
-async fn connect_streams(
-    nats: &NatsConfig,
-) -> anyhow::Result<(async_nats::jetstream::Context, Names)> {
-    let client = jetstream::connect(nats)
-        .await
-        .context("connecting to NATS")?;
-    let js = async_nats::jetstream::new(client);
-    let names = Names::new(&nats.prefix);
-    while let Err(err) = jetstream::ensure_streams(&js, &names, nats).await {
-        tracing::warn!(error = %err, "streams not ready; retrying");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    Ok((js, names))
-}
-
-/// Retries `start` every second until it succeeds (consumers cannot be made while NATS
-/// is away).
-async fn retry_start<T, F, Fut>(what: &str, mut start: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, async_nats::Error>>,
-{
-    loop {
-        match start().await {
-            Ok(started) => return started,
-            Err(err) => {
-                tracing::warn!(error = %err, "{what} could not start; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
-}
-
-async fn start_delivery(
-    nats: &NatsConfig,
-    config: &DeliveryConfig,
-    destinations: &DestinationConfig,
-    store: &StoreConfig,
-    metrics: Arc<Metrics>,
-    yielding: Yielding,
-) -> anyhow::Result<Delivery> {
-    let policy = Arc::new(destinations.policy());
-    let directory = Arc::new(tenants::Directory::new(
-        postgres::pool(store)?,
-        Duration::from_secs(60),
-    ));
-    // Fail fast on a sender misconfiguration, before anything is consumed.
-    Senders::from_config(config, None, policy.clone()).map_err(anyhow::Error::msg)?;
-    let (js, names) = connect_streams(nats).await?;
-    Ok(retry_start("delivery", || {
-        let senders = Senders::from_config(config, Some(directory.clone()), policy.clone())
-            .expect("checked above");
-        Delivery::start(
-            js.clone(),
-            names.clone(),
-            config,
-            senders,
-            metrics.clone(),
-            yielding.clone(),
-        )
-    })
-    .await)
-}
-
-async fn start_recorder(
-    nats: &NatsConfig,
-    store: &StoreConfig,
-    config: &RecorderConfig,
-    metrics: Arc<Metrics>,
-    yielding: Yielding,
-) -> anyhow::Result<Recorder> {
-    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
-    if !config.record_skip.contains(&RecordStore::Postgres) {
-        let pool = postgres::pool(store)?;
-        if store.migrate {
-            postgres::migrate(&pool, &store.pg_schema)
-                .await
-                .context("applying migrations")?;
-        }
-        let redis =
-            Arc::new(RedisStore::new(&store.redis_url, &nats.prefix).map_err(anyhow::Error::msg)?);
-        let cache = Arc::new(StatusCache::new(redis));
-        sinks.push(Arc::new(recorder::postgres::PostgresSink::new(
-            pool,
-            Some((cache, config.status_cache_ttl)),
-        )));
-    }
-    if !config.record_skip.contains(&RecordStore::Mongo) {
-        let client = recorder::mongo::client(&store.mongo_url)
-            .await
-            .context("--mongo-url")?;
-        sinks.push(Arc::new(recorder::mongo::MongoSink::new(
-            client.database(&store.mongo_db),
-            config.message_retention,
-        )));
-    }
-    let (js, names) = connect_streams(nats).await?;
-    Ok(retry_start("recorder", || {
-        Recorder::start(
-            js.clone(),
-            names.clone(),
-            config,
-            sinks.clone(),
-            metrics.clone(),
-            yielding.clone(),
-        )
-    })
-    .await)
 }
 
 fn init_tracing(args: &LogArgs) -> anyhow::Result<()> {

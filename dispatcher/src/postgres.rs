@@ -5,21 +5,21 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use crate::config::StoreConfig;
+use crate::config::PgConfig;
 
 /// The SQL files in `migrations/`, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// A pool that connects on first use: Herald starts while PostgreSQL is down, and what
 /// needs the database answers 503 (or retries) until it is back.
-pub fn pool(config: &StoreConfig) -> Result<PgPool, sqlx::Error> {
+pub fn pool(config: &PgConfig) -> Result<PgPool, sqlx::Error> {
     pool_waiting(config, Duration::from_secs(3))
 }
 
 /// As [`pool`], a statement waiting up to `patience` for a connection: sqlx keeps
 /// retrying while PostgreSQL refuses connections or is starting up. For one-shot commands
 /// started beside a fresh database (compose's `migrate`).
-pub fn pool_waiting(config: &StoreConfig, patience: Duration) -> Result<PgPool, sqlx::Error> {
+pub fn pool_waiting(config: &PgConfig, patience: Duration) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = config.database_url.parse()?;
     let options = options
         .options([("search_path", config.pg_schema.as_str())])

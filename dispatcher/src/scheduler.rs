@@ -44,7 +44,7 @@ impl FromStr for PerClass {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        crate::config::parse_positive_list(s, "high:medium:low").map(PerClass)
+        parse_positive_list(s, "high:medium:low").map(PerClass)
     }
 }
 
@@ -52,6 +52,25 @@ impl fmt::Display for PerClass {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}", self.0[0], self.0[1], self.0[2])
     }
+}
+
+/// Parses `N` positive whole numbers separated by ':' (`shape` names them for errors).
+pub fn parse_positive_list<const N: usize>(s: &str, shape: &str) -> Result<[usize; N], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != N {
+        return Err(format!("expected {shape}, got {s:?}"));
+    }
+    let mut out = [0; N];
+    for (slot, part) in out.iter_mut().zip(parts) {
+        *slot = part
+            .trim()
+            .parse()
+            .map_err(|_| format!("{part:?} is not a whole number"))?;
+        if *slot == 0 {
+            return Err(String::from("every value must be at least 1"));
+        }
+    }
+    Ok(out)
 }
 
 /// Largest weight sum accepted; bounds the precomputed sequences' memory.

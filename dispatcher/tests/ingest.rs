@@ -751,7 +751,7 @@ fn metric(page: &str, name: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_low_flood_is_shed_while_high_is_accepted() {
     let server = TestServer::start_with(|c| {
-        c.overload_target = std::time::Duration::from_millis(1);
+        c.admission.target = std::time::Duration::from_millis(1);
     })
     .await;
     let url = server.url("/v1/notifications");
@@ -856,7 +856,7 @@ async fn a_low_flood_is_shed_while_high_is_accepted() {
 #[tokio::test]
 async fn a_batch_is_shed_item_by_item_by_class() {
     let server = TestServer::start_with(|c| {
-        c.overload_target = std::time::Duration::ZERO;
+        c.admission.target = std::time::Duration::ZERO;
     })
     .await;
     let mut both_shed = false;

@@ -43,7 +43,7 @@ fn spawn_requests(
 async fn full_queue_answers_429_and_everything_accepted_is_stored() {
     let nats = NatsProcess::start(free_port()).await;
     let server = TestServer::start_unready(&nats.url(), |c| {
-        c.queue_capacity = "2:2:2".parse().unwrap();
+        c.scheduler.capacities = "2:2:2".parse().unwrap();
         c.publisher.max_inflight = 1;
         c.publisher.batch_max = 1;
         c.publisher.publishers = 1;
@@ -216,7 +216,13 @@ async fn spawn_dispatcher(
             "off",
             "--migrate",
         ])
-        .args(["--pg-schema", prefix, "--mongo-db", prefix])
+        .args(["--pg-schema", prefix])
+        // Only `run` records, so only `run` takes MongoDB's flags.
+        .args(if role == "run" {
+            vec!["--mongo-db", prefix]
+        } else {
+            vec![]
+        })
         .args(["--webhook-allow-nets", "127.0.0.0/8,::1"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -8,8 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::{
-    migrated_pool, sinks, start_recorder, test_store, webhook_to, Receiver, Stack, TcpProxy,
-    TestServer,
+    migrated_pool, start_recorder, test_store, webhook_to, Receiver, Stack, TcpProxy, TestServer,
 };
 use herald::config::AuthMode;
 use mongodb::bson::{doc, Document};
@@ -312,14 +311,7 @@ async fn a_redelivered_batch_changes_nothing_twice() {
         }
     }
     let store = test_store(&prefix);
-    stack.recorder = Some(
-        start_recorder(
-            &stack.server.nats_url,
-            &prefix,
-            sinks(&prefix, &store).await,
-        )
-        .await,
-    );
+    stack.recorder = Some(start_recorder(&stack.server.nats_url, &prefix, &store).await);
     // Wait until the new consumers have written and acknowledged everything again.
     let caught_up = eventually(Duration::from_secs(20), || async {
         for (stream, source) in [("NOTIFY", "notify"), ("EVENTS", "events")] {
@@ -674,9 +666,9 @@ async fn the_recorder_catches_up_after_a_store_outage() {
     let direct = test_store(&prefix);
     let pool = migrated_pool(&direct).await;
     let mut through = direct.clone();
-    through.database_url = format!("postgres://root@{}/test", pg_proxy.addr);
+    through.pg.database_url = format!("postgres://root@{}/test", pg_proxy.addr);
     through.mongo_url = format!("mongodb://{}/?directConnection=true", mongo_proxy.addr);
-    let recorder = start_recorder(&server.nats_url, &prefix, sinks(&prefix, &through).await).await;
+    let recorder = start_recorder(&server.nats_url, &prefix, &through).await;
 
     pg_proxy.cut();
     mongo_proxy.cut();

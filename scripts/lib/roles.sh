@@ -59,7 +59,7 @@ new_prefix() {
 }
 
 tenant_key() {
-  local store=(--pg-schema "$1" --mongo-db "$1")
+  local store=(--pg-schema "$1")
   "$bin" migrate "${store[@]}" >/dev/null
   "$bin" tenant create "$2" "${store[@]}" >/dev/null
   "$bin" key create --tenant "$2" "${store[@]}" | sed -E 's/.*"key":"([^"]+)".*/\1/'

@@ -196,6 +196,12 @@ impl Delivery {
 
     /// Stops fetching, finishes in-flight sends, NAKs what is still queued, and returns
     /// once every task has ended.
+    /// Notifications fetched and waiting for a worker, per priority (all channels).
+    pub fn depth(&self) -> Arc<dyn Fn(Priority) -> usize + Send + Sync> {
+        let schedulers = self.schedulers.clone();
+        Arc::new(move |priority| schedulers.iter().map(|s| s.len(priority)).sum())
+    }
+
     pub async fn shutdown(mut self) {
         self.stop.cancel();
         for scheduler in &self.schedulers {

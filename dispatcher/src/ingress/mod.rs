@@ -8,7 +8,6 @@
 //! let the publishers drain it and collect every ack, flush the NATS connection.
 
 mod connection;
-pub mod health;
 mod routes;
 
 use std::convert::Infallible;
@@ -29,7 +28,9 @@ use crate::admission::Admission;
 use crate::config::{AuthMode, ServeConfig};
 use crate::destination::DestinationPolicy;
 use crate::idempotency::Idempotency;
-use crate::jetstream::{self, Names, Readiness};
+use crate::jetstream::Readiness;
+use crate::jetstream::{self, Names};
+use crate::lifecycle::{Health, ReadyState};
 use crate::metrics::Metrics;
 use crate::publisher::{Envelope, Publisher};
 use crate::ratelimit::{Limit, RateLimiter};
@@ -66,6 +67,8 @@ pub struct State {
     /// The bucket of tenants without their own setting (`None`: unlimited).
     pub default_limit: Option<Limit>,
     pub status_cache: StatusCache,
+    /// `/healthz`, `/readyz` and `/metrics`, as every role answers them.
+    pub health: Health,
 }
 
 /// A running ingress.
@@ -112,15 +115,15 @@ impl Ingress {
                 .map_err(std::io::Error::other)?,
         );
         let idempotency = Idempotency::new(redis.clone(), config.idempotency_ttl);
-        let pool = crate::postgres::pool(&config.store).map_err(std::io::Error::other)?;
-        if config.store.migrate {
-            crate::postgres::migrate(&pool, &config.store.pg_schema)
+        let pool = crate::postgres::pool(&config.store.pg).map_err(std::io::Error::other)?;
+        if config.migrate {
+            crate::postgres::migrate(&pool, &config.store.pg.pg_schema)
                 .await
                 .map_err(std::io::Error::other)?;
         }
         let tenants = Arc::new(Directory::new(pool, config.key_cache_ttl));
-        let scheduler = Arc::new(Scheduler::new(config.scheduler()));
-        let admission = Arc::new(Admission::new(config.admission()));
+        let scheduler = Arc::new(Scheduler::new(config.scheduler));
+        let admission = Arc::new(Admission::new(config.admission));
         let stop_admission = CancellationToken::new();
         let controller = tokio::spawn(
             admission
@@ -135,6 +138,23 @@ impl Ingress {
             metrics.clone(),
             config.publisher.clone(),
         );
+        let health = Health {
+            metrics: metrics.clone(),
+            ready: {
+                let (readiness, client) = (readiness.clone(), client.clone());
+                Arc::new(move || {
+                    if readiness.is_ready(&client) {
+                        ReadyState::Ready
+                    } else {
+                        ReadyState::Unready("NATS is disconnected or the stream is not verified")
+                    }
+                })
+            },
+            depth: {
+                let scheduler = scheduler.clone();
+                Arc::new(move |p| scheduler.len(p))
+            },
+        };
         let state = Arc::new(State {
             max_payload: config.max_payload,
             destinations: config.destinations.policy(),
@@ -143,7 +163,7 @@ impl Ingress {
             body_timeout: config.body_timeout,
             scheduler: scheduler.clone(),
             admission,
-            refusal_hold: config.overload_refusal_hold,
+            refusal_hold: config.admission.refusal_hold,
             metrics,
             readiness,
             client: client.clone(),
@@ -158,6 +178,7 @@ impl Ingress {
                 burst: config.rate_burst.unwrap_or(config.rate_limit).max(1),
             }),
             status_cache: StatusCache::new(redis),
+            health,
         });
         tracing::info!(%local_addr, prefix = %config.nats.prefix, "ingress listening");
         let stop = shutdown.clone();

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use bytes::Bytes;
+use herald::app::App;
 use herald::config::{AuthMode, ServeConfig};
-use herald::ingress::Ingress;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
@@ -30,23 +30,26 @@ pub fn unique_prefix() -> String {
 
 /// A configuration for tests: loopback, port 0, a fresh prefix, fast readiness checks.
 pub fn test_config(nats_url: &str) -> ServeConfig {
-    let mut config = ServeConfig::defaults();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.nats.nats_url = nats_url.to_string();
-    config.nats.prefix = unique_prefix();
-    config.nats.readiness_interval = Duration::from_millis(100);
-    config.shutdown_timeout = Duration::from_secs(20);
-    config.store.redis_url = redis_url();
-    // Tables and documents live under names derived from the prefix (lowercase already).
-    config.store.pg_schema = config.nats.prefix.clone();
-    config.store.mongo_db = config.nats.prefix.clone();
-    config.store.database_url = database_url();
-    config.store.mongo_url = mongo_url();
-    // Tests of authentication turn it on; the others speak for the anonymous tenant.
-    config.auth = AuthMode::Off;
-    // Test receivers listen on loopback, which the default policy refuses.
-    config.destinations.webhook_allow_nets = herald::destination::Nets(loopback_nets());
-    config
+    let prefix = unique_prefix();
+    ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        nats: herald::config::NatsConfig {
+            nats_url: nats_url.to_string(),
+            readiness_interval: Duration::from_millis(100),
+            prefix: prefix.clone(),
+            ..Default::default()
+        },
+        shutdown_timeout: Duration::from_secs(20),
+        // Tables and documents live under names derived from the prefix (lowercase already).
+        store: test_store(&prefix),
+        // Tests of authentication turn it on; the others speak for the anonymous tenant.
+        auth: AuthMode::Off,
+        // Test receivers listen on loopback, which the default policy refuses.
+        destinations: herald::config::DestinationConfig {
+            webhook_allow_nets: herald::destination::Nets(loopback_nets()),
+        },
+        ..Default::default()
+    }
 }
 
 /// Loopback, allow-listed for webhooks so tests can run receivers on 127.0.0.1.
@@ -70,7 +73,7 @@ pub struct TestServer {
     pub prefix: String,
     pub stream: String,
     pub nats_url: String,
-    ingress: Option<Ingress>,
+    app: Option<App>,
     pub http: HttpClient,
 }
 
@@ -91,13 +94,13 @@ impl TestServer {
         let mut config = test_config(nats_url);
         adjust(&mut config);
         let prefix = config.nats.prefix.clone();
-        let ingress = Ingress::start(config).await.expect("ingress starts");
+        let app = App::serve(config).await.expect("ingress starts");
         TestServer {
-            addr: ingress.local_addr(),
+            addr: app.local_addr().expect("the ingress listens"),
             stream: format!("{prefix}NOTIFY"),
             prefix,
             nats_url: nats_url.to_string(),
-            ingress: Some(ingress),
+            app: Some(app),
             http: HttpClient::new(false),
         }
     }
@@ -142,13 +145,18 @@ impl TestServer {
 
     /// Starts a graceful shutdown and waits for it.
     pub async fn shutdown(&mut self) {
-        if let Some(ingress) = self.ingress.take() {
-            ingress.shutdown().await;
+        if let Some(app) = self.app.take() {
+            app.shutdown().await;
         }
     }
 
     pub fn shutdown_token(&self) -> tokio_util::sync::CancellationToken {
-        self.ingress.as_ref().unwrap().shutdown_token()
+        self.app
+            .as_ref()
+            .unwrap()
+            .ingress()
+            .unwrap()
+            .shutdown_token()
     }
 
     /// Shuts down and deletes the streams of this prefix.
@@ -162,7 +170,7 @@ impl Drop for TestServer {
     /// A failed test still removes its streams, from a thread of its own because the
     /// test's runtime may be gone.
     fn drop(&mut self) {
-        if self.ingress.is_some() {
+        if self.app.is_some() {
             let (url, prefix) = (self.nats_url.clone(), self.prefix.clone());
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Runtime::new().unwrap();
@@ -588,78 +596,65 @@ pub struct Stack {
 
 /// The store configuration of a test prefix (schema and database named after it).
 pub fn test_store(prefix: &str) -> herald::config::StoreConfig {
-    let mut store = herald::config::StoreConfig::defaults();
-    store.database_url = database_url();
-    store.pg_schema = prefix.to_string();
-    store.mongo_url = mongo_url();
-    store.mongo_db = prefix.to_string();
-    store.redis_url = redis_url();
-    store
+    herald::config::StoreConfig {
+        pg: herald::config::PgConfig {
+            database_url: database_url(),
+            pg_schema: prefix.to_string(),
+            ..Default::default()
+        },
+        mongo_url: mongo_url(),
+        mongo_db: prefix.to_string(),
+        redis_url: redis_url(),
+    }
 }
 
 /// A pool on the prefix's schema, migrated.
 pub async fn migrated_pool(store: &herald::config::StoreConfig) -> sqlx::PgPool {
-    let pool = herald::postgres::pool(store).unwrap();
-    herald::postgres::migrate(&pool, &store.pg_schema)
+    let pool = herald::postgres::pool(&store.pg).unwrap();
+    herald::postgres::migrate(&pool, &store.pg.pg_schema)
         .await
         .expect("migrations apply");
     pool
 }
 
-/// The recorder's sinks for `store` (PostgreSQL with the status cache, and MongoDB).
-pub async fn sinks(
-    prefix: &str,
-    store: &herald::config::StoreConfig,
-) -> Vec<std::sync::Arc<dyn herald::recorder::Sink>> {
-    use std::sync::Arc;
-    let pool = herald::postgres::pool(store).unwrap();
-    let redis = Arc::new(herald::redis_store::RedisStore::new(&store.redis_url, prefix).unwrap());
-    let cache = Arc::new(herald::status::StatusCache::new(redis));
-    let mongo = herald::recorder::mongo::client(&store.mongo_url)
-        .await
-        .unwrap();
-    vec![
-        Arc::new(herald::recorder::postgres::PostgresSink::new(
-            pool,
-            Some((cache, Duration::from_secs(60))),
-        )),
-        Arc::new(herald::recorder::mongo::MongoSink::new(
-            mongo.database(&store.mongo_db),
-            Duration::from_secs(86_400),
-        )),
-    ]
-}
-
-/// Starts a recorder on `prefix`'s streams writing into `sinks`.
+/// Starts a recorder on `prefix`'s streams writing into `store` (PostgreSQL with the
+/// status cache, and MongoDB), in batches of 100.
 pub async fn start_recorder(
     nats_url: &str,
     prefix: &str,
-    sinks: Vec<std::sync::Arc<dyn herald::recorder::Sink>>,
+    store: &herald::config::StoreConfig,
 ) -> herald::recorder::Recorder {
     let client = async_nats::connect(nats_url).await.unwrap();
     let js = jetstream::new(client);
-    let mut config = herald::config::RecordArgs::defaults().recorder;
-    config.record_batch = 100;
-    herald::recorder::Recorder::start(
-        js,
-        herald::jetstream::Names::new(prefix),
+    let config = herald::config::RecorderConfig {
+        record_batch: 100,
+        status_cache_ttl: Duration::from_secs(60),
+        message_retention: Duration::from_secs(86_400),
+        ..Default::default()
+    };
+    herald::app::start_recorder(
+        &js,
+        &herald::jetstream::Names::new(prefix),
+        store,
         &config,
-        sinks,
         std::sync::Arc::new(herald::metrics::Metrics::new()),
         herald::admission::Yielding::default(),
+        &tokio_util::sync::CancellationToken::new(),
     )
     .await
     .expect("recorder starts")
 }
 
 pub fn test_delivery_config() -> herald::config::DeliveryConfig {
-    let mut c = herald::config::DeliveryConfig::defaults();
-    c.retry_high = "100ms:400ms:4".parse().unwrap();
-    c.retry_medium = "100ms:400ms:4".parse().unwrap();
-    c.retry_low = "100ms:400ms:4".parse().unwrap();
-    c.webhook_timeout = Duration::from_secs(5);
-    c.ack_wait = Duration::from_secs(5);
-    c
+    let quick: herald::delivery::retry::RetryPolicy = "100ms:400ms:4".parse().unwrap();
+    herald::config::DeliveryConfig {
+        retry_high: quick,
+        retry_medium: quick,
+        retry_low: quick,
+        webhook_timeout: Duration::from_secs(5),
+        ack_wait: Duration::from_secs(5),
+        ..Default::default()
+    }
 }
 
 impl Stack {
@@ -681,18 +676,18 @@ impl Stack {
         let client = async_nats::connect(&self.server.nats_url).await.unwrap();
         let js = jetstream::new(client);
         let names = herald::jetstream::Names::new(&self.server.prefix);
-        let delivery = herald::delivery::Delivery::start(
-            js,
-            names,
+        let destinations = herald::config::DestinationConfig {
+            webhook_allow_nets: herald::destination::Nets(loopback_nets()),
+        };
+        let delivery = herald::app::start_delivery(
+            &js,
+            &names,
             &self.delivery_config,
-            herald::delivery::Senders::from_config(
-                &self.delivery_config,
-                None,
-                std::sync::Arc::new(herald::destination::DestinationPolicy::new(loopback_nets())),
-            )
-            .expect("senders"),
+            &destinations,
+            &test_store(&self.server.prefix).pg,
             std::sync::Arc::new(herald::metrics::Metrics::new()),
             herald::admission::Yielding::default(),
+            &tokio_util::sync::CancellationToken::new(),
         )
         .await
         .expect("delivery starts");
@@ -711,9 +706,8 @@ impl Stack {
     pub async fn start_recording(&mut self) -> sqlx::PgPool {
         let store = test_store(&self.server.prefix);
         let pool = migrated_pool(&store).await;
-        let sinks = sinks(&self.server.prefix, &store).await;
         self.recorder =
-            Some(start_recorder(&self.server.nats_url, &self.server.prefix, sinks).await);
+            Some(start_recorder(&self.server.nats_url, &self.server.prefix, &store).await);
         pool
     }
 

@@ -1,0 +1,367 @@
+//! The one composition root: builds each role (`serve`, `deliver`, `record`, `run`) from
+//! its settings and stops it in the order that keeps Herald's promises. The binary, the
+//! integration tests and the benchmarks all start Herald through [`App`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::admission::Yielding;
+use crate::config::{
+    DeliverConfig, DeliveryConfig, DestinationConfig, NatsConfig, PgConfig, RecordConfig,
+    RecordStore, RecorderConfig, RunConfig, ServeConfig, StoreConfig,
+};
+use crate::delivery::{Delivery, Senders};
+use crate::ingress::Ingress;
+use crate::jetstream::{self, Names};
+use crate::lifecycle::{self, Backoff, Health, HealthServer, ReadyState};
+use crate::metrics::Metrics;
+use crate::recorder::{self, Recorder, Sink};
+use crate::redis_store::RedisStore;
+use crate::status::StatusCache;
+use crate::{postgres, tenants};
+
+/// Why a role could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("binding {what}: {source}")]
+    Bind {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("starting the ingress: {0}")]
+    Ingress(std::io::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("MongoDB (--mongo-url): {0}")]
+    Mongo(#[from] mongodb::error::Error),
+    #[error("NATS: {0}")]
+    Nats(#[from] async_nats::ConnectError),
+    #[error("{0}")]
+    Settings(String),
+    #[error("stopped before it started")]
+    Stopped,
+}
+
+/// A running role: whichever of the ingress, delivery and the recorder it holds, and the
+/// health endpoints of a role without the ingress.
+pub struct App {
+    ingress: Option<Ingress>,
+    delivery: Option<Delivery>,
+    recorder: Option<Recorder>,
+    health: Option<HealthServer>,
+    /// Each part gets this long to stop.
+    stop_deadline: Duration,
+    /// Cancels starts still retrying (NATS or consumers not there yet).
+    starting: CancellationToken,
+}
+
+/// How long delivery and the recorder get to stop: a send in flight has its own timeout
+/// (10 s by default); a batch being written is redelivered if it is cut short.
+const ROLE_STOP_DEADLINE: Duration = Duration::from_secs(30);
+
+impl App {
+    /// `dispatcher serve`: the ingress alone.
+    pub async fn serve(config: ServeConfig) -> Result<App, StartError> {
+        let ingress = Ingress::start_with(config, Arc::new(Metrics::new()))
+            .await
+            .map_err(StartError::Ingress)?;
+        Ok(App {
+            ingress: Some(ingress),
+            ..App::empty()
+        })
+    }
+
+    /// `dispatcher deliver`: delivery workers, with health endpoints at
+    /// `config.metrics_listen`.
+    pub async fn deliver(config: DeliverConfig) -> Result<App, StartError> {
+        let mut app = App::empty();
+        let metrics = Arc::new(Metrics::new());
+        let (client, js, names) = connect_streams(&config.nats, &app.starting).await?;
+        let delivery = start_delivery(
+            &js,
+            &names,
+            &config.delivery,
+            &config.destinations,
+            &config.pg,
+            metrics.clone(),
+            Yielding::default(),
+            &app.starting,
+        )
+        .await?;
+        let depth = delivery.depth();
+        app.delivery = Some(delivery);
+        app.health = Some(health_server(config.metrics_listen, metrics, client, depth).await?);
+        Ok(app)
+    }
+
+    /// `dispatcher record`: the recorder, with health endpoints at `config.metrics_listen`.
+    pub async fn record(config: RecordConfig) -> Result<App, StartError> {
+        let mut app = App::empty();
+        let metrics = Arc::new(Metrics::new());
+        if config.migrate {
+            migrate(&config.store.pg).await?;
+        }
+        let (client, js, names) = connect_streams(&config.nats, &app.starting).await?;
+        app.recorder = Some(
+            start_recorder(
+                &js,
+                &names,
+                &config.store,
+                &config.recorder,
+                metrics.clone(),
+                Yielding::default(),
+                &app.starting,
+            )
+            .await?,
+        );
+        app.health =
+            Some(health_server(config.metrics_listen, metrics, client, Arc::new(|_| 0)).await?);
+        Ok(app)
+    }
+
+    /// `dispatcher run`: the three roles in one process. Delivery shares the door's
+    /// runtime (high's deliveries are as urgent as its requests; low's yield by pausing);
+    /// the recorder is started on `background` when given (a niced runtime), so every task
+    /// it spawns, and its store connections, run there.
+    pub async fn run(
+        config: RunConfig,
+        background: Option<tokio::runtime::Handle>,
+    ) -> Result<App, StartError> {
+        let RunConfig {
+            serve,
+            delivery,
+            recorder,
+        } = config;
+        let metrics = Arc::new(Metrics::new());
+        let (nats, store, destinations) = (
+            serve.nats.clone(),
+            serve.store.clone(),
+            serve.destinations.clone(),
+        );
+        let ingress = Ingress::start_with(serve, metrics.clone())
+            .await
+            .map_err(StartError::Ingress)?;
+        let mut app = App {
+            ingress: Some(ingress),
+            ..App::empty()
+        };
+        let yielding = Yielding::to(app.ingress.as_ref().expect("just set").admission());
+        let (_, js, names) = connect_streams(&nats, &app.starting).await?;
+        app.delivery = Some(
+            start_delivery(
+                &js,
+                &names,
+                &delivery,
+                &destinations,
+                &store.pg,
+                metrics.clone(),
+                yielding.clone(),
+                &app.starting,
+            )
+            .await?,
+        );
+        let starting = app.starting.clone();
+        let start = async move {
+            start_recorder(&js, &names, &store, &recorder, metrics, yielding, &starting).await
+        };
+        app.recorder = Some(match background {
+            Some(handle) => handle
+                .spawn(start)
+                .await
+                .map_err(|e| StartError::Settings(format!("starting the recorder: {e}")))??,
+            None => start.await?,
+        });
+        Ok(app)
+    }
+
+    fn empty() -> App {
+        App {
+            ingress: None,
+            delivery: None,
+            recorder: None,
+            health: None,
+            stop_deadline: ROLE_STOP_DEADLINE,
+            starting: CancellationToken::new(),
+        }
+    }
+
+    /// The ingress's address, or else the health endpoints'.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.ingress
+            .as_ref()
+            .map(Ingress::local_addr)
+            .or_else(|| self.health.as_ref().map(HealthServer::local_addr))
+    }
+
+    pub fn ingress(&self) -> Option<&Ingress> {
+        self.ingress.as_ref()
+    }
+
+    /// Stops every part, each within its deadline, in the order that keeps "202 means
+    /// durable" and loses nothing: the ingress first (what it accepted is in JetStream
+    /// for the next delivery), then delivery (in-flight sends finish or are NAKed), then
+    /// the recorder (written batches acknowledged), then the health endpoints.
+    pub async fn shutdown(mut self) {
+        self.starting.cancel();
+        if let Some(ingress) = self.ingress.take() {
+            // The ingress bounds each of its stages by --shutdown-timeout itself.
+            ingress.shutdown().await;
+        }
+        if let Some(delivery) = self.delivery.take() {
+            lifecycle::within("delivery", self.stop_deadline, delivery.shutdown()).await;
+        }
+        if let Some(recorder) = self.recorder.take() {
+            lifecycle::within("the recorder", self.stop_deadline, recorder.shutdown()).await;
+        }
+        if let Some(health) = self.health.take() {
+            health.shutdown().await;
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Applies the migrations, waiting up to a minute for PostgreSQL (often started together
+/// with Herald).
+pub async fn migrate(pg: &PgConfig) -> Result<(), StartError> {
+    let pool = postgres::pool_waiting(pg, Duration::from_secs(60))?;
+    postgres::migrate(&pool, &pg.pg_schema).await?;
+    Ok(())
+}
+
+async fn health_server(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    client: async_nats::Client,
+    depth: Arc<dyn Fn(crate::model::Priority) -> usize + Send + Sync>,
+) -> Result<HealthServer, StartError> {
+    let health = Health {
+        metrics,
+        ready: Arc::new(move || {
+            if client.connection_state() == async_nats::connection::State::Connected {
+                ReadyState::Ready
+            } else {
+                ReadyState::Unready("NATS is disconnected")
+            }
+        }),
+        depth,
+    };
+    HealthServer::start(addr, health)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "--metrics-listen",
+            source,
+        })
+}
+
+/// Connects to NATS and waits until Herald's streams exist (NATS may come up later).
+pub async fn connect_streams(
+    nats: &NatsConfig,
+    stop: &CancellationToken,
+) -> Result<(async_nats::Client, async_nats::jetstream::Context, Names), StartError> {
+    let client = jetstream::connect(nats).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let names = Names::new(&nats.prefix);
+    lifecycle::retry("checking the streams", start_backoff(), stop, || {
+        jetstream::ensure_streams(&js, &names, nats)
+    })
+    .await
+    .ok_or(StartError::Stopped)?;
+    Ok((client, js, names))
+}
+
+fn start_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(250), Duration::from_secs(2))
+}
+
+/// Delivery on `js`, its consumers made (retried while NATS refuses them).
+#[allow(clippy::too_many_arguments)]
+pub async fn start_delivery(
+    js: &async_nats::jetstream::Context,
+    names: &Names,
+    config: &DeliveryConfig,
+    destinations: &DestinationConfig,
+    pg: &PgConfig,
+    metrics: Arc<Metrics>,
+    yielding: Yielding,
+    stop: &CancellationToken,
+) -> Result<Delivery, StartError> {
+    let policy = Arc::new(destinations.policy());
+    let directory = Arc::new(tenants::Directory::new(
+        postgres::pool(pg)?,
+        Duration::from_secs(60),
+    ));
+    // Fail fast on a sender misconfiguration, before anything is consumed.
+    Senders::from_config(config, None, policy.clone()).map_err(StartError::Settings)?;
+    lifecycle::retry("starting delivery", start_backoff(), stop, || {
+        let senders = Senders::from_config(config, Some(directory.clone()), policy.clone())
+            .expect("checked above");
+        Delivery::start(
+            js.clone(),
+            names.clone(),
+            config,
+            senders,
+            metrics.clone(),
+            yielding.clone(),
+        )
+    })
+    .await
+    .ok_or(StartError::Stopped)
+}
+
+/// The recorder's sinks for `store`: PostgreSQL (with the Redis status cache) and
+/// MongoDB, less those `config.record_skip` leaves out.
+pub async fn sinks(
+    prefix: &str,
+    store: &StoreConfig,
+    config: &RecorderConfig,
+) -> Result<Vec<Arc<dyn Sink>>, StartError> {
+    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    if !config.record_skip.contains(&RecordStore::Postgres) {
+        let pool = postgres::pool(&store.pg)?;
+        let redis = Arc::new(
+            RedisStore::new(&store.redis_url, prefix)
+                .map_err(|e| StartError::Settings(format!("--redis-url: {e}")))?,
+        );
+        let cache = Arc::new(StatusCache::new(redis));
+        sinks.push(Arc::new(recorder::postgres::PostgresSink::new(
+            pool,
+            Some((cache, config.status_cache_ttl)),
+        )));
+    }
+    if !config.record_skip.contains(&RecordStore::Mongo) {
+        let client = recorder::mongo::client(&store.mongo_url).await?;
+        sinks.push(Arc::new(recorder::mongo::MongoSink::new(
+            client.database(&store.mongo_db),
+            config.message_retention,
+        )));
+    }
+    Ok(sinks)
+}
+
+/// The recorder on `js`, its consumers made (retried while NATS refuses them).
+pub async fn start_recorder(
+    js: &async_nats::jetstream::Context,
+    names: &Names,
+    store: &StoreConfig,
+    config: &RecorderConfig,
+    metrics: Arc<Metrics>,
+    yielding: Yielding,
+    stop: &CancellationToken,
+) -> Result<Recorder, StartError> {
+    let sinks = sinks(&names.prefix, store, config).await?;
+    lifecycle::retry("starting the recorder", start_backoff(), stop, || {
+        Recorder::start(
+            js.clone(),
+            names.clone(),
+            config,
+            sinks.clone(),
+            metrics.clone(),
+            yielding.clone(),
+        )
+    })
+    .await
+    .ok_or(StartError::Stopped)
+}

@@ -1,0 +1,895 @@
+//! The command line: flags and their `HERALD_*` fallbacks, turned into the library's plain
+//! settings (`herald::config`). Every default comes from those settings' `Default`, so it
+//! is written once; this file only says how each setting is spelled and explained.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use herald::admission::AdmissionConfig;
+use herald::config::{
+    check_identifier, check_prefix, parse_weights, AuthMode, DeliverConfig, DeliveryConfig,
+    DestinationConfig, NatsConfig, PerChannel, PgConfig, PublisherConfig, RecordConfig,
+    RecordStore, RecorderConfig, RunConfig, ServeConfig, StoreConfig,
+};
+use herald::delivery::retry::RetryPolicy;
+use herald::destination::{parse_nets, Nets};
+use herald::scheduler::{PerClass, SchedulerConfig};
+
+type Human = humantime::Duration;
+
+fn human(d: Duration) -> Human {
+    d.into()
+}
+
+/// A parser that offers exactly `words` (shown in --help) and yields their setting.
+fn one_of<T>(words: &'static [&'static str]) -> impl TypedValueParser<Value = T>
+where
+    T: FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::fmt::Debug,
+{
+    PossibleValuesParser::new(words).map(|word| word.parse().expect("a listed word"))
+}
+
+fn serve() -> ServeConfig {
+    ServeConfig::default()
+}
+fn nats() -> NatsConfig {
+    NatsConfig::default()
+}
+fn pg() -> PgConfig {
+    PgConfig::default()
+}
+fn store() -> StoreConfig {
+    StoreConfig::default()
+}
+fn publisher() -> PublisherConfig {
+    PublisherConfig::default()
+}
+fn admission() -> AdmissionConfig {
+    AdmissionConfig::default()
+}
+fn scheduler() -> SchedulerConfig {
+    SchedulerConfig::default()
+}
+fn delivery() -> DeliveryConfig {
+    DeliveryConfig::default()
+}
+fn recorder() -> RecorderConfig {
+    RecorderConfig::default()
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "dispatcher", version, about = "Herald notification dispatcher")]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Nice value of the recorder's threads (inside `run`, and every thread of `record`),
+    /// so that a co-located door and high's deliveries get the CPU first (0: no change).
+    #[arg(long, env = "HERALD_BACKGROUND_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19), global = true)]
+    pub background_nice: i32,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP ingress: accept notifications, schedule them by priority and publish
+    /// them durably to JetStream.
+    Serve(Box<ServeArgs>),
+    /// Run the delivery workers alone: consume NOTIFY by priority and deliver.
+    Deliver(Box<DeliverArgs>),
+    /// Run ingress, delivery and the recorder in one process (the quick start's default).
+    Run(Box<RunArgs>),
+    /// Run the recorder alone: consume NOTIFY and EVENTS into PostgreSQL, MongoDB and the
+    /// Redis status cache.
+    Record(Box<RecordArgs>),
+    /// Apply the SQL migrations in migrations/ to the configured schema, then exit.
+    Migrate(PgArgs),
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant; prints its id and webhook signing secret.
+    Create {
+        /// Unique name of the tenant.
+        name: String,
+        /// Ingress rate limit of this tenant (notifications per second).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Burst of this tenant's token bucket.
+        #[arg(long)]
+        burst: Option<u32>,
+        /// Largest `payload` this tenant may send, in bytes (default: the ingress's
+        /// --max-payload; a request body is still bounded by --max-body).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
+        max_payload: Option<u32>,
+        #[command(flatten)]
+        pg: PgArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create an API key for a tenant and print it (once: only its hash is stored).
+    Create {
+        /// Name of the tenant.
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        pg: PgArgs,
+    },
+    /// Revoke an API key by its id (as printed by `key create`).
+    Revoke {
+        id: uuid::Uuid,
+        #[command(flatten)]
+        pg: PgArgs,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log output format.
+    #[arg(
+        long,
+        env = "HERALD_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+    /// tracing filter directives (as RUST_LOG), e.g. `info,herald=debug`.
+    #[arg(long, env = "HERALD_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+/// PostgreSQL: tenants, API keys and notification state.
+#[derive(Debug, Clone, Args)]
+pub struct PgArgs {
+    /// PostgreSQL connection URL.
+    #[arg(long, env = "HERALD_DATABASE_URL", default_value_t = pg().database_url, hide_env_values = true)]
+    database_url: String,
+    /// Schema holding Herald's tables (created by `migrate`).
+    #[arg(long, env = "HERALD_PG_SCHEMA", default_value_t = pg().pg_schema, value_parser = check_identifier)]
+    pg_schema: String,
+    /// Most PostgreSQL connections of this process.
+    #[arg(long, env = "HERALD_PG_MAX_CONNECTIONS", default_value_t = pg().pg_max_connections)]
+    pg_max_connections: u32,
+}
+
+impl From<PgArgs> for PgConfig {
+    fn from(a: PgArgs) -> Self {
+        PgConfig {
+            database_url: a.database_url,
+            pg_schema: a.pg_schema,
+            pg_max_connections: a.pg_max_connections,
+        }
+    }
+}
+
+/// Redis: idempotency keys (`<prefix>idem:<key>`), rate limits (`<prefix>rl:<tenant>`),
+/// status cache (`<prefix>status:<id>`).
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis connection URL.
+    #[arg(long, env = "HERALD_REDIS_URL", default_value_t = store().redis_url, hide_env_values = true)]
+    redis_url: String,
+}
+
+/// MongoDB: message documents.
+#[derive(Debug, Clone, Args)]
+pub struct MongoArgs {
+    /// MongoDB connection URL (message documents).
+    #[arg(long, env = "HERALD_MONGO_URL", default_value_t = store().mongo_url, hide_env_values = true)]
+    mongo_url: String,
+    /// MongoDB database holding the `messages` collection.
+    #[arg(long, env = "HERALD_MONGO_DB", default_value_t = store().mongo_db, value_parser = check_identifier)]
+    mongo_db: String,
+}
+
+fn store_of(pg: PgArgs, redis: RedisArgs, mongo: Option<MongoArgs>) -> StoreConfig {
+    let defaults = store();
+    let (mongo_url, mongo_db) = match mongo {
+        Some(m) => (m.mongo_url, m.mongo_db),
+        None => (defaults.mongo_url, defaults.mongo_db),
+    };
+    StoreConfig {
+        pg: pg.into(),
+        redis_url: redis.redis_url,
+        mongo_url,
+        mongo_db,
+    }
+}
+
+/// How Herald reaches NATS and shapes its streams.
+#[derive(Debug, Clone, Args)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "HERALD_NATS_URL", default_value_t = nats().nats_url)]
+    nats_url: String,
+    /// Namespace for stream, subject and consumer names, key and table names: stream
+    /// `<PREFIX>NOTIFY`, subjects `<prefix>notify.<priority>.<channel>`.
+    #[arg(long, env = "HERALD_PREFIX", default_value_t = nats().prefix, value_parser = check_prefix)]
+    prefix: String,
+    /// Window in which JetStream drops a re-sent message with the same id.
+    #[arg(long, env = "HERALD_DUPLICATE_WINDOW", default_value_t = human(nats().duplicate_window))]
+    duplicate_window: Human,
+    /// How long the NOTIFY stream keeps messages.
+    #[arg(long, env = "HERALD_STREAM_MAX_AGE", default_value_t = human(nats().stream_max_age))]
+    stream_max_age: Human,
+    /// Size bound of the NOTIFY stream in bytes (-1: none). When it is reached new
+    /// publishes fail (503) rather than old, undelivered messages being dropped.
+    #[arg(long, env = "HERALD_STREAM_MAX_BYTES", default_value_t = nats().stream_max_bytes, allow_negative_numbers = true)]
+    stream_max_bytes: i64,
+    /// How long a dead letter is kept when nobody replays or deletes it.
+    #[arg(long, env = "HERALD_DLQ_MAX_AGE", default_value_t = human(nats().dlq_max_age))]
+    dlq_max_age: Human,
+    /// Stream replicas (3 on a NATS cluster).
+    #[arg(long, env = "HERALD_STREAM_REPLICAS", default_value_t = nats().stream_replicas)]
+    stream_replicas: usize,
+    /// How often readiness re-checks the connection and the stream.
+    #[arg(long, env = "HERALD_READINESS_INTERVAL", default_value_t = human(nats().readiness_interval))]
+    readiness_interval: Human,
+}
+
+impl From<NatsArgs> for NatsConfig {
+    fn from(a: NatsArgs) -> Self {
+        NatsConfig {
+            nats_url: a.nats_url,
+            prefix: a.prefix,
+            duplicate_window: a.duplicate_window.into(),
+            stream_max_age: a.stream_max_age.into(),
+            stream_max_bytes: a.stream_max_bytes,
+            dlq_max_age: a.dlq_max_age.into(),
+            stream_replicas: a.stream_replicas,
+            readiness_interval: a.readiness_interval.into(),
+        }
+    }
+}
+
+/// Where webhooks may go (see destination.rs). The ingress refuses IP literals outside the
+/// policy at the door; delivery checks every resolved address.
+#[derive(Debug, Clone, Args)]
+pub struct DestinationArgs {
+    /// Networks webhooks may reach although they are internal (loopback, private,
+    /// link-local, ...), comma-separated CIDRs or addresses, e.g. `127.0.0.0/8,::1`.
+    /// Empty (the default): public addresses only.
+    #[arg(long, env = "HERALD_WEBHOOK_ALLOW_NETS", default_value_t = Nets::default(), value_parser = parse_nets)]
+    webhook_allow_nets: Nets,
+}
+
+impl From<DestinationArgs> for DestinationConfig {
+    fn from(a: DestinationArgs) -> Self {
+        DestinationConfig {
+            webhook_allow_nets: a.webhook_allow_nets,
+        }
+    }
+}
+
+/// How accepted notifications are batched into JetStream.
+#[derive(Debug, Clone, Args)]
+pub struct PublisherArgs {
+    /// Most messages per publish batch.
+    #[arg(long, env = "HERALD_BATCH_MAX", default_value_t = publisher().batch_max)]
+    batch_max: usize,
+    /// Longest a batch waits to fill once its first message is in; 0 publishes at once what
+    /// is queued.
+    #[arg(long, env = "HERALD_LINGER", default_value_t = human(publisher().linger))]
+    linger: Human,
+    /// Concurrent publisher tasks.
+    #[arg(long, env = "HERALD_PUBLISHERS", default_value_t = publisher().publishers)]
+    publishers: usize,
+    /// Most publishes awaiting their JetStream ack at once; beyond it publishers wait and
+    /// the queues fill, which reaches clients as 429.
+    #[arg(long, env = "HERALD_MAX_INFLIGHT", default_value_t = publisher().max_inflight)]
+    max_inflight: usize,
+    /// How long to wait for a JetStream ack before answering 503.
+    #[arg(long, env = "HERALD_PUBLISH_TIMEOUT", default_value_t = human(publisher().publish_timeout))]
+    publish_timeout: Human,
+}
+
+impl From<PublisherArgs> for PublisherConfig {
+    fn from(a: PublisherArgs) -> Self {
+        PublisherConfig {
+            batch_max: a.batch_max,
+            linger: a.linger.into(),
+            publishers: a.publishers,
+            max_inflight: a.max_inflight,
+            publish_timeout: a.publish_timeout.into(),
+        }
+    }
+}
+
+/// Everything `dispatcher serve` needs.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address the HTTP ingress listens on (port 0 picks a free port).
+    #[arg(long, env = "HERALD_LISTEN", default_value_t = serve().listen)]
+    listen: SocketAddr,
+    #[command(flatten)]
+    nats: NatsArgs,
+    #[command(flatten)]
+    destinations: DestinationArgs,
+    /// Largest request body accepted, in bytes (413 above).
+    #[arg(long, env = "HERALD_MAX_BODY", default_value_t = serve().max_body)]
+    max_body: usize,
+    /// Open connections at most; more are answered 503 and closed at once (clients see a
+    /// clear refusal instead of a hang, and the process keeps its file descriptors).
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = serve().max_connections)]
+    max_connections: usize,
+    /// Largest request head (request line + headers) of HTTP/1.1, and header list of h2, in
+    /// bytes (431 above).
+    #[arg(long, env = "HERALD_MAX_HEADER_BYTES", default_value_t = serve().max_header_bytes, value_parser = clap::value_parser!(u32).range(8192..))]
+    max_header_bytes: u32,
+    /// Largest `payload` of one notification, in bytes (422 above).
+    #[arg(long, env = "HERALD_MAX_PAYLOAD", default_value_t = serve().max_payload)]
+    max_payload: usize,
+    /// Most notifications in one batch request (413 above).
+    #[arg(long, env = "HERALD_MAX_BATCH", default_value_t = serve().max_batch)]
+    max_batch: usize,
+    /// Time allowed for a request head, from its first byte (and for a new connection,
+    /// from accept to its first request); the connection is closed after.
+    #[arg(long, env = "HERALD_HEADER_TIMEOUT", default_value_t = human(serve().header_timeout))]
+    header_timeout: Human,
+    /// How long a kept-alive connection may wait for its next request. Announced on
+    /// HTTP/1.1 responses (`Keep-Alive: timeout=N`); on expiry HTTP/1.1 gets a FIN and h2 a
+    /// GOAWAY. Longer than pooled clients keep idle connections is fine: they close first.
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT", default_value_t = human(serve().idle_timeout))]
+    idle_timeout: Human,
+    /// Time allowed for a client to send its request body (408 after).
+    #[arg(long, env = "HERALD_BODY_TIMEOUT", default_value_t = human(serve().body_timeout))]
+    body_timeout: Human,
+    /// Keep HTTP/1.1 connections open between requests.
+    #[arg(long, env = "HERALD_KEEP_ALIVE", default_value_t = serve().keep_alive, action = clap::ArgAction::Set)]
+    keep_alive: bool,
+    /// Interval of HTTP/2 keep-alive pings (idle connections that miss one are closed).
+    #[arg(long, env = "HERALD_H2_KEEP_ALIVE_INTERVAL", default_value_t = human(serve().h2_keep_alive_interval))]
+    h2_keep_alive_interval: Human,
+
+    /// Scheduler weights `high:medium:low`: shares of publishing while all are backlogged.
+    #[arg(long, env = "HERALD_WEIGHTS", default_value_t = scheduler().weights, value_parser = parse_weights)]
+    weights: PerClass,
+    /// Queue bound per class `high:medium:low`; a full class answers 429. Low is smallest so
+    /// that overload sheds it first.
+    #[arg(long, env = "HERALD_QUEUE_CAPACITY", default_value_t = scheduler().capacities)]
+    queue_capacity: PerClass,
+
+    #[command(flatten)]
+    publisher: PublisherArgs,
+
+    /// Shed low, then medium, priority when the door's standing delay exceeds
+    /// `--overload-target` (see docs/operations.md, "Overload"); `false`: queue bounds only.
+    #[arg(long, env = "HERALD_OVERLOAD_SHEDDING", default_value_t = admission().enabled, action = clap::ArgAction::Set)]
+    overload_shedding: bool,
+    /// Standing delay (minimum over an interval of publish sojourn and runtime lag) above
+    /// which the door is overloaded.
+    #[arg(long, env = "HERALD_OVERLOAD_TARGET", default_value_t = human(admission().target))]
+    overload_target: Human,
+    /// Standing delivery backlog (age of first attempts, per class) above which the
+    /// pipeline counts as overloaded; only `dispatcher run`, where delivery shares the
+    /// door's process.
+    #[arg(long, env = "HERALD_OVERLOAD_BACKLOG", default_value_t = human(admission().backlog_target))]
+    overload_backlog: Human,
+    /// How long a request refused as `overloaded` waits for its 429: a flood that resends
+    /// at once is paced to one request per hold per connection, so refusing it stays
+    /// cheap (0: answer at once).
+    #[arg(long, env = "HERALD_OVERLOAD_REFUSAL_HOLD", default_value_t = human(admission().refusal_hold))]
+    overload_refusal_hold: Human,
+    /// How often admission is adjusted, and the window of the minimum.
+    #[arg(long, env = "HERALD_OVERLOAD_INTERVAL", default_value_t = human(admission().interval))]
+    overload_interval: Human,
+
+    #[command(flatten)]
+    pg: PgArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// Apply pending migrations at start-up.
+    #[arg(long, env = "HERALD_MIGRATE", default_value_t = serve().migrate)]
+    migrate: bool,
+    /// `required`: every /v1 route needs `Authorization: Bearer <key>`; `off`: no keys,
+    /// everything belongs to one anonymous tenant (development and benchmarks only).
+    #[arg(long, env = "HERALD_AUTH", default_value_t = serve().auth, value_parser = one_of::<AuthMode>(AuthMode::WORDS))]
+    auth: AuthMode,
+    /// How long a looked-up API key is trusted without asking PostgreSQL again (also how
+    /// long a revocation takes to reach every instance).
+    #[arg(long, env = "HERALD_KEY_CACHE_TTL", default_value_t = human(serve().key_cache_ttl))]
+    key_cache_ttl: Human,
+    /// Default ingress rate limit per tenant, notifications per second (0: no limit);
+    /// a tenant's own setting overrides it.
+    #[arg(long, env = "HERALD_RATE_LIMIT", default_value_t = serve().rate_limit)]
+    rate_limit: u32,
+    /// Default burst of the per-tenant token bucket (defaults to one second's worth).
+    #[arg(long, env = "HERALD_RATE_BURST")]
+    rate_burst: Option<u32>,
+    /// How long an idempotency key remembers its notification.
+    #[arg(long, env = "HERALD_IDEMPOTENCY_TTL", default_value_t = human(serve().idempotency_ttl))]
+    idempotency_ttl: Human,
+
+    /// Longest wait for in-flight requests and publishes at shutdown.
+    #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", default_value_t = human(serve().shutdown_timeout))]
+    shutdown_timeout: Human,
+}
+
+impl ServeArgs {
+    fn settings(self, mongo: Option<MongoArgs>) -> ServeConfig {
+        ServeConfig {
+            listen: self.listen,
+            nats: self.nats.into(),
+            destinations: self.destinations.into(),
+            max_body: self.max_body,
+            max_connections: self.max_connections,
+            max_header_bytes: self.max_header_bytes,
+            max_payload: self.max_payload,
+            max_batch: self.max_batch,
+            header_timeout: self.header_timeout.into(),
+            idle_timeout: self.idle_timeout.into(),
+            body_timeout: self.body_timeout.into(),
+            keep_alive: self.keep_alive,
+            h2_keep_alive_interval: self.h2_keep_alive_interval.into(),
+            scheduler: SchedulerConfig {
+                weights: self.weights,
+                capacities: self.queue_capacity,
+            },
+            publisher: self.publisher.into(),
+            admission: AdmissionConfig {
+                enabled: self.overload_shedding,
+                target: self.overload_target.into(),
+                backlog_target: self.overload_backlog.into(),
+                interval: self.overload_interval.into(),
+                refusal_hold: self.overload_refusal_hold.into(),
+            },
+            store: store_of(self.pg, self.redis, mongo),
+            migrate: self.migrate,
+            auth: self.auth,
+            key_cache_ttl: self.key_cache_ttl.into(),
+            rate_limit: self.rate_limit,
+            rate_burst: self.rate_burst,
+            idempotency_ttl: self.idempotency_ttl.into(),
+            shutdown_timeout: self.shutdown_timeout.into(),
+        }
+    }
+}
+
+impl From<ServeArgs> for ServeConfig {
+    fn from(a: ServeArgs) -> Self {
+        a.settings(None)
+    }
+}
+
+/// How notifications are delivered.
+#[derive(Debug, Clone, Args)]
+pub struct DeliveryArgs {
+    /// Delivery weights `high:medium:low` while all priorities are backlogged.
+    #[arg(long, env = "HERALD_DELIVERY_WEIGHTS", default_value_t = delivery().delivery_weights, value_parser = parse_weights)]
+    delivery_weights: PerClass,
+    /// Concurrent sends per channel `webhook:email:sms:push`; each channel has its own
+    /// workers, so a slow one cannot take the others'.
+    #[arg(long, env = "HERALD_CHANNEL_CONCURRENCY", default_value_t = delivery().channel_concurrency)]
+    channel_concurrency: PerChannel,
+    /// Messages each priority's consumer may hold unacknowledged.
+    #[arg(long, env = "HERALD_MAX_ACK_PENDING", default_value_t = delivery().max_ack_pending)]
+    max_ack_pending: usize,
+    /// Messages per pull request.
+    #[arg(long, env = "HERALD_FETCH_BATCH", default_value_t = delivery().fetch_batch)]
+    fetch_batch: usize,
+    /// JetStream redelivers a message not acknowledged in this time (slow sends send
+    /// in-progress acks every third of it).
+    #[arg(long, env = "HERALD_ACK_WAIT", default_value_t = human(delivery().ack_wait))]
+    ack_wait: Human,
+    /// Retry policy of high priority `base:cap:max_attempts` (full-jitter exponential).
+    #[arg(long, env = "HERALD_RETRY_HIGH", default_value_t = delivery().retry_high)]
+    retry_high: RetryPolicy,
+    /// Retry policy of medium priority.
+    #[arg(long, env = "HERALD_RETRY_MEDIUM", default_value_t = delivery().retry_medium)]
+    retry_medium: RetryPolicy,
+    /// Retry policy of low priority.
+    #[arg(long, env = "HERALD_RETRY_LOW", default_value_t = delivery().retry_low)]
+    retry_low: RetryPolicy,
+    /// Key of the webhook HMAC-SHA256 signature when the ingress runs without
+    /// authentication (tenants have their own secrets).
+    #[arg(long, env = "HERALD_WEBHOOK_SECRET", default_value_t = delivery().webhook_secret)]
+    webhook_secret: String,
+    /// Timeout of one webhook request.
+    #[arg(long, env = "HERALD_WEBHOOK_TIMEOUT", default_value_t = human(delivery().webhook_timeout))]
+    webhook_timeout: Human,
+    /// SMTP relay for email, e.g. `smtps://user:pass@smtp.example.com:465` or
+    /// `smtp://user:pass@host:587?tls=required`; without it email notifications are
+    /// dead-lettered as undeliverable here.
+    #[arg(long, env = "HERALD_SMTP_URL", hide_env_values = true)]
+    smtp_url: Option<String>,
+    /// Sender address of emails.
+    #[arg(long, env = "HERALD_SMTP_FROM", default_value_t = delivery().smtp_from)]
+    smtp_from: String,
+    /// Base URL of the Twilio-shaped SMS API (e.g. https://api.twilio.com); without it SMS
+    /// notifications are dead-lettered as undeliverable here.
+    #[arg(long, env = "HERALD_SMS_URL")]
+    sms_url: Option<String>,
+    #[arg(long, env = "HERALD_SMS_ACCOUNT_SID", default_value_t = delivery().sms_account_sid)]
+    sms_account_sid: String,
+    #[arg(long, env = "HERALD_SMS_AUTH_TOKEN", default_value_t = delivery().sms_auth_token, hide_env_values = true)]
+    sms_auth_token: String,
+    /// Sender number or id.
+    #[arg(long, env = "HERALD_SMS_FROM", default_value_t = delivery().sms_from)]
+    sms_from: String,
+    /// Base URL of the FCM HTTP v1 API (e.g. https://fcm.googleapis.com); without it push
+    /// notifications are dead-lettered as undeliverable here.
+    #[arg(long, env = "HERALD_PUSH_URL")]
+    push_url: Option<String>,
+    #[arg(long, env = "HERALD_PUSH_PROJECT", default_value_t = delivery().push_project)]
+    push_project: String,
+    /// OAuth2 access token for FCM.
+    #[arg(long, env = "HERALD_PUSH_TOKEN", default_value_t = delivery().push_token, hide_env_values = true)]
+    push_token: String,
+    /// Timeout of one SMS or push provider request.
+    #[arg(long, env = "HERALD_PROVIDER_TIMEOUT", default_value_t = human(delivery().provider_timeout))]
+    provider_timeout: Human,
+}
+
+impl From<DeliveryArgs> for DeliveryConfig {
+    fn from(a: DeliveryArgs) -> Self {
+        DeliveryConfig {
+            delivery_weights: a.delivery_weights,
+            channel_concurrency: a.channel_concurrency,
+            max_ack_pending: a.max_ack_pending,
+            fetch_batch: a.fetch_batch,
+            ack_wait: a.ack_wait.into(),
+            retry_high: a.retry_high,
+            retry_medium: a.retry_medium,
+            retry_low: a.retry_low,
+            webhook_secret: a.webhook_secret,
+            webhook_timeout: a.webhook_timeout.into(),
+            smtp_url: a.smtp_url,
+            smtp_from: a.smtp_from,
+            sms_url: a.sms_url,
+            sms_account_sid: a.sms_account_sid,
+            sms_auth_token: a.sms_auth_token,
+            sms_from: a.sms_from,
+            push_url: a.push_url,
+            push_project: a.push_project,
+            push_token: a.push_token,
+            provider_timeout: a.provider_timeout.into(),
+        }
+    }
+}
+
+/// How the recorder batches.
+#[derive(Debug, Clone, Args)]
+pub struct RecorderArgs {
+    /// Most messages written per statement.
+    #[arg(long, env = "HERALD_RECORD_BATCH", default_value_t = recorder().record_batch)]
+    record_batch: usize,
+    /// Messages each recorder consumer may hold unacknowledged.
+    #[arg(long, env = "HERALD_RECORD_ACK_PENDING", default_value_t = recorder().record_ack_pending)]
+    record_ack_pending: usize,
+    /// JetStream hands a recorder batch to another recorder when it is not acknowledged
+    /// (nor marked in progress) within this time: how soon a crashed recorder's batch is
+    /// written by another.
+    #[arg(long, env = "HERALD_RECORD_ACK_WAIT", default_value_t = human(recorder().record_ack_wait))]
+    record_ack_wait: Human,
+    /// How long a notification's status stays in the Redis cache.
+    #[arg(long, env = "HERALD_STATUS_CACHE_TTL", default_value_t = human(recorder().status_cache_ttl))]
+    status_cache_ttl: Human,
+    /// How long MongoDB keeps a message document (TTL index on `accepted_at`).
+    #[arg(long, env = "HERALD_MESSAGE_RETENTION", default_value_t = human(recorder().message_retention))]
+    message_retention: Human,
+    /// Do not record into PostgreSQL / MongoDB (for deployments that keep only one).
+    #[arg(long, env = "HERALD_RECORD_SKIP", value_delimiter = ',', value_parser = one_of::<RecordStore>(RecordStore::WORDS))]
+    record_skip: Vec<RecordStore>,
+}
+
+impl From<RecorderArgs> for RecorderConfig {
+    fn from(a: RecorderArgs) -> Self {
+        RecorderConfig {
+            record_batch: a.record_batch,
+            record_ack_pending: a.record_ack_pending,
+            record_ack_wait: a.record_ack_wait.into(),
+            status_cache_ttl: a.status_cache_ttl.into(),
+            message_retention: a.message_retention.into(),
+            record_skip: a.record_skip,
+        }
+    }
+}
+
+/// `dispatcher deliver`.
+#[derive(Debug, Clone, Args)]
+pub struct DeliverArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    #[command(flatten)]
+    delivery: DeliveryArgs,
+    #[command(flatten)]
+    destinations: DestinationArgs,
+    #[command(flatten)]
+    pg: PgArgs,
+    /// Address of the health and metrics endpoints (/healthz, /readyz, /metrics).
+    #[arg(long, env = "HERALD_METRICS_LISTEN", default_value_t = DeliverConfig::default().metrics_listen)]
+    metrics_listen: SocketAddr,
+}
+
+impl From<DeliverArgs> for DeliverConfig {
+    fn from(a: DeliverArgs) -> Self {
+        DeliverConfig {
+            nats: a.nats.into(),
+            delivery: a.delivery.into(),
+            destinations: a.destinations.into(),
+            pg: a.pg.into(),
+            metrics_listen: a.metrics_listen,
+        }
+    }
+}
+
+/// `dispatcher record`.
+#[derive(Debug, Clone, Args)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    #[command(flatten)]
+    pg: PgArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    mongo: MongoArgs,
+    #[command(flatten)]
+    recorder: RecorderArgs,
+    /// Apply pending migrations at start-up.
+    #[arg(long, env = "HERALD_MIGRATE", default_value_t = RecordConfig::default().migrate)]
+    migrate: bool,
+    /// Address of the health and metrics endpoints (/healthz, /readyz, /metrics).
+    #[arg(long, env = "HERALD_METRICS_LISTEN", default_value_t = RecordConfig::default().metrics_listen)]
+    metrics_listen: SocketAddr,
+}
+
+impl From<RecordArgs> for RecordConfig {
+    fn from(a: RecordArgs) -> Self {
+        RecordConfig {
+            nats: a.nats.into(),
+            store: store_of(a.pg, a.redis, Some(a.mongo)),
+            recorder: a.recorder.into(),
+            migrate: a.migrate,
+            metrics_listen: a.metrics_listen,
+        }
+    }
+}
+
+/// `dispatcher run`: the ingress's flags plus the recorder's store and the delivery's and
+/// the recorder's own.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(flatten)]
+    mongo: MongoArgs,
+    #[command(flatten)]
+    delivery: DeliveryArgs,
+    #[command(flatten)]
+    recorder: RecorderArgs,
+}
+
+impl From<RunArgs> for RunConfig {
+    fn from(a: RunArgs) -> Self {
+        RunConfig {
+            serve: a.serve.settings(Some(a.mongo)),
+            delivery: a.delivery.into(),
+            recorder: a.recorder.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Command {
+        Cli::try_parse_from(args).expect("parses").command
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// With no flags (and no HERALD_* set: CI's environment has none), the command line
+    /// gives exactly the library's defaults.
+    #[test]
+    fn no_flags_give_the_settings_defaults() {
+        let Command::Run(run) = parse(&["dispatcher", "run"]) else {
+            unreachable!()
+        };
+        let run = RunConfig::from(*run);
+        assert_eq!(format!("{run:?}"), format!("{:?}", RunConfig::default()));
+        let Command::Deliver(deliver) = parse(&["dispatcher", "deliver"]) else {
+            unreachable!()
+        };
+        let deliver = DeliverConfig::from(*deliver);
+        assert_eq!(
+            format!("{deliver:?}"),
+            format!("{:?}", DeliverConfig::default())
+        );
+        let Command::Record(record) = parse(&["dispatcher", "record"]) else {
+            unreachable!()
+        };
+        let record = RecordConfig::from(*record);
+        assert_eq!(
+            format!("{record:?}"),
+            format!("{:?}", RecordConfig::default())
+        );
+    }
+
+    #[test]
+    fn flags_reach_their_settings() {
+        let Command::Run(run) = parse(&[
+            "dispatcher",
+            "run",
+            "--auth",
+            "off",
+            "--linger",
+            "2ms",
+            "--mongo-db",
+            "m1",
+            "--pg-schema",
+            "s1",
+            "--record-skip",
+            "mongo,postgres",
+            "--queue-capacity",
+            "4:3:2",
+            "--overload-refusal-hold",
+            "0s",
+        ]) else {
+            unreachable!()
+        };
+        let run = RunConfig::from(*run);
+        assert_eq!(run.serve.auth, AuthMode::Off);
+        assert_eq!(run.serve.publisher.linger, Duration::from_millis(2));
+        assert_eq!(run.serve.store.mongo_db, "m1");
+        assert_eq!(run.serve.store.pg.pg_schema, "s1");
+        assert_eq!(
+            run.recorder.record_skip,
+            [RecordStore::Mongo, RecordStore::Postgres]
+        );
+        assert_eq!(run.serve.scheduler.capacities, PerClass([4, 3, 2]));
+        assert_eq!(run.serve.admission.refusal_hold, Duration::ZERO);
+    }
+
+    /// A role refuses the flags of stores it never touches, instead of ignoring them.
+    #[test]
+    fn roles_take_only_the_flags_they_use() {
+        let unused = [
+            vec!["dispatcher", "deliver", "--migrate"],
+            vec!["dispatcher", "deliver", "--mongo-db", "x"],
+            vec!["dispatcher", "deliver", "--redis-url", "redis://x"],
+            vec!["dispatcher", "serve", "--mongo-url", "mongodb://x"],
+            vec!["dispatcher", "migrate", "--mongo-db", "x"],
+        ];
+        for args in unused {
+            let err = Cli::try_parse_from(&args).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::UnknownArgument,
+                "{args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_reason() {
+        let bad = [
+            vec!["dispatcher", "serve", "--weights", "8:0:1"],
+            vec!["dispatcher", "serve", "--weights", "8:4"],
+            vec!["dispatcher", "serve", "--prefix", "a.b"],
+            vec!["dispatcher", "serve", "--linger", "soon"],
+            vec!["dispatcher", "serve", "--auth", "maybe"],
+            vec!["dispatcher", "record", "--record-skip", "redis"],
+        ];
+        for args in bad {
+            let err = Cli::try_parse_from(&args).unwrap_err();
+            assert!(
+                matches!(
+                    err.kind(),
+                    clap::error::ErrorKind::ValueValidation | clap::error::ErrorKind::InvalidValue
+                ),
+                "{args:?}: {:?}",
+                err.kind()
+            );
+        }
+    }
+}
+
+/// The configuration reference is the operator's: every flag of every role must be in
+/// it, so a new flag cannot ship undocumented.
+#[cfg(test)]
+mod reference {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_is_in_the_configuration_reference() {
+        let reference = include_str!("../../README.md");
+        let mut missing = Vec::new();
+        let mut commands = vec![super::Cli::command()];
+        while let Some(command) = commands.pop() {
+            for arg in command.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if matches!(long, "help" | "version") {
+                    continue;
+                }
+                let flag = format!("--{long}");
+                let documented = reference.match_indices(&flag).any(|(at, _)| {
+                    !reference[at + flag.len()..]
+                        .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-')
+                });
+                if !documented {
+                    missing.push(format!("{} {flag}", command.get_name()));
+                }
+            }
+            commands.extend(command.get_subcommands().cloned());
+        }
+        missing.sort();
+        missing.dedup();
+        assert!(
+            missing.is_empty(),
+            "flags missing from README.md: {missing:?}"
+        );
+    }
+
+    /// Every `HERALD_*` variable docker-compose.yml sets or reads is a setting of the
+    /// dispatcher, or one of the few the image, loadgen or compose itself reads: a typo
+    /// there would be ignored silently by every container.
+    #[test]
+    fn compose_sets_only_real_settings() {
+        const ELSEWHERE: [&str; 4] = [
+            "HERALD_HEALTH_URL", // the image's HEALTHCHECK
+            "HERALD_API_KEY",    // loadgen's --api-key
+            "HERALD_UID",        // compose's user: of loadgen
+            "HERALD_GID",
+        ];
+        let compose = include_str!("../../docker-compose.yml");
+        let mut known: Vec<String> = ELSEWHERE.iter().map(|s| s.to_string()).collect();
+        let mut commands = vec![super::Cli::command()];
+        while let Some(command) = commands.pop() {
+            known.extend(
+                command
+                    .get_arguments()
+                    .filter_map(|a| a.get_env())
+                    .map(|e| e.to_string_lossy().into_owned()),
+            );
+            commands.extend(command.get_subcommands().cloned());
+        }
+        let mut unknown: Vec<&str> = compose
+            .match_indices("HERALD_")
+            .map(|(at, _)| {
+                let rest = &compose[at..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            // `HERALD_*` in prose names no variable.
+            .filter(|name| name.len() > "HERALD_".len())
+            .filter(|name| !known.iter().any(|k| k == name))
+            .collect();
+        unknown.sort();
+        unknown.dedup();
+        assert!(
+            unknown.is_empty(),
+            "docker-compose.yml names variables nothing reads: {unknown:?}"
+        );
+        assert!(
+            compose.contains("HERALD_WEBHOOK_ALLOW_NETS"),
+            "the scan sees the file"
+        );
+    }
+}

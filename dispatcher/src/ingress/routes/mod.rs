@@ -1,0 +1,387 @@
+//! Routing of the ingress API, and what every route shares: authentication, rate limits,
+//! shedding, body reading and error rendering. Each resource has a file of its own:
+//! [`notifications`] (one notification in), [`batch`], [`status`] (reading them back)
+//! and [`dlq`]. Every failure is an [`ApiError`] rendered in one place.
+
+mod batch;
+mod dlq;
+mod notifications;
+mod query;
+mod status;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::Utc;
+use http::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use serde::Serialize;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::State;
+use crate::admission::Decision;
+use crate::config::AuthMode;
+use crate::error::{ApiError, OVERLOADED};
+use crate::idempotency::{self, Claim};
+use crate::lifecycle::{json, Health};
+use crate::model::{
+    new_id, parse_batch, parse_notification, Channel, Limits, Priority, Validated,
+    MAX_IDEMPOTENCY_KEY_LEN,
+};
+use crate::publisher::{Envelope, PublishOutcome};
+use crate::ratelimit::{self, Limit};
+use crate::tenants;
+
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// Routes one request. Health and metrics are open; every /v1 route needs a tenant.
+pub async fn handle<B>(state: Arc<State>, req: Request<B>) -> HttpResponse
+where
+    B: hyper::body::Body + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if let Some(response) = state.health.respond(req.method(), req.uri().path()) {
+        return response;
+    }
+    let result = match (req.uri().path(), req.method()) {
+        (path, _) if Health::is_health_path(path) => {
+            Err(Rejection::from(ApiError::method_not_allowed("GET")))
+        }
+        (path, _) if path.starts_with("/v1/") => match authenticate(&state, &req).await {
+            Ok(caller) => v1(&state, &caller, req).await,
+            Err(e) => Err(Rejection::from(e)),
+        },
+        _ => Err(Rejection::from(ApiError::not_found())),
+    };
+    match result {
+        Ok(response) => response,
+        Err(Rejection(priority, err)) => {
+            state.metrics.rejected(priority, err.code);
+            if err.code == OVERLOADED {
+                // Held, not answered at once: a client that ignores Retry-After and sends
+                // again as soon as it is answered (an open-loop flood) is paced to one
+                // request per hold per connection, so refusals cannot eat the CPU that
+                // shedding freed. Waiting costs a timer, not a thread.
+                tokio::time::sleep(state.refusal_hold).await;
+            }
+            error_response(&err)
+        }
+    }
+}
+
+/// The /v1 routes, for an authenticated caller.
+async fn v1<B>(state: &State, caller: &Caller, req: Request<B>) -> Result<HttpResponse, Rejection>
+where
+    B: hyper::body::Body + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let query = req.uri().query().unwrap_or("");
+    match (req.uri().path(), req.method()) {
+        ("/v1/notifications", &Method::POST) => notifications::single(state, caller, req).await,
+        ("/v1/notifications", &Method::GET) => {
+            Ok(status::list_notifications(state, caller, query).await?)
+        }
+        ("/v1/notifications", _) => Err(ApiError::method_not_allowed("GET, POST").into()),
+        ("/v1/notifications/batch", &Method::POST) => batch::batch(state, caller, req).await,
+        ("/v1/notifications/batch", _) => Err(ApiError::method_not_allowed("POST").into()),
+        (p, &Method::GET) if p.starts_with("/v1/notifications/") => {
+            let id = &p["/v1/notifications/".len()..];
+            Ok(status::get_notification(state, caller, id).await?)
+        }
+        (p, _) if p.starts_with("/v1/notifications/") => {
+            Err(ApiError::method_not_allowed("GET").into())
+        }
+        (p, method) if p == "/v1/dlq" || p.starts_with("/v1/dlq/") => {
+            dlq::dlq_route(state, caller, p, method, query)
+                .await
+                .map_err(Rejection::from)
+        }
+        _ => Err(ApiError::not_found().into()),
+    }
+}
+
+/// Who is calling: a tenant, or the anonymous tenant when authentication is off.
+pub struct Caller {
+    pub tenant: Uuid,
+    pub limit: Option<Limit>,
+    /// The tenant's own `payload` limit, or the server's.
+    pub max_payload: usize,
+}
+
+impl Caller {
+    fn limits<'s>(&self, state: &'s State) -> Limits<'s> {
+        Limits {
+            max_payload: self.max_payload,
+            destinations: &state.destinations,
+        }
+    }
+}
+
+/// `Authorization: Bearer <key>` → the key's tenant. 401 for a missing, malformed,
+/// unknown or revoked key (the reason is not told apart, to give probing nothing); 503
+/// when the key is not cached and PostgreSQL cannot be asked.
+async fn authenticate<B>(state: &State, req: &Request<B>) -> Result<Caller, ApiError> {
+    if state.auth == AuthMode::Off {
+        return Ok(Caller {
+            tenant: tenants::ANONYMOUS,
+            limit: state.default_limit,
+            max_payload: state.max_payload,
+        });
+    }
+    let key = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 256)
+        .ok_or_else(|| ApiError::unauthorized("Authorization: Bearer <API key> is required"))?;
+    match state.tenants.authenticate(key).await {
+        Ok(Some(tenant)) => Ok(Caller {
+            tenant: tenant.id,
+            limit: match (tenant.limits.rate_per_sec, state.default_limit) {
+                (Some(rate), _) => Some(Limit {
+                    rate,
+                    burst: tenant.limits.burst.unwrap_or(rate),
+                }),
+                (None, default) => default,
+            },
+            max_payload: tenant
+                .limits
+                .max_payload
+                .map_or(state.max_payload, |bytes| bytes as usize),
+        }),
+        Ok(None) => Err(ApiError::unauthorized("the API key is not valid")),
+        Err(e) => Err(ApiError::unavailable(format!(
+            "API keys cannot be checked: {e}"
+        ))),
+    }
+}
+
+/// Takes `cost` tokens from the caller's bucket: the headers to send on success, or 429.
+/// Redis unreachable: allowed (see ratelimit.rs).
+async fn rate_limit(
+    state: &State,
+    caller: &Caller,
+    cost: usize,
+) -> Result<Vec<(&'static str, String)>, ApiError> {
+    let Some(limit) = caller.limit else {
+        return Ok(Vec::new());
+    };
+    let cost = u32::try_from(cost).unwrap_or(u32::MAX);
+    match state.rate_limiter.take(caller.tenant, limit, cost).await {
+        Ok(d) if d.allowed => {
+            state.metrics.rate_limit("allowed", cost as usize);
+            Ok(ratelimit::headers(&d))
+        }
+        Ok(d) => {
+            state.metrics.rate_limit("limited", cost as usize);
+            Err(ApiError::rate_limited(&d, cost))
+        }
+        Err(e) => {
+            state.metrics.rate_limit("unchecked", cost as usize);
+            tracing::debug!(error = %e, "rate limit not checked (Redis unreachable); allowed");
+            Ok(Vec::new())
+        }
+    }
+}
+
+fn with_headers(mut response: HttpResponse, headers: Vec<(&'static str, String)>) -> HttpResponse {
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}
+
+/// An error answered for the whole request, with the priority it concerned when known
+/// (the label of the rejection metric).
+struct Rejection(Option<Priority>, ApiError);
+
+impl From<ApiError> for Rejection {
+    fn from(err: ApiError) -> Self {
+        Rejection(None, err)
+    }
+}
+
+/// The `Herald-Priority` header: a client that sends it lets an overloaded door refuse the
+/// request before reading its body.
+fn priority_header<B>(req: &Request<B>) -> Result<Option<Priority>, ApiError> {
+    let Some(value) = req.headers().get(PRIORITY_HEADER) else {
+        return Ok(None);
+    };
+    match value.to_str().ok().and_then(Priority::from_name) {
+        Some(priority) => Ok(Some(priority)),
+        None => Err(ApiError::invalid_field(
+            "Herald-Priority",
+            "Herald-Priority must be high, medium or low",
+        )),
+    }
+}
+
+const PRIORITY_HEADER: &str = "herald-priority";
+
+/// Admission at the door (admission.rs): the 429 `overloaded` to answer while the class is
+/// shed.
+fn shed(state: &State, priority: Priority) -> Option<Rejection> {
+    match state.admission.admit(priority) {
+        Decision::Admit => None,
+        Decision::Shed => Some(Rejection(Some(priority), ApiError::overloaded(priority))),
+    }
+}
+
+/// The `Idempotency-Key` header, checked like the body field.
+fn idempotency_header<B>(req: &Request<B>) -> Result<Option<String>, ApiError> {
+    match req.headers().get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => match v.to_str() {
+            Ok(key) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_LEN => {
+                Ok(Some(key.to_string()))
+            }
+            _ => Err(ApiError::invalid_field(
+                "Idempotency-Key",
+                format!(
+                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII bytes"
+                ),
+            )),
+        },
+    }
+}
+
+/// Gives the notification an id, encodes it and queues it; the receiver yields
+/// JetStream's answer.
+fn schedule(
+    state: &State,
+    caller: &Caller,
+    validated: &Validated<'_>,
+    now: chrono::DateTime<Utc>,
+    id: Uuid,
+) -> Result<oneshot::Receiver<PublishOutcome>, ApiError> {
+    let (reply, waiting) = oneshot::channel();
+    let envelope = Envelope {
+        id,
+        priority: validated.priority,
+        channel: validated.channel,
+        body: validated.encode(id, caller.tenant, now),
+        scheduled_at: Instant::now(),
+        reply,
+    };
+    match state.scheduler.try_push(validated.priority, envelope) {
+        Ok(()) => Ok(waiting),
+        Err(_) if state.scheduler.is_closed() => Err(ApiError::shutting_down()),
+        Err(_) => Err(ApiError::queue_full(validated.priority)),
+    }
+}
+
+fn ensure_ready(state: &State) -> Result<(), ApiError> {
+    if state.readiness.is_ready(&state.client) {
+        Ok(())
+    } else {
+        Err(ApiError::unavailable(
+            "NATS JetStream is not reachable; nothing was accepted",
+        ))
+    }
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::invalid_field("id", "id must be a UUID"))
+}
+/// Counts the rejection of one batch item and passes the error on.
+fn reject(state: &State, priority: Option<Priority>, err: ApiError) -> ApiError {
+    state.metrics.rejected(priority, err.code);
+    err
+}
+
+async fn read_json_body<B>(state: &State, req: Request<B>) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if !is_json(req.headers().get(CONTENT_TYPE)) {
+        return Err(ApiError::unsupported_media_type());
+    }
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > state.max_body as u64) {
+        return Err(ApiError::body_too_large(state.max_body));
+    }
+    let collect = Limited::new(req.into_body(), state.max_body).collect();
+    let mut collect = std::pin::pin!(collect);
+    // Small bodies usually arrived with the headers: only arm a timer when they did not.
+    let collected = match futures::poll!(collect.as_mut()) {
+        std::task::Poll::Ready(done) => done,
+        std::task::Poll::Pending => tokio::time::timeout(state.body_timeout, collect)
+            .await
+            .map_err(|_| ApiError::body_timeout())?,
+    };
+    match collected {
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::body_too_large(state.max_body))
+        }
+        Err(err) => Err(ApiError::body_read(err)),
+        Ok(collected) => Ok(collected.to_bytes()),
+    }
+}
+
+/// `application/json`, or any `application/*+json`, with or without parameters.
+fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let Some((kind, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (sub.eq_ignore_ascii_case("json")
+            || sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
+fn error_response(err: &ApiError) -> HttpResponse {
+    let mut response = json(err.status, err.body());
+    let headers = response.headers_mut();
+    if let Some(seconds) = err.retry_after {
+        headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if let Some(allow) = err.allow {
+        headers.insert(ALLOW, HeaderValue::from_static(allow));
+    }
+    for (name, value) in &err.headers {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(*name, value);
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types() {
+        let ok = [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/vnd.api+json",
+        ];
+        for ct in ok {
+            assert!(is_json(Some(&HeaderValue::from_static(ct))), "{ct}");
+        }
+        let bad = ["text/plain", "application/xml", "json", "application/+json"];
+        for ct in bad {
+            assert!(!is_json(Some(&HeaderValue::from_static(ct))), "{ct}");
+        }
+        assert!(!is_json(None));
+    }
+}

@@ -1,0 +1,90 @@
+//! Query strings of the list routes (status and DLQ).
+
+use super::*;
+
+/// The query string of the list routes: `?priority=&channel=&status=&since=&cursor=&limit=`
+/// (each route says which keys it takes; any other key is a 422 naming it).
+pub(super) struct ListParams {
+    pub(super) priority: Option<Priority>,
+    pub(super) channel: Option<Channel>,
+    pub(super) status: Option<String>,
+    pub(super) since: Option<chrono::DateTime<Utc>>,
+    pub(super) cursor: Option<String>,
+    pub(super) limit: usize,
+}
+
+impl ListParams {
+    const MAX_LIMIT: usize = 1000;
+    const STATUSES: [&'static str; 4] = ["accepted", "retrying", "delivered", "dead"];
+
+    pub(super) fn parse(query: &str, allowed: &[&str]) -> Result<Self, ApiError> {
+        let mut q = ListParams {
+            priority: None,
+            channel: None,
+            status: None,
+            since: None,
+            cursor: None,
+            limit: 100,
+        };
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            if !allowed.contains(&key.as_ref()) {
+                return Err(ApiError::invalid_field(
+                    key.as_ref(),
+                    format!(
+                        "unknown query parameter {key:?}; allowed: {}",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+            let enum_value = || serde_json::Value::String(value.to_string());
+            match key.as_ref() {
+                "priority" => {
+                    q.priority = Some(serde_json::from_value(enum_value()).map_err(|_| {
+                        ApiError::invalid_field("priority", "priority must be high, medium or low")
+                    })?)
+                }
+                "channel" => {
+                    q.channel = Some(serde_json::from_value(enum_value()).map_err(|_| {
+                        ApiError::invalid_field(
+                            "channel",
+                            "channel must be webhook, email, sms or push",
+                        )
+                    })?)
+                }
+                "status" => {
+                    if !Self::STATUSES.contains(&value.as_ref()) {
+                        return Err(ApiError::invalid_field(
+                            "status",
+                            "status must be accepted, retrying, delivered or dead",
+                        ));
+                    }
+                    q.status = Some(value.to_string());
+                }
+                "since" => {
+                    q.since = Some(
+                        chrono::DateTime::parse_from_rfc3339(&value)
+                            .map_err(|_| {
+                                ApiError::invalid_field(
+                                    "since",
+                                    "since must be an RFC 3339 time like 2026-11-26T10:00:00Z",
+                                )
+                            })?
+                            .with_timezone(&Utc),
+                    )
+                }
+                "cursor" => q.cursor = Some(value.to_string()),
+                "limit" => {
+                    q.limit = value
+                        .parse()
+                        .ok()
+                        .filter(|l| (1..=Self::MAX_LIMIT).contains(l))
+                        .ok_or_else(|| {
+                            ApiError::invalid_field("limit", "limit must be 1 to 1000")
+                        })?
+                }
+                _ => unreachable!("only allowed keys get here"),
+            }
+        }
+        Ok(q)
+    }
+}

@@ -1,0 +1,69 @@
+//! Reading notifications back: `GET /v1/notifications/{id}` and
+//! `GET /v1/notifications?status=&priority=&cursor=`.
+
+use super::query::ListParams;
+use super::*;
+use crate::status::{self, ListQuery};
+
+/// `GET /v1/notifications/{id}`: the Redis cache first, then PostgreSQL. Another tenant's
+/// id is a 404, exactly like an unknown one.
+pub(super) async fn get_notification(
+    state: &State,
+    caller: &Caller,
+    id: &str,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(id)?;
+    let cached = state
+        .status_cache
+        .read(id)
+        .await
+        .filter(|s| s.tenant == caller.tenant);
+    let found = match cached {
+        Some(s) => Some(s),
+        None => status::get(state.tenants.pool(), caller.tenant, id)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("status store (PostgreSQL): {e}")))?,
+    };
+    match found {
+        Some(s) => Ok(json(
+            StatusCode::OK,
+            serde_json::to_vec(&s).expect("serializing plain fields cannot fail"),
+        )),
+        None => Err(ApiError::no_such("notification")),
+    }
+}
+
+/// `GET /v1/notifications?status=&priority=&channel=&since=&limit=&cursor=`: newest first,
+/// keyset-paginated (`cursor` = the previous page's `next_cursor`).
+pub(super) async fn list_notifications(
+    state: &State,
+    caller: &Caller,
+    query: &str,
+) -> Result<HttpResponse, ApiError> {
+    let p = ListParams::parse(
+        query,
+        &["status", "priority", "channel", "since", "cursor", "limit"],
+    )?;
+    let cursor = p
+        .cursor
+        .as_deref()
+        .map(|c| {
+            Uuid::parse_str(c).map_err(|_| {
+                ApiError::invalid_field("cursor", "cursor must be a next_cursor value")
+            })
+        })
+        .transpose()?;
+    let q = ListQuery {
+        status: p.status,
+        priority: p.priority,
+        channel: p.channel,
+        since: p.since,
+        cursor,
+        limit: p.limit,
+    };
+    let (items, next) = status::list(state.tenants.pool(), caller.tenant, &q)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("status store (PostgreSQL): {e}")))?;
+    let body = serde_json::json!({ "items": items, "next_cursor": next });
+    Ok(json(StatusCode::OK, body.to_string().into_bytes()))
+}
