@@ -817,7 +817,7 @@ mod reference {
 
     #[test]
     fn every_flag_is_in_the_configuration_reference() {
-        let reference = include_str!("../../README.md");
+        let reference = include_str!("../../docs/configuration.md");
         let mut missing = Vec::new();
         let mut commands = vec![super::Cli::command()];
         while let Some(command) = commands.pop() {
@@ -841,7 +841,7 @@ mod reference {
         missing.dedup();
         assert!(
             missing.is_empty(),
-            "flags missing from README.md: {missing:?}"
+            "flags missing from docs/configuration.md: {missing:?}"
         );
     }
 

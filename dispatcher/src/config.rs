@@ -1,4 +1,5 @@
-//! Settings of every role, as plain structs with their defaults. The binary's command line
+//! Settings of every role, as plain structs with their defaults; each part's own settings
+//! live beside it (re-exported here) and this file composes them per role. The binary's command line
 //! (`cli.rs` beside `main.rs`) fills them from flags and `HERALD_*` variables; the library,
 //! its tests and benchmarks never read either: they start from `Default` and change fields.
 
@@ -6,10 +7,15 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::admission::AdmissionConfig;
-use crate::delivery::retry::RetryPolicy;
-use crate::destination::{DestinationPolicy, Nets};
-use crate::scheduler::{parse_positive_list, PerClass, SchedulerConfig, MAX_WEIGHT_SUM};
+pub use crate::admission::AdmissionConfig;
+pub use crate::delivery::{DeliveryConfig, PerChannel};
+pub use crate::destination::DestinationConfig;
+pub use crate::jetstream::NatsConfig;
+pub use crate::postgres::PgConfig;
+pub use crate::publisher::PublisherConfig;
+pub use crate::recorder::{RecordStore, RecorderConfig};
+pub use crate::scheduler::SchedulerConfig;
+use crate::scheduler::{PerClass, MAX_WEIGHT_SUM};
 
 /// `dispatcher serve`: the HTTP ingress.
 #[derive(Debug, Clone)]
@@ -169,197 +175,6 @@ impl Default for StoreConfig {
     }
 }
 
-/// How to reach PostgreSQL, and where Herald's tables are.
-#[derive(Debug, Clone)]
-pub struct PgConfig {
-    pub database_url: String,
-    /// Schema holding the tables; interpolated into statements, so [`check_identifier`].
-    pub pg_schema: String,
-    /// Most connections of this process.
-    pub pg_max_connections: u32,
-}
-
-impl Default for PgConfig {
-    fn default() -> Self {
-        PgConfig {
-            database_url: String::from("postgres://root@127.0.0.1:5432/test"),
-            pg_schema: String::from("herald"),
-            pg_max_connections: 8,
-        }
-    }
-}
-
-/// How Herald reaches NATS and shapes its streams.
-#[derive(Debug, Clone)]
-pub struct NatsConfig {
-    /// Server URL(s), comma-separated.
-    pub nats_url: String,
-    /// Namespace of stream, subject and consumer names ([`check_prefix`]).
-    pub prefix: String,
-    /// Window in which JetStream drops a re-sent message with the same id.
-    pub duplicate_window: Duration,
-    /// How long the NOTIFY stream keeps messages.
-    pub stream_max_age: Duration,
-    /// Size bound of the NOTIFY stream in bytes (-1: none); when reached, publishes fail.
-    pub stream_max_bytes: i64,
-    /// How long a dead letter is kept.
-    pub dlq_max_age: Duration,
-    pub stream_replicas: usize,
-    /// How often readiness re-checks the connection and the stream.
-    pub readiness_interval: Duration,
-}
-
-impl Default for NatsConfig {
-    fn default() -> Self {
-        NatsConfig {
-            nats_url: String::from("nats://127.0.0.1:4222"),
-            prefix: String::new(),
-            duplicate_window: Duration::from_secs(120),
-            stream_max_age: Duration::from_secs(7 * 24 * 3600),
-            stream_max_bytes: -1,
-            dlq_max_age: Duration::from_secs(30 * 24 * 3600),
-            stream_replicas: 1,
-            readiness_interval: Duration::from_secs(1),
-        }
-    }
-}
-
-/// How accepted notifications are batched into JetStream.
-#[derive(Debug, Clone)]
-pub struct PublisherConfig {
-    pub batch_max: usize,
-    /// Longest a batch waits to fill once its first message is in.
-    pub linger: Duration,
-    /// Concurrent publisher tasks.
-    pub publishers: usize,
-    /// Most publishes awaiting their ack at once.
-    pub max_inflight: usize,
-    /// How long to wait for an ack before answering 503.
-    pub publish_timeout: Duration,
-}
-
-impl Default for PublisherConfig {
-    fn default() -> Self {
-        PublisherConfig {
-            batch_max: 256,
-            linger: Duration::ZERO,
-            publishers: 2,
-            max_inflight: 8192,
-            publish_timeout: Duration::from_secs(5),
-        }
-    }
-}
-
-/// Where webhooks may go (see destination.rs).
-#[derive(Debug, Clone, Default)]
-pub struct DestinationConfig {
-    /// Internal networks webhooks may reach nonetheless (empty: public addresses only).
-    pub webhook_allow_nets: Nets,
-}
-
-impl DestinationConfig {
-    pub fn policy(&self) -> DestinationPolicy {
-        DestinationPolicy::new(self.webhook_allow_nets.0.clone())
-    }
-}
-
-/// How the recorder batches.
-#[derive(Debug, Clone)]
-pub struct RecorderConfig {
-    /// Most messages written per statement.
-    pub record_batch: usize,
-    /// Messages each recorder consumer may hold unacknowledged.
-    pub record_ack_pending: usize,
-    /// How soon a batch that is not acknowledged goes to another recorder.
-    pub record_ack_wait: Duration,
-    /// How long a status stays in the Redis cache.
-    pub status_cache_ttl: Duration,
-    /// How long MongoDB keeps a message document.
-    pub message_retention: Duration,
-    /// Stores not recorded into.
-    pub record_skip: Vec<RecordStore>,
-}
-
-impl Default for RecorderConfig {
-    fn default() -> Self {
-        RecorderConfig {
-            record_batch: 1000,
-            record_ack_pending: 8192,
-            record_ack_wait: Duration::from_secs(60),
-            status_cache_ttl: Duration::from_secs(3600),
-            message_retention: Duration::from_secs(30 * 24 * 3600),
-            record_skip: Vec::new(),
-        }
-    }
-}
-
-/// How notifications are delivered.
-#[derive(Debug, Clone)]
-pub struct DeliveryConfig {
-    /// Shares of high, medium and low while all are backlogged.
-    pub delivery_weights: PerClass,
-    /// Concurrent sends per channel; each channel has its own workers.
-    pub channel_concurrency: PerChannel,
-    /// Messages each priority's consumer may hold unacknowledged.
-    pub max_ack_pending: usize,
-    /// Messages per pull request.
-    pub fetch_batch: usize,
-    /// JetStream redelivers a message not acknowledged in this time.
-    pub ack_wait: Duration,
-    pub retry_high: RetryPolicy,
-    pub retry_medium: RetryPolicy,
-    pub retry_low: RetryPolicy,
-    /// Webhook signing key when authentication is off (tenants have their own).
-    pub webhook_secret: String,
-    pub webhook_timeout: Duration,
-    /// SMTP relay; without it email is dead-lettered as undeliverable here.
-    pub smtp_url: Option<String>,
-    pub smtp_from: String,
-    /// Twilio-shaped SMS API; without it SMS is dead-lettered as undeliverable here.
-    pub sms_url: Option<String>,
-    pub sms_account_sid: String,
-    pub sms_auth_token: String,
-    pub sms_from: String,
-    /// FCM HTTP v1 API; without it push is dead-lettered as undeliverable here.
-    pub push_url: Option<String>,
-    pub push_project: String,
-    pub push_token: String,
-    /// Timeout of one SMS or push provider request.
-    pub provider_timeout: Duration,
-}
-
-impl Default for DeliveryConfig {
-    fn default() -> Self {
-        let policy = |base_ms, cap_s, max_attempts| RetryPolicy {
-            base: Duration::from_millis(base_ms),
-            cap: Duration::from_secs(cap_s),
-            max_attempts,
-        };
-        DeliveryConfig {
-            delivery_weights: SchedulerConfig::default().weights,
-            channel_concurrency: PerChannel([256, 16, 64, 64]),
-            max_ack_pending: 2048,
-            fetch_batch: 256,
-            ack_wait: Duration::from_secs(30),
-            retry_high: policy(200, 30, 8),
-            retry_medium: policy(1000, 300, 8),
-            retry_low: policy(5000, 1800, 6),
-            webhook_secret: String::from("herald-development-secret"),
-            webhook_timeout: Duration::from_secs(10),
-            smtp_url: None,
-            smtp_from: String::from("Herald <herald@localhost>"),
-            sms_url: None,
-            sms_account_sid: String::new(),
-            sms_auth_token: String::new(),
-            sms_from: String::new(),
-            push_url: None,
-            push_project: String::new(),
-            push_token: String::new(),
-            provider_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
 /// Whether /v1 routes need an API key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
@@ -367,13 +182,6 @@ pub enum AuthMode {
     Required,
     /// Everything belongs to one anonymous tenant (development and benchmarks only).
     Off,
-}
-
-/// A store the recorder can leave out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecordStore {
-    Postgres,
-    Mongo,
 }
 
 /// Closed sets of words, as settings spell them.
@@ -403,24 +211,6 @@ macro_rules! spelled {
 }
 spelled!(AuthMode { Required = "required", Off = "off" });
 spelled!(RecordStore { Postgres = "postgres", Mongo = "mongo" });
-
-/// A value per channel, written `webhook:email:sms:push`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PerChannel(pub [usize; 4]);
-
-impl FromStr for PerChannel {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        parse_positive_list(s, "webhook:email:sms:push").map(PerChannel)
-    }
-}
-
-impl std::fmt::Display for PerChannel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let [a, b, c, d] = self.0;
-        write!(f, "{a}:{b}:{c}:{d}")
-    }
-}
 
 /// Weights `high:medium:low` whose sum the scheduler can hold.
 pub fn parse_weights(s: &str) -> Result<PerClass, String> {

@@ -283,6 +283,19 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{s:?} is not a network like 10.0.0.0/8 or an address"))
 }
 
+/// Where webhooks may go (see destination.rs).
+#[derive(Debug, Clone, Default)]
+pub struct DestinationConfig {
+    /// Internal networks webhooks may reach nonetheless (empty: public addresses only).
+    pub webhook_allow_nets: Nets,
+}
+
+impl DestinationConfig {
+    pub fn policy(&self) -> DestinationPolicy {
+        DestinationPolicy::new(self.webhook_allow_nets.0.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,28 @@ struct Inner<'a> {
     field: Option<&'a str>,
 }
 
+impl From<crate::model::Invalid> for ApiError {
+    fn from(invalid: crate::model::Invalid) -> Self {
+        use crate::model::Invalid;
+        match invalid {
+            Invalid::MalformedJson(message) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("malformed JSON: {message}"),
+            ),
+            Invalid::Field { field, message } => Self::invalid_field(field, message),
+            Invalid::Body(message) => Self::invalid_body(message),
+            Invalid::BatchTooLarge { len, limit } => Self::batch_too_large(len, limit),
+        }
+    }
+}
+
+impl From<crate::idempotency::Unavailable> for ApiError {
+    fn from(err: crate::idempotency::Unavailable) -> Self {
+        Self::unavailable(err.to_string())
+    }
+}
+
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
@@ -213,6 +235,17 @@ impl ApiError {
 
     pub fn publish_failed(message: impl Into<String>) -> Self {
         let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "publish_failed", message);
+        e.retry_after = Some(1);
+        e
+    }
+
+    /// Over `--max-connections`: answered on the raw connection, before HTTP is served.
+    pub fn too_many_connections() -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "the server is at its connection limit; retry shortly",
+        );
         e.retry_after = Some(1);
         e
     }

@@ -62,7 +62,7 @@ pub fn check_request(body: &[u8]) {
                 "metadata bytes changed"
             );
         }
-        Err(err) => check_error(&err),
+        Err(err) => check_error(&ApiError::from(err)),
     }
 }
 
@@ -75,7 +75,7 @@ pub fn check_batch(body: &[u8]) {
                 check_request(item.get().as_bytes());
             }
         }
-        Err(err) => check_error(&err),
+        Err(err) => check_error(&ApiError::from(err)),
     }
 }
 

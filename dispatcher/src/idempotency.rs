@@ -17,8 +17,12 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::error::ApiError;
 use crate::redis_store::RedisStore;
+
+/// The idempotency store (Redis) could not be asked: nothing is known about the keys.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("idempotency store (Redis): {0}")]
+pub struct Unavailable(pub String);
 
 /// What claiming a key found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,14 +67,15 @@ impl Idempotency {
             .key("idem", format_args!("{}:{key}", tenant.simple()))
     }
 
-    async fn connection(&self) -> Result<redis::aio::ConnectionManager, ApiError> {
-        self.redis.connection().await.map_err(|e| {
-            ApiError::unavailable(format!("idempotency store (Redis) unreachable: {e}"))
-        })
+    async fn connection(&self) -> Result<redis::aio::ConnectionManager, Unavailable> {
+        self.redis
+            .connection()
+            .await
+            .map_err(|e| Unavailable(format!("unreachable: {e}")))
     }
 
     /// Claims every key in one pipeline; results in the same order.
-    pub async fn claim(&self, requests: &[Request<'_>]) -> Result<Vec<Claim>, ApiError> {
+    pub async fn claim(&self, requests: &[Request<'_>]) -> Result<Vec<Claim>, Unavailable> {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
@@ -89,7 +94,7 @@ impl Idempotency {
         let previous: Vec<Option<String>> = pipe
             .query_async(&mut connection)
             .await
-            .map_err(|e| ApiError::unavailable(format!("idempotency store (Redis): {e}")))?;
+            .map_err(|e| Unavailable(e.to_string()))?;
         Ok(requests
             .iter()
             .zip(previous)

@@ -10,7 +10,6 @@ use async_nats::Subject;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::NatsConfig;
 use crate::model::{Channel, Priority};
 
 /// Header carrying the priority class of a published notification.
@@ -317,6 +316,41 @@ impl Readiness {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(config.readiness_interval) => {}
             }
+        }
+    }
+}
+
+/// How Herald reaches NATS and shapes its streams.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated.
+    pub nats_url: String,
+    /// Namespace of stream, subject and consumer names ([`check_prefix`]).
+    pub prefix: String,
+    /// Window in which JetStream drops a re-sent message with the same id.
+    pub duplicate_window: Duration,
+    /// How long the NOTIFY stream keeps messages.
+    pub stream_max_age: Duration,
+    /// Size bound of the NOTIFY stream in bytes (-1: none); when reached, publishes fail.
+    pub stream_max_bytes: i64,
+    /// How long a dead letter is kept.
+    pub dlq_max_age: Duration,
+    pub stream_replicas: usize,
+    /// How often readiness re-checks the connection and the stream.
+    pub readiness_interval: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            nats_url: String::from("nats://127.0.0.1:4222"),
+            prefix: String::new(),
+            duplicate_window: Duration::from_secs(120),
+            stream_max_age: Duration::from_secs(7 * 24 * 3600),
+            stream_max_bytes: -1,
+            dlq_max_age: Duration::from_secs(30 * 24 * 3600),
+            stream_replicas: 1,
+            readiness_interval: Duration::from_secs(1),
         }
     }
 }

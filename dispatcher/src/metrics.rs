@@ -277,17 +277,11 @@ impl Metrics {
         &self,
         priority: Priority,
         channel: crate::model::Channel,
-        outcome: &crate::delivery::senders::SendOutcome,
+        outcome: &str,
         took: std::time::Duration,
     ) {
-        use crate::delivery::senders::SendOutcome;
-        let label = match outcome {
-            SendOutcome::Delivered => "delivered",
-            SendOutcome::Retryable { .. } => "retryable",
-            SendOutcome::Permanent { .. } => "permanent",
-        };
         self.attempts
-            .with_label_values(&[priority.as_str(), channel.as_str(), label])
+            .with_label_values(&[priority.as_str(), channel.as_str(), outcome])
             .inc();
         self.send_latency[priority.index()].observe(took.as_secs_f64());
     }

@@ -14,7 +14,41 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::destination::DestinationPolicy;
-use crate::error::ApiError;
+
+/// Why a request body does not make a notification. The HTTP edge (error.rs) decides
+/// what a client is told: 400 for broken JSON, 413 for a batch over the limit, 422 for
+/// the rest, naming the field when one is to blame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    /// The JSON itself is broken (with serde's line and column).
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// One field is to blame.
+    #[error("{field}: {message}")]
+    Field { field: String, message: String },
+    /// The body as a whole (not an object, an empty batch, ...).
+    #[error("{0}")]
+    Body(String),
+    #[error("batch has {len} items, over the limit of {limit}")]
+    BatchTooLarge { len: usize, limit: usize },
+}
+
+impl Invalid {
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Invalid::Field {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn body(message: impl Into<String>) -> Self {
+        Invalid::Body(message.into())
+    }
+
+    pub fn batch_too_large(len: usize, limit: usize) -> Self {
+        Invalid::BatchTooLarge { len, limit }
+    }
+}
 
 /// Urgency class of a notification. The discriminant is the scheduler's queue index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -222,14 +256,14 @@ pub fn parse_notification<'a>(
     body: &'a [u8],
     limits: &Limits,
     now: DateTime<Utc>,
-) -> Result<Validated<'a>, ApiError> {
+) -> Result<Validated<'a>, Invalid> {
     // serde also reads a struct from an array of its fields in order; a notification is
     // an object only.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(
             match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
                 Err(err) => describe_parse_error::<serde::de::IgnoredAny>(body, err),
-                Ok(_) => ApiError::invalid_body("a notification must be a JSON object"),
+                Ok(_) => Invalid::body("a notification must be a JSON object"),
             },
         );
     }
@@ -241,18 +275,18 @@ pub fn parse_notification<'a>(
 
 /// Splits a batch body into its items (each parsed later on its own, so one bad item does
 /// not fail the others): a non-empty JSON array of at most `max_batch` values.
-pub fn parse_batch(body: &[u8], max_batch: usize) -> Result<Vec<&RawValue>, ApiError> {
+pub fn parse_batch(body: &[u8], max_batch: usize) -> Result<Vec<&RawValue>, Invalid> {
     let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|err| {
         match describe_parse_error::<Vec<&RawValue>>(body, err) {
-            e if e.status == http::StatusCode::BAD_REQUEST => e,
-            _ => ApiError::invalid_body("body must be a JSON array of notifications"),
+            e @ Invalid::MalformedJson(_) => e,
+            _ => Invalid::body("body must be a JSON array of notifications"),
         }
     })?;
     if items.is_empty() {
-        return Err(ApiError::invalid_body("batch is empty"));
+        return Err(Invalid::body("batch is empty"));
     }
     if items.len() > max_batch {
-        return Err(ApiError::batch_too_large(items.len(), max_batch));
+        return Err(Invalid::batch_too_large(items.len(), max_batch));
     }
     Ok(items)
 }
@@ -262,10 +296,10 @@ pub fn parse_batch(body: &[u8], max_batch: usize) -> Result<Vec<&RawValue>, ApiE
 pub fn describe_parse_error<'a, T: Deserialize<'a>>(
     body: &'a [u8],
     err: serde_json::Error,
-) -> ApiError {
+) -> Invalid {
     use serde_json::error::Category;
     match err.classify() {
-        Category::Syntax | Category::Eof | Category::Io => ApiError::malformed_json(&err),
+        Category::Syntax | Category::Eof | Category::Io => Invalid::MalformedJson(err.to_string()),
         Category::Data => {
             // Second pass only on the error path, to learn which field failed.
             let mut de = serde_json::Deserializer::from_slice(body);
@@ -281,8 +315,8 @@ pub fn describe_parse_error<'a, T: Deserialize<'a>>(
                 Some(path)
             };
             match field {
-                Some(field) => ApiError::invalid_field(field, message),
-                None => ApiError::invalid_body(message),
+                Some(field) => Invalid::field(field, message),
+                None => Invalid::body(message),
             }
         }
     }
@@ -305,26 +339,23 @@ fn validate<'a>(
     request: NotificationRequest<'a>,
     limits: &Limits,
     now: DateTime<Utc>,
-) -> Result<Validated<'a>, ApiError> {
+) -> Result<Validated<'a>, Invalid> {
     let priority = request.priority.unwrap_or(Priority::Medium);
     let channel = request
         .channel
-        .ok_or_else(|| ApiError::invalid_field("channel", "missing field `channel`"))?;
+        .ok_or_else(|| Invalid::field("channel", "missing field `channel`"))?;
     let recipient = request
         .recipient
-        .ok_or_else(|| ApiError::invalid_field("recipient", "missing field `recipient`"))?;
+        .ok_or_else(|| Invalid::field("recipient", "missing field `recipient`"))?;
     validate_recipient(channel, &recipient, limits.destinations)?;
     let payload = request
         .payload
-        .ok_or_else(|| ApiError::invalid_field("payload", "missing field `payload`"))?;
+        .ok_or_else(|| Invalid::field("payload", "missing field `payload`"))?;
     if !payload.get().starts_with('{') {
-        return Err(ApiError::invalid_field(
-            "payload",
-            "payload must be a JSON object",
-        ));
+        return Err(Invalid::field("payload", "payload must be a JSON object"));
     }
     if payload.get().len() > limits.max_payload {
-        return Err(ApiError::invalid_field(
+        return Err(Invalid::field(
             "payload",
             format!(
                 "payload is {} bytes, over the limit of {} bytes",
@@ -335,7 +366,7 @@ fn validate<'a>(
     }
     if let Some(key) = &request.idempotency_key {
         if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
-            return Err(ApiError::invalid_field(
+            return Err(Invalid::field(
                 "idempotency_key",
                 format!("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
             ));
@@ -343,13 +374,10 @@ fn validate<'a>(
     }
     if let Some(metadata) = request.metadata {
         if !metadata.get().starts_with('{') {
-            return Err(ApiError::invalid_field(
-                "metadata",
-                "metadata must be a JSON object",
-            ));
+            return Err(Invalid::field("metadata", "metadata must be a JSON object"));
         }
         if metadata.get().len() > MAX_METADATA_LEN {
-            return Err(ApiError::invalid_field(
+            return Err(Invalid::field(
                 "metadata",
                 format!("metadata is over the limit of {MAX_METADATA_LEN} bytes"),
             ));
@@ -357,13 +385,10 @@ fn validate<'a>(
     }
     if let Some(expires_at) = request.expires_at {
         if expires_at <= now {
-            return Err(ApiError::invalid_field(
-                "expires_at",
-                "expires_at is in the past",
-            ));
+            return Err(Invalid::field("expires_at", "expires_at is in the past"));
         }
         if request.send_at.is_some_and(|send_at| send_at >= expires_at) {
-            return Err(ApiError::invalid_field(
+            return Err(Invalid::field(
                 "expires_at",
                 "expires_at must be after send_at",
             ));
@@ -387,8 +412,8 @@ fn validate_recipient(
     channel: Channel,
     recipient: &str,
     destinations: &DestinationPolicy,
-) -> Result<(), ApiError> {
-    let fail = |why: &str| Err(ApiError::invalid_field("recipient", why));
+) -> Result<(), Invalid> {
+    let fail = |why: &str| Err(Invalid::field("recipient", why));
     if recipient.trim().is_empty() {
         return fail("recipient must not be empty");
     }
@@ -403,7 +428,7 @@ fn validate_recipient(
             {
                 destinations
                     .check_uri(&uri)
-                    .map_err(|refused| ApiError::invalid_field("recipient", refused.to_string()))
+                    .map_err(|refused| Invalid::field("recipient", refused.to_string()))
             }
             _ => fail("webhook recipient must be an absolute http or https URL"),
         },
@@ -439,13 +464,15 @@ fn validate_recipient(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ApiError;
 
     fn limits() -> Limits<'static> {
         Limits::public(64)
     }
 
+    /// Parses as the ingress does, and tells the error as a client would see it.
     fn parse(body: &str) -> Result<Validated<'_>, ApiError> {
-        parse_notification(body.as_bytes(), &limits(), Utc::now())
+        parse_notification(body.as_bytes(), &limits(), Utc::now()).map_err(ApiError::from)
     }
 
     /// Found by the fuzz checks: serde reads a struct from an array of its fields, so this

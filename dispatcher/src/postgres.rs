@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use crate::config::PgConfig;
-
 /// The SQL files in `migrations/`, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
@@ -39,4 +37,24 @@ pub async fn migrate(pool: &PgPool, schema: &str) -> Result<(), sqlx::Error> {
         .await?;
     MIGRATOR.run(pool).await?;
     Ok(())
+}
+
+/// How to reach PostgreSQL, and where Herald's tables are.
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    pub database_url: String,
+    /// Schema holding the tables; interpolated into statements, so [`check_identifier`].
+    pub pg_schema: String,
+    /// Most connections of this process.
+    pub pg_max_connections: u32,
+}
+
+impl Default for PgConfig {
+    fn default() -> Self {
+        PgConfig {
+            database_url: String::from("postgres://root@127.0.0.1:5432/test"),
+            pg_schema: String::from("herald"),
+            pg_max_connections: 8,
+        }
+    }
 }

@@ -19,7 +19,6 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::admission::Admission;
-use crate::config::PublisherConfig;
 use crate::jetstream::{Names, HEADER_CHANNEL, HEADER_PRIORITY};
 use crate::metrics::Metrics;
 use crate::model::{Channel, Priority};
@@ -196,4 +195,30 @@ async fn send_batch(
         });
     }
     pending
+}
+
+/// How accepted notifications are batched into JetStream.
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {
+    pub batch_max: usize,
+    /// Longest a batch waits to fill once its first message is in.
+    pub linger: std::time::Duration,
+    /// Concurrent publisher tasks.
+    pub publishers: usize,
+    /// Most publishes awaiting their ack at once.
+    pub max_inflight: usize,
+    /// How long to wait for an ack before answering 503.
+    pub publish_timeout: std::time::Duration,
+}
+
+impl Default for PublisherConfig {
+    fn default() -> Self {
+        PublisherConfig {
+            batch_max: 256,
+            linger: std::time::Duration::ZERO,
+            publishers: 2,
+            max_inflight: 8192,
+            publish_timeout: std::time::Duration::from_secs(5),
+        }
+    }
 }

@@ -26,10 +26,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Yielding;
-use crate::config::DeliveryConfig;
 use crate::dlq::{self, Death};
 use crate::events::{self, Event, EventKind};
 use crate::jetstream::{Names, Pull, HEADER_CHANNEL};
+use crate::lifecycle::Backoff;
 use crate::metrics::Metrics;
 use crate::model::{Channel, Priority, WireNotification};
 use crate::scheduler::{PerClass, Scheduler, SchedulerConfig};
@@ -109,6 +109,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// Reports backlog ages to the door's admission (`dispatcher run`) and yields to it.
     yielding: Yielding,
+    /// Cancelled at shutdown: retries give up and hand the message back.
+    stop: CancellationToken,
 }
 
 /// The running delivery role.
@@ -147,6 +149,7 @@ impl Delivery {
             ack_wait: config.ack_wait,
             metrics,
             yielding: yielding.clone(),
+            stop: stop.clone(),
         });
         let mut tasks = JoinSet::new();
         let stream = js.get_stream(&names.notify_stream).await?;
@@ -334,7 +337,7 @@ async fn deliver(shared: &Shared, job: Job) {
     .await;
     shared
         .metrics
-        .delivery_attempt(priority, channel, &outcome, started.elapsed());
+        .delivery_attempt(priority, channel, outcome.label(), started.elapsed());
     let policy = shared.retry[priority.index()];
     match &outcome {
         SendOutcome::Delivered => {
@@ -438,22 +441,22 @@ const EVENT_PATIENCE: Duration = Duration::from_secs(60);
 /// harmless. `false` after [`EVENT_PATIENCE`]: the caller then gives the message back
 /// rather than settle it without its event (a duplicate delivery beats a lost status).
 async fn store_event(shared: &Shared, message: &Message, event: &Event<'_>) -> bool {
-    let deadline = std::time::Instant::now() + EVENT_PATIENCE;
-    let mut delay = Duration::from_millis(50);
+    let deadline = tokio::time::Instant::now() + EVENT_PATIENCE;
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     loop {
-        match events::publish(&shared.js, &shared.names, event).await {
-            Ok(()) => return true,
-            Err(err) if std::time::Instant::now() + delay > deadline => {
-                tracing::warn!(id = %event.id, event = event.event.as_str(), error = %err, "event not stored; giving the message back");
-                return false;
-            }
-            Err(err) => {
-                tracing::debug!(id = %event.id, error = %err, "event not stored yet; retrying");
-                tokio::time::sleep(delay).await;
-                let _ = message.ack_with(AckKind::Progress).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
-            }
+        let Err(err) = events::publish(&shared.js, &shared.names, event).await else {
+            return true;
+        };
+        // Past the patience, or stopping (the redelivery after the NAK tries again).
+        if tokio::time::Instant::now() >= deadline || shared.stop.is_cancelled() {
+            tracing::warn!(id = %event.id, event = event.event.as_str(), error = %err, "event not stored; giving the message back");
+            return false;
         }
+        tracing::debug!(id = %event.id, error = %err, "event not stored yet; retrying");
+        if !backoff.wait(&shared.stop).await {
+            return false;
+        }
+        let _ = message.ack_with(AckKind::Progress).await;
     }
 }
 
@@ -497,5 +500,90 @@ async fn with_progress(
                 let _ = message.ack_with(AckKind::Progress).await;
             }
         }
+    }
+}
+
+/// How notifications are delivered.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Shares of high, medium and low while all are backlogged.
+    pub delivery_weights: PerClass,
+    /// Concurrent sends per channel; each channel has its own workers.
+    pub channel_concurrency: PerChannel,
+    /// Messages each priority's consumer may hold unacknowledged.
+    pub max_ack_pending: usize,
+    /// Messages per pull request.
+    pub fetch_batch: usize,
+    /// JetStream redelivers a message not acknowledged in this time.
+    pub ack_wait: Duration,
+    pub retry_high: RetryPolicy,
+    pub retry_medium: RetryPolicy,
+    pub retry_low: RetryPolicy,
+    /// Webhook signing key when authentication is off (tenants have their own).
+    pub webhook_secret: String,
+    pub webhook_timeout: Duration,
+    /// SMTP relay; without it email is dead-lettered as undeliverable here.
+    pub smtp_url: Option<String>,
+    pub smtp_from: String,
+    /// Twilio-shaped SMS API; without it SMS is dead-lettered as undeliverable here.
+    pub sms_url: Option<String>,
+    pub sms_account_sid: String,
+    pub sms_auth_token: String,
+    pub sms_from: String,
+    /// FCM HTTP v1 API; without it push is dead-lettered as undeliverable here.
+    pub push_url: Option<String>,
+    pub push_project: String,
+    pub push_token: String,
+    /// Timeout of one SMS or push provider request.
+    pub provider_timeout: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        let policy = |base_ms, cap_s, max_attempts| RetryPolicy {
+            base: Duration::from_millis(base_ms),
+            cap: Duration::from_secs(cap_s),
+            max_attempts,
+        };
+        DeliveryConfig {
+            delivery_weights: SchedulerConfig::default().weights,
+            channel_concurrency: PerChannel([256, 16, 64, 64]),
+            max_ack_pending: 2048,
+            fetch_batch: 256,
+            ack_wait: Duration::from_secs(30),
+            retry_high: policy(200, 30, 8),
+            retry_medium: policy(1000, 300, 8),
+            retry_low: policy(5000, 1800, 6),
+            webhook_secret: String::from("herald-development-secret"),
+            webhook_timeout: Duration::from_secs(10),
+            smtp_url: None,
+            smtp_from: String::from("Herald <herald@localhost>"),
+            sms_url: None,
+            sms_account_sid: String::new(),
+            sms_auth_token: String::new(),
+            sms_from: String::new(),
+            push_url: None,
+            push_project: String::new(),
+            push_token: String::new(),
+            provider_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A value per channel, written `webhook:email:sms:push`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerChannel(pub [usize; 4]);
+
+impl std::str::FromStr for PerChannel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        crate::scheduler::parse_positive_list(s, "webhook:email:sms:push").map(PerChannel)
+    }
+}
+
+impl std::fmt::Display for PerChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c, d] = self.0;
+        write!(f, "{a}:{b}:{c}:{d}")
     }
 }

@@ -22,8 +22,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Yielding;
-use crate::config::RecorderConfig;
 use crate::jetstream::{Names, Pull};
+use crate::lifecycle::Backoff;
 use crate::metrics::Metrics;
 use crate::model::{Priority, WireNotification};
 
@@ -175,7 +175,7 @@ async fn write_until_committed(
     metrics: &Metrics,
     stop: &CancellationToken,
 ) -> bool {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let started = std::time::Instant::now();
         match sink.write(source, batch).await {
@@ -185,18 +185,13 @@ async fn write_until_committed(
             }
             Err(err) => {
                 metrics.record_failed(sink.name(), source.as_str());
-                tracing::warn!(store = sink.name(), source = source.as_str(), batch = batch.len(), error = %err, retry_in = ?delay, "recording failed");
-                if stop.is_cancelled() {
+                tracing::warn!(store = sink.name(), source = source.as_str(), batch = batch.len(), error = %err, "recording failed; retrying");
+                if !backoff.wait(stop).await {
                     return false;
-                }
-                tokio::select! {
-                    () = stop.cancelled() => return false,
-                    () = tokio::time::sleep(delay) => {}
                 }
                 for message in batch {
                     let _ = message.ack_with(AckKind::Progress).await;
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -229,4 +224,41 @@ pub fn notifications(batch: &[Message]) -> Vec<(WireNotification<'_>, u64)> {
     let mut decoded: Vec<(WireNotification<'_>, u64)> = decode(batch, "notification");
     decoded.retain(|(n, _)| seen.insert(n.id));
     decoded
+}
+
+/// How the recorder batches.
+#[derive(Debug, Clone)]
+pub struct RecorderConfig {
+    /// Most messages written per statement.
+    pub record_batch: usize,
+    /// Messages each recorder consumer may hold unacknowledged.
+    pub record_ack_pending: usize,
+    /// How soon a batch that is not acknowledged goes to another recorder.
+    pub record_ack_wait: Duration,
+    /// How long a status stays in the Redis cache.
+    pub status_cache_ttl: Duration,
+    /// How long MongoDB keeps a message document.
+    pub message_retention: Duration,
+    /// Stores not recorded into.
+    pub record_skip: Vec<RecordStore>,
+}
+
+impl Default for RecorderConfig {
+    fn default() -> Self {
+        RecorderConfig {
+            record_batch: 1000,
+            record_ack_pending: 8192,
+            record_ack_wait: Duration::from_secs(60),
+            status_cache_ttl: Duration::from_secs(3600),
+            message_retention: Duration::from_secs(30 * 24 * 3600),
+            record_skip: Vec::new(),
+        }
+    }
+}
+
+/// A store the recorder can leave out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordStore {
+    Postgres,
+    Mongo,
 }

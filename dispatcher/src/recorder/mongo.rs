@@ -4,7 +4,7 @@
 //! notification). Every write is an unordered `insert_many`, and a duplicate `_id` (a
 //! redelivered batch) counts as done, so the recorder never updates a document: appends
 //! are MongoDB's cheapest bulk write, documents do not grow, and FerretDB's update path
-//! (which stalls under concurrent bulk upserts, see the README) is never taken.
+//! (which stalls under concurrent bulk upserts, see docs/architecture.md) is never taken.
 //! Retention: TTL indexes on `messages.accepted_at` and `deliveries.at`.
 
 use std::time::Duration;
@@ -49,7 +49,7 @@ impl MongoSink {
     }
 
     /// Creates the indexes once. The TTL indexes are MongoDB's retention; a server that
-    /// refuses them (see the README's FerretDB notes) is logged, not fatal.
+    /// refuses them (see the FerretDB notes in docs/architecture.md) is logged, not fatal.
     async fn ensure_indexes(&self) -> Result<(), String> {
         self.indexes
             .get_or_try_init(|| async {

@@ -1,4 +1,5 @@
-//! The HTTP client every HTTP-speaking sender shares: pooled keep-alive connections,
+//! How every HTTP-speaking sender builds its client (each sender has its own pool, sized
+//! for its channel, and webhooks alone pass the destination policy): pooled keep-alive connections,
 //! HTTPS with the Mozilla root store (webpki-roots) or plain HTTP, no redirects followed,
 //! an optional destination policy on every resolved address, and one exchange helper that
 //! classifies the answer.

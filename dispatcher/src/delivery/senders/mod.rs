@@ -33,6 +33,15 @@ pub enum SendOutcome {
 }
 
 impl SendOutcome {
+    /// The `outcome` label of the attempts metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SendOutcome::Delivered => "delivered",
+            SendOutcome::Retryable { .. } => "retryable",
+            SendOutcome::Permanent { .. } => "permanent",
+        }
+    }
+
     pub fn error(&self) -> Option<&str> {
         match self {
             SendOutcome::Delivered => None,

@@ -53,7 +53,7 @@ where
     let limits = caller.limits(state);
     let parsed: Vec<Result<Validated<'_>, ApiError>> = items
         .iter()
-        .map(|item| parse_notification(item.get().as_bytes(), &limits, now))
+        .map(|item| parse_notification(item.get().as_bytes(), &limits, now).map_err(ApiError::from))
         .collect();
     let valid = parsed.iter().filter(|p| p.is_ok()).count();
     let mut limit_headers = Vec::new();
@@ -84,7 +84,10 @@ where
         .collect();
     let claims: Vec<Result<Claim, ApiError>> = match state.idempotency.claim(&requests).await {
         Ok(claims) => claims.into_iter().map(Ok).collect(),
-        Err(e) => requests.iter().map(|_| Err(e.clone())).collect(),
+        Err(e) => requests
+            .iter()
+            .map(|_| Err(ApiError::from(e.clone())))
+            .collect(),
     };
     // Keys this batch took (to keep or release once JetStream has answered).
     let taken: Vec<&idempotency::Request<'_>> = requests

@@ -205,6 +205,12 @@ fn with_headers(mut response: HttpResponse, headers: Vec<(&'static str, String)>
 /// (the label of the rejection metric).
 struct Rejection(Option<Priority>, ApiError);
 
+impl From<crate::model::Invalid> for Rejection {
+    fn from(invalid: crate::model::Invalid) -> Self {
+        Rejection(None, ApiError::from(invalid))
+    }
+}
+
 impl From<ApiError> for Rejection {
     fn from(err: ApiError) -> Self {
         Rejection(None, err)

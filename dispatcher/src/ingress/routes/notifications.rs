@@ -72,7 +72,7 @@ where
                 .idempotency
                 .claim(std::slice::from_ref(&request))
                 .await
-                .map_err(|e| Rejection(Some(priority), e))?;
+                .map_err(|e| Rejection(Some(priority), e.into()))?;
             match claims.first() {
                 Some(Claim::Replay(original)) => {
                     let mut response = accepted_response(StatusCode::OK, *original, priority);
@@ -95,35 +95,20 @@ where
         }
         None => None,
     };
-    let scheduled = schedule(state, caller, &validated, now, id);
-    let outcome = match scheduled {
-        Ok(waiting) => waiting.await,
-        Err(e) => {
-            if let Some(request) = &claim {
-                state
-                    .idempotency
-                    .settle(&[], std::slice::from_ref(request))
-                    .await;
-            }
-            return Err(Rejection(Some(priority), e));
-        }
+    let outcome = match schedule(state, caller, &validated, now, id) {
+        Ok(waiting) => Ok(waiting.await),
+        Err(e) => Err(e),
     };
     if let Some(request) = &claim {
+        // Keep the key only if JetStream stored the notification; otherwise release it so
+        // the client's retry is not refused as "in progress".
+        let request = std::slice::from_ref(request);
         match &outcome {
-            Ok(Ok(_)) => {
-                state
-                    .idempotency
-                    .settle(std::slice::from_ref(request), &[])
-                    .await
-            }
-            _ => {
-                state
-                    .idempotency
-                    .settle(&[], std::slice::from_ref(request))
-                    .await
-            }
+            Ok(Ok(Ok(_))) => state.idempotency.settle(request, &[]).await,
+            _ => state.idempotency.settle(&[], request).await,
         }
     }
+    let outcome = outcome.map_err(|e| Rejection(Some(priority), e))?;
     match outcome {
         Ok(Ok(_sequence)) => {
             state.metrics.accepted(priority);
