@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The compose file's bench sequence (its header; README "Operations"), run as plain
+# The compose file's bench sequence (its header; docs/operations.md), run as plain
 # processes through scripts/up.sh's steps, because no Docker engine runs here:
 #   services; migrate; record, deliver (allowed to reach the sink's network: loopback here,
 #   the pinned compose subnet 172.28.0.0/16 there), serve; tenant `bench` and its key;
