@@ -17,7 +17,7 @@ use crate::delivery::{Delivery, Senders};
 use crate::ingress::Ingress;
 use crate::jetstream::{self, Names};
 use crate::lifecycle::{self, Backoff, Health, HealthServer, ReadyState};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Roles};
 use crate::recorder::{self, Recorder, Sink};
 use crate::redis_store::RedisStore;
 use crate::status::StatusCache;
@@ -65,7 +65,7 @@ const ROLE_STOP_DEADLINE: Duration = Duration::from_secs(30);
 impl App {
     /// `dispatcher serve`: the ingress alone.
     pub async fn serve(config: ServeConfig) -> Result<App, StartError> {
-        let ingress = Ingress::start_with(config, Arc::new(Metrics::new()))
+        let ingress = Ingress::start_with(config, Arc::new(Metrics::for_roles(Roles::INGRESS)))
             .await
             .map_err(StartError::Ingress)?;
         Ok(App {
@@ -78,7 +78,7 @@ impl App {
     /// `config.metrics_listen`.
     pub async fn deliver(config: DeliverConfig) -> Result<App, StartError> {
         let mut app = App::empty();
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::for_roles(Roles::DELIVERY));
         let (client, js, names) = connect_streams(&config.nats, &app.starting).await?;
         let delivery = start_delivery(
             &js,
@@ -100,7 +100,7 @@ impl App {
     /// `dispatcher record`: the recorder, with health endpoints at `config.metrics_listen`.
     pub async fn record(config: RecordConfig) -> Result<App, StartError> {
         let mut app = App::empty();
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::for_roles(Roles::RECORDER));
         if config.migrate {
             migrate(&config.store.pg).await?;
         }

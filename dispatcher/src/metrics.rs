@@ -1,4 +1,4 @@
-//! Prometheus metrics of one ingress instance.
+//! Prometheus metrics of one process, registered per role it runs.
 //!
 //! Each instance owns its registry (tests run many servers in one process). Per-priority
 //! handles are resolved once, so the hot path increments an atomic and never looks up a
@@ -43,8 +43,46 @@ fn per_priority<T>(f: impl Fn(Priority) -> T) -> [T; 3] {
     Priority::ALL.map(f)
 }
 
+/// Which roles a process runs: only their metric families are exposed, so `deliver`'s
+/// /metrics does not list the ingress's counters at zero.
+#[derive(Debug, Clone, Copy)]
+pub struct Roles {
+    pub ingress: bool,
+    pub delivery: bool,
+    pub recorder: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        ingress: true,
+        delivery: true,
+        recorder: true,
+    };
+    pub const INGRESS: Roles = Roles {
+        ingress: true,
+        delivery: false,
+        recorder: false,
+    };
+    pub const DELIVERY: Roles = Roles {
+        ingress: false,
+        delivery: true,
+        recorder: false,
+    };
+    pub const RECORDER: Roles = Roles {
+        ingress: false,
+        delivery: false,
+        recorder: true,
+    };
+}
+
 impl Metrics {
+    /// Every role's families (`dispatcher run`, tests, benchmarks).
     pub fn new() -> Self {
+        Self::for_roles(Roles::ALL)
+    }
+
+    /// The families of `roles` only.
+    pub fn for_roles(roles: Roles) -> Self {
         let registry = Registry::new();
         let accepted = IntCounterVec::new(
             Opts::new(
@@ -214,31 +252,50 @@ impl Metrics {
             &["store", "source"],
         )
         .expect("valid metric");
-        for c in [
-            Box::new(consumer_lag.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(connections_closed.clone()),
-            Box::new(admission_delay.clone()),
-            Box::new(admission_backlog.clone()),
-            Box::new(admission_fraction.clone()),
-            Box::new(record_lag.clone()),
-            Box::new(connections_open.clone()),
-            Box::new(connections_refused.clone()),
-            Box::new(recorded.clone()),
-            Box::new(record_batch.clone()),
-            Box::new(record_failures.clone()),
-            Box::new(rate_limited.clone()),
-            Box::new(attempts.clone()),
-            Box::new(send_latency.clone()),
-            Box::new(end_to_end.clone()),
-            Box::new(dead_letters.clone()),
+        type Collectors = Vec<Box<dyn prometheus::core::Collector>>;
+        let ingress: Collectors = vec![
             Box::new(accepted.clone()),
             Box::new(rejected.clone()),
-            Box::new(queue_depth.clone()),
             Box::new(publish_latency.clone()),
             Box::new(publish_failures.clone()),
             Box::new(batch_size.clone()),
             Box::new(acks_inflight.clone()),
+            Box::new(rate_limited.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(connections_closed.clone()),
+            Box::new(admission_delay.clone()),
+            Box::new(admission_backlog.clone()),
+            Box::new(admission_fraction.clone()),
+        ];
+        let delivery: Collectors = vec![
+            Box::new(attempts.clone()),
+            Box::new(send_latency.clone()),
+            Box::new(end_to_end.clone()),
+            Box::new(dead_letters.clone()),
+            Box::new(consumer_lag.clone()),
+        ];
+        let recorder: Collectors = vec![
+            Box::new(recorded.clone()),
+            Box::new(record_batch.clone()),
+            Box::new(record_failures.clone()),
+            Box::new(record_lag.clone()),
+        ];
+        let mut families: Collectors = Vec::new();
+        if roles.ingress || roles.delivery {
+            // The ingress's scheduler, or delivery's when it runs alone.
+            families.push(Box::new(queue_depth.clone()));
+        }
+        for (on, group) in [
+            (roles.ingress, ingress),
+            (roles.delivery, delivery),
+            (roles.recorder, recorder),
         ] {
+            if on {
+                families.extend(group);
+            }
+        }
+        for c in families {
             registry.register(c).expect("metric names are unique");
         }
         Metrics {
@@ -373,5 +430,32 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn families(roles: Roles) -> String {
+        String::from_utf8(Metrics::for_roles(roles).render(|_| 0)).unwrap()
+    }
+
+    #[test]
+    fn each_role_exposes_its_own_families() {
+        let delivery = families(Roles::DELIVERY);
+        assert!(delivery.contains("herald_consumer_lag{"), "{delivery}");
+        assert!(delivery.contains("herald_queue_depth{"));
+        assert!(!delivery.contains("herald_ingest_accepted_total"));
+        let ingress = families(Roles::INGRESS);
+        assert!(ingress.contains("herald_ingest_accepted_total{"));
+        assert!(!ingress.contains("herald_consumer_lag"));
+        let recorder = families(Roles::RECORDER);
+        assert!(!recorder.contains("herald_queue_depth"));
+        assert!(!recorder.contains("herald_ingest_accepted_total"));
+        let all = families(Roles::ALL);
+        assert!(
+            all.contains("herald_consumer_lag{") && all.contains("herald_ingest_accepted_total{")
+        );
     }
 }
