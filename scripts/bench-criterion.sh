@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh >/dev/null
-. scripts/lib/results.sh
+. scripts/lib/herald.sh
 rev=$(git rev-parse --short HEAD)
 day=$(date -u +%Y-%m-%d)
 out=$(results_dir)

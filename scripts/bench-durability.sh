@@ -17,7 +17,7 @@ TOOLS=${HERALD_TOOLS:-/opt/herald-tools/bin}
 
 bash scripts/services.sh >/dev/null
 cargo build --release --locked -p dispatcher -p loadgen --bin dispatcher --bin loadgen 2>&1 | tail -1
-. scripts/lib/results.sh
+. scripts/lib/herald.sh
 out=$(results_dir)
 work=$(mktemp -d)
 pids=()
@@ -43,7 +43,7 @@ setting() {
     --nats-url "nats://127.0.0.1:$nats_port" &
   local serve_pid=$!
   pids+=("$serve_pid")
-  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$http_port/readyz" >/dev/null && break; sleep 0.1; done
+  wait_ready "http://127.0.0.1:$http_port/readyz" 10 "$serve_pid" || { echo "dispatcher not ready" >&2; exit 1; }
   for mode in single batch; do
     local args=() results=()
     [ "$mode" = batch ] && args=(--batch "$BATCH" -c 8)
@@ -51,7 +51,7 @@ setting() {
     for i in $(seq 1 "$REPEAT"); do
       target/release/loadgen --target "http://127.0.0.1:$http_port" -d "$DURATION" --warmup 2s \
         "${args[@]}" --out "$work/$name/$mode-$i" >/dev/null 2>&1 || true
-      results+=("$(python3 -c "import json; s=json.load(open('$work/$name/$mode-$i/summary.json')); t=s['total']; print(round(t['notifications_per_sec']), t['ingest']['p50_ms'], t['ingest']['p99_ms'], t['errors'])")")
+      results+=("$(jq -r '.total | "\(.notifications_per_sec | round) \(.ingest.p50_ms) \(.ingest.p99_ms) \(.errors)"' "$work/$name/$mode-$i/summary.json")")
     done
     local median
     median=$(printf '%s\n' "${results[@]}" | sort -n | sed -n "$(( (REPEAT + 1) / 2 ))p")

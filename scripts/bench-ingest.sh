@@ -23,7 +23,7 @@ TOOLS=${HERALD_TOOLS:-/opt/herald-tools/bin}
 NATS="$TOOLS/nats"
 
 bash scripts/services.sh >/dev/null
-. scripts/lib/results.sh
+. scripts/lib/herald.sh
 ensure_wrk
 cargo build --release --locked -p dispatcher -p herald-benches --bin dispatcher --bin bare202 2>&1 | tail -1
 
@@ -46,11 +46,7 @@ target/release/dispatcher --log warn serve --listen "$HERALD_ADDR" --prefix "$pr
 pids+=($!)
 target/release/bare202 "$BARE_ADDR" 2>/dev/null &
 pids+=($!)
-for _ in $(seq 1 100); do
-  curl -sf "http://$HERALD_ADDR/readyz" >/dev/null && break
-  sleep 0.1
-done
-curl -sf "http://$HERALD_ADDR/readyz" >/dev/null || { echo "dispatcher not ready" >&2; exit 1; }
+wait_ready "http://$HERALD_ADDR/readyz" || { echo "dispatcher not ready" >&2; exit 1; }
 
 # wrk_run NAME URL SCRIPT CONNS: runs wrk $RUNS times (this shared 2-core machine is noisy),
 # keeps the output of the median run by requests/s, prints "rps p50 p99 non2xx errors".
@@ -82,7 +78,7 @@ wrk_run() {
 curl -sf "http://$HERALD_ADDR/v1/notifications" -H 'content-type: application/json' \
   -d "$(sed -n "s/^wrk.body = '\(.*\)'$/\1/p" scripts/wrk/single.lua)" >/dev/null
 read -r stored_msgs stored_bytes < <("$NATS" stream info "${prefix}NOTIFY" --json |
-  python3 -c 'import json,sys; s=json.load(sys.stdin)["state"]; print(s["messages"], s["bytes"])')
+  jq -r '.state | "\(.messages) \(.bytes)"')
 msg_size=$(( stored_bytes / stored_msgs ))
 echo "bench: nats bench js pub async, ${msg_size}B, file storage, dedup ids" >&2
 raw_cmd=("$NATS" bench js pub async "${prefix}raw" --stream "${prefix}RAW" --create --storage file --dedup --size "$msg_size" --msgs 300000 --batch 500 --no-progress)

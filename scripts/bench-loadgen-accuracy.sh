@@ -12,7 +12,7 @@ ADDR=127.0.0.1:18081
 TOOLS=${HERALD_TOOLS:-/opt/herald-tools/bin}
 export PATH="$TOOLS:$PATH"
 
-. scripts/lib/results.sh
+. scripts/lib/herald.sh
 ensure_wrk
 cargo build --release --locked -p loadgen -p herald-benches --bin loadgen --bin bare202 2>&1 | tail -1
 rev=$(git rev-parse --short HEAD)
@@ -36,12 +36,11 @@ for i in $(seq 1 "$RUNS"); do
     awk '/Requests\/sec/ {print $2}' >>"$work/wrk"
   target/release/loadgen --target "http://$ADDR" -c "$CONNS" -d "${DURATION}s" --warmup 0s \
     --payload-bytes 64 --out "$work/lg$i" >/dev/null 2>&1
-  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["total"]["requests_per_sec"])' \
-    "$work/lg$i/summary.json" >>"$work/loadgen"
+  jq .total.requests_per_sec "$work/lg$i/summary.json" >>"$work/loadgen"
   if [ "$has_oha" = 1 ]; then
     oha -c "$CONNS" -z "${DURATION}s" -m POST -H 'content-type: application/json' -d "$body" \
       --no-tui --output-format json "http://$ADDR/v1/notifications" 2>/dev/null |
-      python3 -c 'import json,sys; print(json.load(sys.stdin)["summary"]["requestsPerSec"])' >>"$work/oha"
+      jq .summary.requestsPerSec >>"$work/oha"
   fi
 done
 wrk_rps=$(median <"$work/wrk")

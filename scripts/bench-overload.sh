@@ -26,8 +26,7 @@ TOOLS=${HERALD_TOOLS:-/opt/herald-tools/bin}
 ADDR=127.0.0.1:18095
 
 PROFILE=release
-. scripts/lib/results.sh
-. scripts/lib/roles.sh
+. scripts/lib/herald.sh
 prepare_roles
 out=$(results_dir)/overload
 mkdir -p "$out"
@@ -86,7 +85,7 @@ if [ -z "${CAPACITY:-}" ]; then
   fresh_run capacity
   echo "bench-overload: capacity (closed loop, 64 connections, $DURATION)" >&2
   load capacity "$app_key" -c 64
-  CAPACITY=$(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["total"]["requests_per_sec"]))' "$out/capacity/summary.json")
+  CAPACITY=$(jq '.total.requests_per_sec | floor' "$out/capacity/summary.json")
 fi
 echo "bench-overload: capacity $CAPACITY req/s" >&2
 echo "$CAPACITY" >"$out/capacity.txt"

@@ -20,7 +20,7 @@ TOOLS=${HERALD_TOOLS:-/opt/herald-tools/bin}
 bash scripts/services.sh >/dev/null
 cargo build --release --locked -p dispatcher -p loadgen -p herald-benches \
   --bin dispatcher --bin loadgen --bin bench-recorder 2>&1 | tail -1
-. scripts/lib/results.sh
+. scripts/lib/herald.sh
 out=$(results_dir)
 report="$out/state.md"
 
@@ -49,11 +49,11 @@ mode() {
   target/release/dispatcher --log warn serve --listen "$ADDR" --prefix "$prefix" "${store[@]}" \
     $serve_args &
   pid=$!
-  for _ in $(seq 1 100); do curl -sf "http://$ADDR/readyz" >/dev/null && break; sleep 0.1; done
+  wait_ready "http://$ADDR/readyz" 10 "$pid" || { echo "dispatcher not ready" >&2; exit 1; }
   for _ in $(seq 1 "$REPEAT"); do
     target/release/loadgen --target "http://$ADDR" -c "$CONNS" -d "$DURATION" --warmup 2s \
       $load_args --out "$out/state/$slug" >/dev/null 2>&1 || true
-    rates+=("$(python3 -c "import json;s=json.load(open('$out/state/$slug/summary.json'));print(round(s['total']['notifications_per_sec']), s['total']['errors'] if 'errors' in s['total'] else 0)")")
+    rates+=("$(jq -r '.total | "\(.notifications_per_sec | round) \(.errors // 0)"' "$out/state/$slug/summary.json")")
   done
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
   local median errors

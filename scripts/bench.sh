@@ -23,7 +23,7 @@ TOOLS=${HERALD_TOOLS:-/opt/herald-tools/bin}
 
 bash scripts/services.sh >/dev/null
 cargo build --release --locked -p dispatcher -p loadgen --bin dispatcher --bin loadgen 2>&1 | tail -1
-. scripts/lib/results.sh
+. scripts/lib/herald.sh
 rev=$(git rev-parse --short HEAD)
 day=$(date -u +%Y-%m-%d)
 out=$(results_dir)/bench
@@ -34,7 +34,7 @@ target/release/dispatcher --log warn run --listen "$ADDR" --prefix "$prefix" --q
   --auth off --migrate --pg-schema "${prefix}" --mongo-db "${prefix}" &
 dispatcher=$!
 trap 'kill $dispatcher 2>/dev/null; wait $dispatcher 2>/dev/null; for s in NOTIFY DLQ EVENTS; do "$TOOLS/nats" stream rm -f "${prefix}$s" >/dev/null 2>&1 || true; done' EXIT
-for _ in $(seq 1 100); do curl -sf "http://$ADDR/readyz" >/dev/null && break; sleep 0.1; done
+wait_ready "http://$ADDR/readyz" 10 "$dispatcher" || { echo "dispatcher not ready" >&2; exit 1; }
 
 rows=()
 # scenario NAME ARGS...: one loadgen run; its summary becomes a table row.
@@ -66,7 +66,7 @@ PY
 }
 
 scenario capacity-single -c 64
-capacity=$(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["total"]["requests_per_sec"]))' "$out/capacity-single/summary.json")
+capacity=$(jq '.total.requests_per_sec | floor' "$out/capacity-single/summary.json")
 for rate in $RATES; do
   scenario "steady-$rate" --rate "$rate" -c 128
 done

@@ -19,7 +19,7 @@ bin=target/release/dispatcher
 # compose: docker compose run --rm -T migrate tenant create bench
 "$bin" tenant create bench >/dev/null 2>&1 || true
 # compose: export HERALD_API_KEY=$(docker compose run --rm -T migrate key create --tenant bench | jq -r .key)
-HERALD_API_KEY=$("$bin" key create --tenant bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+HERALD_API_KEY=$("$bin" key create --tenant bench | jq -r .key)
 export HERALD_API_KEY
 # compose: docker compose --profile bench run --rm --use-aliases loadgen (the same flags;
 # the sink listens on loopback here, on the container's alias there)

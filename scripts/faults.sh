@@ -27,8 +27,7 @@ PAUSE=${PAUSE:-4}
 PROFILE=${PROFILE:-debug}
 TOOLS=${HERALD_TOOLS:-/opt/herald-tools/bin}
 
-. scripts/lib/results.sh
-. scripts/lib/roles.sh
+. scripts/lib/herald.sh
 prepare_roles
 failed=0
 cleanup() {

@@ -7,6 +7,7 @@
 # load; the exit status is loadgen's (non-zero if anything accepted was lost).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/herald.sh
 # loadgen's sink listens on loopback, which the webhook SSRF policy refuses by default.
 export HERALD_WEBHOOK_ALLOW_NETS=${HERALD_WEBHOOK_ALLOW_NETS:-127.0.0.0/8,::1}
 DURATION=${DURATION:-10s}
@@ -26,7 +27,7 @@ AUTH="Authorization: Bearer $KEY"
 $dispatcher run --listen "$ADDR" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
-for _ in $(seq 1 100); do curl -sf "http://$ADDR/readyz" >/dev/null && break; sleep 0.1; done
+wait_ready "http://$ADDR/readyz" 10 "$pid" || { echo "run: the dispatcher did not become ready" >&2; exit 1; }
 
 echo "--- one notification"
 sample=$(curl -s "http://$ADDR/v1/notifications" -H 'content-type: application/json' -H "$AUTH" \

@@ -21,8 +21,7 @@ RATE=${RATE:-400}
 PROFILE=${PROFILE:-debug}
 TOOLS=${HERALD_TOOLS:-/opt/herald-tools/bin}
 
-. scripts/lib/results.sh
-. scripts/lib/roles.sh
+. scripts/lib/herald.sh
 prepare_roles
 cleanup() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
@@ -67,7 +66,7 @@ run() {
       --out "$work/$label-load-$i" >"$work/$label-load-$i.txt" 2>&1 &
     lg+=($!)
   done
-  sleep "$(python3 -c "import sys; print(1 + float('${DURATION%s}') / 2)")"
+  sleep "$(awk -v d="${DURATION%s}" 'BEGIN { print 1 + d / 2 }')"
   "$kill_fn" "$label"
   local status=0
   for p in "${lg[@]}"; do wait "$p" || status=1; done
@@ -92,7 +91,7 @@ run() {
     failed=1
     for i in 0 1; do echo "--- $label loadgen $i" >&2; tail -n 6 "$work/$label-load-$i.txt" >&2; done
     echo "--- schema $prefix kept; lost ids:" >&2
-    python3 -c "import json; [print(x) for i in (0,1) for x in json.load(open('$work/$label-load-'+str(i)+'/summary.json'))['end_to_end'].get('lost_ids', [])]" >&2
+    jq -r '.end_to_end.lost_ids // [] | .[]' "$work/$label-load-0/summary.json" "$work/$label-load-1/summary.json" >&2
     psql -h 127.0.0.1 -U root -d test -c "SELECT n.status, n.attempts, n.last_status, left(n.last_error, 80) AS last_error, count(*) FROM \"$prefix\".accepted a LEFT JOIN \"$prefix\".notifications n USING (id) WHERE n.status IS DISTINCT FROM 'delivered' OR n.recipient IS NULL GROUP BY 1, 2, 3, 4 ORDER BY 5 DESC LIMIT 10" >&2
   fi
   local duplicated

@@ -57,6 +57,9 @@ if ! up 4222 && [ -x "$TOOLS/nats-server" ]; then
   wait_up 4222 || status=1
 fi
 
+# jq: the scripts read loadgen's and nats' JSON with it.
+command -v jq >/dev/null || apt_install jq
+
 # Redis, nothing kept on disk (tests make their own key prefixes).
 if ! up 6379; then
   command -v redis-server >/dev/null || apt_install redis-server

@@ -22,8 +22,7 @@ ADDR=127.0.0.1:18090
 METRICS_EVERY=10
 
 PROFILE=release
-. scripts/lib/results.sh
-. scripts/lib/roles.sh
+. scripts/lib/herald.sh
 prepare_roles
 python3 -c 'import matplotlib' 2>/dev/null || pip install -q matplotlib >/dev/null 2>&1
 trap stop_roles EXIT
@@ -38,11 +37,11 @@ if [ -z "${CAPACITY:-}" ]; then
   echo "soak: probing capacity: closed loop, 64 connections, $PROBE" >&2
   "$loadgen" --target "http://$ADDR" --api-key "$key" -c 64 -d "$PROBE" --warmup 2s \
     --sink 127.0.0.1:0 --drain-timeout 120s --out "$work/probe" >"$work/probe.txt" 2>&1
-  CAPACITY=$(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["total"]["requests_per_sec"]))' "$work/probe/summary.json")
+  CAPACITY=$(jq '.total.requests_per_sec | floor' "$work/probe/summary.json")
   # Let the recorder catch up before the soak starts from a quiet system.
   sleep 20
 fi
-rate=$(python3 -c "print(int($CAPACITY * $SHARE))")
+rate=$(awk -v c="$CAPACITY" -v s="$SHARE" 'BEGIN { print int(c * s) }')
 echo "soak: capacity $CAPACITY req/s; soaking at $rate req/s for $SOAK" >&2
 
 # Samplers: RSS (kB) every 5 s; the end-to-end histogram buckets every 10 s.
@@ -68,7 +67,7 @@ status=0
 "$loadgen" --target "http://$ADDR" --api-key "$key" --rate "$rate" -d "$SOAK" --warmup 5s -c 128 \
   --sink 127.0.0.1:0 --drain-timeout 120s --out "$work/soak" >"$work/soak.txt" 2>"$work/soak.progress" || status=$?
 pending=$("$TOOLS/nats" consumer info "${prefix}NOTIFY" "${prefix}record-postgres-notify" --json 2>/dev/null |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["num_pending"])' 2>/dev/null || echo "?")
+  jq -e .num_pending 2>/dev/null || echo "?")
 
 out=$(results_dir)
 # The raw samples stay with the report, so it can be re-drawn without a new soak:

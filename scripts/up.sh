@@ -7,6 +7,7 @@
 # Knobs: SERVE (1), DELIVER (1), RECORD (1), PREFIX (empty), HERALD_* for everything else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/herald.sh
 # loadgen's sink listens on loopback, which the webhook SSRF policy refuses by default.
 export HERALD_WEBHOOK_ALLOW_NETS=${HERALD_WEBHOOK_ALLOW_NETS:-127.0.0.0/8,::1}
 SERVE=${SERVE:-1}
@@ -31,11 +32,7 @@ start() {
   local name=$1 health=$2; shift 2
   $bin --log-format json "$@" >"$STATE/$name.log" 2>&1 &
   echo $! >"$STATE/$name.pid"
-  for _ in $(seq 1 200); do
-    curl -sf "$health" >/dev/null && return 0
-    kill -0 "$(cat "$STATE/$name.pid")" 2>/dev/null || break
-    sleep 0.1
-  done
+  wait_ready "$health" 20 "$(cat "$STATE/$name.pid")" && return 0
   echo "up: $name did not become ready; see $STATE/$name.log" >&2
   tail -5 "$STATE/$name.log" >&2
   # Stop the roles already started (and drop their pid files), so the next up can run.

@@ -1,5 +1,14 @@
-# Sourced by scripts/scale-out.sh, faults.sh, soak.sh and bench-overload.sh: starting Herald
-# roles as processes, restarting them, and checking a loadgen run against PostgreSQL.
+# The one bash library of scripts/: sourced by every script that starts Herald or writes
+# results. Functions:
+# results_dir                   prints results/<date>-<rev> (created)
+# results_row SCRIPT HEADLINE REPORT
+#                               adds a row to results/README.md (created with its header)
+# machine                       "N cores (CPU model), M GiB"
+# ensure_wrk                    installs wrk (Debian) when missing
+# free_port                     a TCP port on 127.0.0.1 that was free a moment ago
+# wait_ready URL [SECONDS] [PID]
+#                               polls URL (a /readyz) every 0.1 s until it answers 2xx;
+#                               fails after SECONDS (10) or as soon as PID has exited
 # prepare_roles                 services up, dispatcher and loadgen built for $PROFILE
 #                               (debug|release); sets bin, loadgen, work (a scratch
 #                               directory) and empty arrays pids and prefixes
@@ -18,7 +27,40 @@
 #                               is set, for diagnosis), Redis keys and MongoDB database
 # stop_roles                    TERMs every started role, waits, drops the prefixes and
 #                               the scratch directory (the EXIT trap of the bench scripts)
-declare -A role_cmd role_health
+
+results_dir() {
+  local dir
+  dir="results/$(date -u +%Y-%m-%d)-$(git rev-parse --short HEAD)"
+  mkdir -p "$dir"
+  echo "$dir"
+}
+results_row() {
+  local index=results/README.md dir
+  dir=$(results_dir)
+  [ -f "$index" ] || printf '# Results\n\nEach row: a benchmark run, the script that reproduces it, and its report (which names\nthe machine and the exact commands).\n\n| date | rev | script | headline | report |\n|---|---|---|---|---|\n' >"$index"
+  echo "| $(date -u +%Y-%m-%d) | $(git rev-parse --short HEAD) | $1 | $2 | [$3](${dir#results/}/$3) |" >>"$index"
+}
+machine() {
+  echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB"
+}
+ensure_wrk() {
+  command -v wrk >/dev/null && return
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+}
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_ready() {
+  local url=$1 tries=$((${2:-10} * 10)) pid=${3:-}
+  for _ in $(seq 1 "$tries"); do
+    curl -sf "$url" >/dev/null && return 0
+    [ -z "$pid" ] || kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
 
 prepare_roles() {
   bash scripts/services.sh >/dev/null
@@ -34,23 +76,21 @@ prepare_roles() {
 
 role() {
   local name=$1 health=$2; shift 2
-  role_cmd[$name]=$(printf '%q ' "$@")
-  role_health[$name]=$health
+  # The exact arguments, NUL-separated, for restart_role.
+  printf '%s\0' "$health" "$@" >"$work/$name.args"
   "$bin" --log warn "$@" >>"$work/$name.log" 2>&1 &
   echo $! >"$work/$name.pid"
   pids+=($!)
-  for _ in $(seq 1 300); do
-    curl -sf "$health" >/dev/null && return 0
-    sleep 0.1
-  done
+  wait_ready "$health" 30 $! && return 0
   echo "$name did not become ready" >&2
   tail -5 "$work/$name.log" >&2
   return 1
 }
 
 restart_role() {
-  local name=$1
-  eval "role \"\$name\" \"\${role_health[\$name]}\" ${role_cmd[$name]}"
+  local args
+  mapfile -d '' args <"$work/$1.args"
+  role "$1" "${args[@]}"
 }
 
 new_prefix() {
@@ -66,15 +106,10 @@ tenant_key() {
 }
 
 summary_sum() {
-  local field=$1; shift
-  python3 - "$field" "$@" <<'PY'
-import json, sys
-field, dirs = sys.argv[1], sys.argv[2:]
-def get(d):
-    s = json.load(open(d + "/summary.json"))
-    return s["total"]["errors"] if field == "errors" else s["end_to_end"][field]
-print(sum(get(d) for d in dirs))
-PY
+  local field=$1 path; shift
+  path=".end_to_end.$field"
+  [ "$field" = errors ] && path=.total.errors
+  for dir in "$@"; do jq "$path" "$dir/summary.json"; done | jq -s add
 }
 
 recorded_delivered() {
