@@ -319,3 +319,74 @@ async fn the_run_binary_accepts_and_delivers() {
     assert!(exit.success(), "exit status {exit:?}");
     common::delete_streams(&nats.url(), &prefix).await;
 }
+
+/// `deliver` alone, through the same root as the binary: its /readyz follows its NATS
+/// connection (unready while NATS is away, ready again after), it answers JSON like the
+/// ingress, its /metrics holds delivery's families and not the ingress's, and it stops
+/// within its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliver_readiness_follows_nats_and_its_health_matches_the_ingress() {
+    let mut nats = NatsProcess::start(free_port()).await;
+    let prefix = common::unique_prefix();
+    let app = herald::app::App::deliver(herald::config::DeliverConfig {
+        nats: herald::config::NatsConfig {
+            nats_url: nats.url(),
+            prefix: prefix.clone(),
+            ..Default::default()
+        },
+        pg: common::test_store(&prefix).pg,
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    })
+    .await
+    .expect("deliver starts");
+    let base = format!("http://{}", app.local_addr().expect("health listens"));
+    let http = common::HttpClient::new(false);
+    let get = |path: &'static str| {
+        let (http, url) = (http.clone(), format!("{base}{path}"));
+        async move {
+            http.request("GET", &url, None, Default::default())
+                .await
+                .expect("health answers")
+        }
+    };
+    let ready = get("/readyz").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.body["status"], "ready");
+    assert_eq!(get("/healthz").await.body["status"], "ok");
+    let metrics = get("/metrics").await;
+    let text = metrics.body.as_str().expect("metrics are text");
+    assert!(text.contains("herald_consumer_lag{"), "{text}");
+    assert!(!text.contains("herald_ingest_accepted_total"), "{text}");
+    assert_eq!(get("/nothing").await.status, 404);
+
+    nats.kill();
+    let mut unready = None;
+    for _ in 0..100 {
+        let r = get("/readyz").await;
+        if r.status == 503 {
+            unready = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let unready = unready.expect("unready once NATS is gone");
+    assert_eq!(unready.body["status"], "unready");
+    assert!(unready.body["reason"].as_str().unwrap().contains("NATS"));
+    assert_eq!(get("/healthz").await.status, 200, "alive all the same");
+
+    nats.restart().await;
+    let mut back = false;
+    for _ in 0..200 {
+        if get("/readyz").await.status == 200 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(back, "ready again once NATS is back");
+    tokio::time::timeout(Duration::from_secs(35), app.shutdown())
+        .await
+        .expect("deliver stops within its deadline");
+    common::delete_streams(&nats.url(), &prefix).await;
+}
