@@ -365,3 +365,84 @@ pub async fn start_recorder(
     .await
     .ok_or(StartError::Stopped)
 }
+
+/// What [`purge`] removed, and what it could not reach.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Purged {
+    pub streams: Vec<String>,
+    pub pg_schema: Option<String>,
+    pub mongo_db: Option<String>,
+    pub redis_keys: usize,
+    /// One line per store that could not be asked (the rest was purged all the same).
+    pub failures: Vec<String>,
+}
+
+/// Removes everything Herald keeps under one namespace: the prefix's streams (with their
+/// consumers), its Redis keys, and, unless `keep_schema`, the PostgreSQL schema and the
+/// MongoDB database named in `store`. For test and benchmark namespaces, and for
+/// tearing down a tenant's deployment; the empty prefix (a production default) is
+/// refused.
+pub async fn purge(
+    nats: &NatsConfig,
+    store: &StoreConfig,
+    keep_schema: bool,
+) -> Result<Purged, StartError> {
+    if nats.prefix.is_empty() {
+        return Err(StartError::Settings(String::from(
+            "purge needs a non-empty --prefix (the empty one is a deployment's)",
+        )));
+    }
+    let mut purged = Purged::default();
+    match async_nats::connect(&nats.nats_url).await {
+        Ok(client) => {
+            let js = async_nats::jetstream::new(client);
+            let names = Names::new(&nats.prefix);
+            for stream in [names.notify_stream, names.dlq_stream, names.events_stream] {
+                match js.delete_stream(&stream).await {
+                    Ok(_) => purged.streams.push(stream),
+                    Err(err) if stream_not_found(&err) => {}
+                    Err(err) => purged.failures.push(format!("NATS stream {stream}: {err}")),
+                }
+            }
+        }
+        Err(err) => purged.failures.push(format!("NATS: {err}")),
+    }
+    match RedisStore::new(&store.redis_url, &nats.prefix) {
+        Ok(redis) => match redis.delete_prefixed().await {
+            Ok(n) => purged.redis_keys = n,
+            Err(err) => purged.failures.push(format!("Redis: {err}")),
+        },
+        Err(err) => purged.failures.push(err),
+    }
+    if keep_schema {
+        return Ok(purged);
+    }
+    let pool = postgres::pool(&store.pg)?;
+    // The schema name was checked as a plain identifier by the settings.
+    match sqlx::query(&format!(
+        "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+        store.pg.pg_schema
+    ))
+    .execute(&pool)
+    .await
+    {
+        Ok(_) => purged.pg_schema = Some(store.pg.pg_schema.clone()),
+        Err(err) => purged.failures.push(format!("PostgreSQL: {err}")),
+    }
+    pool.close().await;
+    let dropped = async {
+        let client = recorder::mongo::client(&store.mongo_url).await?;
+        client.database(&store.mongo_db).drop().await
+    };
+    match dropped.await {
+        Ok(()) => purged.mongo_db = Some(store.mongo_db.clone()),
+        Err(err) => purged.failures.push(format!("MongoDB: {err}")),
+    }
+    Ok(purged)
+}
+
+fn stream_not_found(err: &async_nats::jetstream::context::DeleteStreamError) -> bool {
+    use async_nats::jetstream::context::DeleteStreamErrorKind;
+    use async_nats::jetstream::ErrorCode;
+    matches!(err.kind(), DeleteStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND)
+}

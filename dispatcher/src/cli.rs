@@ -88,12 +88,52 @@ pub enum Command {
     Record(Box<RecordArgs>),
     /// Apply the SQL migrations in migrations/ to the configured schema, then exit.
     Migrate(PgArgs),
+    /// Remove everything under one namespace: the prefix's streams, its Redis keys, and
+    /// the schema and MongoDB database named (test and benchmark namespaces, torn-down
+    /// deployments). Prints what was removed as JSON; exits 1 if a store could not be asked.
+    Purge(PurgeArgs),
     /// Manage tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
     /// Manage API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+}
+
+/// `dispatcher purge`: no environment fallback for the prefix, so a namespace is removed
+/// only when named on the command line.
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// The namespace to remove (not empty).
+    #[arg(long, value_parser = check_prefix)]
+    pub prefix: String,
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "HERALD_NATS_URL", default_value_t = nats().nats_url)]
+    pub nats_url: String,
+    /// Keep the PostgreSQL schema and the MongoDB database (to look into them).
+    #[arg(long)]
+    pub keep_schema: bool,
+    #[command(flatten)]
+    pub pg: PgArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub mongo: MongoArgs,
+}
+
+impl PurgeArgs {
+    pub fn settings(self) -> (NatsConfig, StoreConfig, bool) {
+        let nats = NatsConfig {
+            nats_url: self.nats_url,
+            prefix: self.prefix,
+            ..NatsConfig::default()
+        };
+        (
+            nats,
+            store_of(self.pg, self.redis, Some(self.mongo)),
+            self.keep_schema,
+        )
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -44,6 +44,17 @@ fn main() -> anyhow::Result<()> {
                 println!("migrations applied to schema {}", pg.pg_schema);
                 return Ok(());
             }
+            Command::Purge(args) => {
+                let (nats, store, keep_schema) = args.settings();
+                let purged = app::purge(&nats, &store, keep_schema).await?;
+                println!("{}", serde_json::to_string(&purged)?);
+                anyhow::ensure!(
+                    purged.failures.is_empty(),
+                    "not everything could be purged: {:?}",
+                    purged.failures
+                );
+                return Ok(());
+            }
             Command::Tenant(TenantCommand::Create {
                 name,
                 rate,

@@ -25,6 +25,36 @@ impl RedisStore {
         })
     }
 
+    /// Deletes every key under the prefix (SCAN, then DEL in batches: no KEYS on a shared
+    /// server); returns how many were deleted.
+    pub async fn delete_prefixed(&self) -> Result<usize, String> {
+        let mut connection = self.connection().await?;
+        let pattern = format!("{}*", self.prefix);
+        let (mut cursor, mut deleted) = (0u64, 0usize);
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !keys.is_empty() {
+                deleted += redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async::<usize>(&mut connection)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
     /// `<prefix><kind>:<name>`.
     pub fn key(&self, kind: &str, name: impl std::fmt::Display) -> String {
         format!("{}{kind}:{name}", self.prefix)

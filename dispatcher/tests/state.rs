@@ -805,3 +805,78 @@ async fn a_failed_duplicate_does_not_undo_a_delivery() {
     pool.close().await;
     stack.finish().await;
 }
+
+/// `purge` (the tests' own cleanup, and `dispatcher purge` in the scripts) leaves nothing
+/// of a namespace that recorded: no stream, no Redis key, no schema, no MongoDB database.
+/// `--keep-schema` keeps the stores for a look.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_removes_everything_of_a_namespace() {
+    let receiver = Receiver::start(|_| (200, Duration::ZERO)).await;
+    let mut stack = Stack::start(|_| {}).await;
+    let pool = stack.start_recording().await;
+    let prefix = stack.server.prefix.clone();
+    stack.accept(webhook_to(&receiver.url(), "high", 1)).await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    let recorded = eventually(Duration::from_secs(20), || async {
+        let keys = common::redis_keys(&prefix).await;
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+        (rows > 0 && !keys.is_empty()).then_some(())
+    })
+    .await;
+    assert!(
+        recorded.is_some(),
+        "the namespace holds state before the purge"
+    );
+    stack.stop_recording().await;
+    stack.stop_delivery().await;
+    // A running ingress would make its stream again.
+    stack.server.shutdown().await;
+    let nats = herald::config::NatsConfig {
+        nats_url: stack.server.nats_url.clone(),
+        prefix: prefix.clone(),
+        ..Default::default()
+    };
+    let store = test_store(&prefix);
+
+    let kept = herald::app::purge(&nats, &store, true).await.unwrap();
+    assert_eq!(kept.failures, Vec::<String>::new());
+    assert_eq!(kept.streams.len(), 3, "{kept:?}");
+    assert_eq!(kept.pg_schema, None);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(rows > 0, "--keep-schema keeps the tables");
+
+    let purged = herald::app::purge(&nats, &store, false).await.unwrap();
+    assert_eq!(purged.failures, Vec::<String>::new());
+    assert!(purged.streams.is_empty(), "already gone: {purged:?}");
+    assert_eq!(purged.pg_schema.as_deref(), Some(prefix.as_str()));
+    let schemas: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.schemata WHERE schema_name = $1",
+    )
+    .bind(&prefix)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(schemas, 0);
+    assert!(common::redis_keys(&prefix).await.is_empty());
+    let mongo = herald::recorder::mongo::client(&common::mongo_url())
+        .await
+        .unwrap();
+    let databases = mongo.list_database_names().await.unwrap();
+    assert!(!databases.contains(&prefix), "{databases:?}");
+    let js = async_nats::jetstream::new(async_nats::connect(&stack.server.nats_url).await.unwrap());
+    assert!(js.get_stream(format!("{prefix}NOTIFY")).await.is_err());
+    assert!(
+        herald::app::purge(&herald::config::NatsConfig::default(), &store, false)
+            .await
+            .is_err(),
+        "the empty prefix is refused"
+    );
+    pool.close().await;
+    stack.server.finish().await;
+}

@@ -23,8 +23,8 @@
 # recorded_delivered PREFIX IDS WANT
 #                               waits (60 s at most) until WANT of the ids in file IDS are
 #                               recorded `delivered` in PostgreSQL; prints how many are
-# drop_prefixes                 removes every prefix's streams, schema (kept when $failed
-#                               is set, for diagnosis), Redis keys and MongoDB database
+# drop_prefixes                 `dispatcher purge` of every prefix: streams, Redis keys,
+#                               schema and MongoDB database (kept when $failed is set)
 # stop_roles                    TERMs every started role, waits, drops the prefixes and
 #                               the scratch directory (the EXIT trap of the bench scripts)
 
@@ -126,19 +126,12 @@ recorded_delivered() {
 
 drop_prefixes() {
   [ "${#prefixes[@]}" -gt 0 ] || return 0
+  local keep=()
+  [ "${failed:-0}" -eq 0 ] || keep=(--keep-schema)
   for prefix in "${prefixes[@]}"; do
-    for s in NOTIFY DLQ EVENTS; do "$TOOLS/nats" stream rm -f "${prefix}$s" >/dev/null 2>&1 || true; done
-    [ "${failed:-0}" -ne 0 ] || psql -h 127.0.0.1 -U root -d test -qc "DROP SCHEMA IF EXISTS \"$prefix\" CASCADE" >/dev/null 2>&1 || true
-    redis-cli --scan --pattern "${prefix}*" | xargs -r redis-cli del >/dev/null 2>&1 || true
+    "$bin" --log warn purge --prefix "$prefix" --pg-schema "$prefix" --mongo-db "$prefix" \
+      "${keep[@]}" >/dev/null || echo "could not purge $prefix entirely" >&2
   done
-  # The MongoDB databases (FerretDB keeps one SQLite file each), through pymongo.
-  python3 -c 'import pymongo' 2>/dev/null || pip install -q pymongo >/dev/null 2>&1 || true
-  python3 - "${prefixes[@]}" <<'PY' 2>/dev/null || echo "could not drop the MongoDB databases ${prefixes[*]}" >&2
-import sys, pymongo
-client = pymongo.MongoClient("mongodb://127.0.0.1:27017", serverSelectionTimeoutMS=5000)
-for name in sys.argv[1:]:
-    client.drop_database(name)
-PY
 }
 
 stop_roles() {

@@ -186,34 +186,17 @@ impl Drop for TestServer {
 }
 
 /// Deletes every stream, Redis key, PostgreSQL schema and MongoDB database Herald creates
-/// under `prefix`.
+/// under `prefix` (what `dispatcher purge` does).
 pub async fn delete_streams(nats_url: &str, prefix: &str) {
-    if let Ok(pool) = sqlx::PgPool::connect(&database_url()).await {
-        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{prefix}\" CASCADE"))
-            .execute(&pool)
-            .await;
-        pool.close().await;
-    }
-    if let Ok(client) = herald::recorder::mongo::client(&mongo_url()).await {
-        let _ = client.database(prefix).drop().await;
-    }
-    if let Ok(client) = async_nats::connect(nats_url).await {
-        let js = jetstream::new(client);
-        for name in ["NOTIFY", "DLQ", "EVENTS"] {
-            let _ = js.delete_stream(format!("{prefix}{name}")).await;
-        }
-    }
-    if let Ok(client) = redis::Client::open(redis_url()) {
-        if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{prefix}*"))
-                .query_async(&mut c)
-                .await
-                .unwrap_or_default();
-            if !keys.is_empty() {
-                let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut c).await;
-            }
-        }
+    let nats = herald::config::NatsConfig {
+        nats_url: nats_url.to_string(),
+        prefix: prefix.to_string(),
+        ..Default::default()
+    };
+    match herald::app::purge(&nats, &test_store(prefix), false).await {
+        Ok(purged) if purged.failures.is_empty() => {}
+        Ok(purged) => eprintln!("purging {prefix} left some behind: {:?}", purged.failures),
+        Err(err) => eprintln!("purging {prefix} failed: {err}"),
     }
 }
 
