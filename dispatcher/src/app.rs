@@ -79,6 +79,9 @@ impl App {
     pub async fn deliver(config: DeliverConfig) -> Result<App, StartError> {
         let mut app = App::empty();
         let metrics = Arc::new(Metrics::for_roles(Roles::DELIVERY));
+        // Health first: alive (and saying why it is not ready) while NATS is awaited.
+        let (health, started) = health_server(config.metrics_listen, metrics.clone()).await?;
+        app.health = Some(health);
         let (client, js, names) = connect_streams(&config.nats, &app.starting).await?;
         let delivery = start_delivery(
             &js,
@@ -86,14 +89,16 @@ impl App {
             &config.delivery,
             &config.destinations,
             &config.pg,
-            metrics.clone(),
+            metrics,
             Yielding::default(),
             &app.starting,
         )
         .await?;
-        let depth = delivery.depth();
+        let _ = started.set(Started {
+            client,
+            depth: delivery.depth(),
+        });
         app.delivery = Some(delivery);
-        app.health = Some(health_server(config.metrics_listen, metrics, client, depth).await?);
         Ok(app)
     }
 
@@ -101,6 +106,8 @@ impl App {
     pub async fn record(config: RecordConfig) -> Result<App, StartError> {
         let mut app = App::empty();
         let metrics = Arc::new(Metrics::for_roles(Roles::RECORDER));
+        let (health, started) = health_server(config.metrics_listen, metrics.clone()).await?;
+        app.health = Some(health);
         if config.migrate {
             migrate(&config.store.pg).await?;
         }
@@ -111,14 +118,17 @@ impl App {
                 &names,
                 &config.store,
                 &config.recorder,
-                metrics.clone(),
+                metrics,
                 Yielding::default(),
                 &app.starting,
             )
             .await?,
         );
-        app.health =
-            Some(health_server(config.metrics_listen, metrics, client, Arc::new(|_| 0)).await?);
+        // The recorder holds no notifications waiting: its queue depth is zero.
+        let _ = started.set(Started {
+            client,
+            depth: Arc::new(|_| 0),
+        });
         Ok(app)
     }
 
@@ -163,8 +173,11 @@ impl App {
             )
             .await?,
         );
+        // The recorder makes its own NATS connection inside `start`, so that connection's
+        // task, like every task the recorder spawns, runs on the background runtime.
         let starting = app.starting.clone();
         let start = async move {
+            let (_, js, names) = connect_streams(&nats, &starting).await?;
             start_recorder(&js, &names, &store, &recorder, metrics, yielding, &starting).await
         };
         app.recorder = Some(match background {
@@ -231,29 +244,38 @@ pub async fn migrate(pg: &PgConfig) -> Result<(), StartError> {
     Ok(())
 }
 
+/// What a role without the ingress reports once it has started.
+struct Started {
+    client: async_nats::Client,
+    depth: Arc<dyn Fn(crate::model::Priority) -> usize + Send + Sync>,
+}
+
+/// The health endpoints of `deliver` and `record`, up before the role has started: not
+/// ready until `Started` is set, then ready while NATS is connected.
 async fn health_server(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
-    client: async_nats::Client,
-    depth: Arc<dyn Fn(crate::model::Priority) -> usize + Send + Sync>,
-) -> Result<HealthServer, StartError> {
+) -> Result<(HealthServer, Arc<std::sync::OnceLock<Started>>), StartError> {
+    let started = Arc::new(std::sync::OnceLock::<Started>::new());
+    let (ready, depth) = (started.clone(), started.clone());
     let health = Health {
         metrics,
-        ready: Arc::new(move || {
-            if client.connection_state() == async_nats::connection::State::Connected {
+        ready: Arc::new(move || match ready.get() {
+            None => ReadyState::Unready("starting: waiting for NATS and the streams"),
+            Some(s) if s.client.connection_state() == async_nats::connection::State::Connected => {
                 ReadyState::Ready
-            } else {
-                ReadyState::Unready("NATS is disconnected")
             }
+            Some(_) => ReadyState::Unready("NATS is disconnected"),
         }),
-        depth,
+        depth: Arc::new(move |p| depth.get().map_or(0, |s| (s.depth)(p))),
     };
-    HealthServer::start(addr, health)
+    let server = HealthServer::start(addr, health)
         .await
         .map_err(|source| StartError::Bind {
             what: "--metrics-listen",
             source,
-        })
+        })?;
+    Ok((server, started))
 }
 
 /// Connects to NATS and waits until Herald's streams exist (NATS may come up later).

@@ -326,30 +326,53 @@ async fn the_run_binary_accepts_and_delivers() {
 /// within its deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliver_readiness_follows_nats_and_its_health_matches_the_ingress() {
-    let mut nats = NatsProcess::start(free_port()).await;
+    let nats_port = free_port();
+    let health_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let prefix = common::unique_prefix();
-    let app = herald::app::App::deliver(herald::config::DeliverConfig {
+    let config = herald::config::DeliverConfig {
         nats: herald::config::NatsConfig {
-            nats_url: nats.url(),
+            nats_url: format!("nats://127.0.0.1:{nats_port}"),
             prefix: prefix.clone(),
             ..Default::default()
         },
         pg: common::test_store(&prefix).pg,
-        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: health_addr,
         ..Default::default()
-    })
-    .await
-    .expect("deliver starts");
-    let base = format!("http://{}", app.local_addr().expect("health listens"));
+    };
+    // No NATS yet: the role waits for it, alive and saying why it is not ready.
+    let starting = tokio::spawn(herald::app::App::deliver(config));
+    let base = format!("http://{health_addr}");
     let http = common::HttpClient::new(false);
     let get = |path: &'static str| {
         let (http, url) = (http.clone(), format!("{base}{path}"));
         async move {
-            http.request("GET", &url, None, Default::default())
-                .await
-                .expect("health answers")
+            for _ in 0..100 {
+                if let Ok(r) = http.request("GET", &url, None, Default::default()).await {
+                    return r;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("{url} does not answer");
         }
     };
+    assert_eq!(get("/healthz").await.status, 200);
+    let waiting = get("/readyz").await;
+    assert_eq!(waiting.status, 503);
+    assert!(
+        waiting.body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("starting"),
+        "{:?}",
+        waiting.body
+    );
+    let mut nats = NatsProcess::start(nats_port).await;
+    let app = tokio::time::timeout(Duration::from_secs(20), starting)
+        .await
+        .expect("deliver starts once NATS is there")
+        .unwrap()
+        .expect("deliver starts");
+    assert_eq!(app.local_addr(), Some(health_addr));
     let ready = get("/readyz").await;
     assert_eq!(ready.status, 200);
     assert_eq!(ready.body["status"], "ready");
