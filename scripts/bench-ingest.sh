@@ -91,17 +91,14 @@ raw_nodedup=$(grep -oE '[0-9,]+ msgs/sec' "$work/raw-nodedup.txt" | head -1 | tr
 
 echo "bench: bare hyper 202, single requests, $CONNS connections, $DURATION" >&2
 read -r bare_rps bare_p50 bare_p99 bare_non2xx bare_err < <(wrk_run bare "http://$BARE_ADDR/v1/notifications" scripts/wrk/single.lua "$CONNS")
-# CPU time (utime + stime, in clock ticks) of a process.
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 nats_pid=$(pgrep -f "nats-server -a 127.0.0.1 -p 4222" | head -1)
 echo "bench: herald single requests" >&2
-d0=$(ticks "${pids[0]}"); n0=$(ticks "$nats_pid")
+d0=$(cpu_seconds "${pids[0]}"); n0=$(cpu_seconds "$nats_pid")
 read -r h_rps h_p50 h_p99 h_non2xx h_err < <(wrk_run single "http://$HERALD_ADDR/v1/notifications" scripts/wrk/single.lua "$CONNS")
-d1=$(ticks "${pids[0]}"); n1=$(ticks "$nats_pid")
+d1=$(cpu_seconds "${pids[0]}"); n1=$(cpu_seconds "$nats_pid")
 single_total=$(cat "$work"/single.[0-9]*.txt "$work/single.warmup.txt" | awk '/requests in/ {n += $1} END {print n}')
-hz=$(getconf CLK_TCK)
-cpu_dispatcher=$(awk -v t=$((d1 - d0)) -v n="$single_total" -v hz="$hz" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
-cpu_nats=$(awk -v t=$((n1 - n0)) -v n="$single_total" -v hz="$hz" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+cpu_dispatcher=$(awk -v a="$d0" -v b="$d1" -v n="$single_total" 'BEGIN { printf "%.1f", (b - a) * 1e6 / n }')
+cpu_nats=$(awk -v a="$n0" -v b="$n1" -v n="$single_total" 'BEGIN { printf "%.1f", (b - a) * 1e6 / n }')
 echo "bench: herald batch of $BATCH, $BATCH_CONNS connections" >&2
 export BATCH
 read -r b_rps b_p50 b_p99 b_non2xx b_err < <(wrk_run batch "http://$HERALD_ADDR/v1/notifications/batch" scripts/wrk/batch.lua "$BATCH_CONNS")

@@ -51,10 +51,6 @@ fresh_run() {
 }
 
 # CPU seconds (user + system) a process has used so far.
-cpu_seconds() {
-  awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"
-}
-
 # cost NAME KEY ARGS...: a closed-loop loadgen run; appends "NAME requests accepted
 # dispatcher_cpu_s nats_cpu_s" to $out/cost.txt, CPU counted from the start of the load
 # until its deliveries are drained.

@@ -6,6 +6,7 @@
 # machine                       "N cores (CPU model), M GiB"
 # ensure_wrk                    installs wrk (Debian) when missing
 # free_port                     a TCP port on 127.0.0.1 that was free a moment ago
+# cpu_seconds PID              user + system CPU seconds the process has used so far
 # wait_ready URL [SECONDS] [PID]
 #                               polls URL (a /readyz) every 0.1 s until it answers 2xx;
 #                               fails after SECONDS (10) or as soon as PID has exited
@@ -49,6 +50,10 @@ ensure_wrk() {
 }
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+cpu_seconds() {
+  awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"
 }
 
 wait_ready() {

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Compares two dispatcher builds by CPU per request, the steadier figure on these shared
+# cores: `serve --auth off` at a fixed open-loop rate (so both batch alike), ROUNDS
+# alternating rounds of 20 s after a 3 s warm-up, CPU of the dispatcher and nats-server
+# from /proc. For "did this change make the ingress slower" (an old build: a git worktree
+# built with `cargo build --release`).
+# Usage: scripts/compare-cpu.sh BEFORE_BIN AFTER_BIN [RATE (8000)] [ROUNDS (3)]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib/herald.sh
+export HERALD_WEBHOOK_ALLOW_NETS=127.0.0.0/8,::1
+before=$1 after=$2 rate=${3:-8000} rounds=${4:-3}
+bash scripts/services.sh >/dev/null
+cargo build --release --locked -p loadgen --bin loadgen 2>&1 | tail -1
+nats_pid=$(pgrep -f "nats-server -a 127.0.0.1 -p 4222" | head -1)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# one BIN: prints "dispatcher_us nats_us accepted"
+one() {
+  local bin=$1 port prefix pid d0 n0 d1 n1
+  port=$(free_port)
+  prefix="cmp$(date +%s%N | tail -c 8)_"
+  "$bin" --log warn serve --listen "127.0.0.1:$port" --prefix "$prefix" --auth off &
+  pid=$!
+  wait_ready "http://127.0.0.1:$port/readyz" 10 "$pid" || { echo "$bin not ready" >&2; exit 1; }
+  target/release/loadgen --target "http://127.0.0.1:$port" --rate 2000 -d 3s -c 64 >/dev/null 2>&1
+  d0=$(cpu_seconds "$pid"); n0=$(cpu_seconds "$nats_pid")
+  target/release/loadgen --target "http://127.0.0.1:$port" --rate "$rate" -d 20s -c 64 \
+    --out "$work/run" >/dev/null 2>&1
+  d1=$(cpu_seconds "$pid"); n1=$(cpu_seconds "$nats_pid")
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  target/release/dispatcher --log warn purge --prefix "$prefix" --keep-schema >/dev/null || true
+  jq -r --arg d "$(awk -v a="$d0" -v b="$d1" 'BEGIN { print b - a }')" \
+    --arg n "$(awk -v a="$n0" -v b="$n1" 'BEGIN { print b - a }')" \
+    '.total | "\(($d | tonumber) * 1e6 / .requests | . * 10 | round / 10) \(($n | tonumber) * 1e6 / .requests | . * 10 | round / 10) \(.notifications_accepted)/\(.requests)"' \
+    "$work/run/summary.json"
+}
+
+echo "| round | build | dispatcher µs/request | nats-server µs/request | accepted |"
+echo "|---|---|---|---|---|"
+for r in $(seq 1 "$rounds"); do
+  for which in before after; do
+    bin=$before; [ "$which" = after ] && bin=$after
+    read -r d n acc < <(one "$bin")
+    echo "| $r | $which | $d | $n | $acc |"
+  done
+done
