@@ -5,6 +5,8 @@
 # from /proc. For "did this change make the ingress slower" (an old build: a git worktree
 # built with `cargo build --release`).
 # Usage: scripts/compare-cpu.sh BEFORE_BIN AFTER_BIN [RATE (8000)] [ROUNDS (3)]
+# Writes results/<date>-<rev>/compare-cpu.md and a row in results/README.md; BEFORE and
+# AFTER (environment) name the builds in the report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/herald.sh
@@ -37,12 +39,23 @@ one() {
     "$work/run/summary.json"
 }
 
-echo "| round | build | dispatcher µs/request | nats-server µs/request | accepted |"
-echo "|---|---|---|---|---|"
-for r in $(seq 1 "$rounds"); do
-  for which in before after; do
-    bin=$before; [ "$which" = after ] && bin=$after
-    read -r d n acc < <(one "$bin")
-    echo "| $r | $which | $d | $n | $acc |"
+out=$(results_dir)
+{
+  echo "# CPU per request, two builds, $(date -u +%Y-%m-%d)"
+  echo
+  echo "Machine: $(machine). Before: ${BEFORE:-$before}. After: ${AFTER:-$after}."
+  echo "Command: \`scripts/compare-cpu.sh $before $after $rate $rounds\`: \`dispatcher serve --auth off\`,"
+  echo "loadgen open loop at $rate/s for 20 s (64 connections, default mix) after 3 s at 2000/s;"
+  echo "CPU (user + system) of the dispatcher and nats-server from /proc over the 20 s."
+  echo
+  echo "| round | build | dispatcher µs/request | nats-server µs/request | accepted |"
+  echo "|---|---|---|---|---|"
+  for r in $(seq 1 "$rounds"); do
+    for which in before after; do
+      bin=$before; [ "$which" = after ] && bin=$after
+      read -r d n acc < <(one "$bin")
+      echo "| $r | $which | $d | $n | $acc |"
+    done
   done
-done
+} | tee "$out/compare-cpu.md"
+results_row scripts/compare-cpu.sh "CPU per request at $rate/s, ${BEFORE:-before} vs ${AFTER:-after}" compare-cpu.md
