@@ -16,34 +16,13 @@ use crate::config::{
 use crate::delivery::{Delivery, Senders};
 use crate::ingress::Ingress;
 use crate::jetstream::{self, Names};
+pub use crate::lifecycle::StartError;
 use crate::lifecycle::{self, Backoff, Health, HealthServer, ReadyState};
 use crate::metrics::{Metrics, Roles};
 use crate::recorder::{self, Recorder, Sink};
 use crate::redis_store::RedisStore;
 use crate::status::StatusCache;
 use crate::{postgres, tenants};
-
-/// Why a role could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("binding {what}: {source}")]
-    Bind {
-        what: &'static str,
-        source: std::io::Error,
-    },
-    #[error("starting the ingress: {0}")]
-    Ingress(std::io::Error),
-    #[error("PostgreSQL: {0}")]
-    Postgres(#[from] sqlx::Error),
-    #[error("MongoDB (--mongo-url): {0}")]
-    Mongo(#[from] mongodb::error::Error),
-    #[error("NATS: {0}")]
-    Nats(#[from] async_nats::ConnectError),
-    #[error("{0}")]
-    Settings(String),
-    #[error("stopped before it started")]
-    Stopped,
-}
 
 /// A running role: whichever of the ingress, delivery and the recorder it holds, and the
 /// health endpoints of a role without the ingress.
@@ -65,9 +44,8 @@ const ROLE_STOP_DEADLINE: Duration = Duration::from_secs(30);
 impl App {
     /// `dispatcher serve`: the ingress alone.
     pub async fn serve(config: ServeConfig) -> Result<App, StartError> {
-        let ingress = Ingress::start_with(config, Arc::new(Metrics::for_roles(Roles::INGRESS)))
-            .await
-            .map_err(StartError::Ingress)?;
+        let ingress =
+            Ingress::start_with(config, Arc::new(Metrics::for_roles(Roles::INGRESS))).await?;
         Ok(App {
             ingress: Some(ingress),
             ..App::empty()
@@ -151,9 +129,7 @@ impl App {
             serve.store.clone(),
             serve.destinations.clone(),
         );
-        let ingress = Ingress::start_with(serve, metrics.clone())
-            .await
-            .map_err(StartError::Ingress)?;
+        let ingress = Ingress::start_with(serve, metrics.clone()).await?;
         let mut app = App {
             ingress: Some(ingress),
             ..App::empty()

@@ -22,6 +22,26 @@ use tokio_util::task::TaskTracker;
 use crate::metrics::Metrics;
 use crate::model::Priority;
 
+/// Why a role could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("binding {what}: {source}")]
+    Bind {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("MongoDB (--mongo-url): {0}")]
+    Mongo(#[from] mongodb::error::Error),
+    #[error("NATS: {0}")]
+    Nats(#[from] async_nats::ConnectError),
+    #[error("{0}")]
+    Settings(String),
+    #[error("stopped before it started")]
+    Stopped,
+}
+
 /// Exponential backoff between `first` and `cap`: the one schedule every retry loop uses.
 #[derive(Debug, Clone)]
 pub struct Backoff {

@@ -751,6 +751,7 @@ fn metric(page: &str, name: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_low_flood_is_shed_while_high_is_accepted() {
     let server = TestServer::start_with(|c| {
+        c.admission.enabled = true;
         c.admission.target = std::time::Duration::from_millis(1);
     })
     .await;
@@ -856,6 +857,7 @@ async fn a_low_flood_is_shed_while_high_is_accepted() {
 #[tokio::test]
 async fn a_batch_is_shed_item_by_item_by_class() {
     let server = TestServer::start_with(|c| {
+        c.admission.enabled = true;
         c.admission.target = std::time::Duration::ZERO;
     })
     .await;

@@ -30,7 +30,7 @@ use crate::destination::DestinationPolicy;
 use crate::idempotency::Idempotency;
 use crate::jetstream::Readiness;
 use crate::jetstream::{self, Names};
-use crate::lifecycle::{Health, ReadyState};
+use crate::lifecycle::{Health, ReadyState, StartError};
 use crate::metrics::Metrics;
 use crate::publisher::{Envelope, Publisher};
 use crate::ratelimit::{Limit, RateLimiter};
@@ -82,17 +82,25 @@ pub struct Ingress {
 impl Ingress {
     /// Binds the listener, connects to NATS (in the background if it is down) and starts
     /// serving. Returns once the port is open.
-    pub async fn start(config: ServeConfig) -> std::io::Result<Self> {
+    pub async fn start(config: ServeConfig) -> Result<Self, StartError> {
         Self::start_with(config, Arc::new(Metrics::new())).await
     }
 
     /// As [`Ingress::start`], recording into `metrics` (shared with delivery in `run`).
-    pub async fn start_with(config: ServeConfig, metrics: Arc<Metrics>) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(config.listen).await?;
-        let local_addr = listener.local_addr()?;
-        let client = jetstream::connect(&config.nats)
-            .await
-            .map_err(std::io::Error::other)?;
+    pub async fn start_with(
+        config: ServeConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StartError> {
+        let bound = async {
+            let listener = TcpListener::bind(config.listen).await?;
+            let local_addr = listener.local_addr()?;
+            Ok((listener, local_addr))
+        };
+        let (listener, local_addr) = bound.await.map_err(|source| StartError::Bind {
+            what: "--listen",
+            source,
+        })?;
+        let client = jetstream::connect(&config.nats).await?;
         let js = ContextBuilder::new()
             .timeout(config.publisher.publish_timeout)
             .ack_timeout(config.publisher.publish_timeout)
@@ -112,14 +120,12 @@ impl Ingress {
         ));
         let redis = Arc::new(
             RedisStore::new(&config.store.redis_url, &config.nats.prefix)
-                .map_err(std::io::Error::other)?,
+                .map_err(StartError::Settings)?,
         );
         let idempotency = Idempotency::new(redis.clone(), config.idempotency_ttl);
-        let pool = crate::postgres::pool(&config.store.pg).map_err(std::io::Error::other)?;
+        let pool = crate::postgres::pool(&config.store.pg)?;
         if config.migrate {
-            crate::postgres::migrate(&pool, &config.store.pg.pg_schema)
-                .await
-                .map_err(std::io::Error::other)?;
+            crate::postgres::migrate(&pool, &config.store.pg.pg_schema).await?;
         }
         let tenants = Arc::new(Directory::new(pool, config.key_cache_ttl));
         let scheduler = Arc::new(Scheduler::new(config.scheduler));
