@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Cost per notification over the whole pipeline (issue 15, and issue 19's low rates): a
+# release `dispatcher run` with authentication and the recorder (PostgreSQL, MongoDB-wire,
+# Redis), loadgen open loop with its sink, each rate against fresh streams, schema and
+# database. CPU seconds from /proc for every process, from the start of the load until
+# every consumer (delivery and the four recorder consumers) has nothing pending:
+#   dispatcher; nats-server; PostgreSQL (every process of the cluster, and the backends
+#   that ended: the postmaster's waited-for children); the MongoDB-wire server (FerretDB
+#   here, whose figures are its own, not MongoDB's); redis-server; loadgen, apart.
+# A short cpu-clock profile of the dispatcher at each rate, summarised by symbol.
+# Writes cost.md under results/<date>-<rev>/ and a row in results/README.md.
+# Knobs: RATES ("100 2000"), DURATION (20s), PROFILE_SECONDS (5), SETTLE (120: seconds).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HERALD_WEBHOOK_ALLOW_NETS=${HERALD_WEBHOOK_ALLOW_NETS:-127.0.0.0/8,::1}
+RATES=${RATES:-100 2000}
+DURATION=${DURATION:-20s}
+PROFILE_SECONDS=${PROFILE_SECONDS:-5}
+SETTLE=${SETTLE:-120}
+TOOLS=${HERALD_TOOLS:-/opt/herald-tools/bin}
+ADDR=127.0.0.1:18097
+
+PROFILE=release
+. scripts/lib/herald.sh
+prepare_roles
+out=$(results_dir)/cost
+mkdir -p "$out"
+trap stop_roles EXIT
+
+postmaster=$(pgrep -f 'bin/postgres -D' | head -1)
+# CPU seconds of a process group: the named processes alive now, plus, for PostgreSQL,
+# what its ended backends used (the postmaster's cutime + cstime).
+group_cpu() {
+  case $1 in
+    postgres)
+      {
+        for p in $({ pgrep -x postgres; pgrep -f '^postgres: '; } | sort -u); do
+          cpu_seconds "$p" 2>/dev/null || true
+        done
+        awk -v hz="$(getconf CLK_TCK)" '{ print ($16 + $17) / hz }' "/proc/$postmaster/stat"
+      } | awk '{ s += $1 } END { printf "%.3f", s }'
+      ;;
+    *) cpu_seconds "$2" ;;
+  esac
+}
+# The consumers of a prefix have nothing pending and nothing unacknowledged.
+settled() {
+  local stream consumer info
+  for stream in NOTIFY EVENTS; do
+    for consumer in $("$TOOLS/nats" consumer ls "${prefix}$stream" --names 2>/dev/null); do
+      info=$("$TOOLS/nats" consumer info "${prefix}$stream" "$consumer" --json 2>/dev/null) || return 1
+      [ "$(jq '.num_pending + .num_ack_pending' <<<"$info")" -eq 0 ] || return 1
+    done
+  done
+}
+
+rows=()
+profiles=()
+for rate in $RATES; do
+  new_prefix cost
+  key=$(tenant_key "$prefix" cost)
+  role "cost-$rate" "http://$ADDR/readyz" run --listen "$ADDR" --prefix "$prefix" \
+    --pg-schema "$prefix" --mongo-db "$prefix"
+  dispatcher=$(cat "$work/cost-$rate.pid")
+  nats=$(pgrep -f "nats-server -a 127.0.0.1 -p 4222" | head -1)
+  ferret=$(pgrep -f ferretdb | head -1)
+  redis=$(pgrep -x redis-server | head -1)
+  declare -A before=()
+  for g in dispatcher:$dispatcher nats:$nats postgres: ferretdb:$ferret redis:$redis; do
+    before[${g%%:*}]=$(group_cpu "${g%%:*}" "${g#*:}")
+  done
+  echo "bench-cost: $rate/s for $DURATION" >&2
+  "$loadgen" --target "http://$ADDR" --api-key "$key" --rate "$rate" -d "$DURATION" --warmup 0s \
+    -c 64 --sink 127.0.0.1:0 --drain-timeout "${SETTLE}s" --out "$out/$rate" \
+    >"$out/$rate.txt" 2>"$out/$rate.progress" &
+  lg=$!
+  sleep 5
+  perf record -q -e cpu-clock -F 499 -g -p "$dispatcher" -o "$work/perf-$rate.data" \
+    -- sleep "$PROFILE_SECONDS" >/dev/null 2>&1 || true
+  lg_cpu=0
+  while kill -0 "$lg" 2>/dev/null; do
+    lg_cpu=$(cpu_seconds "$lg" 2>/dev/null || echo "$lg_cpu")
+    sleep 0.5
+  done
+  wait "$lg" || true
+  waited=0
+  until settled || [ "$waited" -ge "$SETTLE" ]; do sleep 1; waited=$((waited + 1)); done
+  settled_note=$([ "$waited" -lt "$SETTLE" ] && echo "settled" || echo "NOT settled after ${SETTLE}s")
+  n=$(jq '.total.notifications_accepted' "$out/$rate/summary.json")
+  lost=$(jq '.end_to_end.lost // "?"' "$out/$rate/summary.json")
+  p99=$(jq -r '[.priorities[] | .ingest.p99_ms] | max' "$out/$rate/summary.json" 2>/dev/null || echo "?")
+  e2e=$(jq -r '[.end_to_end.priorities[] | .p99_ms] | max' "$out/$rate/summary.json" 2>/dev/null || echo "?")
+  total=0
+  cells=""
+  for g in dispatcher:$dispatcher nats:$nats postgres: ferretdb:$ferret redis:$redis; do
+    name=${g%%:*}
+    used=$(awk -v a="${before[$name]}" -v b="$(group_cpu "$name" "${g#*:}")" 'BEGIN { print b - a }')
+    total=$(awk -v t="$total" -v u="$used" 'BEGIN { print t + u }')
+    cells+=" $(awk -v u="$used" -v n="$n" 'BEGIN { printf "%.0f", u * 1e6 / n }') |"
+  done
+  rows+=("| $rate/s | $n | $lost |$cells $(awk -v u="$total" -v n="$n" 'BEGIN { printf "%.0f", u * 1e6 / n }') | $(awk -v u="$lg_cpu" -v n="$n" 'BEGIN { printf "%.0f", u * 1e6 / n }') | $p99 | $e2e | $settled_note after ${waited}s |")
+  if [ -s "$work/perf-$rate.data" ]; then
+    profiles+=("### $rate/s: dispatcher, ${PROFILE_SECONDS} s of cpu-clock samples, top symbols (self)")
+    profiles+=('```')
+    profiles+=("$(perf report -q -i "$work/perf-$rate.data" --no-children --sort sym --stdio 2>/dev/null |
+      grep -E '^ +[0-9.]+%' | head -25)")
+    profiles+=('```')
+  fi
+  kill -TERM "$dispatcher" 2>/dev/null || true
+  wait "$dispatcher" 2>/dev/null || true
+done
+
+{
+  echo "# Cost per notification, whole pipeline, $(date -u +%Y-%m-%d), revision $(git rev-parse --short HEAD)"
+  echo
+  echo "Machine: $(machine); every process below shares it."
+  echo "Command: \`RATES=\"$RATES\" DURATION=$DURATION scripts/bench-cost.sh\`: \`dispatcher run\` (auth on,"
+  echo "recorder into PostgreSQL, FerretDB and Redis), loadgen open loop with its sink, default mix,"
+  echo "64 connections. CPU (user + system, /proc) from the start of the load until every consumer"
+  echo "had nothing pending, per accepted notification. FerretDB is a stand-in for MongoDB: its"
+  echo "figures are its own."
+  echo
+  echo "| rate | accepted | lost | dispatcher µs | nats-server µs | PostgreSQL µs | FerretDB µs | Redis µs | all µs | loadgen µs | ingest p99 ms (worst class) | e2e p99 ms (worst class) | consumers |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  printf '%s\n' "${rows[@]}"
+  echo
+  printf '%s\n' "${profiles[@]}"
+} >"$out/../cost.md"
+results_row scripts/bench-cost.sh "CPU per notification by process at $(echo "$RATES" | sed 's/ /, /g')/s" cost.md
+cat "$out/../cost.md"
