@@ -27,7 +27,7 @@ out=$(results_dir)/cost
 mkdir -p "$out"
 trap stop_roles EXIT
 
-postmaster=$(pgrep -f 'bin/postgres -D' | head -1)
+postmaster=$(pgrep -f 'bin/postgres -D' | awk 'NR == 1')
 # CPU seconds of a process group: the named processes alive now, plus, for PostgreSQL,
 # what its ended backends used (the postmaster's cutime + cstime).
 group_cpu() {
@@ -62,9 +62,9 @@ for rate in $RATES; do
   role "cost-$rate" "http://$ADDR/readyz" run --listen "$ADDR" --prefix "$prefix" \
     --pg-schema "$prefix" --mongo-db "$prefix"
   dispatcher=$(cat "$work/cost-$rate.pid")
-  nats=$(pgrep -f "nats-server -a 127.0.0.1 -p 4222" | head -1)
-  ferret=$(pgrep -f ferretdb | head -1)
-  redis=$(pgrep -x redis-server | head -1)
+  nats=$(pgrep -f "nats-server -a 127.0.0.1 -p 4222" | awk 'NR == 1')
+  ferret=$(pgrep -f ferretdb | awk 'NR == 1')
+  redis=$(pgrep -x redis-server | awk 'NR == 1')
   declare -A before=()
   for g in dispatcher:$dispatcher nats:$nats postgres: ferretdb:$ferret redis:$redis; do
     before[${g%%:*}]=$(group_cpu "${g%%:*}" "${g#*:}")
@@ -87,6 +87,7 @@ for rate in $RATES; do
   until settled || [ "$waited" -ge "$SETTLE" ]; do sleep 1; waited=$((waited + 1)); done
   settled_note=$([ "$waited" -lt "$SETTLE" ] && echo "settled" || echo "NOT settled after ${SETTLE}s")
   n=$(jq '.total.notifications_accepted' "$out/$rate/summary.json")
+  refused=$(jq '.total.errors' "$out/$rate/summary.json")
   lost=$(jq '.end_to_end.lost // "?"' "$out/$rate/summary.json")
   p99=$(jq -r '[.priorities[] | .ingest.p99_ms] | max' "$out/$rate/summary.json" 2>/dev/null || echo "?")
   e2e=$(jq -r '[.end_to_end.priorities[] | .p99_ms] | max' "$out/$rate/summary.json" 2>/dev/null || echo "?")
@@ -98,12 +99,12 @@ for rate in $RATES; do
     total=$(awk -v t="$total" -v u="$used" 'BEGIN { print t + u }')
     cells+=" $(awk -v u="$used" -v n="$n" 'BEGIN { printf "%.0f", u * 1e6 / n }') |"
   done
-  rows+=("| $rate/s | $n | $lost |$cells $(awk -v u="$total" -v n="$n" 'BEGIN { printf "%.0f", u * 1e6 / n }') | $(awk -v u="$lg_cpu" -v n="$n" 'BEGIN { printf "%.0f", u * 1e6 / n }') | $p99 | $e2e | $settled_note after ${waited}s |")
+  rows+=("| $rate/s | $n | $refused | $lost |$cells $(awk -v u="$total" -v n="$n" 'BEGIN { printf "%.0f", u * 1e6 / n }') | $(awk -v u="$lg_cpu" -v n="$n" 'BEGIN { printf "%.0f", u * 1e6 / n }') | $p99 | $e2e | $settled_note after ${waited}s |")
   if [ -s "$work/perf-$rate.data" ]; then
     profiles+=("### $rate/s: dispatcher, ${PROFILE_SECONDS} s of cpu-clock samples, top symbols (self)")
     profiles+=('```')
     profiles+=("$(perf report -q -i "$work/perf-$rate.data" --no-children --sort sym --stdio 2>/dev/null |
-      grep -E '^ +[0-9.]+%' | head -25)")
+      grep -E '^ +[0-9.]+%' | awk 'NR <= 25' || true)")
     profiles+=('```')
   fi
   kill -TERM "$dispatcher" 2>/dev/null || true
@@ -120,8 +121,8 @@ done
   echo "had nothing pending, per accepted notification. FerretDB is a stand-in for MongoDB: its"
   echo "figures are its own."
   echo
-  echo "| rate | accepted | lost | dispatcher µs | nats-server µs | PostgreSQL µs | FerretDB µs | Redis µs | all µs | loadgen µs | ingest p99 ms (worst class) | e2e p99 ms (worst class) | consumers |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| rate | accepted | refused | lost | dispatcher µs | nats-server µs | PostgreSQL µs | FerretDB µs | Redis µs | all µs | loadgen µs | ingest p99 ms (worst class) | e2e p99 ms (worst class) | consumers |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
   echo
   printf '%s\n' "${profiles[@]}"
