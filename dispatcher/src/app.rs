@@ -319,10 +319,9 @@ pub async fn sinks(
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     if !config.record_skip.contains(&RecordStore::Postgres) {
         let pool = postgres::pool(&store.pg)?;
-        let redis = Arc::new(
-            RedisStore::new(&store.redis_url, prefix)
-                .map_err(|e| StartError::Settings(format!("--redis-url: {e}")))?,
-        );
+        // RedisStore's error already names --redis-url.
+        let redis =
+            Arc::new(RedisStore::new(&store.redis_url, prefix).map_err(StartError::Settings)?);
         let cache = Arc::new(StatusCache::new(redis));
         sinks.push(Arc::new(recorder::postgres::PostgresSink::new(
             pool,

@@ -44,11 +44,7 @@ impl From<crate::model::Invalid> for ApiError {
     fn from(invalid: crate::model::Invalid) -> Self {
         use crate::model::Invalid;
         match invalid {
-            Invalid::MalformedJson(message) => Self::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                format!("malformed JSON: {message}"),
-            ),
+            Invalid::MalformedJson(message) => Self::malformed_json(message),
             Invalid::Field { field, message } => Self::invalid_field(field, message),
             Invalid::Body(message) => Self::invalid_body(message),
             Invalid::BatchTooLarge { len, limit } => Self::batch_too_large(len, limit),
@@ -75,11 +71,12 @@ impl ApiError {
         }
     }
 
-    pub fn malformed_json(err: &serde_json::Error) -> Self {
+    /// `detail`: serde's description, with line and column.
+    pub fn malformed_json(detail: impl std::fmt::Display) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
             "malformed_json",
-            format!("malformed JSON: {err}"),
+            format!("malformed JSON: {detail}"),
         )
     }
 
