@@ -429,7 +429,11 @@ pub async fn purge(
     pool.close().await;
     let dropped = async {
         let client = recorder::mongo::client(&store.mongo_url).await?;
-        client.database(&store.mongo_db).drop().await
+        let dropped = client.database(&store.mongo_db).drop().await;
+        // Shut down before the process ends: a client merely dropped spawns a task to end
+        // its sessions, which panics inside the driver when the runtime is going away.
+        client.shutdown().await;
+        dropped
     };
     match dropped.await {
         Ok(()) => purged.mongo_db = Some(store.mongo_db.clone()),
