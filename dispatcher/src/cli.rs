@@ -612,6 +612,10 @@ pub struct RecorderArgs {
     /// Most messages written per statement.
     #[arg(long, env = "HERALD_RECORD_BATCH", default_value_t = recorder().record_batch)]
     record_batch: usize,
+    /// How long a recorder batch waits for more messages after its first: fewer, larger
+    /// statements at low rates, for status that much later.
+    #[arg(long, env = "HERALD_RECORD_LINGER", default_value_t = human(recorder().record_linger))]
+    record_linger: Human,
     /// Messages each recorder consumer may hold unacknowledged.
     #[arg(long, env = "HERALD_RECORD_ACK_PENDING", default_value_t = recorder().record_ack_pending)]
     record_ack_pending: usize,
@@ -635,6 +639,7 @@ impl From<RecorderArgs> for RecorderConfig {
     fn from(a: RecorderArgs) -> Self {
         RecorderConfig {
             record_batch: a.record_batch,
+            record_linger: a.record_linger.into(),
             record_ack_pending: a.record_ack_pending,
             record_ack_wait: a.record_ack_wait.into(),
             status_cache_ttl: a.status_cache_ttl.into(),

@@ -353,7 +353,9 @@ async fn deliver(shared: &Shared, job: Job) {
                     .await;
                 return;
             }
-            if let Err(err) = message.double_ack().await {
+            // A plain ack: the event is stored, so a lost ack costs one duplicate delivery
+            // (at-least-once), where a double ack costs a subscription and a round trip.
+            if let Err(err) = message.ack().await {
                 tracing::warn!(id = %notification.id, error = %err, "ack after delivery failed; it may be delivered again");
             }
             let age = (Utc::now() - notification.accepted_at)

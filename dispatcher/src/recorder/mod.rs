@@ -4,8 +4,10 @@
 //! Each store has its own durable pull consumers (`<prefix>record-<store>-notify`,
 //! `<prefix>record-<store>-events`), so a store that is down only holds back its own
 //! consumers; the others keep going, and it catches up from JetStream when it returns.
-//! A consumer takes what has arrived (up to `--record-batch`), writes it with one statement
-//! per batch, and acknowledges the batch only after the write committed. Writes are
+//! A consumer takes what arrives within `--record-linger` of a batch's first message (up to
+//! `--record-batch`), writes it with one statement per batch, and acknowledges the batch
+//! only after the write committed. The linger is what keeps statements few at low rates:
+//! recording is asynchronous, so nobody waits on it but the status API's freshness. Writes are
 //! idempotent (upserts keyed by notification id and event sequence; duplicate-key inserts
 //! count as done), so a batch redelivered after a crash changes nothing twice. A failed
 //! write is retried with backoff while the batch is kept alive with in-progress acks.
@@ -99,7 +101,10 @@ impl Recorder {
                     consumer,
                     sink.clone(),
                     source,
-                    config.record_batch.max(1),
+                    BatchLimits {
+                        max: config.record_batch.max(1),
+                        linger: config.record_linger,
+                    },
                     metrics.clone(),
                     yielding.clone(),
                     stop.clone(),
@@ -127,28 +132,40 @@ impl Recorder {
     }
 }
 
+/// What closes a batch: `max` messages, or `linger` after its first, whichever comes first.
+#[derive(Debug, Clone, Copy)]
+struct BatchLimits {
+    max: usize,
+    linger: Duration,
+}
+
 /// One consumer's loop: take what has arrived, write it, acknowledge it.
 async fn record(
     consumer: consumer::PullConsumer,
     sink: Arc<dyn Sink>,
     source: Source,
-    batch_max: usize,
+    limits: BatchLimits,
     metrics: Arc<Metrics>,
     yielding: Yielding,
     stop: CancellationToken,
 ) {
     let label = format!("record-{}-{}", sink.name(), source.as_str());
-    let mut pull = Pull::new(consumer, batch_max, stop.clone(), label);
+    let mut pull = Pull::new(consumer, limits.max, stop.clone(), label);
     while let Some(first) = pull.next().await {
         // While the door sheds anything, record in larger, rarer batches (cheaper per
         // message); the lag this builds is bounded by one pause's arrivals and reported.
         yielding.pause(Priority::Low).await;
-        // Whatever else has already arrived joins the batch; nothing waits for more.
         let mut batch = vec![first];
-        while batch.len() < batch_max {
-            match pull.ready().await {
-                Some(message) => batch.push(message),
-                None => break,
+        let deadline = tokio::time::Instant::now() + limits.linger;
+        while batch.len() < limits.max {
+            if let Some(message) = pull.ready().await {
+                batch.push(message);
+                continue;
+            }
+            // Nothing more has arrived: wait for it until the linger ends (or stop).
+            match tokio::time::timeout_at(deadline, pull.next()).await {
+                Ok(Some(message)) => batch.push(message),
+                Ok(None) | Err(_) => break,
             }
         }
         if let Some(Ok(info)) = batch.last().map(Message::info) {
@@ -231,6 +248,8 @@ pub fn notifications(batch: &[Message]) -> Vec<(WireNotification<'_>, u64)> {
 pub struct RecorderConfig {
     /// Most messages written per statement.
     pub record_batch: usize,
+    /// How long a batch waits for more messages after its first one.
+    pub record_linger: Duration,
     /// Messages each recorder consumer may hold unacknowledged.
     pub record_ack_pending: usize,
     /// How soon a batch that is not acknowledged goes to another recorder.
@@ -247,6 +266,7 @@ impl Default for RecorderConfig {
     fn default() -> Self {
         RecorderConfig {
             record_batch: 1000,
+            record_linger: Duration::from_millis(50),
             record_ack_pending: 8192,
             record_ack_wait: Duration::from_secs(60),
             status_cache_ttl: Duration::from_secs(3600),
