@@ -98,11 +98,8 @@ async fn run(args: &Args, nats: &NatsConfig, store: &StoreConfig) -> anyhow::Res
             .await?,
         );
         acks.push(
-            js.publish(
-                names.event_subject("delivered", herald::model::Priority::Medium),
-                serde_json::to_vec(&event)?.into(),
-            )
-            .await?,
+            js.publish(names.event_subject(), serde_json::to_vec(&event)?.into())
+                .await?,
         );
         if acks.len() >= 1000 {
             futures::future::try_join_all(acks.drain(..).map(std::future::IntoFuture::into_future))

@@ -526,6 +526,13 @@ pub struct DeliveryArgs {
     /// Messages per pull request.
     #[arg(long, env = "HERALD_FETCH_BATCH", default_value_t = delivery().fetch_batch)]
     fetch_batch: usize,
+    /// Most outcome events per EVENTS message.
+    #[arg(long, env = "HERALD_EVENT_BATCH", default_value_t = delivery().event_batch)]
+    event_batch: usize,
+    /// How long a batch of outcome events waits for more after its first (each worker
+    /// waits that long at most before it acks; deliveries are not delayed).
+    #[arg(long, env = "HERALD_EVENT_LINGER", default_value_t = human(delivery().event_linger))]
+    event_linger: Human,
     /// JetStream redelivers a message not acknowledged in this time (slow sends send
     /// in-progress acks every third of it).
     #[arg(long, env = "HERALD_ACK_WAIT", default_value_t = human(delivery().ack_wait))]
@@ -586,6 +593,8 @@ impl From<DeliveryArgs> for DeliveryConfig {
             channel_concurrency: a.channel_concurrency,
             max_ack_pending: a.max_ack_pending,
             fetch_batch: a.fetch_batch,
+            event_batch: a.event_batch,
+            event_linger: a.event_linger.into(),
             ack_wait: a.ack_wait.into(),
             retry_high: a.retry_high,
             retry_medium: a.retry_medium,

@@ -1,14 +1,28 @@
 //! Outcome events (`delivered`, `retrying`, `dead`) on the EVENTS stream, for the recorder
-//! and anyone else who wants to follow a notification. One JSON document per event under
-//! `<prefix>events.<event>.<priority>`; `Nats-Msg-Id` = `<id>-<event>-<attempt>`, so a
-//! worker that repeats itself after a crash does not record an event twice.
+//! and anyone else who wants to follow a notification.
+//!
+//! Events travel in batches: one message under `<prefix>events.outcomes` holds a JSON array
+//! of event documents, from every worker of a delivery process within `--event-linger`
+//! (at most `--event-batch`). Each stored message costs JetStream a write and every
+//! recorder consumer a delivery and an ack, so a batch of twenty costs what one event did.
+//! A batch's `Nats-Msg-Id` is fixed before its first publish, so a retry after a lost
+//! PubAck stores it once. Readers take a single event document as well (what earlier
+//! versions wrote).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::jetstream::Names;
+use crate::lifecycle::Backoff;
 use crate::model::{Channel, Priority};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,7 +43,7 @@ impl EventKind {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event<'a> {
     pub id: Uuid,
     #[serde(default)]
@@ -41,7 +55,7 @@ pub struct Event<'a> {
     pub attempt: u32,
     pub at: DateTime<Utc>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<std::borrow::Cow<'a, str>>,
+    pub error: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     /// For `retrying`: milliseconds until the next attempt.
@@ -49,26 +63,203 @@ pub struct Event<'a> {
     pub retry_in_ms: Option<u64>,
 }
 
-/// Publishes an event and waits for JetStream to store it.
+impl Event<'_> {
+    /// The event with its error owned, to outlive the outcome it borrows from.
+    pub fn into_owned(self) -> Event<'static> {
+        Event {
+            error: self.error.map(|e| Cow::Owned(e.into_owned())),
+            ..self
+        }
+    }
+}
+
+/// The events of one EVENTS message in order (an event's position is its index in the
+/// message): an array, or a single document.
+pub fn decode(payload: &[u8]) -> Result<Vec<Event<'_>>, serde_json::Error> {
+    let starts_array = payload
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'[');
+    if starts_array {
+        serde_json::from_slice(payload)
+    } else {
+        serde_json::from_slice(payload).map(|event| vec![event])
+    }
+}
+
+/// Publishes `events` as one EVENTS message with the given `Nats-Msg-Id` and waits for
+/// JetStream to store it.
 pub async fn publish(
     js: &jetstream::Context,
     names: &Names,
-    event: &Event<'_>,
+    events: &[Event<'_>],
+    message_id: &str,
 ) -> Result<(), async_nats::Error> {
-    let body = serde_json::to_vec(event)?;
+    let body = serde_json::to_vec(events)?;
     let message = PublishMessage::build()
         .payload(body.into())
-        .message_id(format!(
-            "{}-{}-{}",
-            event.id,
-            event.event.as_str(),
-            event.attempt
-        ));
-    js.send_publish(
-        names.event_subject(event.event.as_str(), event.priority),
-        message,
-    )
-    .await?
-    .await?;
+        .message_id(message_id);
+    js.send_publish(names.event_subject(), message)
+        .await?
+        .await?;
     Ok(())
+}
+
+/// How outcome events are batched.
+#[derive(Debug, Clone, Copy)]
+pub struct EventBatching {
+    /// Most events per EVENTS message.
+    pub max: usize,
+    /// How long a batch waits for more events after its first.
+    pub linger: Duration,
+    /// How long a batch is retried before its waiters are told it was not stored.
+    pub patience: Duration,
+}
+
+/// Batches in flight (published, PubAck awaited) at once.
+const BATCHES_IN_FLIGHT: usize = 8;
+
+struct Pending {
+    event: Event<'static>,
+    stored: oneshot::Sender<bool>,
+}
+
+/// The delivery side's handle for storing events in batches. Cloned by every worker;
+/// the batching task ends once every clone is dropped and its batches are settled.
+#[derive(Clone)]
+pub struct EventBatcher {
+    pending: mpsc::Sender<Pending>,
+}
+
+impl EventBatcher {
+    /// Starts the batching task in `tasks`. `stop` ends retries early (shutdown): their
+    /// waiters hear `false` and give their messages back.
+    pub fn start(
+        js: jetstream::Context,
+        names: Names,
+        batching: EventBatching,
+        stop: CancellationToken,
+        tasks: &mut JoinSet<()>,
+    ) -> Self {
+        let (pending, receiver) = mpsc::channel(batching.max.max(1) * 2);
+        tasks.spawn(batch_events(js, names, batching, receiver, stop));
+        EventBatcher { pending }
+    }
+
+    /// Stores `event` with the next batch: true once JetStream has it, false when it could
+    /// not be stored within the patience (or before shutdown).
+    pub async fn store(&self, event: Event<'static>) -> bool {
+        let (stored, answer) = oneshot::channel();
+        if self.pending.send(Pending { event, stored }).await.is_err() {
+            return false;
+        }
+        answer.await.unwrap_or(false)
+    }
+}
+
+async fn batch_events(
+    js: jetstream::Context,
+    names: Names,
+    batching: EventBatching,
+    mut receiver: mpsc::Receiver<Pending>,
+    stop: CancellationToken,
+) {
+    let max = batching.max.max(1);
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let mut publishing = JoinSet::new();
+    while let Some(first) = receiver.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + batching.linger;
+        while batch.len() < max {
+            match receiver.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) => match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                    Ok(Some(pending)) => batch.push(pending),
+                    Ok(None) | Err(_) => break,
+                },
+            }
+        }
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let (js, names, stop) = (js.clone(), names.clone(), stop.clone());
+        publishing.spawn(async move {
+            store_batch(&js, &names, batch, batching.patience, &stop).await;
+            drop(permit);
+        });
+        while publishing.try_join_next().is_some() {}
+    }
+    while publishing.join_next().await.is_some() {}
+}
+
+/// Publishes one batch, retrying it under the same message id with backoff until it is
+/// stored, the patience ends, or shutdown; then tells every waiter.
+async fn store_batch(
+    js: &jetstream::Context,
+    names: &Names,
+    batch: Vec<Pending>,
+    patience: Duration,
+    stop: &CancellationToken,
+) {
+    let (events, waiters): (Vec<_>, Vec<_>) =
+        batch.into_iter().map(|p| (p.event, p.stored)).unzip();
+    let message_id = Uuid::now_v7().to_string();
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+    let stored = loop {
+        match publish(js, names, &events, &message_id).await {
+            Ok(()) => break true,
+            Err(err) => {
+                if tokio::time::Instant::now() >= deadline || stop.is_cancelled() {
+                    tracing::warn!(events = events.len(), error = %err, "events not stored; their messages go back");
+                    break false;
+                }
+                tracing::debug!(events = events.len(), error = %err, "events not stored yet; retrying");
+                if !backoff.wait(stop).await {
+                    break false;
+                }
+            }
+        }
+    };
+    for waiter in waiters {
+        let _ = waiter.send(stored);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: EventKind) -> Event<'static> {
+        Event {
+            id: Uuid::now_v7(),
+            tenant: Uuid::nil(),
+            event: kind,
+            priority: Priority::High,
+            channel: Channel::Webhook,
+            attempt: 2,
+            at: Utc::now(),
+            error: Some(Cow::Owned(String::from("503 from the receiver"))),
+            status: Some(503),
+            retry_in_ms: Some(400),
+        }
+    }
+
+    #[test]
+    fn a_batch_and_a_single_document_both_decode() {
+        let batch = [event(EventKind::Retrying), event(EventKind::Delivered)];
+        let body = serde_json::to_vec(&batch).unwrap();
+        let decoded = decode(&body).unwrap();
+        assert_eq!(decoded.len(), 2);
+        assert_eq!(decoded[0].id, batch[0].id);
+        assert_eq!(decoded[1].event, EventKind::Delivered);
+        assert_eq!(decoded[0].error.as_deref(), Some("503 from the receiver"));
+
+        let single = serde_json::to_vec(&batch[0]).unwrap();
+        let decoded = decode(&single).unwrap();
+        assert_eq!(decoded.len(), 1);
+        assert_eq!(decoded[0].retry_in_ms, Some(400));
+
+        assert!(decode(b" {\"id\": 1}").is_err());
+    }
 }

@@ -95,8 +95,9 @@ impl Names {
         format!("{}dlq.{}.*.*.{id}", self.prefix, tenant.simple())
     }
 
-    pub fn event_subject(&self, event: &str, priority: Priority) -> String {
-        format!("{}events.{event}.{priority}", self.prefix)
+    /// The subject of every batch of outcome events.
+    pub fn event_subject(&self) -> String {
+        format!("{}events.outcomes", self.prefix)
     }
 }
 

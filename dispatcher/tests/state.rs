@@ -795,7 +795,9 @@ async fn a_failed_duplicate_does_not_undo_a_delivery() {
         status: None,
         retry_in_ms: None,
     };
-    herald::events::publish(&js, &names, &dead).await.unwrap();
+    herald::events::publish(&js, &names, &[dead], "duplicate-dead")
+        .await
+        .unwrap();
     let attempts = eventually(Duration::from_secs(20), || async {
         let n = count(&pool, "SELECT count(*) FROM delivery_attempts").await;
         (n == 2).then_some(n)

@@ -27,9 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admission::Yielding;
 use crate::dlq::{self, Death};
-use crate::events::{self, Event, EventKind};
+use crate::events::{Event, EventBatcher, EventBatching, EventKind};
 use crate::jetstream::{Names, Pull, HEADER_CHANNEL};
-use crate::lifecycle::Backoff;
 use crate::metrics::Metrics;
 use crate::model::{Channel, Priority, WireNotification};
 use crate::scheduler::{PerClass, Scheduler, SchedulerConfig};
@@ -104,13 +103,12 @@ struct Shared {
     js: jetstream::Context,
     names: Names,
     senders: Senders,
+    events: EventBatcher,
     retry: [RetryPolicy; 3],
     ack_wait: Duration,
     metrics: Arc<Metrics>,
     /// Reports backlog ages to the door's admission (`dispatcher run`) and yields to it.
     yielding: Yielding,
-    /// Cancelled at shutdown: retries give up and hand the message back.
-    stop: CancellationToken,
 }
 
 /// The running delivery role.
@@ -141,17 +139,28 @@ impl Delivery {
                 }))
             })
             .collect();
+        let mut tasks = JoinSet::new();
+        let events = EventBatcher::start(
+            js.clone(),
+            names.clone(),
+            EventBatching {
+                max: config.event_batch.max(1),
+                linger: config.event_linger,
+                patience: EVENT_PATIENCE,
+            },
+            stop.clone(),
+            &mut tasks,
+        );
         let shared = Arc::new(Shared {
             js: js.clone(),
             names: names.clone(),
             senders,
+            events,
             retry: [config.retry_high, config.retry_medium, config.retry_low],
             ack_wait: config.ack_wait,
             metrics,
             yielding: yielding.clone(),
-            stop: stop.clone(),
         });
-        let mut tasks = JoinSet::new();
         let stream = js.get_stream(&names.notify_stream).await?;
         for priority in Priority::ALL {
             let consumer: consumer::PullConsumer = stream
@@ -344,7 +353,7 @@ async fn deliver(shared: &Shared, job: Job) {
             if !store_event(
                 shared,
                 &message,
-                &event(&notification, EventKind::Delivered, attempt, None, None),
+                event(&notification, EventKind::Delivered, attempt, None, None),
             )
             .await
             {
@@ -370,7 +379,7 @@ async fn deliver(shared: &Shared, job: Job) {
             let _ = store_event(
                 shared,
                 &message,
-                &event(
+                event(
                     &notification,
                     EventKind::Retrying,
                     attempt,
@@ -410,7 +419,7 @@ async fn bury(
             if !store_event(
                 shared,
                 message,
-                &event(notification, EventKind::Dead, attempt, Some(outcome), None),
+                event(notification, EventKind::Dead, attempt, Some(outcome), None),
             )
             .await
             {
@@ -436,30 +445,25 @@ async fn bury(
 /// back instead of settling it.
 const EVENT_PATIENCE: Duration = Duration::from_secs(60);
 
-/// Stores an outcome event before the message is settled, retrying with backoff (with
-/// in-progress acks, so the message stays with this worker): the recorder learns a
+/// Stores an outcome event (with the next batch) before the message is settled, with
+/// in-progress acks meanwhile so the message stays with this worker: the recorder learns a
 /// notification's fate only from this event, and on a NATS cluster the EVENTS stream can be
-/// without a leader for seconds while NOTIFY works. The event's `Nats-Msg-Id` makes retries
-/// harmless. `false` after [`EVENT_PATIENCE`]: the caller then gives the message back
-/// rather than settle it without its event (a duplicate delivery beats a lost status).
-async fn store_event(shared: &Shared, message: &Message, event: &Event<'_>) -> bool {
-    let deadline = tokio::time::Instant::now() + EVENT_PATIENCE;
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
-    loop {
-        let Err(err) = events::publish(&shared.js, &shared.names, event).await else {
-            return true;
-        };
-        // Past the patience, or stopping (the redelivery after the NAK tries again).
-        if tokio::time::Instant::now() >= deadline || shared.stop.is_cancelled() {
-            tracing::warn!(id = %event.id, event = event.event.as_str(), error = %err, "event not stored; giving the message back");
-            return false;
-        }
-        tracing::debug!(id = %event.id, error = %err, "event not stored yet; retrying");
-        if !backoff.wait(&shared.stop).await {
-            return false;
-        }
-        let _ = message.ack_with(AckKind::Progress).await;
+/// without a leader for seconds while NOTIFY works. `false` once the batcher gave up
+/// ([`EVENT_PATIENCE`], or shutdown): the caller then gives the message back rather than
+/// settle it without its event (a duplicate delivery beats a lost status).
+async fn store_event(shared: &Shared, message: &Message, event: Event<'_>) -> bool {
+    let id = event.id;
+    let kind = event.event;
+    let stored = with_progress(
+        shared.events.store(event.into_owned()),
+        message,
+        shared.ack_wait,
+    )
+    .await;
+    if !stored {
+        tracing::warn!(%id, event = kind.as_str(), "event not stored; giving the message back");
     }
+    stored
 }
 
 fn event<'a>(
@@ -485,14 +489,15 @@ fn event<'a>(
     }
 }
 
-/// Runs a send, telling JetStream the message is still being worked on every third of the
-/// ack wait, so a slow provider does not cause a redelivery in parallel.
-async fn with_progress(
-    send: senders::SendFuture<'_>,
+/// Runs `work` (a send, storing an event), telling JetStream the message is still being
+/// worked on every third of the ack wait, so a slow provider does not cause a redelivery in
+/// parallel.
+async fn with_progress<T>(
+    work: impl std::future::Future<Output = T>,
     message: &Message,
     ack_wait: Duration,
-) -> SendOutcome {
-    let mut send = send;
+) -> T {
+    let mut send = std::pin::pin!(work);
     let period = (ack_wait / 3).max(Duration::from_millis(100));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
@@ -516,6 +521,10 @@ pub struct DeliveryConfig {
     pub max_ack_pending: usize,
     /// Messages per pull request.
     pub fetch_batch: usize,
+    /// Most outcome events per EVENTS message.
+    pub event_batch: usize,
+    /// How long a batch of outcome events waits for more after its first.
+    pub event_linger: Duration,
     /// JetStream redelivers a message not acknowledged in this time.
     pub ack_wait: Duration,
     pub retry_high: RetryPolicy,
@@ -552,6 +561,8 @@ impl Default for DeliveryConfig {
             channel_concurrency: PerChannel([256, 16, 64, 64]),
             max_ack_pending: 2048,
             fetch_batch: 256,
+            event_batch: 256,
+            event_linger: Duration::from_millis(10),
             ack_wait: Duration::from_secs(30),
             retry_high: policy(200, 30, 8),
             retry_medium: policy(1000, 300, 8),

@@ -103,6 +103,7 @@ impl Recorder {
                     source,
                     BatchLimits {
                         max: config.record_batch.max(1),
+                        max_bytes: BATCH_BYTES,
                         linger: config.record_linger,
                     },
                     metrics.clone(),
@@ -132,12 +133,19 @@ impl Recorder {
     }
 }
 
-/// What closes a batch: `max` messages, or `linger` after its first, whichever comes first.
+/// What closes a batch: `max` messages, `max_bytes` of payload, or `linger` after its
+/// first, whichever comes first.
 #[derive(Debug, Clone, Copy)]
 struct BatchLimits {
     max: usize,
+    max_bytes: usize,
     linger: Duration,
 }
+
+/// Payload bytes per statement at most: an EVENTS message holds up to `--event-batch`
+/// events, so a backlog of full ones would otherwise make statements of a quarter million
+/// rows.
+const BATCH_BYTES: usize = 4 << 20;
 
 /// One consumer's loop: take what has arrived, write it, acknowledge it.
 async fn record(
@@ -155,18 +163,20 @@ async fn record(
         // While the door sheds anything, record in larger, rarer batches (cheaper per
         // message); the lag this builds is bounded by one pause's arrivals and reported.
         yielding.pause(Priority::Low).await;
+        let mut bytes = first.payload.len();
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + limits.linger;
-        while batch.len() < limits.max {
-            if let Some(message) = pull.ready().await {
-                batch.push(message);
-                continue;
-            }
-            // Nothing more has arrived: wait for it until the linger ends (or stop).
-            match tokio::time::timeout_at(deadline, pull.next()).await {
-                Ok(Some(message)) => batch.push(message),
-                Ok(None) | Err(_) => break,
-            }
+        while batch.len() < limits.max && bytes < limits.max_bytes {
+            let message = match pull.ready().await {
+                Some(message) => message,
+                // Nothing more has arrived: wait for it until the linger ends (or stop).
+                None => match tokio::time::timeout_at(deadline, pull.next()).await {
+                    Ok(Some(message)) => message,
+                    Ok(None) | Err(_) => break,
+                },
+            };
+            bytes += message.payload.len();
+            batch.push(message);
         }
         if let Some(Ok(info)) = batch.last().map(Message::info) {
             metrics.record_lag(sink.name(), source.as_str(), info.pending);
@@ -232,6 +242,28 @@ pub fn decode<'a, T: serde::Deserialize<'a>>(batch: &'a [Message], what: &str) -
             }
         })
         .collect()
+}
+
+/// An EVENTS batch's outcome events, each with its message's stream sequence and its index
+/// in that message (the pair that keys it). A message that does not decode is logged and
+/// left out, as in [`decode`].
+pub fn events(batch: &[Message]) -> Vec<(crate::events::Event<'_>, u64, u32)> {
+    let mut decoded = Vec::with_capacity(batch.len());
+    for message in batch {
+        let seq = sequence(message);
+        match crate::events::decode(&message.payload) {
+            Ok(events) => decoded.extend(
+                events
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, event)| (event, seq, index as u32)),
+            ),
+            Err(err) => {
+                tracing::error!(seq, error = %err, "undecodable events; not recorded");
+            }
+        }
+    }
+    decoded
 }
 
 /// A NOTIFY batch's notifications, the first copy of each id only: a replay can put one id

@@ -1,6 +1,7 @@
 //! Recorder sink for MongoDB: one document per notification in `messages` (`_id` = the
 //! notification id, the payload as a sub-document), and its delivery log as one document
-//! per outcome event in `deliveries` (`_id` = `<id>:<event stream sequence>`, indexed by
+//! per outcome event in `deliveries` (`_id` = `<id>:<event stream sequence>`, and
+//! `.<index>` after it for an event past the first of its message; indexed by
 //! notification). Every write is an unordered `insert_many`, and a duplicate `_id` (a
 //! redelivered batch) counts as done, so the recorder never updates a document: appends
 //! are MongoDB's cheapest bulk write, documents do not grow, and FerretDB's update path
@@ -16,7 +17,6 @@ use mongodb::options::ClientOptions;
 use tokio::sync::OnceCell;
 
 use super::{Sink, Source};
-use crate::events::Event;
 use crate::model::WireNotification;
 
 pub const COLLECTION: &str = "messages";
@@ -128,13 +128,19 @@ impl MongoSink {
 
     async fn events(&self, batch: &[Message]) -> Result<(), String> {
         let mut entries = Vec::with_capacity(batch.len());
-        for (event, seq) in super::decode::<Event<'_>>(batch, "event") {
+        for (event, seq, index) in super::events(batch) {
             let seq = seq as i64;
+            // Index 0 keeps the key a single-event message had before events were batched.
+            let id = match index {
+                0 => format!("{}:{seq}", event.id),
+                _ => format!("{}:{seq}.{index}", event.id),
+            };
             let mut entry = doc! {
-                "_id": format!("{}:{seq}", event.id),
+                "_id": id,
                 "notification_id": event.id.to_string(),
                 "tenant": event.tenant.to_string(),
                 "seq": seq,
+                "index": index as i64,
                 "event": event.event.as_str(),
                 "attempt": event.attempt as i64,
                 "at": bson::DateTime::from_chrono(event.at),

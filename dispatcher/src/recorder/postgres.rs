@@ -4,7 +4,7 @@
 //! - NOTIFY → `INSERT … ON CONFLICT (id) DO UPDATE … WHERE recipient IS NULL`: a new row
 //!   with status `accepted`, or the fill-in of a row an earlier-recorded event created.
 //! - EVENTS → one statement with three parts: every event into `delivery_attempts` (keyed
-//!   by the event's stream sequence), `dead` events into `dead_letters`, and the newest
+//!   by the event's stream sequence and index in its message), `dead` events into `dead_letters`, and the newest
 //!   event per notification into `notifications` where it is newer than what is there.
 //!   `delivered` is final: a later failure of a duplicate delivery (at-least-once) is
 //!   kept in `delivery_attempts` but does not take the status back.
@@ -75,8 +75,8 @@ impl PostgresSink {
 
     async fn events(&self, batch: &[Message]) -> Result<Vec<NotificationStatus>, String> {
         let mut rows = EventColumns::default();
-        for (event, seq) in super::decode::<Event<'_>>(batch, "event") {
-            rows.push(&event, seq);
+        for (event, seq, index) in super::events(batch) {
+            rows.push(&event, seq, index);
         }
         if rows.ids.is_empty() {
             return Ok(Vec::new());
@@ -85,18 +85,18 @@ impl PostgresSink {
             "WITH ev AS (
                  SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::int[], $4::text[],
                                       $5::timestamptz[], $6::text[], $7::int[], $8::uuid[],
-                                      $9::text[], $10::text[], $11::timestamptz[])
-                     AS t(id, seq, attempt, outcome, at, error, code, tenant, priority, channel, next_at)
+                                      $9::text[], $10::text[], $11::timestamptz[], $12::int[])
+                     AS t(id, seq, attempt, outcome, at, error, code, tenant, priority, channel, next_at, idx)
              ),
              attempts AS (
-                 INSERT INTO delivery_attempts (notification_id, event_seq, attempt, outcome, at, error, status_code)
-                 SELECT id, seq, attempt, outcome, at, error, code FROM ev
+                 INSERT INTO delivery_attempts (notification_id, event_seq, event_index, attempt, outcome, at, error, status_code)
+                 SELECT id, seq, idx, attempt, outcome, at, error, code FROM ev
                  ON CONFLICT DO NOTHING
              ),
              dead AS (
                  INSERT INTO dead_letters (notification_id, tenant_id, attempts, error, dead_at)
                  SELECT DISTINCT ON (id) id, tenant, attempt, error, at FROM ev
-                 WHERE outcome = 'dead' ORDER BY id, at DESC, seq DESC
+                 WHERE outcome = 'dead' ORDER BY id, at DESC, seq DESC, idx DESC
                  ON CONFLICT (notification_id) DO UPDATE SET
                      attempts = EXCLUDED.attempts, error = EXCLUDED.error, dead_at = EXCLUDED.dead_at
                  WHERE EXCLUDED.dead_at > dead_letters.dead_at
@@ -105,13 +105,13 @@ impl PostgresSink {
              -- batch has one (delivered is final), else the newest event.
              latest AS (
                  SELECT DISTINCT ON (id) * FROM ev
-                 ORDER BY id, (outcome = 'delivered') DESC, at DESC, seq DESC
+                 ORDER BY id, (outcome = 'delivered') DESC, at DESC, seq DESC, idx DESC
              ),
              -- The newest error of the batch, even when a later event (delivered) has none.
              errors AS (
                  SELECT DISTINCT ON (id) id, error, code FROM ev
                  WHERE error IS NOT NULL OR code IS NOT NULL
-                 ORDER BY id, at DESC, seq DESC
+                 ORDER BY id, at DESC, seq DESC, idx DESC
              )
              INSERT INTO notifications AS n
                  (id, tenant_id, priority, channel, status, attempts, updated_at, delivered_at,
@@ -142,6 +142,7 @@ impl PostgresSink {
         .bind(&rows.priorities)
         .bind(&rows.channels)
         .bind(&rows.next_at)
+        .bind(&rows.indexes)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| e.to_string())
@@ -162,10 +163,12 @@ struct EventColumns {
     priorities: Vec<&'static str>,
     channels: Vec<&'static str>,
     next_at: Vec<Option<DateTime<Utc>>>,
+    indexes: Vec<i32>,
 }
 
 impl EventColumns {
-    fn push(&mut self, e: &Event<'_>, seq: u64) {
+    fn push(&mut self, e: &Event<'_>, seq: u64, index: u32) {
+        self.indexes.push(index as i32);
         self.ids.push(e.id);
         self.seqs.push(seq as i64);
         self.attempts.push(e.attempt as i32);

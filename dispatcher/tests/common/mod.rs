@@ -713,7 +713,7 @@ impl Stack {
         }
     }
 
-    /// Every event in the EVENTS stream, as (event, id, attempt).
+    /// Every event in the EVENTS stream, in order, as (event, id, attempt).
     pub async fn events(&self) -> Vec<(String, String, u64)> {
         read_stream(
             &self.server.nats_url,
@@ -721,11 +721,16 @@ impl Stack {
         )
         .await
         .into_iter()
-        .map(|m| {
+        .flat_map(|m| match m.body {
+            // A batch of events; a single document is what earlier versions wrote.
+            serde_json::Value::Array(events) => events,
+            single => vec![single],
+        })
+        .map(|e| {
             (
-                m.body["event"].as_str().unwrap().to_string(),
-                m.body["id"].as_str().unwrap().to_string(),
-                m.body["attempt"].as_u64().unwrap(),
+                e["event"].as_str().unwrap().to_string(),
+                e["id"].as_str().unwrap().to_string(),
+                e["attempt"].as_u64().unwrap(),
             )
         })
         .collect()
