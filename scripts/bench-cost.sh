@@ -9,6 +9,7 @@
 #   here, whose figures are its own, not MongoDB's); redis-server; loadgen, apart.
 # A short cpu-clock profile of the dispatcher at each rate, summarised by symbol.
 # Writes cost.md under results/<date>-<rev>/ and a row in results/README.md.
+# PostgreSQL's deadlock count (pg_stat_database) over each rate's run is reported too.
 # Knobs: RATES ("100 2000"), DURATION (20s), PROFILE_SECONDS (5), SETTLE (120: seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,11 @@ group_cpu() {
     *) cpu_seconds "$2" ;;
   esac
 }
+# Deadlocks PostgreSQL detected in the database so far (issue 19: there should be none).
+deadlocks() {
+  psql -h 127.0.0.1 -U root -d test -Atc \
+    "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+}
 # The consumers of a prefix have nothing pending and nothing unacknowledged.
 settled() {
   local stream consumer info
@@ -69,6 +75,7 @@ for rate in $RATES; do
   for g in dispatcher:$dispatcher nats:$nats postgres: ferretdb:$ferret redis:$redis; do
     before[${g%%:*}]=$(group_cpu "${g%%:*}" "${g#*:}")
   done
+  deadlocks_before=$(deadlocks)
   echo "bench-cost: $rate/s for $DURATION" >&2
   "$loadgen" --target "http://$ADDR" --api-key "$key" --rate "$rate" -d "$DURATION" --warmup 0s \
     -c 64 --sink 127.0.0.1:0 --drain-timeout "${SETTLE}s" --out "$out/$rate" \
@@ -86,6 +93,8 @@ for rate in $RATES; do
   waited=0
   until settled || [ "$waited" -ge "$SETTLE" ]; do sleep 1; waited=$((waited + 1)); done
   settled_note=$([ "$waited" -lt "$SETTLE" ] && echo "settled" || echo "NOT settled after ${SETTLE}s")
+  sleep 1 # PostgreSQL publishes its statistics about once a second
+  new_deadlocks=$(($(deadlocks) - deadlocks_before))
   n=$(jq '.total.notifications_accepted' "$out/$rate/summary.json")
   refused=$(jq '.total.errors' "$out/$rate/summary.json")
   lost=$(jq '.end_to_end.lost // "?"' "$out/$rate/summary.json")
@@ -99,7 +108,7 @@ for rate in $RATES; do
     total=$(awk -v t="$total" -v u="$used" 'BEGIN { print t + u }')
     cells+=" $(awk -v u="$used" -v n="$n" 'BEGIN { printf "%.0f", u * 1e6 / n }') |"
   done
-  rows+=("| $rate/s | $n | $refused | $lost |$cells $(awk -v u="$total" -v n="$n" 'BEGIN { printf "%.0f", u * 1e6 / n }') | $(awk -v u="$lg_cpu" -v n="$n" 'BEGIN { printf "%.0f", u * 1e6 / n }') | $p99 | $e2e | $settled_note after ${waited}s |")
+  rows+=("| $rate/s | $n | $refused | $lost |$cells $(awk -v u="$total" -v n="$n" 'BEGIN { printf "%.0f", u * 1e6 / n }') | $(awk -v u="$lg_cpu" -v n="$n" 'BEGIN { printf "%.0f", u * 1e6 / n }') | $p99 | $e2e | $settled_note after ${waited}s | $new_deadlocks |")
   if [ -s "$work/perf-$rate.data" ]; then
     profiles+=("### $rate/s: dispatcher, ${PROFILE_SECONDS} s of cpu-clock samples, top symbols (self)")
     profiles+=('```')
@@ -121,8 +130,8 @@ done
   echo "had nothing pending, per accepted notification. FerretDB is a stand-in for MongoDB: its"
   echo "figures are its own."
   echo
-  echo "| rate | accepted | refused | lost | dispatcher µs | nats-server µs | PostgreSQL µs | FerretDB µs | Redis µs | all µs | loadgen µs | ingest p99 ms (worst class) | e2e p99 ms (worst class) | consumers |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| rate | accepted | refused | lost | dispatcher µs | nats-server µs | PostgreSQL µs | FerretDB µs | Redis µs | all µs | loadgen µs | ingest p99 ms (worst class) | e2e p99 ms (worst class) | consumers | PostgreSQL deadlocks |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
   echo
   printf '%s\n' "${profiles[@]}"

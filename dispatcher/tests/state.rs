@@ -888,3 +888,129 @@ async fn purge_removes_everything_of_a_namespace() {
     pool.close().await;
     stack.server.finish().await;
 }
+
+/// The recorder's statements on `notifications` (a NOTIFY batch's insert, an EVENTS batch's
+/// upsert) run at once on the same rows, from two consumers or two recorders. Each takes
+/// its rows in id order, so they wait for each other but cannot deadlock. Stream order is
+/// not id order; here the worst case: the NOTIFY batch holds the ids newest first and the
+/// events message oldest first. Every write must commit at its first try (a deadlock is an
+/// error the recorder would retry, so it is counted here, not hidden).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_recorder_statements_do_not_deadlock() {
+    use async_nats::jetstream::consumer;
+    use futures::StreamExt;
+    use herald::recorder::{postgres::PostgresSink, Sink, Source};
+
+    const ROUNDS: usize = 15;
+    const ROWS: usize = 300;
+    let prefix = common::unique_prefix();
+    let nats_url = common::nats_url();
+    let store = test_store(&prefix);
+    let pool = migrated_pool(&store).await;
+    let js = async_nats::jetstream::new(async_nats::connect(&nats_url).await.unwrap());
+    let names = herald::jetstream::Names::new(&prefix);
+    let nats = herald::config::NatsConfig {
+        nats_url: nats_url.clone(),
+        prefix: prefix.clone(),
+        ..Default::default()
+    };
+    herald::jetstream::ensure_streams(&js, &names, &nats)
+        .await
+        .unwrap();
+
+    let payload = serde_json::value::RawValue::from_string(String::from("{}")).unwrap();
+    for _ in 0..ROUNDS {
+        let ids: Vec<uuid::Uuid> = (0..ROWS).map(|_| uuid::Uuid::now_v7()).collect();
+        for id in ids.iter().rev() {
+            let wire = herald::model::WireNotification {
+                v: 1,
+                id: *id,
+                tenant: uuid::Uuid::nil(),
+                priority: herald::model::Priority::Low,
+                channel: herald::model::Channel::Webhook,
+                recipient: "http://127.0.0.1:9/".into(),
+                payload: &payload,
+                idempotency_key: None,
+                send_at: None,
+                expires_at: None,
+                metadata: None,
+                accepted_at: chrono::Utc::now(),
+            };
+            let subject = names.subject(wire.priority, wire.channel);
+            js.publish(subject, serde_json::to_vec(&wire).unwrap().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let events: Vec<herald::events::Event<'static>> = ids
+            .iter()
+            .map(|id| herald::events::Event {
+                id: *id,
+                tenant: uuid::Uuid::nil(),
+                event: herald::events::EventKind::Delivered,
+                priority: herald::model::Priority::Low,
+                channel: herald::model::Channel::Webhook,
+                attempt: 1,
+                at: chrono::Utc::now(),
+                error: None,
+                status: Some(200),
+                retry_in_ms: None,
+            })
+            .collect();
+        herald::events::publish(&js, &names, &events, &uuid::Uuid::now_v7().to_string())
+            .await
+            .unwrap();
+    }
+
+    // The stored messages as the recorder receives them.
+    async fn fetch_all(
+        js: &async_nats::jetstream::Context,
+        stream: &str,
+        n: usize,
+    ) -> Vec<async_nats::jetstream::Message> {
+        let consumer: consumer::PullConsumer = js
+            .get_stream(stream)
+            .await
+            .unwrap()
+            .create_consumer(consumer::pull::Config {
+                ack_policy: consumer::AckPolicy::None,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut messages = consumer.messages().await.unwrap().take(n);
+        let mut out = Vec::with_capacity(n);
+        while let Some(message) = messages.next().await {
+            out.push(message.unwrap());
+        }
+        out
+    }
+    let notify = fetch_all(&js, &names.notify_stream, ROUNDS * ROWS).await;
+    let events = fetch_all(&js, &names.events_stream, ROUNDS).await;
+
+    let sink = PostgresSink::new(pool.clone(), None);
+    let mut failures = Vec::new();
+    for (round, batch) in notify.chunks(ROWS).enumerate() {
+        let (a, b) = tokio::join!(
+            sink.write(Source::Notify, batch),
+            sink.write(Source::Events, &events[round..=round]),
+        );
+        failures.extend(a.err());
+        failures.extend(b.err());
+    }
+    assert!(
+        failures.is_empty(),
+        "{} writes failed: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    let delivered = count(
+        &pool,
+        "SELECT count(*) FROM notifications WHERE status = 'delivered' AND recipient IS NOT NULL",
+    )
+    .await;
+    assert_eq!(delivered, (ROUNDS * ROWS) as i64);
+    pool.close().await;
+    common::delete_streams(&nats_url, &prefix).await;
+}

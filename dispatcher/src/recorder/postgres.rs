@@ -8,6 +8,9 @@
 //!   event per notification into `notifications` where it is newer than what is there.
 //!   `delivered` is final: a later failure of a duplicate delivery (at-least-once) is
 //!   kept in `delivery_attempts` but does not take the status back.
+//!
+//! Both statements take their rows of a table in id order, so recorders writing NOTIFY and
+//! EVENTS batches at once wait for each other but never deadlock.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,7 +40,12 @@ impl PostgresSink {
     async fn notifications(&self, batch: &[Message]) -> Result<Vec<NotificationStatus>, String> {
         let (mut ids, mut tenants, mut priorities, mut channels, mut recipients, mut accepted) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
-        for (n, _) in super::notifications(batch) {
+        // Rows in id order, the order the events statement takes them in too: two
+        // statements that lock the same rows in one order cannot deadlock. Stream order is
+        // not id order (ids are drawn by many requests at once).
+        let mut decoded = super::notifications(batch);
+        decoded.sort_unstable_by_key(|(n, _)| n.id);
+        for (n, _) in decoded {
             ids.push(n.id);
             tenants.push(n.tenant);
             priorities.push(n.priority.as_str());
@@ -91,6 +99,7 @@ impl PostgresSink {
              attempts AS (
                  INSERT INTO delivery_attempts (notification_id, event_seq, event_index, attempt, outcome, at, error, status_code)
                  SELECT id, seq, idx, attempt, outcome, at, error, code FROM ev
+                 ORDER BY id, seq, idx
                  ON CONFLICT DO NOTHING
              ),
              dead AS (
@@ -119,6 +128,7 @@ impl PostgresSink {
              SELECT l.id, l.tenant, l.priority, l.channel, l.outcome, l.attempt, l.at,
                     CASE WHEN l.outcome = 'delivered' THEN l.at END, e.error, e.code, l.next_at
              FROM latest l LEFT JOIN errors e USING (id)
+             ORDER BY l.id
              ON CONFLICT (id) DO UPDATE SET
                  status = EXCLUDED.status,
                  attempts = EXCLUDED.attempts,
