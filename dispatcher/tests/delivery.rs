@@ -480,3 +480,87 @@ async fn webhooks_to_internal_addresses_are_refused_unless_allow_listed() {
     assert_eq!(outcome, SendOutcome::Delivered);
     assert_eq!(receiver.wait_for(1, Duration::from_secs(5)).await.len(), 1);
 }
+
+/// A delivered message is acked only once its outcome event is stored. With the EVENTS
+/// stream gone, the message stays unacknowledged (kept in progress past the ack wait, so it
+/// is not sent again); once the stream is back, the event is stored and the message acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_message_is_acked_only_after_its_event_is_stored() {
+    let receiver = Receiver::start(|_| (200, Duration::ZERO)).await;
+    let mut stack = Stack::start(|_| {}).await;
+    let nats_url = stack.server.nats_url.clone();
+    let prefix = stack.server.prefix.clone();
+    // The ingress would put the stream back at its next readiness check: stop it, and
+    // publish the notification the way it does.
+    stack.server.shutdown().await;
+    let js = async_nats::jetstream::new(async_nats::connect(&nats_url).await.unwrap());
+    let names = herald::jetstream::Names::new(&prefix);
+    js.delete_stream(&names.events_stream).await.unwrap();
+    let payload = serde_json::value::RawValue::from_string(String::from("{\"n\":1}")).unwrap();
+    let id = uuid::Uuid::now_v7();
+    let wire = herald::model::WireNotification {
+        v: 1,
+        id,
+        tenant: uuid::Uuid::nil(),
+        priority: herald::model::Priority::High,
+        channel: herald::model::Channel::Webhook,
+        recipient: receiver.url().into(),
+        payload: &payload,
+        idempotency_key: None,
+        send_at: None,
+        expires_at: None,
+        metadata: None,
+        accepted_at: chrono::Utc::now(),
+    };
+    js.publish(
+        names.subject(wire.priority, wire.channel),
+        serde_json::to_vec(&wire).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+
+    let unacked = || async {
+        let stream = js.get_stream(&names.notify_stream).await.unwrap();
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
+            .get_consumer(&names.delivery_consumer(herald::model::Priority::High))
+            .await
+            .unwrap();
+        consumer.info().await.unwrap().num_ack_pending
+    };
+    // Longer than the tests' 5 s ack wait: in-progress acks keep it with its worker.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(unacked().await, 1, "acked without its event");
+    assert_eq!(
+        receiver.received().len(),
+        1,
+        "sent again while its event waited"
+    );
+
+    herald::jetstream::ensure_streams(
+        &js,
+        &names,
+        &herald::config::NatsConfig {
+            nats_url: nats_url.clone(),
+            prefix: prefix.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let events = stack.wait_events(1).await;
+    assert_eq!(events, vec![("delivered".to_string(), id.to_string(), 1)]);
+    let mut pending = unacked().await;
+    for _ in 0..50 {
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        pending = unacked().await;
+    }
+    assert_eq!(pending, 0, "not acked after its event was stored");
+    assert_eq!(receiver.received().len(), 1);
+    stack.finish().await;
+}
