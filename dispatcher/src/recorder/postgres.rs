@@ -1,5 +1,6 @@
 //! Recorder sink for PostgreSQL: one UNNEST statement per batch, then the rows it wrote go
-//! to the Redis status cache in one pipeline.
+//! to the Redis status cache in one pipeline (outcomes only: a fresh `accepted` row is left
+//! to PostgreSQL).
 //!
 //! - NOTIFY → `INSERT … ON CONFLICT (id) DO UPDATE … WHERE recipient IS NULL`: a new row
 //!   with status `accepted`, or the fill-in of a row an earlier-recorded event created.
@@ -208,7 +209,15 @@ impl Sink for PostgresSink {
     ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let rows = match source {
-                Source::Notify => self.notifications(batch).await?,
+                // A row just inserted is `accepted`, and an event replaces that within
+                // milliseconds: caching it would cost Redis a write that is hardly ever
+                // read (a miss reads PostgreSQL). A row an earlier event created, which
+                // this fills in, is cached: the cache holds its older version.
+                Source::Notify => {
+                    let mut rows = self.notifications(batch).await?;
+                    rows.retain(|row| row.status != "accepted");
+                    rows
+                }
                 Source::Events => self.events(batch).await?,
             };
             if let Some((cache, ttl)) = &self.cache {
