@@ -1014,3 +1014,46 @@ async fn concurrent_recorder_statements_do_not_deadlock() {
     pool.close().await;
     common::delete_streams(&nats_url, &prefix).await;
 }
+
+/// The status cache holds outcomes, not the `accepted` state every notification passes
+/// through for milliseconds: a notification scheduled for later is in PostgreSQL and
+/// answered from there, with no Redis key; a delivered one is cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_cache_holds_outcomes_not_fresh_acceptances() {
+    let receiver = Receiver::start(|_| (200, Duration::ZERO)).await;
+    let mut stack = Stack::start(|_| {}).await;
+    let pool = stack.start_recording().await;
+    let prefix = stack.server.prefix.clone();
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let scheduled = stack
+        .accept(format!(
+            r#"{{"priority":"low","channel":"webhook","recipient":"{}","payload":{{}},"send_at":"{later}"}}"#,
+            receiver.url()
+        ))
+        .await;
+    let delivered = stack.accept(webhook_to(&receiver.url(), "high", 1)).await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    let cached = |id: &str| format!("{prefix}status:{id}");
+    let recorded = eventually(Duration::from_secs(20), || async {
+        let rows: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM notifications WHERE recipient IS NOT NULL
+             AND status IN ('accepted', 'delivered')",
+        )
+        .fetch_one(&pool)
+        .await
+        .ok()?;
+        let keys = common::redis_keys(&prefix).await;
+        (rows == 2 && keys.contains(&cached(&delivered))).then_some(keys)
+    })
+    .await
+    .expect("both recorded, the delivered one cached");
+    assert!(!recorded.contains(&cached(&scheduled)), "{recorded:?}");
+    let status = stack
+        .server
+        .get(&format!("/v1/notifications/{scheduled}"))
+        .await;
+    assert_eq!(status.status, 200);
+    assert_eq!(status.body["status"], "accepted");
+    pool.close().await;
+    stack.finish().await;
+}
