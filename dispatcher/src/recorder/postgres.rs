@@ -57,8 +57,11 @@ impl PostgresSink {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        // Only the rows an earlier event created come back (for the status cache): a fresh
+        // `accepted` row is not cached, so it need not cross the wire.
         sqlx::query_as(&format!(
-            "INSERT INTO notifications
+            "WITH written AS (
+             INSERT INTO notifications
                  (id, tenant_id, priority, channel, recipient, status, attempts, accepted_at, updated_at)
              SELECT t.id, t.tenant, t.priority, t.channel, t.recipient, 'accepted', 0, t.accepted, t.accepted
              FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
@@ -69,7 +72,8 @@ impl PostgresSink {
                  tenant_id = EXCLUDED.tenant_id,
                  version = notifications.version + 1
              WHERE notifications.recipient IS NULL
-             RETURNING {COLUMNS}"
+             RETURNING {COLUMNS})
+             SELECT * FROM written WHERE status <> 'accepted'"
         ))
         .bind(&ids)
         .bind(&tenants)
@@ -209,15 +213,11 @@ impl Sink for PostgresSink {
     ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let rows = match source {
-                // A row just inserted is `accepted`, and an event replaces that within
+                // Only rows an earlier event created, which this fills in (the cache holds
+                // their older version). A fresh `accepted` row is replaced by an event within
                 // milliseconds: caching it would cost Redis a write that is hardly ever
-                // read (a miss reads PostgreSQL). A row an earlier event created, which
-                // this fills in, is cached: the cache holds its older version.
-                Source::Notify => {
-                    let mut rows = self.notifications(batch).await?;
-                    rows.retain(|row| row.status != "accepted");
-                    rows
-                }
+                // read (a miss reads PostgreSQL).
+                Source::Notify => self.notifications(batch).await?,
                 Source::Events => self.events(batch).await?,
             };
             if let Some((cache, ttl)) = &self.cache {
