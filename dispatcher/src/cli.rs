@@ -529,8 +529,8 @@ pub struct DeliveryArgs {
     /// Most outcome events per EVENTS message.
     #[arg(long, env = "HERALD_EVENT_BATCH", default_value_t = delivery().event_batch)]
     event_batch: usize,
-    /// How long a batch of outcome events waits for more after its first: how much later a
-    /// delivered message is acked (not sent; workers do not wait for it).
+    /// How long a batch of outcome events waits for more after its first (each worker
+    /// waits that long at most before it acks; deliveries are not delayed).
     #[arg(long, env = "HERALD_EVENT_LINGER", default_value_t = human(delivery().event_linger))]
     event_linger: Human,
     /// JetStream redelivers a message not acknowledged in this time (slow sends send

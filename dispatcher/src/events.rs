@@ -5,21 +5,18 @@
 //! of event documents, from every worker of a delivery process within `--event-linger`
 //! (at most `--event-batch`). Each stored message costs JetStream a write and every
 //! recorder consumer a delivery and an ack, so a batch of twenty costs what one event did.
-//! A worker hands its event and its message to the batcher and goes on; the batcher settles
-//! the message (ack, NAK, terminate: the worker's choice) only once the batch is stored,
-//! so a longer linger costs acks some milliseconds, not workers. A batch's `Nats-Msg-Id`
-//! is fixed before its first publish, so a retry after a lost PubAck stores it once. Readers take a single event document as well (what earlier
+//! A batch's `Nats-Msg-Id` is fixed before its first publish, so a retry after a lost
+//! PubAck stores it once. Readers take a single event document as well (what earlier
 //! versions wrote).
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, message::PublishMessage, AckKind, Message};
+use async_nats::jetstream::{self, message::PublishMessage};
 use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -92,10 +89,10 @@ pub fn decode(payload: &[u8]) -> Result<Vec<Event<'_>>, serde_json::Error> {
 
 /// Publishes `events` as one EVENTS message with the given `Nats-Msg-Id` and waits for
 /// JetStream to store it.
-pub async fn publish<E: Serialize>(
+pub async fn publish(
     js: &jetstream::Context,
     names: &Names,
-    events: &[E],
+    events: &[Event<'_>],
     message_id: &str,
 ) -> Result<(), async_nats::Error> {
     let body = serde_json::to_vec(events)?;
@@ -122,14 +119,9 @@ pub struct EventBatching {
 /// Batches in flight (published, PubAck awaited) at once.
 const BATCHES_IN_FLIGHT: usize = 8;
 
-/// What the delivery worker wants done with its message once the batch holding its event
-/// is stored (`true`) or given up (`false`).
-pub type Settle = Box<dyn FnOnce(Message, bool) -> BoxFuture<'static, ()> + Send>;
-
 struct Pending {
     event: Event<'static>,
-    message: Message,
-    settle: Settle,
+    stored: oneshot::Sender<bool>,
 }
 
 /// The delivery side's handle for storing events in batches. Cloned by every worker;
@@ -141,7 +133,7 @@ pub struct EventBatcher {
 
 impl EventBatcher {
     /// Starts the batching task in `tasks`. `stop` ends retries early (shutdown): their
-    /// messages are settled as not stored.
+    /// waiters hear `false` and give their messages back.
     pub fn start(
         js: jetstream::Context,
         names: Names,
@@ -154,19 +146,14 @@ impl EventBatcher {
         EventBatcher { pending }
     }
 
-    /// Queues `event` for the next batch; `settle` runs with `message` once the batch is
-    /// stored or given up. Waits only while the batcher is full (backpressure); the worker
-    /// does not wait for the batch.
-    pub async fn submit(&self, event: Event<'static>, message: Message, settle: Settle) {
-        let pending = Pending {
-            event,
-            message,
-            settle,
-        };
-        if let Err(mpsc::error::SendError(pending)) = self.pending.send(pending).await {
-            // The batcher is gone (aborted): nothing stored, so the message goes back.
-            (pending.settle)(pending.message, false).await;
+    /// Stores `event` with the next batch: true once JetStream has it, false when it could
+    /// not be stored within the patience (or before shutdown).
+    pub async fn store(&self, event: Event<'static>) -> bool {
+        let (stored, answer) = oneshot::channel();
+        if self.pending.send(Pending { event, stored }).await.is_err() {
+            return false;
         }
+        answer.await.unwrap_or(false)
     }
 }
 
@@ -205,9 +192,8 @@ async fn batch_events(
     while publishing.join_next().await.is_some() {}
 }
 
-/// Publishes one batch, retrying it under the same message id with backoff (keeping its
-/// messages in progress) until it is stored, the patience ends, or shutdown; then settles
-/// every message.
+/// Publishes one batch, retrying it under the same message id with backoff until it is
+/// stored, the patience ends, or shutdown; then tells every waiter.
 async fn store_batch(
     js: &jetstream::Context,
     names: &Names,
@@ -215,14 +201,8 @@ async fn store_batch(
     patience: Duration,
     stop: &CancellationToken,
 ) {
-    let mut events = Vec::with_capacity(batch.len());
-    let mut messages = Vec::with_capacity(batch.len());
-    let mut settles = Vec::with_capacity(batch.len());
-    for pending in batch {
-        events.push(pending.event);
-        messages.push(pending.message);
-        settles.push(pending.settle);
-    }
+    let (events, waiters): (Vec<_>, Vec<_>) =
+        batch.into_iter().map(|p| (p.event, p.stored)).unzip();
     let message_id = Uuid::now_v7().to_string();
     let deadline = tokio::time::Instant::now() + patience;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
@@ -238,19 +218,12 @@ async fn store_batch(
                 if !backoff.wait(stop).await {
                     break false;
                 }
-                for message in &messages {
-                    let _ = message.ack_with(AckKind::Progress).await;
-                }
             }
         }
     };
-    futures::future::join_all(
-        settles
-            .into_iter()
-            .zip(messages)
-            .map(|(settle, message)| settle(message, stored)),
-    )
-    .await;
+    for waiter in waiters {
+        let _ = waiter.send(stored);
+    }
 }
 
 #[cfg(test)]

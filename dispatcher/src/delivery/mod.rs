@@ -7,9 +7,8 @@
 //!   never blocks on a full queue. Each channel has its own fixed pool of workers (its
 //!   concurrency cap): a slow channel cannot take another's workers, and within a channel
 //!   backlogged priorities are served by weight, low never starved.
-//! - A worker sends (with in-progress acks while a send is slow), then hands the outcome
-//!   event and the message to the event batcher, which settles the message once the event
-//!   is stored: delivered → ack; retryable with attempts left → event, NAK with the backoff delay (the attempt
+//! - A worker sends (with in-progress acks while a send is slow), then: delivered → event,
+//!   ack; retryable with attempts left → event, NAK with the backoff delay (the attempt
 //!   number is JetStream's delivery count, the wait is kept by the server: a crash loses no
 //!   retry state); permanent or exhausted → DLQ, event, terminate.
 //! - Shutdown: stop fetching, let every worker finish its send, NAK what is still queued so
@@ -23,7 +22,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, AckKind, Message};
 use chrono::Utc;
-use futures::future::BoxFuture;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -302,10 +300,7 @@ async fn deliver(shared: &Shared, job: Job) {
         Ok(info) => (info.delivered.max(1) as u32, info.stream_sequence),
         Err(_) => (1, 0),
     };
-    // Borrowed from a handle of the payload, not from the message, which moves on to the
-    // event batcher.
-    let payload = message.payload.clone();
-    let notification: WireNotification<'_> = match serde_json::from_slice(&payload) {
+    let notification: WireNotification<'_> = match serde_json::from_slice(&message.payload) {
         Ok(n) => n,
         Err(err) => {
             tracing::error!(error = %err, "undecodable message in NOTIFY; terminating");
@@ -319,7 +314,7 @@ async fn deliver(shared: &Shared, job: Job) {
             error: String::from("expired before it could be delivered"),
             status: None,
         };
-        bury(shared, message, &notification, attempt, sequence, &outcome).await;
+        bury(shared, &message, &notification, attempt, sequence, &outcome).await;
         return;
     }
     if let Some(send_at) = notification.send_at.filter(|at| *at > now) {
@@ -340,7 +335,7 @@ async fn deliver(shared: &Shared, job: Job) {
     let started = std::time::Instant::now();
     let attempt_info = Attempt {
         notification: &notification,
-        raw: &payload,
+        raw: &message.payload,
         number: attempt,
     };
     let outcome = with_progress(
@@ -355,49 +350,47 @@ async fn deliver(shared: &Shared, job: Job) {
     let policy = shared.retry[priority.index()];
     match &outcome {
         SendOutcome::Delivered => {
-            let event = event(&notification, EventKind::Delivered, attempt, None, None);
-            let (id, accepted_at) = (notification.id, notification.accepted_at);
-            let metrics = shared.metrics.clone();
-            settle_after_event(shared, event, message, move |message, stored| {
-                Box::pin(async move {
-                    if !stored {
-                        let _ = message
-                            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                            .await;
-                        return;
-                    }
-                    // A plain ack: the event is stored, so a lost ack costs one duplicate
-                    // delivery (at-least-once), where a double ack costs a subscription
-                    // and a round trip.
-                    if let Err(err) = message.ack().await {
-                        tracing::warn!(%id, error = %err, "ack after delivery failed; it may be delivered again");
-                    }
-                    let age = (Utc::now() - accepted_at).to_std().unwrap_or_default();
-                    metrics.delivered(priority, age);
-                })
-            })
-            .await;
+            if !store_event(
+                shared,
+                &message,
+                event(&notification, EventKind::Delivered, attempt, None, None),
+            )
+            .await
+            {
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+                return;
+            }
+            // A plain ack: the event is stored, so a lost ack costs one duplicate delivery
+            // (at-least-once), where a double ack costs a subscription and a round trip.
+            if let Err(err) = message.ack().await {
+                tracing::warn!(id = %notification.id, error = %err, "ack after delivery failed; it may be delivered again");
+            }
+            let age = (Utc::now() - notification.accepted_at)
+                .to_std()
+                .unwrap_or_default();
+            shared.metrics.delivered(priority, age);
         }
         SendOutcome::Retryable { retry_after, .. } if !policy.exhausted(attempt) => {
             let backoff = policy.delay(attempt + 1, fastrand::f64());
             let wait = retry_after.map_or(backoff, |asked| asked.max(backoff));
-            let event = event(
-                &notification,
-                EventKind::Retrying,
-                attempt,
-                Some(&outcome),
-                Some(wait),
-            );
-            // Back after the backoff either way: if the event was not stored, the next
-            // attempt's event carries the state on.
-            settle_after_event(shared, event, message, move |message, _| {
-                Box::pin(async move {
-                    let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
-                })
-            })
+            // Not stored in the end: the next attempt's event carries the state on.
+            let _ = store_event(
+                shared,
+                &message,
+                event(
+                    &notification,
+                    EventKind::Retrying,
+                    attempt,
+                    Some(&outcome),
+                    Some(wait),
+                ),
+            )
             .await;
+            let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
         }
-        _ => bury(shared, message, &notification, attempt, sequence, &outcome).await,
+        _ => bury(shared, &message, &notification, attempt, sequence, &outcome).await,
     }
 }
 
@@ -405,7 +398,7 @@ async fn deliver(shared: &Shared, job: Job) {
 /// the original comes back later instead of being lost.
 async fn bury(
     shared: &Shared,
-    message: Message,
+    message: &Message,
     notification: &WireNotification<'_>,
     attempt: u32,
     sequence: u64,
@@ -423,23 +416,21 @@ async fn bury(
     };
     match dlq::dead_letter(&shared.js, &shared.names, &death, message.payload.clone()).await {
         Ok(()) => {
-            let event = event(notification, EventKind::Dead, attempt, Some(outcome), None);
-            let priority = notification.priority;
-            let metrics = shared.metrics.clone();
-            settle_after_event(shared, event, message, move |message, stored| {
-                Box::pin(async move {
-                    if !stored {
-                        // Comes back; the DLQ drops the repeat (same source sequence).
-                        let _ = message
-                            .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                            .await;
-                        return;
-                    }
-                    let _ = message.double_ack_with(AckKind::Term).await;
-                    metrics.dead_lettered(priority);
-                })
-            })
-            .await;
+            if !store_event(
+                shared,
+                message,
+                event(notification, EventKind::Dead, attempt, Some(outcome), None),
+            )
+            .await
+            {
+                // Comes back; the DLQ drops the repeat (same source sequence).
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                    .await;
+                return;
+            }
+            let _ = message.double_ack_with(AckKind::Term).await;
+            shared.metrics.dead_lettered(notification.priority);
         }
         Err(err) => {
             tracing::warn!(id = %notification.id, error = %err, "dead-lettering failed; will retry");
@@ -450,25 +441,29 @@ async fn bury(
     }
 }
 
-/// How long the event batcher keeps trying to store a batch before its messages are
-/// settled as not stored (given back, for the events that must not be lost).
+/// How long a worker keeps trying to store an outcome event before it gives the message
+/// back instead of settling it.
 const EVENT_PATIENCE: Duration = Duration::from_secs(60);
 
-/// Hands the outcome event and the message to the event batcher, which runs `settle` once
-/// the batch holding the event is stored (true) or given up (false): the recorder learns a
-/// notification's fate only from this event, so a message is acked or terminated only
-/// after it, and given back otherwise (a duplicate delivery beats a lost status). The
-/// worker goes on at once; the batcher keeps the message in progress while it retries.
-async fn settle_after_event(
-    shared: &Shared,
-    event: Event<'_>,
-    message: Message,
-    settle: impl FnOnce(Message, bool) -> BoxFuture<'static, ()> + Send + 'static,
-) {
-    shared
-        .events
-        .submit(event.into_owned(), message, Box::new(settle))
-        .await;
+/// Stores an outcome event (with the next batch) before the message is settled, with
+/// in-progress acks meanwhile so the message stays with this worker: the recorder learns a
+/// notification's fate only from this event, and on a NATS cluster the EVENTS stream can be
+/// without a leader for seconds while NOTIFY works. `false` once the batcher gave up
+/// ([`EVENT_PATIENCE`], or shutdown): the caller then gives the message back rather than
+/// settle it without its event (a duplicate delivery beats a lost status).
+async fn store_event(shared: &Shared, message: &Message, event: Event<'_>) -> bool {
+    let id = event.id;
+    let kind = event.event;
+    let stored = with_progress(
+        shared.events.store(event.into_owned()),
+        message,
+        shared.ack_wait,
+    )
+    .await;
+    if !stored {
+        tracing::warn!(%id, event = kind.as_str(), "event not stored; giving the message back");
+    }
+    stored
 }
 
 fn event<'a>(
@@ -567,7 +562,7 @@ impl Default for DeliveryConfig {
             max_ack_pending: 2048,
             fetch_batch: 256,
             event_batch: 256,
-            event_linger: Duration::from_millis(50),
+            event_linger: Duration::from_millis(10),
             ack_wait: Duration::from_secs(30),
             retry_high: policy(200, 30, 8),
             retry_medium: policy(1000, 300, 8),
