@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::batch;
 use crate::jetstream::Names;
 use crate::lifecycle::Backoff;
 use crate::model::{Channel, Priority};
@@ -164,21 +165,15 @@ async fn batch_events(
     mut receiver: mpsc::Receiver<Pending>,
     stop: CancellationToken,
 ) {
-    let max = batching.max.max(1);
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     let mut publishing = JoinSet::new();
+    let limits = batch::Limits {
+        max: batching.max.max(1),
+        max_bytes: usize::MAX,
+        linger: batching.linger,
+    };
     while let Some(first) = receiver.recv().await {
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + batching.linger;
-        while batch.len() < max {
-            match receiver.try_recv() {
-                Ok(pending) => batch.push(pending),
-                Err(_) => match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                    Ok(Some(pending)) => batch.push(pending),
-                    Ok(None) | Err(_) => break,
-                },
-            }
-        }
+        let batch = batch::collect(first, &mut receiver, limits, |_| 0).await;
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
         };

@@ -259,19 +259,12 @@ impl Pull {
         }
         None
     }
+}
 
-    /// A message that has already arrived, without waiting for one. Polled with this
-    /// task's own waker (not `now_or_never`'s no-op one), so a pull request the stream
-    /// starts here still wakes the task when it is answered.
-    pub async fn ready(&mut self) -> Option<Message> {
-        let messages = self.messages.as_mut()?;
-        std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(match messages.poll_next_unpin(cx) {
-                std::task::Poll::Ready(Some(Ok(message))) => Some(message),
-                _ => None,
-            })
-        })
-        .await
+impl crate::batch::Source for Pull {
+    type Item = Message;
+    fn next(&mut self) -> impl std::future::Future<Output = Option<Message>> + Send {
+        Pull::next(self)
     }
 }
 

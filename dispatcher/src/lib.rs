@@ -37,6 +37,7 @@
 
 pub mod admission;
 pub mod app;
+pub mod batch;
 pub mod config;
 pub mod delivery;
 pub mod destination;

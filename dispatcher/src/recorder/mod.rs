@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Yielding;
+use crate::batch;
 use crate::jetstream::{Names, Pull};
 use crate::lifecycle::Backoff;
 use crate::metrics::Metrics;
@@ -101,7 +102,7 @@ impl Recorder {
                     consumer,
                     sink.clone(),
                     source,
-                    BatchLimits {
+                    batch::Limits {
                         max: config.record_batch.max(1),
                         max_bytes: BATCH_BYTES,
                         linger: config.record_linger,
@@ -133,15 +134,6 @@ impl Recorder {
     }
 }
 
-/// What closes a batch: `max` messages, `max_bytes` of payload, or `linger` after its
-/// first, whichever comes first.
-#[derive(Debug, Clone, Copy)]
-struct BatchLimits {
-    max: usize,
-    max_bytes: usize,
-    linger: Duration,
-}
-
 /// Payload bytes per statement at most: an EVENTS message holds up to `--event-batch`
 /// events, so a backlog of full ones would otherwise make statements of a quarter million
 /// rows.
@@ -152,7 +144,7 @@ async fn record(
     consumer: consumer::PullConsumer,
     sink: Arc<dyn Sink>,
     source: Source,
-    limits: BatchLimits,
+    limits: batch::Limits,
     metrics: Arc<Metrics>,
     yielding: Yielding,
     stop: CancellationToken,
@@ -163,21 +155,7 @@ async fn record(
         // While the door sheds anything, record in larger, rarer batches (cheaper per
         // message); the lag this builds is bounded by one pause's arrivals and reported.
         yielding.pause(Priority::Low).await;
-        let mut bytes = first.payload.len();
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + limits.linger;
-        while batch.len() < limits.max && bytes < limits.max_bytes {
-            let message = match pull.ready().await {
-                Some(message) => message,
-                // Nothing more has arrived: wait for it until the linger ends (or stop).
-                None => match tokio::time::timeout_at(deadline, pull.next()).await {
-                    Ok(Some(message)) => message,
-                    Ok(None) | Err(_) => break,
-                },
-            };
-            bytes += message.payload.len();
-            batch.push(message);
-        }
+        let batch = batch::collect(first, &mut pull, limits, |m| m.payload.len()).await;
         if let Some(Ok(info)) = batch.last().map(Message::info) {
             metrics.record_lag(sink.name(), source.as_str(), info.pending);
         }
@@ -229,12 +207,16 @@ pub fn sequence(message: &Message) -> u64 {
     message.info().map_or(0, |i| i.stream_sequence)
 }
 
-/// A batch's messages decoded as `T`, each with its stream sequence. One that does not
+/// A batch's messages decoded by `parse`, each with its stream sequence. One that does not
 /// decode is logged and left out: it would fail the same way on every redelivery.
-pub fn decode<'a, T: serde::Deserialize<'a>>(batch: &'a [Message], what: &str) -> Vec<(T, u64)> {
+pub fn decode<'a, T>(
+    batch: &'a [Message],
+    what: &str,
+    parse: impl Fn(&'a [u8]) -> Result<T, serde_json::Error>,
+) -> Vec<(T, u64)> {
     batch
         .iter()
-        .filter_map(|message| match serde_json::from_slice(&message.payload) {
+        .filter_map(|message| match parse(&message.payload) {
             Ok(decoded) => Some((decoded, sequence(message))),
             Err(err) => {
                 tracing::error!(seq = sequence(message), error = %err, "undecodable {what}; not recorded");
@@ -245,32 +227,25 @@ pub fn decode<'a, T: serde::Deserialize<'a>>(batch: &'a [Message], what: &str) -
 }
 
 /// An EVENTS batch's outcome events, each with its message's stream sequence and its index
-/// in that message (the pair that keys it). A message that does not decode is logged and
-/// left out, as in [`decode`].
+/// in that message (the pair that keys it).
 pub fn events(batch: &[Message]) -> Vec<(crate::events::Event<'_>, u64, u32)> {
-    let mut decoded = Vec::with_capacity(batch.len());
-    for message in batch {
-        let seq = sequence(message);
-        match crate::events::decode(&message.payload) {
-            Ok(events) => decoded.extend(
-                events
-                    .into_iter()
-                    .enumerate()
-                    .map(|(index, event)| (event, seq, index as u32)),
-            ),
-            Err(err) => {
-                tracing::error!(seq, error = %err, "undecodable events; not recorded");
-            }
-        }
-    }
-    decoded
+    decode(batch, "events", crate::events::decode)
+        .into_iter()
+        .flat_map(|(events, seq)| {
+            events
+                .into_iter()
+                .enumerate()
+                .map(move |(index, event)| (event, seq, index as u32))
+        })
+        .collect()
 }
 
 /// A NOTIFY batch's notifications, the first copy of each id only: a replay can put one id
 /// in a batch twice, and one upsert statement may not touch a row twice.
 pub fn notifications(batch: &[Message]) -> Vec<(WireNotification<'_>, u64)> {
     let mut seen = std::collections::HashSet::with_capacity(batch.len());
-    let mut decoded: Vec<(WireNotification<'_>, u64)> = decode(batch, "notification");
+    let mut decoded: Vec<(WireNotification<'_>, u64)> =
+        decode(batch, "notification", serde_json::from_slice);
     decoded.retain(|(n, _)| seen.insert(n.id));
     decoded
 }
