@@ -496,30 +496,16 @@ async fn a_delivered_message_is_acked_only_after_its_event_is_stored() {
     let js = async_nats::jetstream::new(async_nats::connect(&nats_url).await.unwrap());
     let names = herald::jetstream::Names::new(&prefix);
     js.delete_stream(&names.events_stream).await.unwrap();
-    let payload = serde_json::value::RawValue::from_string(String::from("{\"n\":1}")).unwrap();
     let id = uuid::Uuid::now_v7();
-    let wire = herald::model::WireNotification {
-        v: 1,
+    common::publish_notification(
+        &js,
+        &names,
         id,
-        tenant: uuid::Uuid::nil(),
-        priority: herald::model::Priority::High,
-        channel: herald::model::Channel::Webhook,
-        recipient: receiver.url().into(),
-        payload: &payload,
-        idempotency_key: None,
-        send_at: None,
-        expires_at: None,
-        metadata: None,
-        accepted_at: chrono::Utc::now(),
-    };
-    js.publish(
-        names.subject(wire.priority, wire.channel),
-        serde_json::to_vec(&wire).unwrap().into(),
+        herald::model::Priority::High,
+        &receiver.url(),
+        r#"{"n":1}"#,
     )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    .await;
     receiver.wait_for(1, Duration::from_secs(10)).await;
 
     let unacked = || async {

@@ -918,30 +918,18 @@ async fn concurrent_recorder_statements_do_not_deadlock() {
         .await
         .unwrap();
 
-    let payload = serde_json::value::RawValue::from_string(String::from("{}")).unwrap();
     for _ in 0..ROUNDS {
         let ids: Vec<uuid::Uuid> = (0..ROWS).map(|_| uuid::Uuid::now_v7()).collect();
         for id in ids.iter().rev() {
-            let wire = herald::model::WireNotification {
-                v: 1,
-                id: *id,
-                tenant: uuid::Uuid::nil(),
-                priority: herald::model::Priority::Low,
-                channel: herald::model::Channel::Webhook,
-                recipient: "http://127.0.0.1:9/".into(),
-                payload: &payload,
-                idempotency_key: None,
-                send_at: None,
-                expires_at: None,
-                metadata: None,
-                accepted_at: chrono::Utc::now(),
-            };
-            let subject = names.subject(wire.priority, wire.channel);
-            js.publish(subject, serde_json::to_vec(&wire).unwrap().into())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
+            common::publish_notification(
+                &js,
+                &names,
+                *id,
+                herald::model::Priority::Low,
+                "http://127.0.0.1:9/",
+                "{}",
+            )
+            .await;
         }
         let events: Vec<herald::events::Event<'static>> = ids
             .iter()

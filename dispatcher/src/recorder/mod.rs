@@ -7,8 +7,8 @@
 //! A consumer takes what arrives within `--record-linger` of a batch's first message (up to
 //! `--record-batch`), writes it with one statement per batch, and acknowledges the batch
 //! only after the write committed. The linger is what keeps statements few at low rates:
-//! recording is asynchronous, so nobody waits on it but the status API's freshness. Writes are
-//! idempotent (upserts keyed by notification id and event sequence; duplicate-key inserts
+//! recording is asynchronous, so nobody waits on it but the status API's freshness. Writes
+//! are idempotent (upserts keyed by notification id and event sequence; duplicate-key inserts
 //! count as done), so a batch redelivered after a crash changes nothing twice. A failed
 //! write is retried with backoff while the batch is kept alive with in-progress acks.
 

@@ -5,8 +5,9 @@
 //! - NOTIFY → `INSERT … ON CONFLICT (id) DO UPDATE … WHERE recipient IS NULL`: a new row
 //!   with status `accepted`, or the fill-in of a row an earlier-recorded event created.
 //! - EVENTS → one statement with three parts: every event into `delivery_attempts` (keyed
-//!   by the event's stream sequence and index in its message), `dead` events into `dead_letters`, and the newest
-//!   event per notification into `notifications` where it is newer than what is there.
+//!   by the event's stream sequence and index in its message), `dead` events into
+//!   `dead_letters`, and the newest event per notification into `notifications` where it
+//!   is newer than what is there.
 //!   `delivered` is final: a later failure of a duplicate delivery (at-least-once) is
 //!   kept in `delivery_attempts` but does not take the status back.
 //!

@@ -207,6 +207,41 @@ pub async fn delete_streams(nats_url: &str, prefix: &str) {
     }
 }
 
+/// Publishes a webhook notification to `id` straight into NOTIFY, as the ingress would
+/// (for tests that need the stream without a running ingress), and waits for its PubAck.
+pub async fn publish_notification(
+    js: &jetstream::Context,
+    names: &herald::jetstream::Names,
+    id: uuid::Uuid,
+    priority: herald::model::Priority,
+    recipient: &str,
+    payload: &str,
+) {
+    let payload = serde_json::value::RawValue::from_string(payload.to_string()).unwrap();
+    let wire = herald::model::WireNotification {
+        v: 1,
+        id,
+        tenant: uuid::Uuid::nil(),
+        priority,
+        channel: herald::model::Channel::Webhook,
+        recipient: recipient.into(),
+        payload: &payload,
+        idempotency_key: None,
+        send_at: None,
+        expires_at: None,
+        metadata: None,
+        accepted_at: chrono::Utc::now(),
+    };
+    js.publish(
+        names.subject(wire.priority, wire.channel),
+        serde_json::to_vec(&wire).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
 /// The shared Redis (scripts/services.sh starts it).
 pub fn redis_url() -> String {
     std::env::var("HERALD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
