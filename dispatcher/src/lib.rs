@@ -30,7 +30,8 @@
 //!   backoff, [`dlq`] for what keeps failing, outcome [`events`]; [`destination`] is the
 //!   SSRF policy every webhook address passes.
 //! - [`recorder`]: NOTIFY and EVENTS → PostgreSQL ([`postgres`]), MongoDB and the Redis
-//!   [`status`] cache, one statement per batch.
+//!   [`status`] cache, one statement per batch. Its batches and the outcome events' close
+//!   by one rule, [`batch`] (items, bytes, or a linger from the first item).
 //! - At the ingress, from Redis ([`redis_store`]): [`idempotency`] and [`ratelimit`];
 //!   from PostgreSQL: [`tenants`] and API keys.
 //! - `fuzzing`: the properties the cargo-fuzz targets check (dispatcher/fuzz).
