@@ -10,6 +10,9 @@
 # A short cpu-clock profile of the dispatcher at each rate, summarised by symbol.
 # Writes cost.md under results/<date>-<rev>/ and a row in results/README.md.
 # PostgreSQL's deadlock count (pg_stat_database) over each rate's run is reported too.
+# Over the profile's window, `perf stat` counts the syscalls and context switches of the
+# dispatcher and of nats-server (threads alive when it starts), per notification offered
+# in that window: at low rates these, not the work per message, are where the CPU goes.
 # "drained/s" is accepted notifications over the seconds from the first request until every
 # consumer settled: with RATES holding e.g. 8000/50 (8,000 notifications/s in batches of
 # 50), the highest rate the whole pipeline sustains, where the ingress is not the limit.
@@ -63,6 +66,14 @@ settled() {
   done
 }
 
+# window_counts FILE RATE: "syscalls / context switches" per notification offered over the
+# profile's window, from `perf stat -x,` output.
+window_counts() {
+  awk -F, -v n="$(awk -v r="$2" -v s="$PROFILE_SECONDS" 'BEGIN { print r * s }')" '
+    $3 == "raw_syscalls:sys_enter" { sys = $1 } $3 == "context-switches" { cs = $1 }
+    END { if (sys == "" || cs == "") print "?"; else printf "%.1f / %.1f", sys / n, cs / n }' "$1" 2>/dev/null || echo "?"
+}
+
 rows=()
 profiles=()
 for spec in $RATES; do
@@ -92,8 +103,15 @@ for spec in $RATES; do
     >"$out/$rate.txt" 2>"$out/$rate.progress" &
   lg=$!
   sleep 5
+  stats=()
+  for p in dispatcher:$dispatcher nats:$nats; do
+    perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "${p#*:}" \
+      -o "$work/stat-$rate-${p%%:*}.csv" -- sleep "$PROFILE_SECONDS" >/dev/null 2>&1 &
+    stats+=($!)
+  done
   perf record -q -e cpu-clock -F 499 -g -p "$dispatcher" -o "$work/perf-$rate.data" \
     -- sleep "$PROFILE_SECONDS" >/dev/null 2>&1 || true
+  for j in "${stats[@]}"; do wait "$j" || true; done
   lg_cpu=0
   while kill -0 "$lg" 2>/dev/null; do
     lg_cpu=$(cpu_seconds "$lg" 2>/dev/null || echo "$lg_cpu")
@@ -121,8 +139,9 @@ for spec in $RATES; do
     total=$(awk -v t="$total" -v u="$used" 'BEGIN { print t + u }')
     cells+=" $(awk -v u="$used" -v n="$n" 'BEGIN { printf "%.0f", u * 1e6 / n }') |"
   done
+  counts="$(window_counts "$work/stat-$rate-dispatcher.csv" "$rate") | $(window_counts "$work/stat-$rate-nats.csv" "$rate")"
   drained=$(awk -v n="$n" -v e="$elapsed" 'BEGIN { printf "%.0f", n / e }')
-  rows+=("| $spec | $n | $drained | $refused | $lost |$cells $(awk -v u="$total" -v n="$n" 'BEGIN { printf "%.0f", u * 1e6 / n }') | $(awk -v u="$lg_cpu" -v n="$n" 'BEGIN { printf "%.0f", u * 1e6 / n }') | $p99 | $e2e | $settled_note after ${waited}s | $new_deadlocks |")
+  rows+=("| $spec | $n | $drained | $refused | $lost |$cells $(awk -v u="$total" -v n="$n" 'BEGIN { printf "%.0f", u * 1e6 / n }') | $(awk -v u="$lg_cpu" -v n="$n" 'BEGIN { printf "%.0f", u * 1e6 / n }') | $p99 | $e2e | $settled_note after ${waited}s | $new_deadlocks | $counts |")
   if [ -s "$work/perf-$rate.data" ]; then
     profiles+=("### $rate/s: dispatcher, ${PROFILE_SECONDS} s of cpu-clock samples, top symbols (self)")
     profiles+=('```')
@@ -144,10 +163,11 @@ done
   echo "recorder into PostgreSQL, FerretDB and Redis), loadgen open loop with its sink, default mix,"
   echo "64 connections. CPU (user + system, /proc) from the start of the load until every consumer"
   echo "had nothing pending, per accepted notification. FerretDB is a stand-in for MongoDB: its"
-  echo "figures are its own."
+  echo "figures are its own. Syscalls and context switches: \`perf stat\` over the ${PROFILE_SECONDS} s"
+  echo "profile window (from 5 s into the load), per notification offered in it."
   echo
-  echo "| rate (/batch) | accepted | drained/s | refused | lost | dispatcher µs | nats-server µs | PostgreSQL µs | FerretDB µs | Redis µs | all µs | loadgen µs | ingest p99 ms (worst class) | e2e p99 ms (worst class) | consumers | PostgreSQL deadlocks |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| rate (/batch) | accepted | drained/s | refused | lost | dispatcher µs | nats-server µs | PostgreSQL µs | FerretDB µs | Redis µs | all µs | loadgen µs | ingest p99 ms (worst class) | e2e p99 ms (worst class) | consumers | PostgreSQL deadlocks | dispatcher syscalls / context switches | nats-server syscalls / context switches |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
   echo
   printf '%s\n' "${profiles[@]}"
