@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{webhook_to, Receiver, Stack};
+use common::{eventually, webhook_to, Receiver, Stack};
 
 const SECRET: &str = "herald-development-secret";
 
@@ -538,15 +538,11 @@ async fn a_delivered_message_is_acked_only_after_its_event_is_stored() {
     .unwrap();
     let events = stack.wait_events(1).await;
     assert_eq!(events, vec![("delivered".to_string(), id.to_string(), 1)]);
-    let mut pending = unacked().await;
-    for _ in 0..50 {
-        if pending == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        pending = unacked().await;
-    }
-    assert_eq!(pending, 0, "not acked after its event was stored");
+    eventually(Duration::from_secs(5), || async {
+        (unacked().await == 0).then_some(())
+    })
+    .await
+    .expect("not acked after its event was stored");
     assert_eq!(receiver.received().len(), 1);
     stack.finish().await;
 }

@@ -8,29 +8,12 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::{
-    migrated_pool, start_recorder, test_store, webhook_to, Receiver, Stack, TcpProxy, TestServer,
+    eventually, migrated_pool, start_recorder, test_store, webhook_to, Receiver, Stack, TcpProxy,
+    TestServer,
 };
 use herald::config::AuthMode;
 use mongodb::bson::{doc, Document};
 use sqlx::PgPool;
-
-/// Polls `check` every 100 ms until it returns `Some`, for at most `within`.
-async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return Some(v);
-        }
-        if std::time::Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()

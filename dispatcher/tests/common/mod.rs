@@ -207,6 +207,24 @@ pub async fn delete_streams(nats_url: &str, prefix: &str) {
     }
 }
 
+/// Polls `check` every 100 ms until it returns `Some`, for at most `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Publishes a webhook notification to `id` straight into NOTIFY, as the ingress would
 /// (for tests that need the stream without a running ingress), and waits for its PubAck.
 pub async fn publish_notification(
