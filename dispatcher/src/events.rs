@@ -62,9 +62,19 @@ pub struct Event<'a> {
     /// For `retrying`: milliseconds until the next attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_in_ms: Option<u64>,
+    /// How long the attempt's send took, in milliseconds (none when nothing was sent, as
+    /// for a notification that expired first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
 }
 
 impl Event<'_> {
+    /// For `retrying`: when the next attempt is due.
+    pub fn next_attempt_at(&self) -> Option<DateTime<Utc>> {
+        let ms = i64::try_from(self.retry_in_ms?).ok()?;
+        Some(self.at + chrono::Duration::milliseconds(ms))
+    }
+
     /// The event with its error owned, to outlive the outcome it borrows from.
     pub fn into_owned(self) -> Event<'static> {
         Event {
@@ -237,6 +247,7 @@ mod tests {
             error: Some(Cow::Owned(String::from("503 from the receiver"))),
             status: Some(503),
             retry_in_ms: Some(400),
+            duration_ms: Some(12),
         }
     }
 
@@ -254,6 +265,7 @@ mod tests {
         let decoded = decode(&single).unwrap();
         assert_eq!(decoded.len(), 1);
         assert_eq!(decoded[0].retry_in_ms, Some(400));
+        assert_eq!(decoded[0].duration_ms, Some(12));
 
         assert!(decode(b" {\"id\": 1}").is_err());
     }

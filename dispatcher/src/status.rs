@@ -123,6 +123,50 @@ pub async fn get(
     .await
 }
 
+/// One delivery attempt's outcome, as `GET /v1/notifications/{id}/attempts` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct AttemptRecord {
+    /// 1-based; a duplicate delivery (at-least-once) can repeat a number.
+    pub attempt: i32,
+    /// `delivered`, `retrying` or `dead`.
+    pub outcome: String,
+    pub at: DateTime<Utc>,
+    pub error: Option<String>,
+    /// The receiver's or provider's HTTP status, if it answered.
+    pub status_code: Option<i32>,
+    /// How long the send took; none when nothing was sent (it expired first).
+    pub duration_ms: Option<i32>,
+    /// For `retrying`: when the next attempt is due.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// Every recorded attempt of one notification of one tenant, oldest first; `None` when the
+/// tenant has no such notification (recorded).
+pub async fn attempts(
+    pool: &PgPool,
+    tenant: Uuid,
+    id: Uuid,
+) -> Result<Option<Vec<AttemptRecord>>, sqlx::Error> {
+    let owned: Option<(Uuid,)> =
+        sqlx::query_as("SELECT id FROM notifications WHERE id = $1 AND tenant_id = $2")
+            .bind(id)
+            .bind(tenant)
+            .fetch_optional(pool)
+            .await?;
+    if owned.is_none() {
+        return Ok(None);
+    }
+    let rows = sqlx::query_as(
+        "SELECT attempt, outcome, at, error, status_code, duration_ms, next_attempt_at
+         FROM delivery_attempts WHERE notification_id = $1
+         ORDER BY at, event_seq, event_index",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some(rows))
+}
+
 /// Filters of `GET /v1/notifications`.
 #[derive(Debug, Default, Clone)]
 pub struct ListQuery {

@@ -243,6 +243,67 @@ async fn recorded_rows_and_documents_match_what_happened() {
         .await;
     assert_eq!(unknown.status, 404);
 
+    // The attempt history, oldest first: what was sent, how it ended, how long it took,
+    // and for a retry when the next attempt was due.
+    for (id, (_, _, _, n)) in &expected {
+        let r = stack
+            .server
+            .get(&format!("/v1/notifications/{id}/attempts"))
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(r.body["id"], id.as_str());
+        let attempts = r.body["attempts"].as_array().unwrap();
+        let summary: Vec<(i64, &str, Option<i64>)> = attempts
+            .iter()
+            .map(|a| {
+                let code = a["status_code"].as_i64();
+                (
+                    a["attempt"].as_i64().unwrap(),
+                    a["outcome"].as_str().unwrap(),
+                    code,
+                )
+            })
+            .collect();
+        let want: &[(i64, &str, Option<i64>)] = match n % 3 {
+            0 => &[(1, "delivered", None)],
+            1 => &[(1, "retrying", Some(503)), (2, "delivered", None)],
+            _ => &[(1, "dead", Some(400))],
+        };
+        assert_eq!(summary, want, "{id}");
+        for a in attempts {
+            assert!(a["duration_ms"].as_i64().is_some_and(|ms| ms >= 0), "{a}");
+            let retrying = a["outcome"] == "retrying";
+            assert_eq!(a["next_attempt_at"].is_string(), retrying, "{a}");
+            assert_eq!(a["error"].is_string(), a["outcome"] != "delivered", "{a}");
+            if retrying {
+                let at: chrono::DateTime<chrono::Utc> = a["at"].as_str().unwrap().parse().unwrap();
+                let next: chrono::DateTime<chrono::Utc> =
+                    a["next_attempt_at"].as_str().unwrap().parse().unwrap();
+                assert!(next > at, "{a}");
+            }
+        }
+        let entries = &log[id];
+        assert!(
+            entries.iter().all(|e| e.get_i64("duration_ms").is_ok()),
+            "{entries:?}"
+        );
+    }
+    let none = stack
+        .server
+        .get(&format!(
+            "/v1/notifications/{}/attempts",
+            uuid::Uuid::now_v7()
+        ))
+        .await;
+    assert_eq!(none.status, 404);
+    assert_eq!(none.body["error"]["code"], "not_found");
+    let malformed = stack.server.get("/v1/notifications/nope/attempts").await;
+    assert_eq!(
+        malformed.body["error"]["field"], "id",
+        "{:?}",
+        malformed.body
+    );
+
     pool.close().await;
     stack.finish().await;
 }
@@ -421,8 +482,19 @@ async fn a_tenant_sees_only_its_own_notifications_and_dead_letters() {
     })
     .await;
     assert!(dead.is_some(), "tenant A sees its dead notification");
+    let own = as_tenant(
+        server,
+        &a,
+        "GET",
+        &format!("/v1/notifications/{id_a}/attempts"),
+        None,
+    )
+    .await;
+    assert_eq!(own.status, 200, "{:?}", own.body);
+    assert_eq!(own.body["attempts"][0]["outcome"], "dead");
     for (method, path) in [
         ("GET", format!("/v1/notifications/{id_a}")),
+        ("GET", format!("/v1/notifications/{id_a}/attempts")),
         ("POST", format!("/v1/dlq/{id_a}/replay")),
         ("DELETE", format!("/v1/dlq/{id_a}")),
     ] {
@@ -777,6 +849,7 @@ async fn a_failed_duplicate_does_not_undo_a_delivery() {
         error: Some("webhook request failed: connection refused".into()),
         status: None,
         retry_in_ms: None,
+        duration_ms: None,
     };
     herald::events::publish(&js, &names, &[dead], "duplicate-dead")
         .await
@@ -927,6 +1000,7 @@ async fn concurrent_recorder_statements_do_not_deadlock() {
                 error: None,
                 status: Some(200),
                 retry_in_ms: None,
+                duration_ms: None,
             })
             .collect();
         herald::events::publish(&js, &names, &events, &uuid::Uuid::now_v7().to_string())

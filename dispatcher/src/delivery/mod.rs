@@ -314,7 +314,16 @@ async fn deliver(shared: &Shared, job: Job) {
             error: String::from("expired before it could be delivered"),
             status: None,
         };
-        bury(shared, &message, &notification, attempt, sequence, &outcome).await;
+        bury(
+            shared,
+            &message,
+            &notification,
+            attempt,
+            sequence,
+            &outcome,
+            None,
+        )
+        .await;
         return;
     }
     if let Some(send_at) = notification.send_at.filter(|at| *at > now) {
@@ -344,16 +353,24 @@ async fn deliver(shared: &Shared, job: Job) {
         shared.ack_wait,
     )
     .await;
+    let took = started.elapsed();
     shared
         .metrics
-        .delivery_attempt(priority, channel, outcome.label(), started.elapsed());
+        .delivery_attempt(priority, channel, outcome.label(), took);
     let policy = shared.retry[priority.index()];
     match &outcome {
         SendOutcome::Delivered => {
             if !store_event(
                 shared,
                 &message,
-                event(&notification, EventKind::Delivered, attempt, None, None),
+                event(
+                    &notification,
+                    EventKind::Delivered,
+                    attempt,
+                    None,
+                    None,
+                    Some(took),
+                ),
             )
             .await
             {
@@ -385,17 +402,31 @@ async fn deliver(shared: &Shared, job: Job) {
                     attempt,
                     Some(&outcome),
                     Some(wait),
+                    Some(took),
                 ),
             )
             .await;
             let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
         }
-        _ => bury(shared, &message, &notification, attempt, sequence, &outcome).await,
+        _ => {
+            let took = Some(took);
+            bury(
+                shared,
+                &message,
+                &notification,
+                attempt,
+                sequence,
+                &outcome,
+                took,
+            )
+            .await
+        }
     }
 }
 
 /// Dead-letters a notification, then terminates the original. If the DLQ cannot take it,
-/// the original comes back later instead of being lost.
+/// the original comes back later instead of being lost. `took`: how long the last send
+/// took, if there was one.
 async fn bury(
     shared: &Shared,
     message: &Message,
@@ -403,6 +434,7 @@ async fn bury(
     attempt: u32,
     sequence: u64,
     outcome: &SendOutcome,
+    took: Option<Duration>,
 ) {
     let death = Death {
         id: notification.id,
@@ -419,7 +451,14 @@ async fn bury(
             if !store_event(
                 shared,
                 message,
-                event(notification, EventKind::Dead, attempt, Some(outcome), None),
+                event(
+                    notification,
+                    EventKind::Dead,
+                    attempt,
+                    Some(outcome),
+                    None,
+                    took,
+                ),
             )
             .await
             {
@@ -472,6 +511,7 @@ fn event<'a>(
     attempt: u32,
     outcome: Option<&'a SendOutcome>,
     retry_in: Option<Duration>,
+    took: Option<Duration>,
 ) -> Event<'a> {
     Event {
         id: n.id,
@@ -485,8 +525,13 @@ fn event<'a>(
             .and_then(SendOutcome::error)
             .map(std::borrow::Cow::Borrowed),
         status: outcome.and_then(SendOutcome::status),
-        retry_in_ms: retry_in.map(|d| d.as_millis() as u64),
+        retry_in_ms: retry_in.map(millis),
+        duration_ms: took.map(millis),
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
 }
 
 /// Runs `work` (a send, storing an event), telling JetStream the message is still being

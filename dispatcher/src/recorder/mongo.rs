@@ -151,6 +151,12 @@ impl MongoSink {
             if let Some(status) = event.status {
                 entry.insert("status", i32::from(status));
             }
+            if let Some(ms) = event.duration_ms {
+                entry.insert("duration_ms", i64::try_from(ms).unwrap_or(i64::MAX));
+            }
+            if let Some(next) = event.next_attempt_at() {
+                entry.insert("next_attempt_at", bson::DateTime::from_chrono(next));
+            }
             entries.push(entry);
         }
         self.insert(DELIVERIES, entries).await

@@ -99,12 +99,15 @@ impl PostgresSink {
             "WITH ev AS (
                  SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::int[], $4::text[],
                                       $5::timestamptz[], $6::text[], $7::int[], $8::uuid[],
-                                      $9::text[], $10::text[], $11::timestamptz[], $12::int[])
-                     AS t(id, seq, attempt, outcome, at, error, code, tenant, priority, channel, next_at, idx)
+                                      $9::text[], $10::text[], $11::timestamptz[], $12::int[],
+                                      $13::int[])
+                     AS t(id, seq, attempt, outcome, at, error, code, tenant, priority, channel, next_at, idx,
+                          duration_ms)
              ),
              attempts AS (
-                 INSERT INTO delivery_attempts (notification_id, event_seq, event_index, attempt, outcome, at, error, status_code)
-                 SELECT id, seq, idx, attempt, outcome, at, error, code FROM ev
+                 INSERT INTO delivery_attempts (notification_id, event_seq, event_index, attempt, outcome, at, error, status_code,
+                                                duration_ms, next_attempt_at)
+                 SELECT id, seq, idx, attempt, outcome, at, error, code, duration_ms, next_at FROM ev
                  ORDER BY id, seq, idx
                  ON CONFLICT DO NOTHING
              ),
@@ -159,6 +162,7 @@ impl PostgresSink {
         .bind(&rows.channels)
         .bind(&rows.next_at)
         .bind(&rows.indexes)
+        .bind(&rows.durations)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| e.to_string())
@@ -180,11 +184,16 @@ struct EventColumns {
     channels: Vec<&'static str>,
     next_at: Vec<Option<DateTime<Utc>>>,
     indexes: Vec<i32>,
+    durations: Vec<Option<i32>>,
 }
 
 impl EventColumns {
     fn push(&mut self, e: &Event<'_>, seq: u64, index: u32) {
         self.indexes.push(index as i32);
+        self.durations.push(
+            e.duration_ms
+                .map(|ms| i32::try_from(ms).unwrap_or(i32::MAX)),
+        );
         self.ids.push(e.id);
         self.seqs.push(seq as i64);
         self.attempts.push(e.attempt as i32);
@@ -195,10 +204,7 @@ impl EventColumns {
         self.tenants.push(e.tenant);
         self.priorities.push(e.priority.as_str());
         self.channels.push(e.channel.as_str());
-        self.next_at.push(
-            e.retry_in_ms
-                .map(|ms| e.at + chrono::Duration::milliseconds(ms as i64)),
-        );
+        self.next_at.push(e.next_attempt_at());
     }
 }
 

@@ -88,8 +88,11 @@ where
         ("/v1/notifications/batch", &Method::POST) => batch::batch(state, caller, req).await,
         ("/v1/notifications/batch", _) => Err(ApiError::method_not_allowed("POST").into()),
         (p, &Method::GET) if p.starts_with("/v1/notifications/") => {
-            let id = &p["/v1/notifications/".len()..];
-            Ok(status::get_notification(state, caller, id).await?)
+            let rest = &p["/v1/notifications/".len()..];
+            match rest.strip_suffix("/attempts") {
+                Some(id) => Ok(status::list_attempts(state, caller, id).await?),
+                None => Ok(status::get_notification(state, caller, rest).await?),
+            }
         }
         (p, _) if p.starts_with("/v1/notifications/") => {
             Err(ApiError::method_not_allowed("GET").into())

@@ -1,5 +1,5 @@
-//! Reading notifications back: `GET /v1/notifications/{id}` and
-//! `GET /v1/notifications?status=&priority=&cursor=`.
+//! Reading notifications back: `GET /v1/notifications/{id}`,
+//! `GET /v1/notifications/{id}/attempts` and `GET /v1/notifications?status=&priority=&cursor=`.
 
 use super::query::ListParams;
 use super::*;
@@ -31,6 +31,22 @@ pub(super) async fn get_notification(
         )),
         None => Err(ApiError::no_such("notification")),
     }
+}
+
+/// `GET /v1/notifications/{id}/attempts`: every recorded attempt, oldest first, from
+/// PostgreSQL. Another tenant's id, or one not recorded yet, is a 404.
+pub(super) async fn list_attempts(
+    state: &State,
+    caller: &Caller,
+    id: &str,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(id)?;
+    let attempts = status::attempts(state.tenants.pool(), caller.tenant, id)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("status store (PostgreSQL): {e}")))?
+        .ok_or_else(|| ApiError::no_such("notification"))?;
+    let body = serde_json::json!({ "id": id, "attempts": attempts });
+    Ok(json(StatusCode::OK, body.to_string().into_bytes()))
 }
 
 /// `GET /v1/notifications?status=&priority=&channel=&since=&limit=&cursor=`: newest first,
