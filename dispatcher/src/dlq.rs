@@ -89,16 +89,25 @@ pub async fn dead_letter(
 }
 
 /// One dead letter as the API shows it.
-#[derive(Debug, Serialize)]
+/// One dead letter as the API lists it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub id: String,
+    /// Its sequence in the DLQ stream.
     pub sequence: u64,
+    #[schema(value_type = Priority)]
     pub priority: String,
+    #[schema(value_type = Channel)]
     pub channel: String,
+    /// Why the last attempt failed.
     pub error: String,
+    /// The receiver's or provider's HTTP status on the last attempt, if it answered.
     pub status: Option<u16>,
     pub attempts: u32,
+    /// RFC 3339.
     pub dead_at: String,
+    /// The notification as accepted (its wire document).
+    #[schema(value_type = Object)]
     pub notification: serde_json::Value,
 }
 
@@ -132,6 +141,8 @@ fn to_dead_letter(message: jetstream::message::StreamMessage) -> DeadLetter {
 }
 
 /// A page of dead letters, oldest first, from stream sequence `cursor` on.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = DeadLetterPage)]
 pub struct Page {
     pub items: Vec<DeadLetter>,
     /// Where the next page starts, when there may be more.

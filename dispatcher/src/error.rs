@@ -22,22 +22,29 @@ pub struct ApiError {
     /// Seconds a client should wait before retrying (429 and 503).
     pub retry_after: Option<u32>,
     /// Methods the route accepts (405).
-    pub allow: Option<&'static str>,
+    pub allow: Option<Box<str>>,
     /// Further response headers (authentication challenge, rate-limit state).
     pub headers: Vec<(&'static str, String)>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Inner<'a>,
+/// The body of every error response (the API contract's `Error`).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct Body<'a> {
+    pub error: Inner<'a>,
 }
 
-#[derive(Serialize)]
-struct Inner<'a> {
-    code: &'a str,
-    message: &'a str,
+/// What went wrong (the API contract's `ErrorDetail`).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorDetail)]
+pub struct Inner<'a> {
+    /// Stable and machine-readable, e.g. `invalid_field`, `rate_limited`, `overloaded`.
+    pub code: &'a str,
+    /// For people.
+    pub message: &'a str,
+    /// The request field to blame, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
+    pub field: Option<&'a str>,
 }
 
 impl From<crate::model::Invalid> for ApiError {
@@ -136,7 +143,9 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
     }
 
-    pub fn method_not_allowed(allow: &'static str) -> Self {
+    /// `allow`: the route's methods, as the `Allow` header lists them.
+    pub fn method_not_allowed(allow: impl Into<Box<str>>) -> Self {
+        let allow = allow.into();
         let mut e = Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",

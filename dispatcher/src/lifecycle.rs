@@ -151,9 +151,12 @@ impl Health {
         Some(response)
     }
 
+    /// The health endpoints, each answered to GET.
+    pub const PATHS: [&'static str; 3] = ["/healthz", "/readyz", "/metrics"];
+
     /// Whether `path` is a health endpoint (any method).
     pub fn is_health_path(path: &str) -> bool {
-        matches!(path, "/healthz" | "/readyz" | "/metrics")
+        Self::PATHS.contains(&path)
     }
 }
 

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::destination::DestinationPolicy;
@@ -51,7 +52,9 @@ impl Invalid {
 }
 
 /// Urgency class of a notification. The discriminant is the scheduler's queue index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     High = 0,
@@ -87,7 +90,7 @@ impl fmt::Display for Priority {
 }
 
 /// How a notification reaches its recipient.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Channel {
     Webhook = 0,
@@ -161,25 +164,44 @@ pub const MAX_RECIPIENT_LEN: usize = 2048;
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 pub const MAX_METADATA_LEN: usize = 16 * 1024;
 
-/// A notification as sent by a client: `POST /v1/notifications` or one batch item.
-#[derive(Debug, Deserialize)]
+/// A notification as sent by a client: `POST /v1/notifications` or one batch item. The
+/// schema attributes are the API contract's; `parse_notification` enforces them.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Notification)]
 pub struct NotificationRequest<'a> {
     /// Defaults to `medium`, the class for ordinary traffic.
     #[serde(default)]
+    #[schema(value_type = Priority, required = false, default = "medium")]
     pub priority: Option<Priority>,
+    #[schema(value_type = Channel, required = true)]
     pub channel: Option<Channel>,
+    /// A webhook's `http(s)` URL, an email address, an E.164 phone number (`sms`) or a
+    /// device token (`push`).
     #[serde(borrow, default)]
+    #[schema(value_type = String, required = true, max_length = 2048)]
     pub recipient: Option<std::borrow::Cow<'a, str>>,
+    /// What is delivered: a JSON object (for email `subject` and `text`, for SMS `text`,
+    /// for push `title` and `body`).
     #[serde(borrow, default)]
+    #[schema(value_type = Object, required = true)]
     pub payload: Option<&'a RawValue>,
+    /// Same as the `Idempotency-Key` header.
     #[serde(borrow, default)]
+    #[schema(value_type = Option<String>, required = false, max_length = 255)]
     pub idempotency_key: Option<std::borrow::Cow<'a, str>>,
+    /// Deliver no earlier than this.
     #[serde(default)]
+    #[schema(required = false)]
     pub send_at: Option<DateTime<Utc>>,
+    /// Dead-letter instead of delivering after this; must be in the future and after
+    /// `send_at`.
     #[serde(default)]
+    #[schema(required = false)]
     pub expires_at: Option<DateTime<Utc>>,
+    /// Any JSON object the caller wants kept with the notification (at most 16 KiB).
     #[serde(borrow, default)]
+    #[schema(value_type = Option<Object>, required = false)]
     pub metadata: Option<&'a RawValue>,
 }
 

@@ -5,22 +5,28 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::model::{Channel, Priority};
 use crate::redis_store::{RedisStore, Script};
 
-/// One row of `notifications`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+/// One row of `notifications` (the API contract's `NotificationStatus`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, ToSchema)]
 pub struct NotificationStatus {
     pub id: Uuid,
     #[serde(skip_serializing_if = "Uuid::is_nil")]
     #[serde(default)]
     #[sqlx(rename = "tenant_id")]
+    #[schema(required = false)]
     pub tenant: Uuid,
+    #[schema(value_type = Priority)]
     pub priority: String,
+    #[schema(value_type = Channel)]
     pub channel: String,
+    /// None until the recorder has the notification itself (an outcome can come first).
     pub recipient: Option<String>,
+    #[schema(value_type = Outcome)]
     pub status: String,
     pub attempts: i32,
     pub accepted_at: Option<DateTime<Utc>>,
@@ -123,12 +129,23 @@ pub async fn get(
     .await
 }
 
+/// A notification's state as recorded.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Accepted,
+    Retrying,
+    Delivered,
+    Dead,
+}
+
 /// One delivery attempt's outcome, as `GET /v1/notifications/{id}/attempts` lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, ToSchema)]
 pub struct AttemptRecord {
     /// 1-based; a duplicate delivery (at-least-once) can repeat a number.
     pub attempt: i32,
     /// `delivered`, `retrying` or `dead`.
+    #[schema(value_type = Outcome)]
     pub outcome: String,
     pub at: DateTime<Utc>,
     pub error: Option<String>,
@@ -138,6 +155,21 @@ pub struct AttemptRecord {
     pub duration_ms: Option<i32>,
     /// For `retrying`: when the next attempt is due.
     pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// The answer of `GET /v1/notifications/{id}/attempts`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptList {
+    pub id: Uuid,
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// A page of `GET /v1/notifications`, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotificationPage {
+    pub items: Vec<NotificationStatus>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    pub next_cursor: Option<Uuid>,
 }
 
 /// Every recorded attempt of one notification of one tenant, oldest first; `None` when the

@@ -2,24 +2,28 @@
 
 use super::*;
 
-#[derive(Serialize)]
-struct BatchResponse {
+/// The answer to a batch: one result per item, in order.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct BatchResponse {
     accepted: usize,
     rejected: usize,
     results: Vec<BatchItem>,
 }
 
-#[derive(Serialize)]
-struct BatchItem {
+/// One item's result: its status as a single request would have had it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct BatchItem {
     index: usize,
     status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     priority: Option<Priority>,
+    /// Present (true) when an idempotency key had been seen with the same item.
     #[serde(skip_serializing_if = "Option::is_none")]
     replayed: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::error::Inner>)]
     error: Option<serde_json::Value>,
 }
 
@@ -34,6 +38,26 @@ enum Slot {
 /// bad item costs only itself; the good ones are queued back to back and leave in the same
 /// publish batches. 202 when at least one item was accepted; otherwise the most severe of
 /// the item statuses, with the same per-item body.
+#[utoipa::path(
+    post,
+    path = "/v1/notifications/batch",
+    tag = "notifications",
+    request_body(content = Vec<crate::model::NotificationRequest>, description = "Up to `--max-batch` notifications"),
+    params(
+        ("Herald-Priority" = Option<crate::model::Priority>, Header, description = "Every item's priority: lets an overloaded server refuse the batch before reading it"),
+    ),
+    responses(
+        (status = 202, description = "At least one item was accepted; each item has its own status", body = BatchResponse, headers(
+            ("RateLimit-Limit" = u32, description = "The tenant's bucket size (sent when the tenant has a rate limit)"),
+            ("RateLimit-Remaining" = u32, description = "Tokens left"),
+            ("RateLimit-Reset" = u32, description = "Seconds until the bucket is full again"),
+        )),
+        (status = 422, description = "No item was accepted; each item's error is in `results`, or the body is not an array", body = BatchResponse),
+        (status = 429, description = "`rate_limited`: the tenant's bucket is empty; `overloaded`: the door sheds this priority now (low first); `queue_full`", body = crate::error::Body, headers(
+            ("Retry-After" = u32, description = "Seconds to wait before trying again"),
+        )),
+    )
+)]
 pub(super) async fn batch<B>(
     state: &State,
     caller: &Caller,

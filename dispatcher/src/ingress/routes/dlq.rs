@@ -5,29 +5,28 @@ use super::query::ListParams;
 use super::*;
 use crate::dlq;
 
-/// The dead-letter API: `GET /v1/dlq`, `POST /v1/dlq/replay`, `POST /v1/dlq/{id}/replay`,
-/// `DELETE /v1/dlq/{id}`.
-pub(super) async fn dlq_route(
-    state: &State,
-    caller: &Caller,
-    path: &str,
-    method: &Method,
-    query: &str,
-) -> Result<HttpResponse, ApiError> {
-    let rest: Vec<&str> = path
-        .trim_start_matches("/v1/dlq")
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
-    let allow = match rest.as_slice() {
-        [] => "GET",
-        ["replay"] | [_, "replay"] => "POST",
-        [_] => "DELETE",
-        _ => return Err(ApiError::not_found()),
-    };
-    if method.as_str() != allow {
-        return Err(ApiError::method_not_allowed(allow));
-    }
+/// The answer of `POST /v1/dlq/replay`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct BulkReplay {
+    replayed: usize,
+    /// Dead letters of the page that could not be replayed (they stay).
+    failed: usize,
+    /// Pass as `cursor` to replay the next page; absent on the last.
+    next_cursor: Option<u64>,
+}
+
+/// The answer of `POST /v1/dlq/{id}/replay`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Replayed {
+    id: Uuid,
+    #[schema(value_type = String, example = "replayed")]
+    status: &'static str,
+    /// Its new sequence in the NOTIFY stream.
+    sequence: u64,
+}
+
+/// The tenant's dead letters matching the filter, a page of them.
+async fn page(state: &State, caller: &Caller, query: &str) -> Result<dlq::Page, ApiError> {
     let filter = ListParams::parse(query, &["priority", "channel", "cursor", "limit"])?;
     let cursor: u64 = match filter.cursor.as_deref() {
         None => 0,
@@ -36,60 +35,145 @@ pub(super) async fn dlq_route(
             .map_err(|_| ApiError::invalid_field("cursor", "cursor must be a whole number"))?,
     };
     ensure_ready(state)?;
-    let (js, names) = (&state.js, &state.names);
-    let listed = match rest.as_slice() {
-        [] | ["replay"] => Some(
-            dlq::list(
-                js,
-                names,
-                &caller.tenant,
-                filter.priority,
-                filter.channel,
-                cursor,
-                filter.limit,
-            )
-            .await
-            .map_err(dlq_error)?,
-        ),
-        _ => None,
-    };
-    match (rest.as_slice(), listed) {
-        ([], Some(page)) => {
-            let body = serde_json::json!({ "items": page.items, "next_cursor": page.next_cursor });
-            Ok(json(StatusCode::OK, body.to_string().into_bytes()))
-        }
-        (["replay"], Some(page)) => {
-            let (mut replayed, mut failed) = (0, 0);
-            for item in &page.items {
-                match Uuid::parse_str(&item.id) {
-                    Ok(id) if dlq::replay(js, names, &caller.tenant, &id).await.is_ok() => {
-                        replayed += 1
-                    }
-                    _ => failed += 1,
-                }
+    dlq::list(
+        &state.js,
+        &state.names,
+        &caller.tenant,
+        filter.priority,
+        filter.channel,
+        cursor,
+        filter.limit,
+    )
+    .await
+    .map_err(dlq_error)
+}
+
+/// `GET /v1/dlq?priority=&channel=&cursor=&limit=`: oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/dlq",
+    tag = "dead letters",
+    params(
+        ("priority" = Option<crate::model::Priority>, Query),
+        ("channel" = Option<crate::model::Channel>, Query),
+        ("cursor" = Option<u64>, Query, description = "The previous page's `next_cursor`"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "A page of the tenant's dead letters, oldest first", body = dlq::Page),
+        (status = 422, description = "A query parameter is invalid (named in `error.field`)", body = crate::error::Body),
+    )
+)]
+pub(super) async fn list(
+    state: &State,
+    caller: &Caller,
+    query: &str,
+) -> Result<HttpResponse, ApiError> {
+    let page = page(state, caller, query).await?;
+    let body = serde_json::to_vec(&page).expect("serializing plain fields cannot fail");
+    Ok(json(StatusCode::OK, body))
+}
+
+/// `POST /v1/dlq/replay?priority=&channel=&cursor=&limit=`: replays one page of matches.
+#[utoipa::path(
+    post,
+    path = "/v1/dlq/replay",
+    tag = "dead letters",
+    params(
+        ("priority" = Option<crate::model::Priority>, Query),
+        ("channel" = Option<crate::model::Channel>, Query),
+        ("cursor" = Option<u64>, Query, description = "The previous page's `next_cursor`"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"),
+    ),
+    responses(
+        (status = 202, description = "One page of matching dead letters replayed: back in NOTIFY with a fresh attempt budget", body = BulkReplay),
+        (status = 422, description = "A query parameter is invalid (named in `error.field`)", body = crate::error::Body),
+    )
+)]
+pub(super) async fn replay_matching(
+    state: &State,
+    caller: &Caller,
+    query: &str,
+) -> Result<HttpResponse, ApiError> {
+    let page = page(state, caller, query).await?;
+    let (mut replayed, mut failed) = (0, 0);
+    for item in &page.items {
+        match Uuid::parse_str(&item.id) {
+            Ok(id)
+                if dlq::replay(&state.js, &state.names, &caller.tenant, &id)
+                    .await
+                    .is_ok() =>
+            {
+                replayed += 1
             }
-            let body = serde_json::json!({ "replayed": replayed, "failed": failed, "next_cursor": page.next_cursor });
-            Ok(json(StatusCode::ACCEPTED, body.to_string().into_bytes()))
+            _ => failed += 1,
         }
-        ([id, "replay"], _) => {
-            let id = parse_id(id)?;
-            let sequence = dlq::replay(js, names, &caller.tenant, &id)
-                .await
-                .map_err(dlq_error)?;
-            let body = serde_json::json!({ "id": id, "status": "replayed", "sequence": sequence });
-            Ok(json(StatusCode::ACCEPTED, body.to_string().into_bytes()))
-        }
-        ([id], _) => {
-            let id = parse_id(id)?;
-            dlq::delete(js, names, &caller.tenant, &id)
-                .await
-                .map_err(dlq_error)?;
-            let mut response = json(StatusCode::NO_CONTENT, Vec::new());
-            response.headers_mut().remove(CONTENT_TYPE);
-            Ok(response)
-        }
-        _ => Err(ApiError::not_found()),
     }
+    let body = BulkReplay {
+        replayed,
+        failed,
+        next_cursor: page.next_cursor,
+    };
+    let body = serde_json::to_vec(&body).expect("serializing plain fields cannot fail");
+    Ok(json(StatusCode::ACCEPTED, body))
+}
+
+/// `POST /v1/dlq/{id}/replay`: back into NOTIFY with a fresh attempt budget.
+#[utoipa::path(
+    post,
+    path = "/v1/dlq/{id}/replay",
+    tag = "dead letters",
+    params(("id" = uuid::Uuid, Path, description = "The dead notification's id")),
+    responses(
+        (status = 202, description = "Back in NOTIFY with a fresh attempt budget", body = Replayed),
+        (status = 404, description = "No such dead letter of this tenant", body = crate::error::Body),
+        (status = 422, description = "`id` is not a UUID", body = crate::error::Body),
+    )
+)]
+pub(super) async fn replay(
+    state: &State,
+    caller: &Caller,
+    id: &str,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(id)?;
+    ensure_ready(state)?;
+    let sequence = dlq::replay(&state.js, &state.names, &caller.tenant, &id)
+        .await
+        .map_err(dlq_error)?;
+    let body = Replayed {
+        id,
+        status: "replayed",
+        sequence,
+    };
+    let body = serde_json::to_vec(&body).expect("serializing plain fields cannot fail");
+    Ok(json(StatusCode::ACCEPTED, body))
+}
+
+/// `DELETE /v1/dlq/{id}`.
+#[utoipa::path(
+    delete,
+    path = "/v1/dlq/{id}",
+    tag = "dead letters",
+    params(("id" = uuid::Uuid, Path, description = "The dead notification's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such dead letter of this tenant", body = crate::error::Body),
+        (status = 422, description = "`id` is not a UUID", body = crate::error::Body),
+    )
+)]
+pub(super) async fn delete(
+    state: &State,
+    caller: &Caller,
+    id: &str,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(id)?;
+    ensure_ready(state)?;
+    dlq::delete(&state.js, &state.names, &caller.tenant, &id)
+        .await
+        .map_err(dlq_error)?;
+    let mut response = json(StatusCode::NO_CONTENT, Vec::new());
+    response.headers_mut().remove(CONTENT_TYPE);
+    Ok(response)
 }
 
 fn dlq_error(err: dlq::DlqError) -> ApiError {

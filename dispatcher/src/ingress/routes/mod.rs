@@ -6,6 +6,7 @@
 mod batch;
 mod dlq;
 mod notifications;
+pub mod openapi;
 mod query;
 mod status;
 
@@ -47,7 +48,8 @@ where
         return response;
     }
     let result = match (req.uri().path(), req.method()) {
-        (path, _) if Health::is_health_path(path) => {
+        (openapi::PATH, &Method::GET) => Ok(json(StatusCode::OK, openapi::document().to_vec())),
+        (path, _) if Health::is_health_path(path) || path == openapi::PATH => {
             Err(Rejection::from(ApiError::method_not_allowed("GET")))
         }
         (path, _) if path.starts_with("/v1/") => match authenticate(&state, &req).await {
@@ -72,6 +74,105 @@ where
     }
 }
 
+/// An operation of the /v1 API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    ListNotifications,
+    SendNotification,
+    SendBatch,
+    GetNotification,
+    ListAttempts,
+    ListDeadLetters,
+    ReplayDeadLetters,
+    ReplayDeadLetter,
+    DeleteDeadLetter,
+}
+
+/// Every /v1 route, `{id}` standing for one path segment. The router resolves requests
+/// from this table alone, and the API contract (`/openapi.json`) names exactly these
+/// routes (tested), so neither can have a route the other lacks.
+pub const ROUTES: [(Method, &str, Operation); 9] = [
+    (
+        Method::GET,
+        "/v1/notifications",
+        Operation::ListNotifications,
+    ),
+    (
+        Method::POST,
+        "/v1/notifications",
+        Operation::SendNotification,
+    ),
+    (
+        Method::POST,
+        "/v1/notifications/batch",
+        Operation::SendBatch,
+    ),
+    (
+        Method::GET,
+        "/v1/notifications/{id}",
+        Operation::GetNotification,
+    ),
+    (
+        Method::GET,
+        "/v1/notifications/{id}/attempts",
+        Operation::ListAttempts,
+    ),
+    (Method::GET, "/v1/dlq", Operation::ListDeadLetters),
+    (Method::POST, "/v1/dlq/replay", Operation::ReplayDeadLetters),
+    (
+        Method::POST,
+        "/v1/dlq/{id}/replay",
+        Operation::ReplayDeadLetter,
+    ),
+    (Method::DELETE, "/v1/dlq/{id}", Operation::DeleteDeadLetter),
+];
+
+/// The operation for `method` on `path`, with the `{id}` segment if its route has one:
+/// 404 when no route has the path, 405 (naming the methods it has) when none has the
+/// method. A route without `{id}` wins over one with it (`/v1/notifications/batch` is
+/// not a notification id).
+pub fn resolve<'p>(
+    method: &Method,
+    path: &'p str,
+) -> Result<(Operation, Option<&'p str>), ApiError> {
+    let matching = |literal: bool| {
+        ROUTES.iter().filter_map(move |(m, template, op)| {
+            let id = path_match(template, path)?;
+            (id.is_none() == literal).then_some((m, *op, id))
+        })
+    };
+    let mut candidates: Vec<_> = matching(true).collect();
+    if candidates.is_empty() {
+        candidates = matching(false).collect();
+    }
+    if let Some((_, op, id)) = candidates.iter().find(|(m, _, _)| *m == method) {
+        return Ok((*op, *id));
+    }
+    if candidates.is_empty() {
+        return Err(ApiError::not_found());
+    }
+    let allow: Vec<&str> = candidates.iter().map(|(m, _, _)| m.as_str()).collect();
+    Err(ApiError::method_not_allowed(allow.join(", ")))
+}
+
+/// `Some(id)` or `Some(None)` when `path` fits `template`, `None` when it does not.
+fn path_match<'p>(template: &str, path: &'p str) -> Option<Option<&'p str>> {
+    let mut id = None;
+    let mut segments = path.split('/');
+    for expected in template.split('/') {
+        let segment = segments.next()?;
+        if expected == "{id}" {
+            if segment.is_empty() {
+                return None;
+            }
+            id = Some(segment);
+        } else if expected != segment {
+            return None;
+        }
+    }
+    segments.next().is_none().then_some(id)
+}
+
 /// The /v1 routes, for an authenticated caller.
 async fn v1<B>(state: &State, caller: &Caller, req: Request<B>) -> Result<HttpResponse, Rejection>
 where
@@ -79,30 +180,18 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let query = req.uri().query().unwrap_or("");
-    match (req.uri().path(), req.method()) {
-        ("/v1/notifications", &Method::POST) => notifications::single(state, caller, req).await,
-        ("/v1/notifications", &Method::GET) => {
-            Ok(status::list_notifications(state, caller, query).await?)
-        }
-        ("/v1/notifications", _) => Err(ApiError::method_not_allowed("GET, POST").into()),
-        ("/v1/notifications/batch", &Method::POST) => batch::batch(state, caller, req).await,
-        ("/v1/notifications/batch", _) => Err(ApiError::method_not_allowed("POST").into()),
-        (p, &Method::GET) if p.starts_with("/v1/notifications/") => {
-            let rest = &p["/v1/notifications/".len()..];
-            match rest.strip_suffix("/attempts") {
-                Some(id) => Ok(status::list_attempts(state, caller, id).await?),
-                None => Ok(status::get_notification(state, caller, rest).await?),
-            }
-        }
-        (p, _) if p.starts_with("/v1/notifications/") => {
-            Err(ApiError::method_not_allowed("GET").into())
-        }
-        (p, method) if p == "/v1/dlq" || p.starts_with("/v1/dlq/") => {
-            dlq::dlq_route(state, caller, p, method, query)
-                .await
-                .map_err(Rejection::from)
-        }
-        _ => Err(ApiError::not_found().into()),
+    let (operation, id) = resolve(req.method(), req.uri().path())?;
+    let id = id.unwrap_or_default();
+    match operation {
+        Operation::SendNotification => notifications::single(state, caller, req).await,
+        Operation::SendBatch => batch::batch(state, caller, req).await,
+        Operation::ListNotifications => Ok(status::list_notifications(state, caller, query).await?),
+        Operation::GetNotification => Ok(status::get_notification(state, caller, id).await?),
+        Operation::ListAttempts => Ok(status::list_attempts(state, caller, id).await?),
+        Operation::ListDeadLetters => Ok(dlq::list(state, caller, query).await?),
+        Operation::ReplayDeadLetters => Ok(dlq::replay_matching(state, caller, query).await?),
+        Operation::ReplayDeadLetter => Ok(dlq::replay(state, caller, id).await?),
+        Operation::DeleteDeadLetter => Ok(dlq::delete(state, caller, id).await?),
     }
 }
 
@@ -362,8 +451,12 @@ fn error_response(err: &ApiError) -> HttpResponse {
     if let Some(seconds) = err.retry_after {
         headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
     }
-    if let Some(allow) = err.allow {
-        headers.insert(ALLOW, HeaderValue::from_static(allow));
+    if let Some(allow) = err
+        .allow
+        .as_deref()
+        .and_then(|a| HeaderValue::from_str(a).ok())
+    {
+        headers.insert(ALLOW, allow);
     }
     for (name, value) in &err.headers {
         if let Ok(value) = HeaderValue::from_str(value) {
@@ -392,5 +485,40 @@ mod tests {
             assert!(!is_json(Some(&HeaderValue::from_static(ct))), "{ct}");
         }
         assert!(!is_json(None));
+    }
+
+    #[test]
+    fn requests_resolve_to_their_route_or_to_404_and_405() {
+        let id = "019ac0e1-0000-7000-8000-000000000000";
+        fn ok(method: Method, path: &str) -> Result<(Operation, Option<&str>), StatusCode> {
+            resolve(&method, path).map_err(|e| e.status)
+        }
+        assert_eq!(
+            ok(Method::GET, &format!("/v1/notifications/{id}/attempts")),
+            Ok((Operation::ListAttempts, Some(id)))
+        );
+        assert_eq!(
+            ok(Method::POST, "/v1/notifications/batch"),
+            Ok((Operation::SendBatch, None))
+        );
+        assert_eq!(
+            ok(Method::DELETE, &format!("/v1/dlq/{id}")),
+            Ok((Operation::DeleteDeadLetter, Some(id)))
+        );
+        // A literal route wins over `{id}`: GET on the batch route is a 405, not a lookup.
+        let wrong = resolve(&Method::GET, "/v1/notifications/batch").unwrap_err();
+        assert_eq!(wrong.allow.as_deref(), Some("POST"));
+        let wrong = resolve(&Method::PUT, "/v1/notifications").unwrap_err();
+        assert_eq!(wrong.allow.as_deref(), Some("GET, POST"));
+        let wrong = resolve(&Method::DELETE, "/v1/dlq/replay").unwrap_err();
+        assert_eq!(wrong.allow.as_deref(), Some("POST"));
+        for path in [
+            "/v1/notifications/",
+            "/v1/notifications/a/b",
+            "/v1/dlq//replay",
+            "/v1/nothing",
+        ] {
+            assert_eq!(ok(Method::GET, path), Err(StatusCode::NOT_FOUND), "{path}");
+        }
     }
 }

@@ -2,13 +2,43 @@
 
 use super::*;
 
-#[derive(Serialize)]
-struct Accepted {
+/// The answer to an accepted notification (the API contract's `Accepted`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Accepted {
     id: Uuid,
+    /// Always `accepted`: stored in JetStream, to be delivered.
+    #[schema(value_type = String, example = "accepted")]
     status: &'static str,
     priority: Priority,
 }
 
+/// Send one notification. Answered 202 only once JetStream has stored it: an accepted
+/// notification is never lost.
+#[utoipa::path(
+    post,
+    path = "/v1/notifications",
+    tag = "notifications",
+    request_body = crate::model::NotificationRequest,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII bytes; a repeat with the same body gets the first id back (200), with another body 422"),
+        ("Herald-Priority" = Option<crate::model::Priority>, Header, description = "The body's priority, repeated: lets an overloaded server refuse the request before reading it"),
+    ),
+    responses(
+        (status = 202, description = "Stored in JetStream; it will be delivered", body = Accepted, headers(
+            ("RateLimit-Limit" = u32, description = "The tenant's bucket size (sent when the tenant has a rate limit)"),
+            ("RateLimit-Remaining" = u32, description = "Tokens left"),
+            ("RateLimit-Reset" = u32, description = "Seconds until the bucket is full again"),
+        )),
+        (status = 200, description = "An idempotent repeat: the first notification's id", body = Accepted, headers(
+            ("Idempotent-Replayed" = String, description = "`true`"),
+        )),
+        (status = 409, description = "A request with the same Idempotency-Key is still in progress", body = crate::error::Body),
+        (status = 422, description = "A field is invalid (named in `error.field`), or the Idempotency-Key was used with another body", body = crate::error::Body),
+        (status = 429, description = "`rate_limited`: the tenant's bucket is empty; `overloaded`: the door sheds this priority now (low first); `queue_full`", body = crate::error::Body, headers(
+            ("Retry-After" = u32, description = "Seconds to wait before trying again"),
+        )),
+    )
+)]
 pub(super) async fn single<B>(
     state: &State,
     caller: &Caller,

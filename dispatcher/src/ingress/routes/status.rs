@@ -3,10 +3,21 @@
 
 use super::query::ListParams;
 use super::*;
-use crate::status::{self, ListQuery};
+use crate::status::{self, ListQuery, NotificationStatus};
 
 /// `GET /v1/notifications/{id}`: the Redis cache first, then PostgreSQL. Another tenant's
 /// id is a 404, exactly like an unknown one.
+#[utoipa::path(
+    get,
+    path = "/v1/notifications/{id}",
+    tag = "notifications",
+    params(("id" = uuid::Uuid, Path, description = "The notification's id")),
+    responses(
+        (status = 200, description = "The notification as recorded (trails ingest by the recorder's lag)", body = NotificationStatus),
+        (status = 404, description = "No such notification of this tenant (yet)", body = crate::error::Body),
+        (status = 422, description = "`id` is not a UUID", body = crate::error::Body),
+    )
+)]
 pub(super) async fn get_notification(
     state: &State,
     caller: &Caller,
@@ -35,6 +46,17 @@ pub(super) async fn get_notification(
 
 /// `GET /v1/notifications/{id}/attempts`: every recorded attempt, oldest first, from
 /// PostgreSQL. Another tenant's id, or one not recorded yet, is a 404.
+#[utoipa::path(
+    get,
+    path = "/v1/notifications/{id}/attempts",
+    tag = "notifications",
+    params(("id" = uuid::Uuid, Path, description = "The notification's id")),
+    responses(
+        (status = 200, description = "Every recorded attempt, oldest first", body = status::AttemptList),
+        (status = 404, description = "No such notification of this tenant (yet)", body = crate::error::Body),
+        (status = 422, description = "`id` is not a UUID", body = crate::error::Body),
+    )
+)]
 pub(super) async fn list_attempts(
     state: &State,
     caller: &Caller,
@@ -45,12 +67,30 @@ pub(super) async fn list_attempts(
         .await
         .map_err(|e| ApiError::unavailable(format!("status store (PostgreSQL): {e}")))?
         .ok_or_else(|| ApiError::no_such("notification"))?;
-    let body = serde_json::json!({ "id": id, "attempts": attempts });
-    Ok(json(StatusCode::OK, body.to_string().into_bytes()))
+    let body = serde_json::to_vec(&status::AttemptList { id, attempts })
+        .expect("serializing plain fields cannot fail");
+    Ok(json(StatusCode::OK, body))
 }
 
 /// `GET /v1/notifications?status=&priority=&channel=&since=&limit=&cursor=`: newest first,
 /// keyset-paginated (`cursor` = the previous page's `next_cursor`).
+#[utoipa::path(
+    get,
+    path = "/v1/notifications",
+    tag = "notifications",
+    params(
+        ("status" = Option<status::Outcome>, Query, description = "Only notifications in this state"),
+        ("priority" = Option<crate::model::Priority>, Query),
+        ("channel" = Option<crate::model::Channel>, Query),
+        ("since" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "Accepted at or after this time (RFC 3339)"),
+        ("cursor" = Option<uuid::Uuid>, Query, description = "The previous page's `next_cursor`"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "A page, newest first", body = status::NotificationPage),
+        (status = 422, description = "A query parameter is invalid (named in `error.field`)", body = crate::error::Body),
+    )
+)]
 pub(super) async fn list_notifications(
     state: &State,
     caller: &Caller,
@@ -77,9 +117,10 @@ pub(super) async fn list_notifications(
         cursor,
         limit: p.limit,
     };
-    let (items, next) = status::list(state.tenants.pool(), caller.tenant, &q)
+    let (items, next_cursor) = status::list(state.tenants.pool(), caller.tenant, &q)
         .await
         .map_err(|e| ApiError::unavailable(format!("status store (PostgreSQL): {e}")))?;
-    let body = serde_json::json!({ "items": items, "next_cursor": next });
-    Ok(json(StatusCode::OK, body.to_string().into_bytes()))
+    let body = serde_json::to_vec(&status::NotificationPage { items, next_cursor })
+        .expect("serializing plain fields cannot fail");
+    Ok(json(StatusCode::OK, body))
 }
