@@ -718,6 +718,62 @@ async fn a_tenant_payload_limit_applies_to_that_tenant_only() {
 
 /// PostgreSQL and MongoDB cut off while notifications arrive: nothing is recorded, nothing
 /// is lost; once they are back, the recorder catches up by itself.
+/// A payload the store refuses (FerretDB takes no nested arrays; MongoDB does) does not
+/// stall recording: its document is kept with the payload as JSON text, and the
+/// notifications after it are recorded as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_the_store_refuses_does_not_stall_recording() {
+    let server = TestServer::start().await;
+    let prefix = server.prefix.clone();
+    let store = test_store(&prefix);
+    let pool = migrated_pool(&store).await;
+    let recorder = start_recorder(&server.nats_url, &prefix, &store).await;
+    let nested = r#"{"priority":"low","channel":"webhook","recipient":"http://127.0.0.1:9/x","payload":{"grid":[[1,2],[3,[4]]],"ok":true},"metadata":{"m":[[0]]}}"#;
+    let refused = server.post("/v1/notifications", nested).await;
+    assert_eq!(refused.status, 202, "{:?}", refused.body);
+    let refused = refused.body["id"].as_str().unwrap().to_string();
+    let mut later = Vec::new();
+    for i in 0..5 {
+        let r = server
+            .post(
+                "/v1/notifications",
+                webhook_to("http://127.0.0.1:9/x", "low", i),
+            )
+            .await;
+        later.push(r.body["id"].as_str().unwrap().to_string());
+    }
+    let docs = eventually(Duration::from_secs(20), || async {
+        let docs = mongo_docs(&prefix).await;
+        (docs.len() == 6).then_some(docs)
+    })
+    .await
+    .expect("every notification recorded in MongoDB");
+    assert!(later.iter().all(|id| docs.contains_key(id)));
+    let d = &docs[&refused];
+    match d.get("payload") {
+        // A server that takes nested arrays (MongoDB) stores the payload as it is.
+        Some(payload) => assert_eq!(
+            payload
+                .as_document()
+                .unwrap()
+                .get_array("grid")
+                .unwrap()
+                .len(),
+            2
+        ),
+        // FerretDB refuses it: the payload is kept as the JSON that was sent.
+        None => {
+            let text = d.get_str("payload_json").unwrap();
+            let value: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(value["grid"][1][1][0], 4);
+            assert_eq!(d.get_str("metadata_json").unwrap(), r#"{"m":[[0]]}"#);
+        }
+    }
+    recorder.shutdown().await;
+    pool.close().await;
+    server.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_recorder_catches_up_after_a_store_outage() {
     let pg_proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;

@@ -7,6 +7,11 @@
 //! are MongoDB's cheapest bulk write, documents do not grow, and FerretDB's update path
 //! (which stalls under concurrent bulk upserts, see docs/architecture.md) is never taken.
 //! Retention: TTL indexes on `messages.accepted_at` and `deliveries.at`.
+//!
+//! A document the server refuses for good (a per-document write error that is not a
+//! duplicate and not transient) must not stall its consumer: a message is written again
+//! with its payload and metadata as JSON text (`payload_json`, `metadata_json`), which any
+//! server takes, and what is refused even so is logged and left out.
 
 use std::time::Duration;
 
@@ -23,6 +28,12 @@ pub const COLLECTION: &str = "messages";
 /// The delivery log: one document per outcome event.
 pub const DELIVERIES: &str = "deliveries";
 const DUPLICATE_KEY: i32 = 11000;
+
+/// Per-document write errors worth trying again (a failover, a shutdown, a timeout);
+/// every other one refuses that document for good.
+const TRANSIENT_WRITE_ERRORS: [i32; 15] = [
+    6, 7, 50, 64, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13388, 13435, 13436,
+];
 
 pub struct MongoSink {
     database: mongodb::Database,
@@ -85,9 +96,11 @@ impl MongoSink {
     }
 
     /// `insert_many`, unordered; documents whose `_id` exists already count as written.
-    async fn insert(&self, collection: &str, docs: Vec<Document>) -> Result<(), String> {
+    /// `Ok` holds the positions in `docs` of documents refused for good; an error means
+    /// the write may succeed if tried again.
+    async fn insert(&self, collection: &str, docs: Vec<Document>) -> Result<Vec<usize>, String> {
         if docs.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let result = self
             .database
@@ -96,7 +109,7 @@ impl MongoSink {
             .ordered(false)
             .await;
         match result {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(Vec::new()),
             Err(err) => match *err.kind {
                 mongodb::error::ErrorKind::InsertMany(ref failure)
                     if failure.write_concern_error.is_none()
@@ -104,9 +117,16 @@ impl MongoSink {
                             .write_errors
                             .iter()
                             .flatten()
-                            .all(|e| e.code == DUPLICATE_KEY) =>
+                            .all(|e| !TRANSIENT_WRITE_ERRORS.contains(&e.code)) =>
                 {
-                    Ok(())
+                    let refused = failure.write_errors.iter().flatten();
+                    Ok(refused
+                        .filter(|e| e.code != DUPLICATE_KEY)
+                        .map(|e| {
+                            tracing::warn!(collection, code = e.code, error = %e.message, "document refused by the server");
+                            e.index
+                        })
+                        .collect())
                 }
                 _ => Err(err.to_string()),
             },
@@ -115,15 +135,35 @@ impl MongoSink {
 
     async fn notifications(&self, batch: &[Message]) -> Result<(), String> {
         let mut docs = Vec::with_capacity(batch.len());
+        let mut written = Vec::with_capacity(batch.len());
         for (n, seq) in super::notifications(batch) {
-            match document(&n, seq) {
-                Ok(d) => docs.push(d),
+            match document(&n, seq, Form::Structured) {
+                Ok(d) => {
+                    docs.push(d);
+                    written.push((n, seq));
+                }
                 Err(err) => {
                     tracing::error!(seq, error = %err, "notification not convertible to BSON; not recorded in MongoDB")
                 }
             }
         }
-        self.insert(COLLECTION, docs).await
+        let refused = self.insert(COLLECTION, docs).await?;
+        if refused.is_empty() {
+            return Ok(());
+        }
+        let as_text = refused
+            .iter()
+            .filter_map(|&i| written.get(i))
+            .filter_map(|(n, seq)| document(n, *seq, Form::Text).ok())
+            .collect();
+        let still = self.insert(COLLECTION, as_text).await?;
+        if !still.is_empty() {
+            tracing::error!(
+                documents = still.len(),
+                "notifications refused by MongoDB even with their payload as text; not recorded there"
+            );
+        }
+        Ok(())
     }
 
     async fn events(&self, batch: &[Message]) -> Result<(), String> {
@@ -159,26 +199,50 @@ impl MongoSink {
             }
             entries.push(entry);
         }
-        self.insert(DELIVERIES, entries).await
+        let refused = self.insert(DELIVERIES, entries).await?;
+        if !refused.is_empty() {
+            tracing::error!(
+                documents = refused.len(),
+                "delivery log entries refused by MongoDB; not recorded there"
+            );
+        }
+        Ok(())
     }
 }
 
+/// How a notification's payload and metadata go into its document.
+#[derive(Clone, Copy)]
+enum Form {
+    /// As sub-documents, queryable.
+    Structured,
+    /// As JSON text (`payload_json`, `metadata_json`), for a server that refused them.
+    Text,
+}
+
 /// The document of one notification (`seq`: its NOTIFY stream sequence).
-fn document(n: &WireNotification<'_>, seq: u64) -> Result<Document, String> {
-    let payload: Document = serde_json::from_str(n.payload.get()).map_err(|e| e.to_string())?;
+fn document(n: &WireNotification<'_>, seq: u64, form: Form) -> Result<Document, String> {
     let mut d = doc! {
         "_id": n.id.to_string(),
         "tenant": n.tenant.to_string(),
         "priority": n.priority.as_str(),
         "channel": n.channel.as_str(),
         "recipient": n.recipient.as_ref(),
-        "payload": payload,
         "accepted_at": bson::DateTime::from_chrono(n.accepted_at),
         "stream_seq": seq as i64,
     };
-    if let Some(metadata) = &n.metadata {
-        let metadata: Document = serde_json::from_str(metadata.get()).map_err(|e| e.to_string())?;
-        d.insert("metadata", metadata);
+    let fields = [("payload", Some(n.payload)), ("metadata", n.metadata)];
+    for (name, json) in fields {
+        let Some(json) = json else { continue };
+        match form {
+            Form::Structured => {
+                let value: Document =
+                    serde_json::from_str(json.get()).map_err(|e| e.to_string())?;
+                d.insert(name, value);
+            }
+            Form::Text => {
+                d.insert(format!("{name}_json"), json.get());
+            }
+        }
     }
     if let Some(key) = &n.idempotency_key {
         d.insert("idempotency_key", key.as_ref());
