@@ -235,11 +235,25 @@ pub async fn replay(
         .map_err(js_err)?
         .await
         .map_err(js_err)?;
-    stream
-        .delete_message(message.sequence)
-        .await
-        .map_err(js_err)?;
+    // Gone already: a concurrent replay (whose publish the message id made this one) or
+    // delete removed it after we found it. The notification is back in NOTIFY either way.
+    remove(&stream, message.sequence).await?;
     Ok(ack.sequence)
+}
+
+/// Deletes the DLQ message at `sequence`: `Ok(false)` when it was gone already.
+async fn remove(stream: &Stream, sequence: u64) -> Result<bool, DlqError> {
+    match stream.delete_message(sequence).await {
+        Ok(_) => Ok(true),
+        Err(e) => match e.kind() {
+            jetstream::stream::DeleteMessageErrorKind::JetStream(err)
+                if err.error_code() == jetstream::ErrorCode::SEQUENCE_NOT_FOUND =>
+            {
+                Ok(false)
+            }
+            _ => Err(js_err(e)),
+        },
+    }
 }
 
 /// Removes a dead letter for good.
@@ -250,9 +264,8 @@ pub async fn delete(
     id: &Uuid,
 ) -> Result<(), DlqError> {
     let (stream, message) = find(js, names, tenant, id).await?;
-    stream
-        .delete_message(message.sequence)
-        .await
-        .map_err(js_err)?;
-    Ok(())
+    match remove(&stream, message.sequence).await? {
+        true => Ok(()),
+        false => Err(DlqError::NotFound),
+    }
 }

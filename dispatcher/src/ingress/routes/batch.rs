@@ -10,6 +10,17 @@ pub(super) struct BatchResponse {
     results: Vec<BatchItem>,
 }
 
+/// A batch with no item accepted: every item's own result (the response's status is the
+/// most severe of theirs), or an `Error` when the request as a whole was refused. Only
+/// the contract uses this type.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub(super) enum BatchRefused {
+    Items(BatchResponse),
+    Request(crate::error::Body<'static>),
+}
+
 /// One item's result: its status as a single request would have had it.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct BatchItem {
@@ -40,6 +51,7 @@ enum Slot {
 /// the item statuses, with the same per-item body.
 #[utoipa::path(
     post,
+    operation_id = "send_batch",
     path = "/v1/notifications/batch",
     tag = "notifications",
     request_body(content = Vec<crate::model::NotificationRequest>, description = "Up to `--max-batch` notifications"),
@@ -52,8 +64,13 @@ enum Slot {
             ("RateLimit-Remaining" = u32, description = "Tokens left"),
             ("RateLimit-Reset" = u32, description = "Seconds until the bucket is full again"),
         )),
-        (status = 422, description = "No item was accepted; each item's error is in `results`, or the body is not an array", body = BatchResponse),
-        (status = 429, description = "`rate_limited`: the tenant's bucket is empty; `overloaded`: the door sheds this priority now (low first); `queue_full`", body = crate::error::Body, headers(
+        (status = 400, description = "The body is not JSON, or no item was accepted and the most severe item status is 400", body = BatchRefused),
+        (status = 409, description = "No item was accepted and the most severe item status is 409", body = BatchRefused),
+        (status = 422, description = "No item was accepted (each item's error is in `results`), or the request as a whole is invalid", body = BatchRefused),
+        (status = 503, description = "No item was accepted and the most severe item status is 503, or the server cannot take the batch now", body = BatchRefused, headers(
+            ("Retry-After" = u32, description = "Seconds to wait before trying again"),
+        )),
+        (status = 429, description = "`rate_limited`: the tenant's bucket is empty; `overloaded`: the door sheds this priority now (low first); `queue_full`", body = BatchRefused, headers(
             ("Retry-After" = u32, description = "Seconds to wait before trying again"),
         )),
     )

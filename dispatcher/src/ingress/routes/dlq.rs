@@ -51,6 +51,7 @@ async fn page(state: &State, caller: &Caller, query: &str) -> Result<dlq::Page, 
 /// `GET /v1/dlq?priority=&channel=&cursor=&limit=`: oldest first.
 #[utoipa::path(
     get,
+    operation_id = "list_dead_letters",
     path = "/v1/dlq",
     tag = "dead letters",
     params(
@@ -77,6 +78,7 @@ pub(super) async fn list(
 /// `POST /v1/dlq/replay?priority=&channel=&cursor=&limit=`: replays one page of matches.
 #[utoipa::path(
     post,
+    operation_id = "replay_dead_letters",
     path = "/v1/dlq/replay",
     tag = "dead letters",
     params(
@@ -121,6 +123,7 @@ pub(super) async fn replay_matching(
 /// `POST /v1/dlq/{id}/replay`: back into NOTIFY with a fresh attempt budget.
 #[utoipa::path(
     post,
+    operation_id = "replay_dead_letter",
     path = "/v1/dlq/{id}/replay",
     tag = "dead letters",
     params(("id" = uuid::Uuid, Path, description = "The dead notification's id")),
@@ -152,6 +155,7 @@ pub(super) async fn replay(
 /// `DELETE /v1/dlq/{id}`.
 #[utoipa::path(
     delete,
+    operation_id = "delete_dead_letter",
     path = "/v1/dlq/{id}",
     tag = "dead letters",
     params(("id" = uuid::Uuid, Path, description = "The dead notification's id")),

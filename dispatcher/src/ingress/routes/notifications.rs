@@ -16,6 +16,7 @@ pub(super) struct Accepted {
 /// notification is never lost.
 #[utoipa::path(
     post,
+    operation_id = "send_notification",
     path = "/v1/notifications",
     tag = "notifications",
     request_body = crate::model::NotificationRequest,

@@ -6,6 +6,7 @@
 use std::sync::OnceLock;
 
 use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::link::LinkBuilder;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Object, Ref, RefOr, ResponseBuilder, Type};
 use utoipa::{Modify, OpenApi};
@@ -79,6 +80,7 @@ impl Modify for Contract {
             "api_key",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+        link_operations(openapi);
         for (path, item) in openapi.paths.paths.iter_mut() {
             if !path.starts_with("/v1/") {
                 continue;
@@ -111,6 +113,49 @@ impl Modify for Contract {
                         .or_insert_with(|| RefOr::T(error_response(status, description)));
                 }
             }
+        }
+    }
+}
+
+/// Where a response leads (OpenAPI links, which stateful testing follows): a sent
+/// notification to reading it back and its attempts, a page of dead letters to replaying
+/// and deleting its first.
+fn link_operations(openapi: &mut utoipa::openapi::OpenApi) {
+    let links: [(&str, &str, &str, &str, &[&str]); 2] = [
+        (
+            "/v1/notifications",
+            "202",
+            "$response.body#/id",
+            "post",
+            &["get_notification", "list_attempts"],
+        ),
+        (
+            "/v1/dlq",
+            "200",
+            "$response.body#/items/0/id",
+            "get",
+            &["replay_dead_letter", "delete_dead_letter"],
+        ),
+    ];
+    for (path, status, id, method, targets) in links {
+        let Some(item) = openapi.paths.paths.get_mut(path) else {
+            continue;
+        };
+        let operation = match method {
+            "post" => item.post.as_mut(),
+            _ => item.get.as_mut(),
+        };
+        let Some(RefOr::T(response)) =
+            operation.and_then(|o| o.responses.responses.get_mut(status))
+        else {
+            continue;
+        };
+        for target in targets {
+            let link = LinkBuilder::new()
+                .operation_id(*target)
+                .parameter("id", id)
+                .build();
+            response.links.insert(target.to_string(), RefOr::T(link));
         }
     }
 }
@@ -224,6 +269,33 @@ mod tests {
                 }
             }
         }
+        let operation_ids: BTreeSet<&str> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .map(|operation| operation["operationId"].as_str().unwrap())
+            .collect();
+        let mut links = 0;
+        for item in doc["paths"].as_object().unwrap().values() {
+            for operation in item.as_object().unwrap().values() {
+                for response in operation["responses"].as_object().unwrap().values() {
+                    for link in response["links"]
+                        .as_object()
+                        .into_iter()
+                        .flat_map(|l| l.values())
+                    {
+                        let target = link["operationId"].as_str().unwrap();
+                        assert!(operation_ids.contains(target), "link to {target}");
+                        links += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            links, 4,
+            "send → read back, attempts; dead letters → replay, delete"
+        );
         let text = String::from_utf8(document().to_vec()).unwrap();
         for reference in text.split("\"#/components/schemas/").skip(1) {
             let name = &reference[..reference.find('"').unwrap()];

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The API contract against a live `dispatcher run` (auth on, recorder, delivery): schemathesis
+# generates requests from /openapi.json, valid and invalid, follows the contract's links
+# (send → read back → attempts; dead letters → replay), and fails on any 5xx and any
+# response whose status, content type, headers or body the contract does not allow.
+# Knobs: PROFILE (debug: the build the tests made), MAX_EXAMPLES (60), SEED. One worker:
+# with several, CPython 3.11's ast.parse (which hypothesis calls) can fail in a race.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PROFILE=${PROFILE:-debug}
+MAX_EXAMPLES=${MAX_EXAMPLES:-60}
+TOOLS=${HERALD_TOOLS:-/opt/herald-tools}
+VENV=$TOOLS/venv-schemathesis
+# Pinned, hypothesis too, so a new release cannot turn CI red on its own.
+REQUIREMENTS=(schemathesis==4.32.5 hypothesis==6.170.17)
+. scripts/lib/herald.sh
+prepare_roles
+if [ "$(cat "$VENV/requirements" 2>/dev/null)" != "${REQUIREMENTS[*]}" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "${REQUIREMENTS[@]}"
+  echo "${REQUIREMENTS[*]}" >"$VENV/requirements"
+fi
+trap stop_roles EXIT
+new_prefix contract
+key=$(tenant_key "$prefix" contract)
+port=$(free_port)
+# Loopback webhooks are allowed, so generated notifications can be delivered or die here.
+role contract "http://127.0.0.1:$port/readyz" run --listen "127.0.0.1:$port" --prefix "$prefix" \
+  --pg-schema "$prefix" --mongo-db "$prefix" --webhook-allow-nets 127.0.0.0/8
+# A few dead letters to start from, so the contract's links from the DLQ page (replay,
+# delete) have ids to follow: a receiver that answers 410 Gone kills on the first attempt.
+gone_port=$(free_port)
+python3 -c '
+import http.server, sys
+class Gone(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(410)
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Gone).serve_forever()
+' "$gone_port" &
+pids+=($!)
+for n in 1 2 3 4 5; do
+  curl -sf -o /dev/null "http://127.0.0.1:$port/v1/notifications" -H "Authorization: Bearer $key" \
+    -H 'content-type: application/json' \
+    -d "{\"priority\":\"high\",\"channel\":\"webhook\",\"recipient\":\"http://127.0.0.1:$gone_port/hook\",\"payload\":{\"n\":$n}}"
+done
+for _ in $(seq 1 50); do
+  dead=$(curl -sf "http://127.0.0.1:$port/v1/dlq" -H "Authorization: Bearer $key" | jq '.items | length')
+  [ "$dead" -ge 5 ] && break
+  sleep 0.2
+done
+echo "api-contract: $dead dead letters to start from" >&2
+seed=()
+[ -z "${SEED:-}" ] || seed=(--seed "$SEED")
+"$VENV/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" \
+  -H "Authorization: Bearer $key" \
+  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
+  --max-examples "$MAX_EXAMPLES" --no-color "${seed[@]}" || {
+  failed=1
+  echo "api-contract: schemathesis found responses the contract does not allow; dispatcher log:" >&2
+  tail -20 "$work/contract.log" >&2
+  exit 1
+}
