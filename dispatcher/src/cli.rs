@@ -584,6 +584,9 @@ pub struct DeliveryArgs {
     /// Timeout of one SMS or push provider request.
     #[arg(long, env = "HERALD_PROVIDER_TIMEOUT", default_value_t = human(delivery().provider_timeout))]
     provider_timeout: Human,
+    /// How often the DLQ stream's size is read for the herald_dlq_messages gauge.
+    #[arg(long, env = "HERALD_DLQ_SIZE_INTERVAL", default_value_t = human(delivery().dlq_size_interval))]
+    dlq_size_interval: Human,
 }
 
 impl From<DeliveryArgs> for DeliveryConfig {
@@ -596,6 +599,7 @@ impl From<DeliveryArgs> for DeliveryConfig {
             event_batch: a.event_batch,
             event_linger: a.event_linger.into(),
             ack_wait: a.ack_wait.into(),
+            dlq_size_interval: a.dlq_size_interval.into(),
             retry_high: a.retry_high,
             retry_medium: a.retry_medium,
             retry_low: a.retry_low,

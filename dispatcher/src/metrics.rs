@@ -25,6 +25,7 @@ pub struct Metrics {
     end_to_end: [Histogram; 3],
     dead_letters: [IntCounter; 3],
     consumer_lag: [IntGauge; 3],
+    dlq_messages: IntGauge,
     recorded: IntCounterVec,
     record_batch: HistogramVec,
     record_failures: IntCounterVec,
@@ -178,6 +179,11 @@ impl Metrics {
             &["priority"],
         )
         .expect("valid metric");
+        let dlq_messages = IntGauge::new(
+            "herald_dlq_messages",
+            "Dead letters waiting in the DLQ stream, every tenant's (as of the last look, --dlq-size-interval)",
+        )
+        .expect("valid metric");
         let recorded = IntCounterVec::new(
             Opts::new(
                 "herald_recorded_total",
@@ -274,6 +280,7 @@ impl Metrics {
             Box::new(end_to_end.clone()),
             Box::new(dead_letters.clone()),
             Box::new(consumer_lag.clone()),
+            Box::new(dlq_messages.clone()),
         ];
         let recorder: Collectors = vec![
             Box::new(recorded.clone()),
@@ -307,6 +314,7 @@ impl Metrics {
             end_to_end: per_priority(|p| end_to_end.with_label_values(&[p.as_str()])),
             dead_letters: per_priority(|p| dead_letters.with_label_values(&[p.as_str()])),
             consumer_lag: per_priority(|p| consumer_lag.with_label_values(&[p.as_str()])),
+            dlq_messages,
             attempts,
             rejected,
             recorded,
@@ -364,6 +372,11 @@ impl Metrics {
 
     pub fn consumer_lag(&self, priority: Priority, pending: u64) {
         self.consumer_lag[priority.index()].set(pending as i64);
+    }
+
+    pub fn dlq_messages(&self, messages: u64) {
+        self.dlq_messages
+            .set(i64::try_from(messages).unwrap_or(i64::MAX));
     }
 
     pub fn recorded(&self, store: &str, source: &str, messages: usize, took: std::time::Duration) {

@@ -77,6 +77,13 @@ async fn a_400_goes_to_the_dlq_at_once_and_replay_delivers_it() {
     }
     let dead = &items[0];
     assert_eq!(dead["id"], id.as_str());
+    // The DLQ's size is a gauge for dashboards and alerts.
+    let gauge = eventually(Duration::from_secs(5), || async {
+        let text = String::from_utf8(stack.delivery_metrics.render(|_| 0)).unwrap();
+        text.contains("herald_dlq_messages 1\n").then_some(())
+    })
+    .await;
+    assert!(gauge.is_some(), "herald_dlq_messages shows the dead letter");
     assert_eq!(dead["status"], 400);
     assert_eq!(dead["attempts"], 1);
     assert_eq!(dead["priority"], "low");
@@ -102,6 +109,12 @@ async fn a_400_goes_to_the_dlq_at_once_and_replay_delivers_it() {
     assert!(after.body["items"].as_array().unwrap().is_empty());
     let again = stack.server.post(&format!("/v1/dlq/{id}/replay"), "").await;
     assert_eq!(again.status, 404);
+    let emptied = eventually(Duration::from_secs(5), || async {
+        let text = String::from_utf8(stack.delivery_metrics.render(|_| 0)).unwrap();
+        text.contains("herald_dlq_messages 0\n").then_some(())
+    })
+    .await;
+    assert!(emptied.is_some(), "herald_dlq_messages follows the replay");
     let kinds = stack.wait_event_kinds(2).await;
     assert_eq!(kinds, vec!["dead", "delivered"]);
     stack.finish().await;

@@ -441,6 +441,7 @@ async fn a_tenant_sees_only_its_own_notifications_and_dead_letters() {
         server,
         delivery: None,
         delivery_config: common::test_delivery_config(),
+        delivery_metrics: Default::default(),
         recorder: None,
     };
     stack.start_delivery().await;

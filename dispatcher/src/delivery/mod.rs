@@ -185,6 +185,13 @@ impl Delivery {
                 stop.clone(),
             ));
         }
+        tasks.spawn(watch_dlq(
+            js.clone(),
+            names.clone(),
+            config.dlq_size_interval,
+            shared.metrics.clone(),
+            stop.clone(),
+        ));
         for channel in Channel::ALL {
             let workers = config.channel_concurrency.0[channel.index()];
             for _ in 0..workers {
@@ -424,6 +431,29 @@ async fn deliver(shared: &Shared, job: Job) {
     }
 }
 
+/// Keeps `herald_dlq_messages` at the DLQ stream's size (for dashboards and alerts; the
+/// API lists dead letters per tenant), looking every `interval` until `stop`.
+async fn watch_dlq(
+    js: jetstream::Context,
+    names: Names,
+    interval: Duration,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let mut every = tokio::time::interval(interval.max(Duration::from_millis(100)));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match js.get_stream(&names.dlq_stream).await {
+            Ok(stream) => metrics.dlq_messages(stream.cached_info().state.messages),
+            Err(err) => tracing::debug!(error = %err, "DLQ size not read"),
+        }
+    }
+}
+
 /// Dead-letters a notification, then terminates the original. If the DLQ cannot take it,
 /// the original comes back later instead of being lost. `took`: how long the last send
 /// took, if there was one.
@@ -572,6 +602,8 @@ pub struct DeliveryConfig {
     pub event_linger: Duration,
     /// JetStream redelivers a message not acknowledged in this time.
     pub ack_wait: Duration,
+    /// How often `herald_dlq_messages` is brought up to date.
+    pub dlq_size_interval: Duration,
     pub retry_high: RetryPolicy,
     pub retry_medium: RetryPolicy,
     pub retry_low: RetryPolicy,
@@ -609,6 +641,7 @@ impl Default for DeliveryConfig {
             event_batch: 256,
             event_linger: Duration::from_millis(10),
             ack_wait: Duration::from_secs(30),
+            dlq_size_interval: Duration::from_secs(15),
             retry_high: policy(200, 30, 8),
             retry_medium: policy(1000, 300, 8),
             retry_low: policy(5000, 1800, 6),

@@ -634,6 +634,8 @@ pub struct Stack {
     pub server: TestServer,
     pub delivery: Option<herald::delivery::Delivery>,
     pub delivery_config: herald::config::DeliveryConfig,
+    /// What delivery records into.
+    pub delivery_metrics: std::sync::Arc<herald::metrics::Metrics>,
     pub recorder: Option<herald::recorder::Recorder>,
 }
 
@@ -696,6 +698,7 @@ pub fn test_delivery_config() -> herald::config::DeliveryConfig {
         retry_low: quick,
         webhook_timeout: Duration::from_secs(5),
         ack_wait: Duration::from_secs(5),
+        dlq_size_interval: Duration::from_millis(200),
         ..Default::default()
     }
 }
@@ -709,6 +712,7 @@ impl Stack {
             server,
             delivery: None,
             delivery_config,
+            delivery_metrics: Default::default(),
             recorder: None,
         };
         stack.start_delivery().await;
@@ -728,7 +732,7 @@ impl Stack {
             &self.delivery_config,
             &destinations,
             &test_store(&self.server.prefix).pg,
-            std::sync::Arc::new(herald::metrics::Metrics::new()),
+            self.delivery_metrics.clone(),
             herald::admission::Yielding::default(),
             &tokio_util::sync::CancellationToken::new(),
         )
