@@ -2,7 +2,8 @@
 # The API contract against a live `dispatcher run` (auth on, recorder, delivery): schemathesis
 # generates requests from /openapi.json, valid and invalid, follows the contract's links
 # (send → read back → attempts; dead letters → replay), and fails on any 5xx and any
-# response whose status, content type, headers or body the contract does not allow.
+# response whose status, content type, headers or body the contract does not allow. Then
+# checks that the Grafana dashboard (deploy/grafana) queries only metrics the stack exports.
 # Knobs: PROFILE (debug: the build the tests made), MAX_EXAMPLES (60), SEED. One worker:
 # with several, CPython 3.11's ast.parse (which hypothesis calls) can fail in a race.
 set -euo pipefail
@@ -65,3 +66,21 @@ seed=()
   tail -20 "$work/contract.log" >&2
   exit 1
 }
+# The dashboard (deploy/grafana) queries only metrics this stack exports: after the run
+# above every family has samples (accepted, refused, delivered, dead, recorded).
+curl -sf "http://127.0.0.1:$port/metrics" >"$work/metrics.txt"
+python3 - deploy/grafana/dashboards/herald.json "$work/metrics.txt" <<'PY2'
+import json, re, sys
+dashboard = json.load(open(sys.argv[1]))
+exported = set(re.findall(r"^# TYPE (\S+)", open(sys.argv[2]).read(), re.M))
+queried = {
+    re.sub(r"_(bucket|sum|count)$", "", name)
+    for panel in dashboard["panels"]
+    for target in panel["targets"]
+    for name in re.findall(r"\bherald_[a-z_]+", target["expr"])
+}
+missing = sorted(queried - exported)
+if missing:
+    sys.exit(f"api-contract: the dashboard queries metrics the dispatcher does not export: {missing}")
+print(f"api-contract: the dashboard's {len(queried)} metrics are all exported", file=sys.stderr)
+PY2
