@@ -233,13 +233,12 @@ where
     } else {
         worst
     };
-    let body = serde_json::to_vec(&BatchResponse {
+    let body = BatchResponse {
         accepted,
         rejected: results.len() - accepted,
         results,
-    })
-    .expect("serializing plain fields cannot fail");
-    let mut response = with_headers(json(status, body), limit_headers);
+    };
+    let mut response = with_headers(json_of(status, &body), limit_headers);
     if matches!(
         status,
         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE

@@ -5,6 +5,21 @@ use super::query::ListParams;
 use super::*;
 use crate::dlq;
 
+/// Which dead letters a list or a bulk replay takes, as the contract describes the query
+/// (`ListParams` parses it).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(super) struct DeadLetterFilter {
+    priority: Option<crate::model::Priority>,
+    channel: Option<crate::model::Channel>,
+    /// The previous page's `next_cursor`.
+    cursor: Option<u64>,
+    /// Page size (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+}
+
 /// The answer of `POST /v1/dlq/replay`.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct BulkReplay {
@@ -54,12 +69,7 @@ async fn page(state: &State, caller: &Caller, query: &str) -> Result<dlq::Page, 
     operation_id = "list_dead_letters",
     path = "/v1/dlq",
     tag = "dead letters",
-    params(
-        ("priority" = Option<crate::model::Priority>, Query),
-        ("channel" = Option<crate::model::Channel>, Query),
-        ("cursor" = Option<u64>, Query, description = "The previous page's `next_cursor`"),
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"),
-    ),
+    params(DeadLetterFilter),
     responses(
         (status = 200, description = "A page of the tenant's dead letters, oldest first", body = dlq::Page),
         (status = 422, description = "A query parameter is invalid (named in `error.field`)", body = crate::error::Body),
@@ -71,8 +81,7 @@ pub(super) async fn list(
     query: &str,
 ) -> Result<HttpResponse, ApiError> {
     let page = page(state, caller, query).await?;
-    let body = serde_json::to_vec(&page).expect("serializing plain fields cannot fail");
-    Ok(json(StatusCode::OK, body))
+    Ok(json_of(StatusCode::OK, &page))
 }
 
 /// `POST /v1/dlq/replay?priority=&channel=&cursor=&limit=`: replays one page of matches.
@@ -81,12 +90,7 @@ pub(super) async fn list(
     operation_id = "replay_dead_letters",
     path = "/v1/dlq/replay",
     tag = "dead letters",
-    params(
-        ("priority" = Option<crate::model::Priority>, Query),
-        ("channel" = Option<crate::model::Channel>, Query),
-        ("cursor" = Option<u64>, Query, description = "The previous page's `next_cursor`"),
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"),
-    ),
+    params(DeadLetterFilter),
     responses(
         (status = 202, description = "One page of matching dead letters replayed: back in NOTIFY with a fresh attempt budget", body = BulkReplay),
         (status = 422, description = "A query parameter is invalid (named in `error.field`)", body = crate::error::Body),
@@ -116,8 +120,7 @@ pub(super) async fn replay_matching(
         failed,
         next_cursor: page.next_cursor,
     };
-    let body = serde_json::to_vec(&body).expect("serializing plain fields cannot fail");
-    Ok(json(StatusCode::ACCEPTED, body))
+    Ok(json_of(StatusCode::ACCEPTED, &body))
 }
 
 /// `POST /v1/dlq/{id}/replay`: back into NOTIFY with a fresh attempt budget.
@@ -148,8 +151,7 @@ pub(super) async fn replay(
         status: "replayed",
         sequence,
     };
-    let body = serde_json::to_vec(&body).expect("serializing plain fields cannot fail");
-    Ok(json(StatusCode::ACCEPTED, body))
+    Ok(json_of(StatusCode::ACCEPTED, &body))
 }
 
 /// `DELETE /v1/dlq/{id}`.

@@ -445,6 +445,14 @@ fn is_json(content_type: Option<&HeaderValue>) -> bool {
             || sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case("+json"))
 }
 
+/// A JSON response with `body`, one of the contract's types.
+fn json_of(status: StatusCode, body: &impl Serialize) -> HttpResponse {
+    json(
+        status,
+        serde_json::to_vec(body).expect("the contract's types serialize"),
+    )
+}
+
 fn error_response(err: &ApiError) -> HttpResponse {
     let mut response = json(err.status, err.body());
     let headers = response.headers_mut();

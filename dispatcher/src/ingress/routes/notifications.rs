@@ -154,11 +154,10 @@ where
 }
 
 fn accepted_response(status: StatusCode, id: Uuid, priority: Priority) -> HttpResponse {
-    let body = serde_json::to_vec(&Accepted {
+    let body = Accepted {
         id,
         status: "accepted",
         priority,
-    })
-    .expect("serializing plain fields cannot fail");
-    json(status, body)
+    };
+    json_of(status, &body)
 }

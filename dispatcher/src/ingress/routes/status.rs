@@ -33,13 +33,10 @@ pub(super) async fn get_notification(
         Some(s) => Some(s),
         None => status::get(state.tenants.pool(), caller.tenant, id)
             .await
-            .map_err(|e| ApiError::unavailable(format!("status store (PostgreSQL): {e}")))?,
+            .map_err(status_store_down)?,
     };
     match found {
-        Some(s) => Ok(json(
-            StatusCode::OK,
-            serde_json::to_vec(&s).expect("serializing plain fields cannot fail"),
-        )),
+        Some(s) => Ok(json_of(StatusCode::OK, &s)),
         None => Err(ApiError::no_such("notification")),
     }
 }
@@ -65,11 +62,12 @@ pub(super) async fn list_attempts(
     let id = parse_id(id)?;
     let attempts = status::attempts(state.tenants.pool(), caller.tenant, id)
         .await
-        .map_err(|e| ApiError::unavailable(format!("status store (PostgreSQL): {e}")))?
+        .map_err(status_store_down)?
         .ok_or_else(|| ApiError::no_such("notification"))?;
-    let body = serde_json::to_vec(&status::AttemptList { id, attempts })
-        .expect("serializing plain fields cannot fail");
-    Ok(json(StatusCode::OK, body))
+    Ok(json_of(
+        StatusCode::OK,
+        &status::AttemptList { id, attempts },
+    ))
 }
 
 /// `GET /v1/notifications?status=&priority=&channel=&since=&limit=&cursor=`: newest first,
@@ -119,8 +117,11 @@ pub(super) async fn list_notifications(
     };
     let (items, next_cursor) = status::list(state.tenants.pool(), caller.tenant, &q)
         .await
-        .map_err(|e| ApiError::unavailable(format!("status store (PostgreSQL): {e}")))?;
-    let body = serde_json::to_vec(&status::NotificationPage { items, next_cursor })
-        .expect("serializing plain fields cannot fail");
-    Ok(json(StatusCode::OK, body))
+        .map_err(status_store_down)?;
+    let page = status::NotificationPage { items, next_cursor };
+    Ok(json_of(StatusCode::OK, &page))
+}
+
+fn status_store_down(err: sqlx::Error) -> ApiError {
+    ApiError::unavailable(format!("status store (PostgreSQL): {err}"))
 }
