@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::jetstream::{Names, HEADER_CHANNEL, HEADER_PRIORITY};
 use crate::model::{Channel, Priority};
+use crate::trace::{self, TraceParent};
 
 pub const HEADER_ERROR: &str = "Herald-Error";
 pub const HEADER_STATUS: &str = "Herald-Status";
@@ -48,6 +49,8 @@ pub struct Death<'a> {
     /// Stream sequence of the original, so a repeated dead-lettering of the same message
     /// is dropped by JetStream's duplicate window.
     pub source_sequence: u64,
+    /// The last attempt's `traceparent`; a replay continues the trace from it.
+    pub trace: Option<TraceParent>,
 }
 
 /// Writes a dead letter and waits for JetStream to store it.
@@ -73,6 +76,9 @@ pub async fn dead_letter(
     }
     headers.insert(HEADER_ATTEMPTS, death.attempts.to_string().as_str());
     headers.insert(HEADER_DEAD_AT, Utc::now().to_rfc3339().as_str());
+    if let Some(parent) = death.trace {
+        headers.insert(trace::HEADER, parent.to_header().as_str());
+    }
     let message = PublishMessage::build()
         .payload(document)
         .headers(headers)
@@ -225,6 +231,9 @@ pub async fn replay(
     headers.insert(HEADER_PRIORITY, priority.as_str());
     headers.insert(HEADER_CHANNEL, channel.as_str());
     headers.insert("Herald-Replay-Of", message.sequence.to_string().as_str());
+    let parent = message.headers.get(trace::HEADER).map(|v| v.as_str());
+    let replayed = TraceParent::continue_from(parent);
+    headers.insert(trace::HEADER, replayed.to_header().as_str());
     let publish = PublishMessage::build()
         .payload(message.payload.clone())
         .headers(headers)

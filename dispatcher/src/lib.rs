@@ -34,6 +34,8 @@
 //!   by one rule, [`batch`] (items, bytes, or a linger from the first item).
 //! - At the ingress, from Redis ([`redis_store`]): [`idempotency`] and [`ratelimit`];
 //!   from PostgreSQL: [`tenants`] and API keys.
+//! - [`trace`]: the W3C `traceparent` a request brings (or one started at the door), carried
+//!   in the NOTIFY message's headers to every delivery attempt and on to the webhook.
 //! - `fuzzing`: the properties the cargo-fuzz targets check (dispatcher/fuzz).
 
 pub mod admission;
@@ -61,3 +63,4 @@ pub mod redis_store;
 pub mod scheduler;
 pub mod status;
 pub mod tenants;
+pub mod trace;

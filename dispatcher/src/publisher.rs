@@ -23,6 +23,7 @@ use crate::jetstream::{Names, HEADER_CHANNEL, HEADER_PRIORITY};
 use crate::metrics::Metrics;
 use crate::model::{Channel, Priority};
 use crate::scheduler::Scheduler;
+use crate::trace::{self, TraceParent};
 
 /// JetStream's answer for one message: its stream sequence, or why it is not stored.
 pub type PublishOutcome = Result<u64, String>;
@@ -35,6 +36,8 @@ pub struct Envelope {
     /// The encoded wire document.
     pub body: Bytes,
     pub scheduled_at: Instant,
+    /// Travels as the message's `traceparent` header.
+    pub trace: TraceParent,
     pub reply: oneshot::Sender<PublishOutcome>,
 }
 
@@ -161,11 +164,13 @@ async fn send_batch(
             channel,
             body,
             scheduled_at,
+            trace: trace_parent,
             reply,
         } = envelope;
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_PRIORITY, priority.as_str());
         headers.insert(HEADER_CHANNEL, channel.as_str());
+        headers.insert(trace::HEADER, trace_parent.to_header().as_str());
         let mut id_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let message = PublishMessage::build()
             .payload(body)

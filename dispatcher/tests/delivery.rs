@@ -120,6 +120,65 @@ async fn a_400_goes_to_the_dlq_at_once_and_replay_delivers_it() {
     stack.finish().await;
 }
 
+/// The trace of the request that sent a notification reaches its receiver: every attempt
+/// is a child span of the same trace (a retry included), and a replay from the DLQ
+/// continues it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_trace_reaches_the_webhook_on_every_attempt() {
+    use herald::trace::TraceParent;
+    let receiver = Receiver::start(|n| (if n == 0 { 503 } else { 200 }, Duration::ZERO)).await;
+    let stack = Stack::start(|_| {}).await;
+    let sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = stack
+        .server
+        .http
+        .request_with(
+            "POST",
+            &stack.server.url("/v1/notifications"),
+            Some("application/json"),
+            &[("traceparent", sent)],
+            webhook_to(&receiver.url(), "high", 1).into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let got = receiver.wait_for(2, Duration::from_secs(10)).await;
+    let caller = TraceParent::parse(sent).unwrap();
+    let attempts: Vec<TraceParent> = got
+        .iter()
+        .map(|req| TraceParent::parse(&req.header("traceparent")).expect("a valid traceparent"))
+        .collect();
+    for attempt in &attempts {
+        assert_eq!(attempt.trace_id, caller.trace_id, "one trace");
+        assert_eq!(
+            attempt.flags, caller.flags,
+            "the caller's sampling decision"
+        );
+        assert_ne!(attempt.span_id, caller.span_id, "a span of its own");
+    }
+    assert_ne!(attempts[0].span_id, attempts[1].span_id);
+    // Without a traceparent the door starts a trace; the stream holds it as a header.
+    let receiver = Receiver::start(|_| (400, Duration::ZERO)).await;
+    let id = stack.accept(webhook_to(&receiver.url(), "low", 2)).await;
+    let first = receiver.wait_for(1, Duration::from_secs(10)).await;
+    let started = TraceParent::parse(&first[0].header("traceparent")).unwrap();
+    assert_ne!(started.trace_id, caller.trace_id);
+    assert_eq!(started.flags, 0, "a trace Herald starts is not sampled");
+    let replay = eventually(Duration::from_secs(5), || async {
+        let r = stack.server.post(&format!("/v1/dlq/{id}/replay"), "").await;
+        (r.status == 202).then_some(r)
+    })
+    .await;
+    assert!(replay.is_some(), "the dead letter is replayed");
+    let again = receiver.wait_for(2, Duration::from_secs(10)).await;
+    let replayed = TraceParent::parse(&again[1].header("traceparent")).unwrap();
+    assert_eq!(
+        replayed.trace_id, started.trace_id,
+        "the replay continues the trace"
+    );
+    stack.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn always_503_is_dead_lettered_after_max_attempts_and_can_be_deleted() {
     let receiver = Receiver::start(|_| (503, Duration::ZERO)).await;
@@ -463,6 +522,7 @@ async fn webhooks_to_internal_addresses_are_refused_unless_allow_listed() {
             notification: &notification,
             raw: &raw,
             number: 1,
+            trace: herald::trace::TraceParent::root(),
         };
         sender.send(&attempt).await
     };

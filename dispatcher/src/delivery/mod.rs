@@ -32,6 +32,7 @@ use crate::jetstream::{Names, Pull, HEADER_CHANNEL};
 use crate::metrics::Metrics;
 use crate::model::{Channel, Priority, WireNotification};
 use crate::scheduler::{PerClass, Scheduler, SchedulerConfig};
+use crate::trace::{self, TraceParent};
 use retry::RetryPolicy;
 use senders::{Attempt, SendOutcome, Sender};
 
@@ -353,6 +354,8 @@ async fn deliver(shared: &Shared, job: Job) {
         notification: &notification,
         raw: &message.payload,
         number: attempt,
+        // A message published before traces were carried starts one per attempt.
+        trace: TraceParent::continue_from(trace_header(&message)),
     };
     let outcome = with_progress(
         shared.senders.0[channel.index()].send(&attempt_info),
@@ -454,6 +457,12 @@ async fn watch_dlq(
     }
 }
 
+/// The `traceparent` the notification was published with, if any.
+fn trace_header(message: &Message) -> Option<&str> {
+    let headers = message.headers.as_ref()?;
+    headers.get(trace::HEADER).map(|v| v.as_str())
+}
+
 /// Dead-letters a notification, then terminates the original. If the DLQ cannot take it,
 /// the original comes back later instead of being lost. `took`: how long the last send
 /// took, if there was one.
@@ -475,6 +484,7 @@ async fn bury(
         status: outcome.status(),
         attempts: attempt,
         source_sequence: sequence,
+        trace: trace_header(message).and_then(TraceParent::parse),
     };
     match dlq::dead_letter(&shared.js, &shared.names, &death, message.payload.clone()).await {
         Ok(()) => {

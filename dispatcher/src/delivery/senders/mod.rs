@@ -83,6 +83,9 @@ pub struct Attempt<'a> {
     pub raw: &'a [u8],
     /// 1 for the first attempt.
     pub number: u32,
+    /// This attempt's place in the notification's trace: HTTP senders pass it on as
+    /// `traceparent`.
+    pub trace: crate::trace::TraceParent,
 }
 
 pub type SendFuture<'a> = Pin<Box<dyn Future<Output = SendOutcome> + Send + 'a>>;

@@ -109,6 +109,7 @@ impl Sender for PushSender {
             let body = serde_json::to_vec(&message).expect("serializing strings cannot fail");
             let request = http::Request::post(self.url.as_str())
                 .header(http::header::AUTHORIZATION, self.authorization.as_str())
+                .header(crate::trace::HEADER, attempt.trace.to_header())
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(Full::new(Bytes::from(body)));
             match request {

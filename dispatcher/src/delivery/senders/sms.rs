@@ -71,6 +71,7 @@ impl Sender for SmsSender {
                 .finish();
             let request = http::Request::post(self.url.as_str())
                 .header(http::header::AUTHORIZATION, self.authorization.as_str())
+                .header(crate::trace::HEADER, attempt.trace.to_header())
                 .header(
                     http::header::CONTENT_TYPE,
                     "application/x-www-form-urlencoded",

@@ -1,6 +1,7 @@
 //! Webhook: an HTTP POST of the notification's wire document to the recipient URL.
 //!
-//! Headers: `Herald-Id`, `Herald-Attempt`, `Herald-Timestamp` (Unix seconds) and
+//! Headers: `traceparent` (W3C; the trace of the request that sent the notification),
+//! `Herald-Id`, `Herald-Attempt`, `Herald-Timestamp` (Unix seconds) and
 //! `Herald-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`, where the secret
 //! is the sending tenant's (`dispatcher tenant create` prints it), or `--webhook-secret`
 //! for notifications accepted without authentication. A receiver
@@ -93,6 +94,7 @@ impl Sender for WebhookSender {
                 .header("Herald-Attempt", attempt.number.to_string())
                 .header("Herald-Priority", attempt.notification.priority.as_str())
                 .header("Herald-Timestamp", timestamp.to_string())
+                .header(crate::trace::HEADER, attempt.trace.to_header())
                 .header(
                     "Herald-Signature",
                     signature(&secret, timestamp, attempt.raw),

@@ -57,6 +57,7 @@ enum Slot {
     request_body(content = Vec<crate::model::NotificationRequest>, description = "Up to `--max-batch` notifications"),
     params(
         ("Herald-Priority" = Option<crate::model::Priority>, Header, description = "Every item's priority: lets an overloaded server refuse the batch before reading it"),
+        ("traceparent" = Option<String>, Header, description = "W3C Trace Context: each item is a span of it, continued to its deliveries"),
     ),
     responses(
         (status = 202, description = "At least one item was accepted; each item has its own status", body = BatchResponse, headers(
@@ -84,6 +85,8 @@ where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // Every item is its own span of the request's trace.
+    let trace = trace_of(&req);
     // A batch that declares one priority for all its items can be shed unread.
     if let Some(refusal) = priority_header(&req)?.and_then(|p| shed(state, p)) {
         return Err(refusal);
@@ -161,7 +164,7 @@ where
             )),
             (Ok(v), _) => match shed(state, v.priority) {
                 Some(Rejection(priority, e)) => Slot::Failed(reject(state, priority, e)),
-                None => match schedule(state, caller, &v, now, id) {
+                None => match schedule(state, caller, &v, now, id, trace.child()) {
                     Ok(rx) => Slot::Waiting(id, v.priority, rx),
                     Err(e) => Slot::Failed(reject(state, Some(v.priority), e)),
                 },

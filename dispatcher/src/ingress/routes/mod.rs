@@ -35,6 +35,7 @@ use crate::model::{
 use crate::publisher::{Envelope, PublishOutcome};
 use crate::ratelimit::{self, Limit};
 use crate::tenants;
+use crate::trace::{self, TraceParent};
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
@@ -353,6 +354,15 @@ fn idempotency_header<B>(req: &Request<B>) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// The request's place in a trace: a child of its `traceparent`, or a new trace.
+fn trace_of<B>(req: &Request<B>) -> TraceParent {
+    TraceParent::continue_from(
+        req.headers()
+            .get(trace::HEADER)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
 /// Gives the notification an id, encodes it and queues it; the receiver yields
 /// JetStream's answer.
 fn schedule(
@@ -361,6 +371,7 @@ fn schedule(
     validated: &Validated<'_>,
     now: chrono::DateTime<Utc>,
     id: Uuid,
+    trace: TraceParent,
 ) -> Result<oneshot::Receiver<PublishOutcome>, ApiError> {
     let (reply, waiting) = oneshot::channel();
     let envelope = Envelope {
@@ -369,6 +380,7 @@ fn schedule(
         channel: validated.channel,
         body: validated.encode(id, caller.tenant, now),
         scheduled_at: Instant::now(),
+        trace,
         reply,
     };
     match state.scheduler.try_push(validated.priority, envelope) {

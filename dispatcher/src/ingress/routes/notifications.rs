@@ -23,6 +23,7 @@ pub(super) struct Accepted {
     params(
         ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII bytes; a repeat with the same body gets the first id back (200), with another body 422"),
         ("Herald-Priority" = Option<crate::model::Priority>, Header, description = "The body's priority, repeated: lets an overloaded server refuse the request before reading it"),
+        ("traceparent" = Option<String>, Header, description = "W3C Trace Context: every delivery attempt's webhook carries a child of it (an invalid one is ignored)"),
     ),
     responses(
         (status = 202, description = "Stored in JetStream; it will be delivered", body = Accepted, headers(
@@ -50,6 +51,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let header_key = idempotency_header(&req)?;
+    let trace = trace_of(&req);
     // Shed before the body costs a read and a parse, when the client says its priority.
     let hinted = priority_header(&req)?;
     if let Some(refusal) = hinted.and_then(|p| shed(state, p)) {
@@ -126,7 +128,7 @@ where
         }
         None => None,
     };
-    let outcome = match schedule(state, caller, &validated, now, id) {
+    let outcome = match schedule(state, caller, &validated, now, id, trace) {
         Ok(waiting) => Ok(waiting.await),
         Err(e) => Err(e),
     };
