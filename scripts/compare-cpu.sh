@@ -3,7 +3,9 @@
 # cores: `serve --auth off` at a fixed open-loop rate (so both batch alike), ROUNDS
 # alternating rounds of 20 s after a 3 s warm-up, CPU of the dispatcher and nats-server
 # from /proc. For "did this change make the ingress slower" (an old build: a git worktree
-# built with `cargo build --release`).
+# built with `cargo build --release`). ROLE=run compares the whole pipeline instead:
+# `dispatcher run` with auth and the recorder, loadgen with its sink (the CPU then
+# includes delivery and recording until the sink has every notification).
 # Usage: scripts/compare-cpu.sh BEFORE_BIN AFTER_BIN [RATE (8000)] [ROUNDS (3)]
 # Writes results/<date>-<rev>/compare-cpu.md and a row in results/README.md; BEFORE and
 # AFTER (environment) name the builds in the report.
@@ -12,6 +14,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib/herald.sh
 export HERALD_WEBHOOK_ALLOW_NETS=127.0.0.0/8,::1
 before=$1 after=$2 rate=${3:-8000} rounds=${4:-3}
+ROLE=${ROLE:-serve}
 bash scripts/services.sh >/dev/null
 cargo build --release --locked -p loadgen --bin loadgen 2>&1 | tail -1
 nats_pid=$(pgrep -f "nats-server -a 127.0.0.1 -p 4222" | head -1)
@@ -20,19 +23,29 @@ trap 'rm -rf "$work"' EXIT
 
 # one BIN: prints "dispatcher_us nats_us accepted"
 one() {
-  local bin=$1 port prefix pid d0 n0 d1 n1
+  local port prefix pid d0 n0 d1 n1 key=""
+  bin=$1
   port=$(free_port)
   prefix="cmp$(date +%s%N | tail -c 8)_"
-  "$bin" --log warn serve --listen "127.0.0.1:$port" --prefix "$prefix" --auth off &
+  local role=(serve --listen "127.0.0.1:$port" --prefix "$prefix" --auth off)
+  local load=()
+  if [ "$ROLE" = run ]; then
+    key=$(tenant_key "$prefix" cmp)
+    role=(run --listen "127.0.0.1:$port" --prefix "$prefix" --pg-schema "$prefix" --mongo-db "$prefix")
+    load=(--api-key "$key" --sink 127.0.0.1:0 --drain-timeout 60s)
+  fi
+  "$bin" --log warn "${role[@]}" >>"$work/dispatcher.log" 2>&1 &
   pid=$!
   wait_ready "http://127.0.0.1:$port/readyz" 10 "$pid" || { echo "$bin not ready" >&2; exit 1; }
-  target/release/loadgen --target "http://127.0.0.1:$port" --rate 2000 -d 3s -c 64 >/dev/null 2>&1
+  target/release/loadgen --target "http://127.0.0.1:$port" --rate 2000 -d 3s -c 64 "${load[@]}" >/dev/null 2>&1
   d0=$(cpu_seconds "$pid"); n0=$(cpu_seconds "$nats_pid")
-  target/release/loadgen --target "http://127.0.0.1:$port" --rate "$rate" -d 20s -c 64 \
+  target/release/loadgen --target "http://127.0.0.1:$port" --rate "$rate" -d 20s -c 64 "${load[@]}" \
     --out "$work/run" >/dev/null 2>&1
   d1=$(cpu_seconds "$pid"); n1=$(cpu_seconds "$nats_pid")
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  target/release/dispatcher --log warn purge --prefix "$prefix" --keep-schema >/dev/null || true
+  local store=(--keep-schema)
+  [ "$ROLE" = run ] && store=(--pg-schema "$prefix" --mongo-db "$prefix")
+  "$bin" --log warn purge --prefix "$prefix" "${store[@]}" >/dev/null || true
   jq -r --arg d "$(awk -v a="$d0" -v b="$d1" 'BEGIN { print b - a }')" \
     --arg n "$(awk -v a="$n0" -v b="$n1" 'BEGIN { print b - a }')" \
     '.total | "\(($d | tonumber) * 1e6 / .requests | . * 10 | round / 10) \(($n | tonumber) * 1e6 / .requests | . * 10 | round / 10) \(.notifications_accepted)/\(.requests)"' \
@@ -44,7 +57,12 @@ out=$(results_dir)
   echo "# CPU per request, two builds, $(date -u +%Y-%m-%d)"
   echo
   echo "Machine: $(machine). Before: ${BEFORE:-$before}. After: ${AFTER:-$after}."
-  echo "Command: \`scripts/compare-cpu.sh $before $after $rate $rounds\`: \`dispatcher serve --auth off\`,"
+  if [ "$ROLE" = run ]; then
+    echo "Command: \`ROLE=run scripts/compare-cpu.sh $before $after $rate $rounds\`: \`dispatcher run\` (auth on,"
+    echo "recorder into PostgreSQL, FerretDB and Redis), loadgen with its sink (CPU until the sink has every notification),"
+  else
+    echo "Command: \`scripts/compare-cpu.sh $before $after $rate $rounds\`: \`dispatcher serve --auth off\`,"
+  fi
   echo "loadgen open loop at $rate/s for 20 s (64 connections, default mix) after 3 s at 2000/s;"
   echo "CPU (user + system) of the dispatcher and nats-server from /proc over the 20 s."
   echo
@@ -58,4 +76,4 @@ out=$(results_dir)
     done
   done
 } | tee "$out/compare-cpu.md"
-results_row scripts/compare-cpu.sh "CPU per request at $rate/s, ${BEFORE:-before} vs ${AFTER:-after}" compare-cpu.md
+results_row scripts/compare-cpu.sh "CPU per request ($ROLE) at $rate/s, ${BEFORE:-before} vs ${AFTER:-after}" compare-cpu.md
