@@ -179,7 +179,7 @@ pub struct NotificationRequest<'a> {
     /// A webhook's `http(s)` URL, an email address, an E.164 phone number (`sms`) or a
     /// device token (`push`).
     #[serde(borrow, default)]
-    #[schema(value_type = String, required = true, max_length = 2048)]
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 2048)]
     pub recipient: Option<std::borrow::Cow<'a, str>>,
     /// What is delivered: a JSON object (for email `subject` and `text`, for SMS `text`,
     /// for push `title` and `body`).
@@ -188,7 +188,7 @@ pub struct NotificationRequest<'a> {
     pub payload: Option<&'a RawValue>,
     /// Same as the `Idempotency-Key` header.
     #[serde(borrow, default)]
-    #[schema(value_type = Option<String>, required = false, max_length = 255)]
+    #[schema(value_type = Option<String>, required = false, min_length = 1, max_length = 255)]
     pub idempotency_key: Option<std::borrow::Cow<'a, str>>,
     /// Deliver no earlier than this.
     #[serde(default)]
