@@ -94,7 +94,6 @@ pub async fn dead_letter(
     Ok(())
 }
 
-/// One dead letter as the API shows it.
 /// One dead letter as the API lists it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeadLetter {

@@ -136,24 +136,23 @@ pub fn resolve<'p>(
     method: &Method,
     path: &'p str,
 ) -> Result<(Operation, Option<&'p str>), ApiError> {
-    let matching = |literal: bool| {
-        ROUTES.iter().filter_map(move |(m, template, op)| {
-            let id = path_match(template, path)?;
-            (id.is_none() == literal).then_some((m, *op, id))
-        })
-    };
-    let mut candidates: Vec<_> = matching(true).collect();
-    if candidates.is_empty() {
-        candidates = matching(false).collect();
+    // Literal routes first; no allocation unless the answer is a 405.
+    for literal in [true, false] {
+        let fitting = || {
+            ROUTES.iter().filter_map(move |(m, template, op)| {
+                let id = path_match(template, path)?;
+                (id.is_none() == literal).then_some((m, *op, id))
+            })
+        };
+        if let Some((_, op, id)) = fitting().find(|(m, _, _)| *m == method) {
+            return Ok((op, id));
+        }
+        if fitting().next().is_some() {
+            let allow: Vec<&str> = fitting().map(|(m, _, _)| m.as_str()).collect();
+            return Err(ApiError::method_not_allowed(allow.join(", ")));
+        }
     }
-    if let Some((_, op, id)) = candidates.iter().find(|(m, _, _)| *m == method) {
-        return Ok((*op, *id));
-    }
-    if candidates.is_empty() {
-        return Err(ApiError::not_found());
-    }
-    let allow: Vec<&str> = candidates.iter().map(|(m, _, _)| m.as_str()).collect();
-    Err(ApiError::method_not_allowed(allow.join(", ")))
+    Err(ApiError::not_found())
 }
 
 /// `Some(id)` or `Some(None)` when `path` fits `template`, `None` when it does not.
