@@ -68,12 +68,8 @@ enum Slot {
         (status = 400, description = "The body is not JSON, or no item was accepted and the most severe item status is 400", body = BatchRefused),
         (status = 409, description = "No item was accepted and the most severe item status is 409", body = BatchRefused),
         (status = 422, description = "No item was accepted (each item's error is in `results`), or the request as a whole is invalid", body = BatchRefused),
-        (status = 503, description = "No item was accepted and the most severe item status is 503, or the server cannot take the batch now", body = BatchRefused, headers(
-            ("Retry-After" = u32, description = "Seconds to wait before trying again"),
-        )),
-        (status = 429, description = "`rate_limited`: the tenant's bucket is empty; `overloaded`: the door sheds this priority now (low first); `queue_full`", body = BatchRefused, headers(
-            ("Retry-After" = u32, description = "Seconds to wait before trying again"),
-        )),
+        (status = 503, description = "No item was accepted and the most severe item status is 503, or the server cannot take the batch now", body = BatchRefused),
+        (status = 429, description = "`rate_limited`: the tenant's bucket is empty; `overloaded`: the door sheds this priority now (low first); `queue_full`", body = BatchRefused),
     )
 )]
 pub(super) async fn batch<B>(

@@ -36,9 +36,7 @@ pub(super) struct Accepted {
         )),
         (status = 409, description = "A request with the same Idempotency-Key is still in progress", body = crate::error::Body),
         (status = 422, description = "A field is invalid (named in `error.field`), or the Idempotency-Key was used with another body", body = crate::error::Body),
-        (status = 429, description = "`rate_limited`: the tenant's bucket is empty; `overloaded`: the door sheds this priority now (low first); `queue_full`", body = crate::error::Body, headers(
-            ("Retry-After" = u32, description = "Seconds to wait before trying again"),
-        )),
+        (status = 429, description = "`rate_limited`: the tenant's bucket is empty; `overloaded`: the door sheds this priority now (low first); `queue_full`", body = crate::error::Body),
     )
 )]
 pub(super) async fn single<B>(

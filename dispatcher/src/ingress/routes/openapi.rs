@@ -105,12 +105,20 @@ impl Modify for Contract {
                         ("415", "Content-Type is not application/json"),
                     ]);
                 }
+                let responses = &mut operation.responses.responses;
                 for (status, description) in shared {
-                    operation
-                        .responses
-                        .responses
+                    responses
                         .entry(status.to_string())
-                        .or_insert_with(|| RefOr::T(error_response(status, description)));
+                        .or_insert_with(|| RefOr::T(error_response(description)));
+                }
+                // ApiError sets Retry-After on every 429 and 503, whichever route answers.
+                for status in ["429", "503"] {
+                    if let Some(RefOr::T(response)) = responses.get_mut(status) {
+                        response
+                            .headers
+                            .entry(String::from("Retry-After"))
+                            .or_insert_with(|| RefOr::T(retry_after()));
+                    }
                 }
             }
         }
@@ -160,18 +168,15 @@ fn link_operations(openapi: &mut utoipa::openapi::OpenApi) {
     }
 }
 
-/// A response with the `Error` body (and `Retry-After` where a retry may succeed).
-fn error_response(status: &str, description: &str) -> utoipa::openapi::Response {
+/// A response with the `Error` body.
+fn error_response(description: &str) -> utoipa::openapi::Response {
     let body = ContentBuilder::new()
         .schema(Some(Ref::from_schema_name("Error")))
         .build();
-    let mut response = ResponseBuilder::new()
+    ResponseBuilder::new()
         .description(description)
-        .content("application/json", body);
-    if status == "503" {
-        response = response.header("Retry-After", retry_after());
-    }
-    response.build()
+        .content("application/json", body)
+        .build()
 }
 
 /// The `Retry-After` header (seconds).
