@@ -31,18 +31,7 @@ role contract "http://127.0.0.1:$port/readyz" run --listen "127.0.0.1:$port" --p
 # A few dead letters to start from, so the contract's links from the DLQ page (replay,
 # delete) have ids to follow: a receiver that answers 410 Gone kills on the first attempt.
 gone_port=$(free_port)
-python3 -c '
-import http.server, sys
-class Gone(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        self.send_response(410)
-        self.send_header("content-length", "0")
-        self.end_headers()
-    def log_message(self, *args):
-        pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Gone).serve_forever()
-' "$gone_port" &
+python3 scripts/lib/receiver.py "$gone_port" 410 &
 pids+=($!)
 for n in 1 2 3 4 5; do
   curl -sf -o /dev/null "http://127.0.0.1:$port/v1/notifications" -H "Authorization: Bearer $key" \

@@ -152,20 +152,7 @@ shares() {
   key=$(tenant_key "$prefix" shares)
   hook=$(free_port)
   # A receiver that logs the priority of each delivery in arrival order.
-  python3 - "$hook" "$work/shares-order.txt" <<'PY' &
-import http.server, sys
-log = open(sys.argv[2], "a", buffering=1)
-class Hook(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        log.write(self.headers.get("Herald-Priority", "?") + "\n")
-        self.send_response(200)
-        self.send_header("content-length", "0")
-        self.end_headers()
-    def log_message(self, *args):
-        pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Hook).serve_forever()
-PY
+  python3 scripts/lib/receiver.py "$hook" 200 "$work/shares-order.txt" &
   pids+=($!)
   p=$(free_port)
   role shares-serve "http://127.0.0.1:$p/readyz" serve "${common[@]}" --listen "127.0.0.1:$p"
