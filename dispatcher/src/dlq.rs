@@ -152,42 +152,56 @@ pub struct Page {
     pub items: Vec<DeadLetter>,
     /// Where the next page starts, when there may be more.
     pub next_cursor: Option<u64>,
+    /// The last DLQ sequence this paging covers. Pass it back with `cursor`, so that
+    /// paging (a bulk replay above all) ends at the dead letters that existed when it
+    /// began instead of chasing replays that die again.
+    pub until: u64,
+}
+
+/// Which of a tenant's dead letters a page holds.
+pub struct Selection<'a> {
+    pub tenant: &'a Uuid,
+    pub priority: Option<Priority>,
+    pub channel: Option<Channel>,
+    /// The first DLQ sequence to look at.
+    pub cursor: u64,
+    /// The last; `None`: the stream's last as of this call.
+    pub until: Option<u64>,
+    pub limit: usize,
 }
 
 pub async fn list(
     js: &jetstream::Context,
     names: &Names,
-    tenant: &Uuid,
-    priority: Option<Priority>,
-    channel: Option<Channel>,
-    cursor: u64,
-    limit: usize,
+    selection: &Selection<'_>,
 ) -> Result<Page, DlqError> {
+    // get_stream asks for the stream's info, so its last sequence is as of now.
     let stream = js.get_stream(&names.dlq_stream).await.map_err(js_err)?;
-    let filter = names.dlq_filter(tenant, priority, channel);
+    let until = selection
+        .until
+        .unwrap_or(stream.cached_info().state.last_sequence);
+    let filter = names.dlq_filter(selection.tenant, selection.priority, selection.channel);
     let mut items = Vec::new();
-    let mut next = cursor.max(1);
-    while items.len() < limit {
+    let mut next = selection.cursor.max(1);
+    while items.len() < selection.limit && next <= until {
         match stream
             .direct_get_next_for_subject(filter.clone(), Some(next))
             .await
         {
-            Ok(message) => {
+            Ok(message) if message.sequence <= until => {
                 next = message.sequence + 1;
                 items.push(to_dead_letter(message));
             }
-            Err(e) if is_not_found(&e) => {
-                return Ok(Page {
-                    items,
-                    next_cursor: None,
-                })
-            }
+            Ok(_) => break,
+            Err(e) if is_not_found(&e) => break,
             Err(e) => return Err(js_err(e)),
         }
     }
+    let next_cursor = (items.len() == selection.limit && next <= until).then_some(next);
     Ok(Page {
         items,
-        next_cursor: Some(next),
+        next_cursor,
+        until,
     })
 }
 

@@ -204,22 +204,100 @@ async fn always_503_is_dead_lettered_after_max_attempts_and_can_be_deleted() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.received().len(), 3, "no attempt after the last");
 
-    let deleted = stack
-        .server
-        .http
-        .request(
-            "DELETE",
-            &stack.server.url(&format!("/v1/dlq/{id}")),
-            None,
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    let deleted = stack.server.delete(&format!("/v1/dlq/{id}")).await;
     assert_eq!(deleted.status, 204);
     assert!(stack.server.get("/v1/dlq").await.body["items"]
         .as_array()
         .unwrap()
         .is_empty());
+    stack.finish().await;
+}
+
+/// The bulk routes take one page of the dead letters matching a filter: a delete by
+/// priority removes those and only those, and a replay pages on with its cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_deleted_and_replayed_by_filter() {
+    let receiver = Receiver::start(|_| (410, Duration::ZERO)).await;
+    let stack = Stack::start(|_| {}).await;
+    let mut low = HashSet::new();
+    for n in 0..3 {
+        low.insert(stack.accept(webhook_to(&receiver.url(), "low", n)).await);
+        stack.accept(webhook_to(&receiver.url(), "high", n)).await;
+    }
+    let dead_ids = |page: &serde_json::Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let all_dead = eventually(Duration::from_secs(10), || async {
+        (dead_ids(&stack.server.get("/v1/dlq").await.body).len() == 6).then_some(())
+    })
+    .await;
+    assert!(all_dead.is_some(), "six dead letters");
+
+    let deleted = stack.server.delete("/v1/dlq?priority=low").await;
+    assert_eq!(deleted.status, 200, "{:?}", deleted.body);
+    assert_eq!(deleted.body["deleted"], 3);
+    assert_eq!(deleted.body["failed"], 0);
+    assert!(
+        deleted.body["next_cursor"].is_null(),
+        "one page held them all"
+    );
+    let left = dead_ids(&stack.server.get("/v1/dlq").await.body);
+    assert_eq!(left.len(), 3);
+    assert!(
+        left.iter().all(|id| !low.contains(id)),
+        "only the low ones went"
+    );
+
+    let first = stack
+        .server
+        .post("/v1/dlq/replay?priority=high&limit=2", "")
+        .await;
+    assert_eq!(first.status, 202, "{:?}", first.body);
+    assert_eq!(first.body["replayed"], 2);
+    let cursor = first.body["next_cursor"].as_u64().expect("a next page");
+    let until = first.body["until"].as_u64().unwrap();
+    // The first two die again at once (410) with newer sequences; `until` keeps the
+    // paging to the three that were there when it began.
+    let redead = eventually(Duration::from_secs(10), || async {
+        let page = stack.server.get(&format!("/v1/dlq?cursor={until}")).await;
+        (dead_ids(&page.body).len() >= 2).then_some(())
+    })
+    .await;
+    assert!(redead.is_some(), "the first page's replays died again");
+    let rest = stack
+        .server
+        .post(
+            &format!("/v1/dlq/replay?priority=high&cursor={cursor}&until={until}"),
+            "",
+        )
+        .await;
+    assert_eq!(rest.body["replayed"], 1, "{:?}", rest.body);
+    assert!(rest.body["next_cursor"].is_null());
+    // The receiver still answers 410: the replayed three die again, with a fresh budget.
+    let again = eventually(Duration::from_secs(10), || async {
+        (dead_ids(&stack.server.get("/v1/dlq").await.body).len() == 3).then_some(())
+    })
+    .await;
+    assert!(
+        again.is_some(),
+        "the replayed were delivered (and died) again"
+    );
+    assert_eq!(
+        receiver.received().len(),
+        9,
+        "six first attempts, three replays"
+    );
+
+    for (query, field) in [("priority=urgent", "priority"), ("until=-1", "until")] {
+        let bad = stack.server.delete(&format!("/v1/dlq?{query}")).await;
+        assert_eq!(bad.status, 422, "{query}");
+        assert_eq!(bad.body["error"]["field"], field);
+    }
     stack.finish().await;
 }
 

@@ -145,6 +145,13 @@ impl TestServer {
             .expect("request completes")
     }
 
+    pub async fn delete(&self, path: &str) -> TestResponse {
+        self.http
+            .request("DELETE", &self.url(path), None, Bytes::new())
+            .await
+            .expect("request completes")
+    }
+
     /// Every message in this server's stream, in stream order.
     pub async fn stream_messages(&self) -> Vec<StoredMessage> {
         read_stream(&self.nats_url, &self.stream).await

@@ -85,6 +85,7 @@ pub enum Operation {
     ListAttempts,
     ListDeadLetters,
     ReplayDeadLetters,
+    DeleteDeadLetters,
     ReplayDeadLetter,
     DeleteDeadLetter,
 }
@@ -92,7 +93,7 @@ pub enum Operation {
 /// Every /v1 route, `{id}` standing for one path segment. The router resolves requests
 /// from this table alone, and the API contract (`/openapi.json`) names exactly these
 /// routes (tested), so neither can have a route the other lacks.
-pub const ROUTES: [(Method, &str, Operation); 9] = [
+pub const ROUTES: [(Method, &str, Operation); 10] = [
     (
         Method::GET,
         "/v1/notifications",
@@ -120,6 +121,7 @@ pub const ROUTES: [(Method, &str, Operation); 9] = [
     ),
     (Method::GET, "/v1/dlq", Operation::ListDeadLetters),
     (Method::POST, "/v1/dlq/replay", Operation::ReplayDeadLetters),
+    (Method::DELETE, "/v1/dlq", Operation::DeleteDeadLetters),
     (
         Method::POST,
         "/v1/dlq/{id}/replay",
@@ -190,6 +192,7 @@ where
         Operation::ListAttempts => Ok(status::list_attempts(state, caller, id).await?),
         Operation::ListDeadLetters => Ok(dlq::list(state, caller, query).await?),
         Operation::ReplayDeadLetters => Ok(dlq::replay_matching(state, caller, query).await?),
+        Operation::DeleteDeadLetters => Ok(dlq::delete_matching(state, caller, query).await?),
         Operation::ReplayDeadLetter => Ok(dlq::replay(state, caller, id).await?),
         Operation::DeleteDeadLetter => Ok(dlq::delete(state, caller, id).await?),
     }

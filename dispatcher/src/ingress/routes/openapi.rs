@@ -34,6 +34,7 @@ pub const PATH: &str = "/openapi.json";
         status::list_attempts,
         dlq::list,
         dlq::replay_matching,
+        dlq::delete_matching,
         dlq::replay,
         dlq::delete,
         healthz,

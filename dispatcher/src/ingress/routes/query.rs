@@ -2,7 +2,7 @@
 
 use super::*;
 
-/// The query string of the list routes: `?priority=&channel=&status=&since=&cursor=&limit=`
+/// The query string of the list routes: `?priority=&channel=&status=&since=&cursor=&until=&limit=`
 /// (each route says which keys it takes; any other key is a 422 naming it).
 pub(super) struct ListParams {
     pub(super) priority: Option<Priority>,
@@ -10,6 +10,7 @@ pub(super) struct ListParams {
     pub(super) status: Option<String>,
     pub(super) since: Option<chrono::DateTime<Utc>>,
     pub(super) cursor: Option<String>,
+    pub(super) until: Option<String>,
     pub(super) limit: usize,
 }
 
@@ -24,6 +25,7 @@ impl ListParams {
             status: None,
             since: None,
             cursor: None,
+            until: None,
             limit: 100,
         };
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
@@ -73,6 +75,7 @@ impl ListParams {
                     )
                 }
                 "cursor" => q.cursor = Some(value.to_string()),
+                "until" => q.until = Some(value.to_string()),
                 "limit" => {
                     q.limit = value
                         .parse()
