@@ -8,6 +8,7 @@
 //! let the publishers drain it and collect every ack, flush the NATS connection.
 
 mod connection;
+mod console;
 mod routes;
 
 use std::convert::Infallible;

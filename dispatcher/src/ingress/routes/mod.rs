@@ -50,6 +50,9 @@ where
     }
     let result = match (req.uri().path(), req.method()) {
         (openapi::PATH, &Method::GET) => Ok(json(StatusCode::OK, openapi::document().to_vec())),
+        (path, method) if super::console::is_console_path(path) => {
+            super::console::respond(method, path).map_err(Rejection::from)
+        }
         (path, _) if Health::is_health_path(path) || path == openapi::PATH => {
             Err(Rejection::from(ApiError::method_not_allowed("GET")))
         }
