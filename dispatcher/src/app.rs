@@ -22,6 +22,7 @@ use crate::metrics::{Metrics, Roles};
 use crate::recorder::{self, Recorder, Sink};
 use crate::redis_store::RedisStore;
 use crate::status::StatusCache;
+use crate::trace::{OtlpConfig, Spans};
 use crate::{postgres, tenants};
 
 /// A running role: whichever of the ingress, delivery and the recorder it holds, and the
@@ -35,6 +36,8 @@ pub struct App {
     stop_deadline: Duration,
     /// Cancels starts still retrying (NATS or consumers not there yet).
     starting: CancellationToken,
+    /// Flushed last, once every part that records spans has stopped.
+    spans: Spans,
 }
 
 /// How long delivery and the recorder get to stop: a send in flight has its own timeout
@@ -44,10 +47,12 @@ const ROLE_STOP_DEADLINE: Duration = Duration::from_secs(30);
 impl App {
     /// `dispatcher serve`: the ingress alone.
     pub async fn serve(config: ServeConfig) -> Result<App, StartError> {
-        let ingress =
-            Ingress::start_with(config, Arc::new(Metrics::for_roles(Roles::INGRESS))).await?;
+        let spans = spans(config.otlp.as_ref())?;
+        let metrics = Arc::new(Metrics::for_roles(Roles::INGRESS));
+        let ingress = Ingress::start_with(config, metrics, spans.clone()).await?;
         Ok(App {
             ingress: Some(ingress),
+            spans,
             ..App::empty()
         })
     }
@@ -55,7 +60,10 @@ impl App {
     /// `dispatcher deliver`: delivery workers, with health endpoints at
     /// `config.metrics_listen`.
     pub async fn deliver(config: DeliverConfig) -> Result<App, StartError> {
-        let mut app = App::empty();
+        let mut app = App {
+            spans: spans(config.otlp.as_ref())?,
+            ..App::empty()
+        };
         let metrics = Arc::new(Metrics::for_roles(Roles::DELIVERY));
         // Health first: alive (and saying why it is not ready) while NATS is awaited.
         let (health, started) = health_server(config.metrics_listen, metrics.clone()).await?;
@@ -69,6 +77,7 @@ impl App {
             &config.pg,
             metrics,
             Yielding::default(),
+            app.spans.clone(),
             &app.starting,
         )
         .await?;
@@ -129,9 +138,11 @@ impl App {
             serve.store.clone(),
             serve.destinations.clone(),
         );
-        let ingress = Ingress::start_with(serve, metrics.clone()).await?;
+        let spans = spans(serve.otlp.as_ref())?;
+        let ingress = Ingress::start_with(serve, metrics.clone(), spans.clone()).await?;
         let mut app = App {
             ingress: Some(ingress),
+            spans,
             ..App::empty()
         };
         let yielding = Yielding::to(app.ingress.as_ref().expect("just set").admission());
@@ -145,6 +156,7 @@ impl App {
                 &store.pg,
                 metrics.clone(),
                 yielding.clone(),
+                app.spans.clone(),
                 &app.starting,
             )
             .await?,
@@ -174,6 +186,7 @@ impl App {
             health: None,
             stop_deadline: ROLE_STOP_DEADLINE,
             starting: CancellationToken::new(),
+            spans: Spans::default(),
         }
     }
 
@@ -208,8 +221,16 @@ impl App {
         if let Some(health) = self.health.take() {
             health.shutdown().await;
         }
+        lifecycle::within("span export", self.stop_deadline, self.spans.shutdown()).await;
         tracing::info!("stopped");
     }
+}
+
+/// The span export `otlp` asks for, or none.
+fn spans(otlp: Option<&OtlpConfig>) -> Result<Spans, StartError> {
+    otlp.map_or(Ok(Spans::default()), |c| {
+        Spans::start(c).map_err(StartError::Settings)
+    })
 }
 
 /// Applies the migrations, waiting up to a minute for PostgreSQL (often started together
@@ -284,6 +305,7 @@ pub async fn start_delivery(
     pg: &PgConfig,
     metrics: Arc<Metrics>,
     yielding: Yielding,
+    spans: Spans,
     stop: &CancellationToken,
 ) -> Result<Delivery, StartError> {
     let policy = Arc::new(destinations.policy());
@@ -303,6 +325,7 @@ pub async fn start_delivery(
             senders,
             metrics.clone(),
             yielding.clone(),
+            spans.clone(),
         )
     })
     .await

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use herald::admission::AdmissionConfig;
 use herald::config::{
     check_identifier, check_prefix, parse_weights, AuthMode, DeliverConfig, DeliveryConfig,
-    DestinationConfig, NatsConfig, PerChannel, PgConfig, PublisherConfig, RecordConfig,
+    DestinationConfig, NatsConfig, OtlpConfig, PerChannel, PgConfig, PublisherConfig, RecordConfig,
     RecordStore, RecorderConfig, RunConfig, ServeConfig, StoreConfig,
 };
 use herald::delivery::retry::RetryPolicy;
@@ -320,6 +320,27 @@ impl From<DestinationArgs> for DestinationConfig {
     }
 }
 
+/// Span export (trace.rs): off unless an endpoint is given.
+#[derive(Debug, Clone, Args)]
+pub struct OtlpArgs {
+    /// OTLP/HTTP (protobuf) traces URL to export Herald's spans to, e.g.
+    /// `http://127.0.0.1:4318/v1/traces`. Empty (the default): no span is recorded.
+    #[arg(long, env = "HERALD_OTLP_ENDPOINT", default_value = "")]
+    otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    #[arg(long, env = "HERALD_OTLP_SERVICE_NAME", default_value = "herald")]
+    otlp_service_name: String,
+}
+
+impl From<OtlpArgs> for Option<OtlpConfig> {
+    fn from(a: OtlpArgs) -> Self {
+        (!a.otlp_endpoint.is_empty()).then_some(OtlpConfig {
+            endpoint: a.otlp_endpoint,
+            service_name: a.otlp_service_name,
+        })
+    }
+}
+
 /// How accepted notifications are batched into JetStream.
 #[derive(Debug, Clone, Args)]
 pub struct PublisherArgs {
@@ -364,6 +385,8 @@ pub struct ServeArgs {
     nats: NatsArgs,
     #[command(flatten)]
     destinations: DestinationArgs,
+    #[command(flatten)]
+    otlp: OtlpArgs,
     /// Largest request body accepted, in bytes (413 above).
     #[arg(long, env = "HERALD_MAX_BODY", default_value_t = serve().max_body)]
     max_body: usize,
@@ -470,6 +493,7 @@ impl ServeArgs {
             listen: self.listen,
             nats: self.nats.into(),
             destinations: self.destinations.into(),
+            otlp: self.otlp.into(),
             max_body: self.max_body,
             max_connections: self.max_connections,
             max_header_bytes: self.max_header_bytes,
@@ -673,6 +697,8 @@ pub struct DeliverArgs {
     destinations: DestinationArgs,
     #[command(flatten)]
     pg: PgArgs,
+    #[command(flatten)]
+    otlp: OtlpArgs,
     /// Address of the health and metrics endpoints (/healthz, /readyz, /metrics).
     #[arg(long, env = "HERALD_METRICS_LISTEN", default_value_t = DeliverConfig::default().metrics_listen)]
     metrics_listen: SocketAddr,
@@ -686,6 +712,7 @@ impl From<DeliverArgs> for DeliverConfig {
             destinations: a.destinations.into(),
             pg: a.pg.into(),
             metrics_listen: a.metrics_listen,
+            otlp: a.otlp.into(),
         }
     }
 }

@@ -16,6 +16,7 @@ pub use crate::publisher::PublisherConfig;
 pub use crate::recorder::{RecordStore, RecorderConfig};
 pub use crate::scheduler::SchedulerConfig;
 use crate::scheduler::{PerClass, MAX_WEIGHT_SUM};
+pub use crate::trace::OtlpConfig;
 
 /// `dispatcher serve`: the HTTP ingress.
 #[derive(Debug, Clone)]
@@ -62,6 +63,8 @@ pub struct ServeConfig {
     pub idempotency_ttl: Duration,
     /// Longest wait for in-flight requests and publishes at shutdown.
     pub shutdown_timeout: Duration,
+    /// Export spans over OTLP (off when `None`); `run` uses it for delivery too.
+    pub otlp: Option<OtlpConfig>,
 }
 
 impl Default for ServeConfig {
@@ -91,6 +94,7 @@ impl Default for ServeConfig {
             rate_burst: None,
             idempotency_ttl: Duration::from_secs(24 * 3600),
             shutdown_timeout: Duration::from_secs(30),
+            otlp: None,
         }
     }
 }
@@ -105,6 +109,8 @@ pub struct DeliverConfig {
     pub pg: PgConfig,
     /// Address of /healthz, /readyz and /metrics.
     pub metrics_listen: SocketAddr,
+    /// Export spans over OTLP (off when `None`).
+    pub otlp: Option<OtlpConfig>,
 }
 
 impl Default for DeliverConfig {
@@ -115,6 +121,7 @@ impl Default for DeliverConfig {
             destinations: DestinationConfig::default(),
             pg: PgConfig::default(),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            otlp: None,
         }
     }
 }

@@ -23,7 +23,9 @@ use crate::jetstream::{Names, HEADER_CHANNEL, HEADER_PRIORITY};
 use crate::metrics::Metrics;
 use crate::model::{Channel, Priority};
 use crate::scheduler::Scheduler;
-use crate::trace::{self, TraceParent};
+use crate::trace::{self, Span, Spans, TraceParent};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 
 /// JetStream's answer for one message: its stream sequence, or why it is not stored.
 pub type PublishOutcome = Result<u64, String>;
@@ -36,8 +38,10 @@ pub struct Envelope {
     /// The encoded wire document.
     pub body: Bytes,
     pub scheduled_at: Instant,
-    /// Travels as the message's `traceparent` header.
+    /// The publish span: travels as the message's `traceparent` header.
     pub trace: TraceParent,
+    /// The span of the request that accepted it (the publish span's parent).
+    pub request_span: u64,
     pub reply: oneshot::Sender<PublishOutcome>,
 }
 
@@ -54,6 +58,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     inflight: Arc<Semaphore>,
     config: PublisherConfig,
+    spans: Spans,
 }
 
 impl Publisher {
@@ -64,6 +69,7 @@ impl Publisher {
         admission: Arc<Admission>,
         metrics: Arc<Metrics>,
         config: PublisherConfig,
+        spans: Spans,
     ) -> Self {
         let shared = Arc::new(Shared {
             inflight: Arc::new(Semaphore::new(config.max_inflight)),
@@ -73,6 +79,7 @@ impl Publisher {
             admission,
             metrics,
             config,
+            spans,
         });
         let mut tasks = JoinSet::new();
         for _ in 0..shared.config.publishers.max(1) {
@@ -165,6 +172,7 @@ async fn send_batch(
             body,
             scheduled_at,
             trace: trace_parent,
+            request_span,
             reply,
         } = envelope;
         let mut headers = HeaderMap::new();
@@ -194,6 +202,23 @@ async fn send_batch(
                     shared.metrics.publish_failed(priority);
                     tracing::debug!(%id, error = %err, "publish not acknowledged");
                 }
+            }
+            if let Some(end) = shared.spans.now() {
+                shared.spans.record(Span {
+                    name: "herald.publish",
+                    kind: SpanKind::Producer,
+                    context: trace_parent,
+                    parent: Some(request_span),
+                    parent_is_remote: false,
+                    start: end - scheduled_at.elapsed(),
+                    end,
+                    attributes: vec![
+                        KeyValue::new("herald.id", id.to_string()),
+                        KeyValue::new("herald.priority", priority.as_str()),
+                        KeyValue::new("messaging.system", "nats"),
+                    ],
+                    error: outcome.as_ref().err().cloned(),
+                });
             }
             // The request may have gone (client disconnected); the message is stored anyway.
             let _ = reply.send(outcome);

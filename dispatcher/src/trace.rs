@@ -3,8 +3,24 @@
 //! delivery attempt sends a child of it to the receiver, so one trace id joins the
 //! client's request, Herald's log lines and the webhook the receiver gets.
 //!
-//! Herald records no spans of its own here, so a trace it starts is marked not sampled;
-//! a caller's sampled flag is passed on as it came.
+//! With `--otlp-endpoint`, [`Spans`] exports Herald's own spans over OTLP/HTTP: the
+//! request (`herald.ingest`), each notification's publish (`herald.publish`, whose id
+//! travels in NATS) and each delivery attempt (`herald.deliver`, the parent of the
+//! webhook's). A trace Herald starts is then sampled; a caller's flag is kept as it came,
+//! and an unsampled trace records nothing. Without the flag no span is ever built.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::runtime::Tokio;
+use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks, SpanProcessor};
+use opentelemetry_sdk::Resource;
 
 /// The header, in NATS messages and HTTP requests alike.
 pub const HEADER: &str = "traceparent";
@@ -59,6 +75,23 @@ impl TraceParent {
         }
     }
 
+    /// The child of `value` if it is a valid `traceparent`, else a new trace, sampled when
+    /// `sample_new` (Herald exports spans); with the parent's span id, if there was one.
+    pub fn continue_or_start(value: Option<&str>, sample_new: bool) -> (Self, Option<u64>) {
+        match value.and_then(Self::parse) {
+            Some(parent) => (parent.child(), Some(parent.span_id)),
+            None => {
+                let mut root = Self::root();
+                root.flags |= SAMPLED * u8::from(sample_new);
+                (root, None)
+            }
+        }
+    }
+
+    pub fn is_sampled(&self) -> bool {
+        self.flags & SAMPLED != 0
+    }
+
     /// The next hop's parent: the same trace and flags, a new span.
     pub fn child(&self) -> Self {
         TraceParent {
@@ -85,6 +118,109 @@ impl TraceParent {
     /// The trace id as log lines and the W3C format write it.
     pub fn trace_id_hex(&self) -> String {
         format!("{:032x}", self.trace_id)
+    }
+}
+
+const SAMPLED: u8 = 0x01;
+
+/// Where spans are exported: an OTLP/HTTP (protobuf) traces endpoint.
+#[derive(Debug, Clone)]
+pub struct OtlpConfig {
+    /// The full URL, e.g. `http://127.0.0.1:4318/v1/traces`.
+    pub endpoint: String,
+    /// `service.name` of the spans.
+    pub service_name: String,
+}
+
+/// Herald's span export, cheap to clone. Off (the default) it holds nothing, and every
+/// place that could record a span asks [`Spans::is_on`] before it builds one or reads a
+/// clock for it. On, spans queue (bounded: over 2,048 waiting they are dropped, never
+/// waited for) and go out in batches from one task.
+#[derive(Clone, Default)]
+pub struct Spans(Option<Arc<BatchSpanProcessor<Tokio>>>);
+
+/// One finished span.
+pub struct Span {
+    pub name: &'static str,
+    pub kind: SpanKind,
+    /// Its trace, its own id and flags.
+    pub context: TraceParent,
+    pub parent: Option<u64>,
+    /// Whether the parent is another process's (the caller, or across NATS).
+    pub parent_is_remote: bool,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub attributes: Vec<KeyValue>,
+    /// Set when the span's work failed.
+    pub error: Option<String>,
+}
+
+impl Spans {
+    /// Starts the export task (on the current tokio runtime).
+    pub fn start(config: &OtlpConfig) -> Result<Self, String> {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(config.endpoint.clone())
+            .with_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("--otlp-endpoint: {e}"))?;
+        let mut processor = BatchSpanProcessor::builder(exporter, Tokio).build();
+        processor.set_resource(
+            &Resource::builder()
+                .with_service_name(config.service_name.clone())
+                .build(),
+        );
+        Ok(Spans(Some(Arc::new(processor))))
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The time to start a span at, when spans are exported.
+    pub fn now(&self) -> Option<SystemTime> {
+        self.is_on().then(SystemTime::now)
+    }
+
+    /// Queues `span` for export if spans are on and its trace is sampled.
+    pub fn record(&self, span: Span) {
+        let Some(processor) = &self.0 else { return };
+        if !span.context.is_sampled() {
+            return;
+        }
+        processor.on_end(SpanData {
+            span_context: SpanContext::new(
+                TraceId::from(span.context.trace_id),
+                SpanId::from(span.context.span_id),
+                TraceFlags::new(span.context.flags),
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: span.parent.map_or(SpanId::INVALID, SpanId::from),
+            parent_span_is_remote: span.parent_is_remote,
+            span_kind: span.kind,
+            name: span.name.into(),
+            start_time: span.start,
+            end_time: span.end,
+            attributes: span.attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: span.error.map_or(Status::Unset, Status::error),
+            instrumentation_scope: InstrumentationScope::builder("herald").build(),
+        });
+    }
+
+    /// Exports what is queued and stops the export task.
+    pub async fn shutdown(&self) {
+        let Some(processor) = self.0.clone() else {
+            return;
+        };
+        // The SDK blocks the calling thread until its task has flushed.
+        let flushed = tokio::task::spawn_blocking(move || processor.shutdown()).await;
+        if let Ok(Err(err)) = flushed {
+            tracing::warn!(error = %err, "spans not all exported at shutdown");
+        }
     }
 }
 

@@ -213,6 +213,116 @@ async fn always_503_is_dead_lettered_after_max_attempts_and_can_be_deleted() {
     stack.finish().await;
 }
 
+/// With an OTLP endpoint, one trace spans the request, the publish, each delivery attempt
+/// and the webhook: every span a child of the one before, across NATS, and the webhook's
+/// `traceparent` names the attempt's span. A trace Herald starts is sampled and exported
+/// as a root; a caller's unsampled trace exports nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_of_one_trace_are_exported_over_otlp() {
+    use herald::trace::TraceParent;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use prost::Message;
+    // The collector: a real HTTP server taking OTLP/HTTP protobuf, as a collector does.
+    let collector = Receiver::start(|_| (200, Duration::ZERO)).await;
+    let receiver = Receiver::start(|n| (if n == 0 { 503 } else { 200 }, Duration::ZERO)).await;
+    let otlp = herald::config::OtlpConfig {
+        endpoint: format!("{}/v1/traces", collector.url()),
+        service_name: "herald-test".into(),
+    };
+    let stack = Stack::exporting_spans(otlp).await;
+    let send = |traceparent: Option<&'static str>, n: usize| {
+        let headers: Vec<(&str, &str)> = traceparent
+            .map(|t| ("traceparent", t))
+            .into_iter()
+            .collect();
+        let (url, body) = (
+            stack.server.url("/v1/notifications"),
+            webhook_to(&receiver.url(), "high", n),
+        );
+        let http = &stack.server.http;
+        async move {
+            let r = http
+                .request_with(
+                    "POST",
+                    &url,
+                    Some("application/json"),
+                    &headers,
+                    body.into(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 202, "{:?}", r.body);
+        }
+    };
+    let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+    send(Some(sampled), 1).await;
+    let got = receiver.wait_for(2, Duration::from_secs(10)).await;
+    send(Some(unsampled), 2).await;
+    send(None, 3).await;
+    let got_all = receiver.wait_for(4, Duration::from_secs(10)).await;
+    stack.finish().await;
+
+    let spans: Vec<Span> = collector
+        .received()
+        .iter()
+        .flat_map(|r| {
+            assert_eq!(r.header("content-type"), "application/x-protobuf");
+            ExportTraceServiceRequest::decode(r.body.clone())
+                .expect("OTLP protobuf")
+                .resource_spans
+        })
+        .flat_map(|rs| rs.scope_spans)
+        .flat_map(|ss| ss.spans)
+        .collect();
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let one = |trace: &str, name: &str| -> Vec<&Span> {
+        spans
+            .iter()
+            .filter(|s| hex(&s.trace_id) == trace && s.name == name)
+            .collect()
+    };
+    let caller = TraceParent::parse(sampled).unwrap();
+    let trace = caller.trace_id_hex();
+    let ingest = one(&trace, "herald.ingest");
+    assert_eq!(ingest.len(), 1, "{spans:?}");
+    assert_eq!(
+        hex(&ingest[0].parent_span_id),
+        format!("{:016x}", caller.span_id)
+    );
+    let publish = one(&trace, "herald.publish");
+    assert_eq!(publish.len(), 1);
+    assert_eq!(publish[0].parent_span_id, ingest[0].span_id);
+    let deliver = one(&trace, "herald.deliver");
+    assert_eq!(deliver.len(), 2, "one span per attempt, the retry included");
+    for (attempt, webhook) in deliver.iter().zip(&got) {
+        assert_eq!(attempt.parent_span_id, publish[0].span_id, "across NATS");
+        let received = TraceParent::parse(&webhook.header("traceparent")).unwrap();
+        assert_eq!(
+            hex(&attempt.span_id),
+            format!("{:016x}", received.span_id),
+            "the webhook's parent"
+        );
+        assert!(attempt.start_time_unix_nano <= attempt.end_time_unix_nano);
+    }
+    assert!(ingest[0].start_time_unix_nano <= publish[0].start_time_unix_nano);
+
+    let unsampled_trace = TraceParent::parse(unsampled).unwrap().trace_id_hex();
+    assert!(
+        spans.iter().all(|s| hex(&s.trace_id) != unsampled_trace),
+        "an unsampled trace records nothing"
+    );
+    let started = TraceParent::parse(&got_all[3].header("traceparent")).unwrap();
+    assert_eq!(
+        started.flags, 1,
+        "a trace Herald starts is sampled while it exports"
+    );
+    let root = one(&started.trace_id_hex(), "herald.ingest");
+    assert_eq!(root.len(), 1);
+    assert!(root[0].parent_span_id.is_empty(), "a root span");
+}
+
 /// The bulk routes take one page of the dead letters matching a filter: a delete by
 /// priority removes those and only those, and a replay pages on with its cursor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -443,14 +443,7 @@ async fn a_tenant_sees_only_its_own_notifications_and_dead_letters() {
     let (server, pool) = auth_server(|_| {}).await;
     let (a_id, a) = tenant(&pool, "acme", None).await;
     let (_, b) = tenant(&pool, "globex", None).await;
-    let mut stack = Stack {
-        server,
-        delivery: None,
-        delivery_config: common::test_delivery_config(),
-        delivery_metrics: Default::default(),
-        recorder: None,
-    };
-    stack.start_delivery().await;
+    let mut stack = Stack::start_with(server, Default::default(), |_| {}).await;
     stack.start_recording().await;
     let server = &stack.server;
 

@@ -32,7 +32,9 @@ use crate::jetstream::{Names, Pull, HEADER_CHANNEL};
 use crate::metrics::Metrics;
 use crate::model::{Channel, Priority, WireNotification};
 use crate::scheduler::{PerClass, Scheduler, SchedulerConfig};
-use crate::trace::{self, TraceParent};
+use crate::trace::{self, Span, Spans, TraceParent};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 use retry::RetryPolicy;
 use senders::{Attempt, SendOutcome, Sender};
 
@@ -110,6 +112,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// Reports backlog ages to the door's admission (`dispatcher run`) and yields to it.
     yielding: Yielding,
+    spans: Spans,
 }
 
 /// The running delivery role.
@@ -128,6 +131,7 @@ impl Delivery {
         senders: Senders,
         metrics: Arc<Metrics>,
         yielding: Yielding,
+        spans: Spans,
     ) -> Result<Self, async_nats::Error> {
         let stop = CancellationToken::new();
         let max_ack_pending = config.max_ack_pending.max(1);
@@ -161,6 +165,7 @@ impl Delivery {
             ack_wait: config.ack_wait,
             metrics,
             yielding: yielding.clone(),
+            spans,
         });
         let stream = js.get_stream(&names.notify_stream).await?;
         for priority in Priority::ALL {
@@ -350,12 +355,15 @@ async fn deliver(shared: &Shared, job: Job) {
     }
     let channel = notification.channel;
     let started = std::time::Instant::now();
+    let span_start = shared.spans.now();
+    // A message published before traces were carried starts one per attempt.
+    let (trace, published_as) =
+        TraceParent::continue_or_start(trace_header(&message), span_start.is_some());
     let attempt_info = Attempt {
         notification: &notification,
         raw: &message.payload,
         number: attempt,
-        // A message published before traces were carried starts one per attempt.
-        trace: TraceParent::continue_from(trace_header(&message)),
+        trace,
     };
     let outcome = with_progress(
         shared.senders.0[channel.index()].send(&attempt_info),
@@ -364,6 +372,16 @@ async fn deliver(shared: &Shared, job: Job) {
     )
     .await;
     let took = started.elapsed();
+    if let Some(start) = span_start {
+        shared.spans.record(attempt_span(
+            &notification,
+            attempt,
+            (trace, published_as),
+            start,
+            took,
+            &outcome,
+        ));
+    }
     shared
         .metrics
         .delivery_attempt(priority, channel, outcome.label(), took);
@@ -454,6 +472,42 @@ async fn watch_dlq(
             Ok(stream) => metrics.dlq_messages(stream.cached_info().state.messages),
             Err(err) => tracing::debug!(error = %err, "DLQ size not read"),
         }
+    }
+}
+
+/// The span of one delivery attempt: a child of the publish, across NATS; the parent of
+/// the receiver's span (its `traceparent`).
+fn attempt_span(
+    notification: &WireNotification<'_>,
+    attempt: u32,
+    (context, parent): (TraceParent, Option<u64>),
+    start: std::time::SystemTime,
+    took: Duration,
+    outcome: &SendOutcome,
+) -> Span {
+    let mut attributes = vec![
+        KeyValue::new("herald.id", notification.id.to_string()),
+        KeyValue::new("herald.attempt", i64::from(attempt)),
+        KeyValue::new("herald.channel", notification.channel.as_str()),
+        KeyValue::new("herald.priority", notification.priority.as_str()),
+        KeyValue::new("herald.outcome", outcome.label()),
+    ];
+    if let Some(status) = outcome.status() {
+        attributes.push(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
+    }
+    Span {
+        name: "herald.deliver",
+        kind: SpanKind::Client,
+        context,
+        parent,
+        parent_is_remote: true,
+        start,
+        end: start + took,
+        attributes,
+        error: outcome.error().map(str::to_string),
     }
 }
 

@@ -39,6 +39,7 @@ use crate::redis_store::RedisStore;
 use crate::scheduler::Scheduler;
 use crate::status::StatusCache;
 use crate::tenants::Directory;
+use crate::trace::Spans;
 
 pub use routes::handle;
 
@@ -70,6 +71,8 @@ pub struct State {
     pub status_cache: StatusCache,
     /// `/healthz`, `/readyz` and `/metrics`, as every role answers them.
     pub health: Health,
+    /// Span export (off unless `--otlp-endpoint`).
+    pub spans: Spans,
 }
 
 /// A running ingress.
@@ -84,13 +87,15 @@ impl Ingress {
     /// Binds the listener, connects to NATS (in the background if it is down) and starts
     /// serving. Returns once the port is open.
     pub async fn start(config: ServeConfig) -> Result<Self, StartError> {
-        Self::start_with(config, Arc::new(Metrics::new())).await
+        Self::start_with(config, Arc::new(Metrics::new()), Spans::default()).await
     }
 
-    /// As [`Ingress::start`], recording into `metrics` (shared with delivery in `run`).
+    /// As [`Ingress::start`], recording into `metrics` (shared with delivery in `run`) and
+    /// exporting to `spans`.
     pub async fn start_with(
         config: ServeConfig,
         metrics: Arc<Metrics>,
+        spans: Spans,
     ) -> Result<Self, StartError> {
         let bound = async {
             let listener = TcpListener::bind(config.listen).await?;
@@ -144,6 +149,7 @@ impl Ingress {
             admission.clone(),
             metrics.clone(),
             config.publisher.clone(),
+            spans.clone(),
         );
         let health = Health {
             metrics: metrics.clone(),
@@ -186,6 +192,7 @@ impl Ingress {
             }),
             status_cache: StatusCache::new(redis),
             health,
+            spans,
         });
         tracing::info!(%local_addr, prefix = %config.nats.prefix, "ingress listening");
         let stop = shutdown.clone();

@@ -644,6 +644,8 @@ pub struct Stack {
     /// What delivery records into.
     pub delivery_metrics: std::sync::Arc<herald::metrics::Metrics>,
     pub recorder: Option<herald::recorder::Recorder>,
+    /// Delivery's span export (off unless started with one).
+    pub spans: herald::trace::Spans,
 }
 
 /// The store configuration of a test prefix (schema and database named after it).
@@ -712,7 +714,27 @@ pub fn test_delivery_config() -> herald::config::DeliveryConfig {
 
 impl Stack {
     pub async fn start(adjust: impl FnOnce(&mut herald::config::DeliveryConfig)) -> Self {
-        let server = TestServer::start().await;
+        Self::start_with(
+            TestServer::start().await,
+            herald::trace::Spans::default(),
+            adjust,
+        )
+        .await
+    }
+
+    /// A stack whose ingress and delivery export spans to `otlp`.
+    pub async fn exporting_spans(otlp: herald::config::OtlpConfig) -> Self {
+        let server = TestServer::start_with(|c| c.otlp = Some(otlp.clone())).await;
+        let spans = herald::trace::Spans::start(&otlp).expect("span export starts");
+        Self::start_with(server, spans, |_| {}).await
+    }
+
+    /// Delivery (exporting to `spans`) behind `server`.
+    pub async fn start_with(
+        server: TestServer,
+        spans: herald::trace::Spans,
+        adjust: impl FnOnce(&mut herald::config::DeliveryConfig),
+    ) -> Self {
         let mut delivery_config = test_delivery_config();
         adjust(&mut delivery_config);
         let mut stack = Stack {
@@ -721,6 +743,7 @@ impl Stack {
             delivery_config,
             delivery_metrics: Default::default(),
             recorder: None,
+            spans,
         };
         stack.start_delivery().await;
         stack
@@ -741,6 +764,7 @@ impl Stack {
             &test_store(&self.server.prefix).pg,
             self.delivery_metrics.clone(),
             herald::admission::Yielding::default(),
+            self.spans.clone(),
             &tokio_util::sync::CancellationToken::new(),
         )
         .await
@@ -818,8 +842,10 @@ impl Stack {
         self.wait_events(n).await.into_iter().map(|e| e.0).collect()
     }
 
+    /// Stops every part; spans recorded until then are exported.
     pub async fn finish(mut self) {
         self.stop_delivery().await;
+        self.spans.shutdown().await;
         self.stop_recording().await;
         self.server.finish().await;
     }

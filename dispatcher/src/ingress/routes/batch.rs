@@ -76,13 +76,13 @@ pub(super) async fn batch<B>(
     state: &State,
     caller: &Caller,
     req: Request<B>,
+    // Every item's publish is its own span of the request's trace.
+    trace: &TraceParent,
 ) -> Result<HttpResponse, Rejection>
 where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    // Every item is its own span of the request's trace.
-    let trace = trace_of(&req);
     // A batch that declares one priority for all its items can be shed unread.
     if let Some(refusal) = priority_header(&req)?.and_then(|p| shed(state, p)) {
         return Err(refusal);
@@ -160,7 +160,7 @@ where
             )),
             (Ok(v), _) => match shed(state, v.priority) {
                 Some(Rejection(priority, e)) => Slot::Failed(reject(state, priority, e)),
-                None => match schedule(state, caller, &v, now, id, trace.child()) {
+                None => match schedule(state, caller, &v, now, id, trace) {
                     Ok(rx) => Slot::Waiting(id, v.priority, rx),
                     Err(e) => Slot::Failed(reject(state, Some(v.priority), e)),
                 },

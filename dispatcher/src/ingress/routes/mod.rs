@@ -188,8 +188,23 @@ where
     let (operation, id) = resolve(req.method(), req.uri().path())?;
     let id = id.unwrap_or_default();
     match operation {
-        Operation::SendNotification => notifications::single(state, caller, req).await,
-        Operation::SendBatch => batch::batch(state, caller, req).await,
+        Operation::SendNotification | Operation::SendBatch => {
+            let start = state.spans.now();
+            let trace = trace_of(state, &req);
+            let (name, result) = if operation == Operation::SendBatch {
+                let result = batch::batch(state, caller, req, &trace.0).await;
+                ("herald.ingest.batch", result)
+            } else {
+                let result = notifications::single(state, caller, req, &trace.0).await;
+                ("herald.ingest", result)
+            };
+            let status = match &result {
+                Ok(response) => response.status(),
+                Err(Rejection(_, err)) => err.status,
+            };
+            record_request(state, name, trace, start, status);
+            result
+        }
         Operation::ListNotifications => Ok(status::list_notifications(state, caller, query).await?),
         Operation::GetNotification => Ok(status::get_notification(state, caller, id).await?),
         Operation::ListAttempts => Ok(status::list_attempts(state, caller, id).await?),
@@ -359,13 +374,42 @@ fn idempotency_header<B>(req: &Request<B>) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// The request's place in a trace: a child of its `traceparent`, or a new trace.
-fn trace_of<B>(req: &Request<B>) -> TraceParent {
-    TraceParent::continue_from(
+/// The request's span: a child of its `traceparent` (and that parent's span id), or a
+/// new trace, sampled when spans are exported.
+fn trace_of<B>(state: &State, req: &Request<B>) -> (TraceParent, Option<u64>) {
+    TraceParent::continue_or_start(
         req.headers()
             .get(trace::HEADER)
             .and_then(|v| v.to_str().ok()),
+        state.spans.is_on(),
     )
+}
+
+/// Exports the span of a send request (when spans are on), from `start` to now.
+fn record_request(
+    state: &State,
+    name: &'static str,
+    (request, parent): (TraceParent, Option<u64>),
+    start: Option<std::time::SystemTime>,
+    status: StatusCode,
+) {
+    let (Some(start), Some(end)) = (start, state.spans.now()) else {
+        return;
+    };
+    state.spans.record(trace::Span {
+        name,
+        kind: opentelemetry::trace::SpanKind::Server,
+        context: request,
+        parent,
+        parent_is_remote: true,
+        start,
+        end,
+        attributes: vec![opentelemetry::KeyValue::new(
+            "http.response.status_code",
+            i64::from(status.as_u16()),
+        )],
+        error: (status.is_server_error()).then(|| status.to_string()),
+    });
 }
 
 /// Gives the notification an id, encodes it and queues it; the receiver yields
@@ -376,7 +420,7 @@ fn schedule(
     validated: &Validated<'_>,
     now: chrono::DateTime<Utc>,
     id: Uuid,
-    trace: TraceParent,
+    request: &TraceParent,
 ) -> Result<oneshot::Receiver<PublishOutcome>, ApiError> {
     let (reply, waiting) = oneshot::channel();
     let envelope = Envelope {
@@ -385,7 +429,9 @@ fn schedule(
         channel: validated.channel,
         body: validated.encode(id, caller.tenant, now),
         scheduled_at: Instant::now(),
-        trace,
+        // Its publish is a span of the request's trace.
+        trace: request.child(),
+        request_span: request.span_id,
         reply,
     };
     match state.scheduler.try_push(validated.priority, envelope) {

@@ -43,13 +43,13 @@ pub(super) async fn single<B>(
     state: &State,
     caller: &Caller,
     req: Request<B>,
+    trace: &TraceParent,
 ) -> Result<HttpResponse, Rejection>
 where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let header_key = idempotency_header(&req)?;
-    let trace = trace_of(&req);
     // Shed before the body costs a read and a parse, when the client says its priority.
     let hinted = priority_header(&req)?;
     if let Some(refusal) = hinted.and_then(|p| shed(state, p)) {
