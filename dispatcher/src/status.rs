@@ -35,6 +35,9 @@ pub struct NotificationStatus {
     pub last_error: Option<String>,
     pub last_status: Option<i32>,
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The W3C trace id (32 hex digits) of the request that accepted it: its spans, when
+    /// exported, and every webhook's `traceparent` carry it.
+    pub trace_id: Option<String>,
     /// Bumped by every write, so the cache never goes back to an older state.
     #[serde(skip)]
     pub version: i64,
@@ -42,7 +45,8 @@ pub struct NotificationStatus {
 
 /// The columns of [`NotificationStatus`], for `SELECT` and `RETURNING`.
 pub const COLUMNS: &str = "id, tenant_id, priority, channel, recipient, status, attempts, \
-     accepted_at, updated_at, delivered_at, last_error, last_status, next_attempt_at, version";
+     accepted_at, updated_at, delivered_at, last_error, last_status, next_attempt_at, trace_id, \
+     version";
 
 /// Stores `ARGV[2]` under `KEYS[1]` only when its version `ARGV[1]` is newer than the one
 /// cached: two recorder tasks finishing out of order cannot put an older state back.

@@ -150,6 +150,19 @@ async fn recorded_rows_and_documents_match_what_happened() {
     .await
     .unwrap();
     assert_eq!(rows.len(), 30);
+    // Each row names the trace its webhooks carried.
+    let traces: HashMap<String, Option<String>> =
+        sqlx::query_as("SELECT id::text, trace_id FROM notifications")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    for delivery in receiver.received() {
+        let sent = herald::trace::TraceParent::parse(&delivery.header("traceparent")).unwrap();
+        let recorded = traces[&delivery.header("herald-id")].as_deref();
+        assert_eq!(recorded, Some(sent.trace_id_hex().as_str()));
+    }
     for (id, status, attempts, priority, last_status, has_delivered_at, recipient) in &rows {
         let (want_status, want_attempts, want_priority, _) = expected[id];
         assert_eq!(status, want_status, "{id}");

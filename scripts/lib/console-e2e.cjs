@@ -156,6 +156,9 @@ async function main() {
     await page.locator("#view-detail").waitFor();
     await page.locator("#detail-status:text-is('dead')").waitFor();
     await page.locator("#attempts tbody tr td.status.dead").waitFor();
+    // The trace id the recorder kept, to find the notification's spans by.
+    const traceId = page.locator("#detail-fields dt:text-is('trace id') + dd");
+    assert.match(await traceId.textContent(), /^[0-9a-f]{32}$/);
     await shot("3-dead-notification");
 
     // The destination recovers; a replay from the page is delivered, and the page follows.

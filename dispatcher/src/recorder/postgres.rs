@@ -27,6 +27,7 @@ use uuid::Uuid;
 use super::{Sink, Source};
 use crate::events::Event;
 use crate::status::{NotificationStatus, StatusCache, COLUMNS};
+use crate::trace::{self, TraceParent};
 
 pub struct PostgresSink {
     pool: PgPool,
@@ -42,12 +43,25 @@ impl PostgresSink {
     async fn notifications(&self, batch: &[Message]) -> Result<Vec<NotificationStatus>, String> {
         let (mut ids, mut tenants, mut priorities, mut channels, mut recipients, mut accepted) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let mut trace_ids: Vec<Option<String>> = Vec::with_capacity(batch.len());
+        // The trace of each message, by stream sequence (decoding keeps only that).
+        let traces: HashMap<u64, u128> = batch
+            .iter()
+            .filter_map(|m| {
+                let value = m.headers.as_ref()?.get(trace::HEADER)?;
+                Some((
+                    super::sequence(m),
+                    TraceParent::parse(value.as_str())?.trace_id,
+                ))
+            })
+            .collect();
         // Rows in id order, the order the events statement takes them in too: two
         // statements that lock the same rows in one order cannot deadlock. Stream order is
         // not id order (ids are drawn by many requests at once).
         let mut decoded = super::notifications(batch);
         decoded.sort_unstable_by_key(|(n, _)| n.id);
-        for (n, _) in decoded {
+        for (n, seq) in decoded {
+            trace_ids.push(traces.get(&seq).map(|t| format!("{t:032x}")));
             ids.push(n.id);
             tenants.push(n.tenant);
             priorities.push(n.priority.as_str());
@@ -63,14 +77,18 @@ impl PostgresSink {
         sqlx::query_as(&format!(
             "WITH written AS (
              INSERT INTO notifications
-                 (id, tenant_id, priority, channel, recipient, status, attempts, accepted_at, updated_at)
-             SELECT t.id, t.tenant, t.priority, t.channel, t.recipient, 'accepted', 0, t.accepted, t.accepted
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
-                  AS t(id, tenant, priority, channel, recipient, accepted)
+                 (id, tenant_id, priority, channel, recipient, status, attempts, accepted_at, updated_at,
+                  trace_id)
+             SELECT t.id, t.tenant, t.priority, t.channel, t.recipient, 'accepted', 0, t.accepted, t.accepted,
+                    t.trace_id
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                         $7::text[])
+                  AS t(id, tenant, priority, channel, recipient, accepted, trace_id)
              ON CONFLICT (id) DO UPDATE SET
                  recipient = EXCLUDED.recipient,
                  accepted_at = EXCLUDED.accepted_at,
                  tenant_id = EXCLUDED.tenant_id,
+                 trace_id = EXCLUDED.trace_id,
                  version = notifications.version + 1
              WHERE notifications.recipient IS NULL
              RETURNING {COLUMNS})
@@ -82,6 +100,7 @@ impl PostgresSink {
         .bind(&channels)
         .bind(&recipients)
         .bind(&accepted)
+        .bind(&trace_ids)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| e.to_string())

@@ -309,7 +309,7 @@ async function loadDetail(id) {
     ["recipient", n.recipient], ["attempts", n.attempts], ["accepted", time(n.accepted_at)],
     ["updated", time(n.updated_at)], ["delivered", time(n.delivered_at)],
     ["last error", n.last_error], ["last status", n.last_status],
-    ["next attempt", time(n.next_attempt_at)],
+    ["next attempt", time(n.next_attempt_at)], ["trace id", n.trace_id],
   ];
   for (const [name, value] of shown) {
     if (value == null || value === "") continue;
