@@ -11,8 +11,9 @@
 #                               polls URL (a /readyz) every 0.1 s until it answers 2xx;
 #                               fails after SECONDS (10) or as soon as PID has exited
 # prepare_roles                 services up, dispatcher and loadgen built for $PROFILE
-#                               (debug|release); sets bin, loadgen, work (a scratch
-#                               directory) and empty arrays pids and prefixes
+#                               (debug|release); sets bin ($BIN when set: another
+#                               build, for A/B runs), loadgen, work (a scratch directory)
+#                               and empty arrays pids and prefixes
 # role NAME HEALTH_URL ARGS...  starts `dispatcher ARGS`, waits for HEALTH_URL; pid in
 #                               $work/NAME.pid, log in $work/NAME.log
 # restart_role NAME             starts NAME again with the same arguments
@@ -72,7 +73,7 @@ prepare_roles() {
   local flag=()
   [ "$PROFILE" = release ] && flag=(--release)
   cargo build "${flag[@]}" --locked -p dispatcher -p loadgen --bin dispatcher --bin loadgen 2>&1 | tail -1
-  bin=$PWD/target/$PROFILE/dispatcher
+  bin=${BIN:-$PWD/target/$PROFILE/dispatcher}
   loadgen=$PWD/target/$PROFILE/loadgen
   work=$(mktemp -d)
   pids=()
