@@ -8,7 +8,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{
-    free_port, notification, read_stream, stored_ids, NatsProcess, TestResponse, TestServer,
+    eventually, free_port, notification, read_stream, stored_ids, NatsProcess, TestResponse,
+    TestServer,
 };
 
 fn id_of(r: &TestResponse) -> String {
@@ -137,15 +138,11 @@ async fn nats_unreachable_gives_503_and_recovery_follows_its_return() {
 
     // NATS goes away again: unready and 503 within moments.
     nats.kill();
-    let mut unready = false;
-    for _ in 0..100 {
-        if server.get("/readyz").await.status == 503 {
-            unready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(unready, "readyz stayed 200 with NATS down");
+    let unready = eventually(Duration::from_secs(5), || async {
+        (server.get("/readyz").await.status == 503).then_some(())
+    })
+    .await;
+    assert!(unready.is_some(), "readyz stayed 200 with NATS down");
     let r = server
         .post("/v1/notifications", notification("high", 3))
         .await;
@@ -300,18 +297,14 @@ async fn the_run_binary_accepts_and_delivers() {
     // The recorder runs in the same process: the status API comes to say delivered.
     let http = common::HttpClient::new(false);
     let url = format!("{base}/v1/notifications/{}", id_of(&r));
-    let mut last = None;
-    for _ in 0..100 {
+    let last = eventually(Duration::from_secs(10), || async {
         let s = http
             .request("GET", &url, None, Default::default())
             .await
             .unwrap();
-        if s.status == 200 && s.body["status"] == "delivered" {
-            last = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (s.status == 200 && s.body["status"] == "delivered").then_some(s)
+    })
+    .await;
     let last = last.expect("status reaches delivered");
     assert_eq!(last.body["attempts"], 1);
     assert_eq!(last.body["priority"], "high");
@@ -384,30 +377,22 @@ async fn deliver_readiness_follows_nats_and_its_health_matches_the_ingress() {
     assert_eq!(get("/nothing").await.status, 404);
 
     nats.kill();
-    let mut unready = None;
-    for _ in 0..100 {
+    let unready = eventually(Duration::from_secs(5), || async {
         let r = get("/readyz").await;
-        if r.status == 503 {
-            unready = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (r.status == 503).then_some(r)
+    })
+    .await;
     let unready = unready.expect("unready once NATS is gone");
     assert_eq!(unready.body["status"], "unready");
     assert!(unready.body["reason"].as_str().unwrap().contains("NATS"));
     assert_eq!(get("/healthz").await.status, 200, "alive all the same");
 
     nats.restart().await;
-    let mut back = false;
-    for _ in 0..200 {
-        if get("/readyz").await.status == 200 {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(back, "ready again once NATS is back");
+    let back = eventually(Duration::from_secs(10), || async {
+        (get("/readyz").await.status == 200).then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "ready again once NATS is back");
     tokio::time::timeout(Duration::from_secs(35), app.shutdown())
         .await
         .expect("deliver stops within its deadline");
