@@ -115,6 +115,12 @@ impl TraceParent {
         )
     }
 
+    /// The `traceparent` a JetStream message was published with, if any.
+    pub fn header_of(message: &async_nats::jetstream::Message) -> Option<&str> {
+        let headers = message.headers.as_ref()?;
+        headers.get(HEADER).map(|v| v.as_str())
+    }
+
     /// The trace id as log lines and the W3C format write it.
     pub fn trace_id_hex(&self) -> String {
         format!("{:032x}", self.trace_id)

@@ -32,7 +32,7 @@ use crate::jetstream::{Names, Pull, HEADER_CHANNEL};
 use crate::metrics::Metrics;
 use crate::model::{Channel, Priority, WireNotification};
 use crate::scheduler::{PerClass, Scheduler, SchedulerConfig};
-use crate::trace::{self, Span, Spans, TraceParent};
+use crate::trace::{Span, Spans, TraceParent};
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 use retry::RetryPolicy;
@@ -358,7 +358,7 @@ async fn deliver(shared: &Shared, job: Job) {
     let span_start = shared.spans.now();
     // A message published before traces were carried starts one per attempt.
     let (trace, published_as) =
-        TraceParent::continue_or_start(trace_header(&message), span_start.is_some());
+        TraceParent::continue_or_start(TraceParent::header_of(&message), span_start.is_some());
     let attempt_info = Attempt {
         notification: &notification,
         raw: &message.payload,
@@ -511,12 +511,6 @@ fn attempt_span(
     }
 }
 
-/// The `traceparent` the notification was published with, if any.
-fn trace_header(message: &Message) -> Option<&str> {
-    let headers = message.headers.as_ref()?;
-    headers.get(trace::HEADER).map(|v| v.as_str())
-}
-
 /// Dead-letters a notification, then terminates the original. If the DLQ cannot take it,
 /// the original comes back later instead of being lost. `took`: how long the last send
 /// took, if there was one.
@@ -538,7 +532,7 @@ async fn bury(
         status: outcome.status(),
         attempts: attempt,
         source_sequence: sequence,
-        trace: trace_header(message).and_then(TraceParent::parse),
+        trace: TraceParent::header_of(message).and_then(TraceParent::parse),
     };
     match dlq::dead_letter(&shared.js, &shared.names, &death, message.payload.clone()).await {
         Ok(()) => {

@@ -29,6 +29,7 @@ use crate::jetstream::{Names, Pull};
 use crate::lifecycle::Backoff;
 use crate::metrics::Metrics;
 use crate::model::{Priority, WireNotification};
+use crate::trace::TraceParent;
 
 /// Which stream a batch came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,17 +208,17 @@ pub fn sequence(message: &Message) -> u64 {
     message.info().map_or(0, |i| i.stream_sequence)
 }
 
-/// A batch's messages decoded by `parse`, each with its stream sequence. One that does not
-/// decode is logged and left out: it would fail the same way on every redelivery.
+/// A batch's messages decoded by `parse`, each with its message. One that does not decode
+/// is logged and left out: it would fail the same way on every redelivery.
 pub fn decode<'a, T>(
     batch: &'a [Message],
     what: &str,
     parse: impl Fn(&'a [u8]) -> Result<T, serde_json::Error>,
-) -> Vec<(T, u64)> {
+) -> Vec<(T, &'a Message)> {
     batch
         .iter()
         .filter_map(|message| match parse(&message.payload) {
-            Ok(decoded) => Some((decoded, sequence(message))),
+            Ok(decoded) => Some((decoded, message)),
             Err(err) => {
                 tracing::error!(seq = sequence(message), error = %err, "undecodable {what}; not recorded");
                 None
@@ -231,7 +232,8 @@ pub fn decode<'a, T>(
 pub fn events(batch: &[Message]) -> Vec<(crate::events::Event<'_>, u64, u32)> {
     decode(batch, "events", crate::events::decode)
         .into_iter()
-        .flat_map(|(events, seq)| {
+        .flat_map(|(events, message)| {
+            let seq = sequence(message);
             events
                 .into_iter()
                 .enumerate()
@@ -241,13 +243,18 @@ pub fn events(batch: &[Message]) -> Vec<(crate::events::Event<'_>, u64, u32)> {
 }
 
 /// A NOTIFY batch's notifications, the first copy of each id only: a replay can put one id
-/// in a batch twice, and one upsert statement may not touch a row twice.
-pub fn notifications(batch: &[Message]) -> Vec<(WireNotification<'_>, u64)> {
+/// in a batch twice, and one upsert statement may not touch a row twice. Each comes with
+/// its stream sequence and the `traceparent` it was published with, if any.
+pub fn notifications(batch: &[Message]) -> Vec<(WireNotification<'_>, u64, Option<TraceParent>)> {
     let mut seen = std::collections::HashSet::with_capacity(batch.len());
-    let mut decoded: Vec<(WireNotification<'_>, u64)> =
-        decode(batch, "notification", serde_json::from_slice);
-    decoded.retain(|(n, _)| seen.insert(n.id));
-    decoded
+    decode(batch, "notification", serde_json::from_slice)
+        .into_iter()
+        .filter(|(n, _): &(WireNotification<'_>, _)| seen.insert(n.id))
+        .map(|(n, message)| {
+            let trace = TraceParent::header_of(message).and_then(TraceParent::parse);
+            (n, sequence(message), trace)
+        })
+        .collect()
 }
 
 /// How the recorder batches.

@@ -136,7 +136,7 @@ impl MongoSink {
     async fn notifications(&self, batch: &[Message]) -> Result<(), String> {
         let mut docs = Vec::with_capacity(batch.len());
         let mut written = Vec::with_capacity(batch.len());
-        for (n, seq) in super::notifications(batch) {
+        for (n, seq, _) in super::notifications(batch) {
             match document(&n, seq, Form::Structured) {
                 Ok(d) => {
                     docs.push(d);

@@ -27,7 +27,6 @@ use uuid::Uuid;
 use super::{Sink, Source};
 use crate::events::Event;
 use crate::status::{NotificationStatus, StatusCache, COLUMNS};
-use crate::trace::{self, TraceParent};
 
 pub struct PostgresSink {
     pool: PgPool,
@@ -44,24 +43,13 @@ impl PostgresSink {
         let (mut ids, mut tenants, mut priorities, mut channels, mut recipients, mut accepted) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
         let mut trace_ids: Vec<Option<String>> = Vec::with_capacity(batch.len());
-        // The trace of each message, by stream sequence (decoding keeps only that).
-        let traces: HashMap<u64, u128> = batch
-            .iter()
-            .filter_map(|m| {
-                let value = m.headers.as_ref()?.get(trace::HEADER)?;
-                Some((
-                    super::sequence(m),
-                    TraceParent::parse(value.as_str())?.trace_id,
-                ))
-            })
-            .collect();
         // Rows in id order, the order the events statement takes them in too: two
         // statements that lock the same rows in one order cannot deadlock. Stream order is
         // not id order (ids are drawn by many requests at once).
         let mut decoded = super::notifications(batch);
-        decoded.sort_unstable_by_key(|(n, _)| n.id);
-        for (n, seq) in decoded {
-            trace_ids.push(traces.get(&seq).map(|t| format!("{t:032x}")));
+        decoded.sort_unstable_by_key(|(n, _, _)| n.id);
+        for (n, _, trace) in decoded {
+            trace_ids.push(trace.map(|t| t.trace_id_hex()));
             ids.push(n.id);
             tenants.push(n.tenant);
             priorities.push(n.priority.as_str());
