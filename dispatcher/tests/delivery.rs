@@ -131,16 +131,12 @@ async fn the_request_trace_reaches_the_webhook_on_every_attempt() {
     let sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let r = stack
         .server
-        .http
-        .request_with(
-            "POST",
-            &stack.server.url("/v1/notifications"),
-            Some("application/json"),
+        .post_with(
+            "/v1/notifications",
             &[("traceparent", sent)],
-            webhook_to(&receiver.url(), "high", 1).into(),
+            webhook_to(&receiver.url(), "high", 1),
         )
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status, 202, "{:?}", r.body);
     let got = receiver.wait_for(2, Duration::from_secs(10)).await;
     let caller = TraceParent::parse(sent).unwrap();
@@ -236,22 +232,9 @@ async fn spans_of_one_trace_are_exported_over_otlp() {
             .map(|t| ("traceparent", t))
             .into_iter()
             .collect();
-        let (url, body) = (
-            stack.server.url("/v1/notifications"),
-            webhook_to(&receiver.url(), "high", n),
-        );
-        let http = &stack.server.http;
+        let (server, body) = (&stack.server, webhook_to(&receiver.url(), "high", n));
         async move {
-            let r = http
-                .request_with(
-                    "POST",
-                    &url,
-                    Some("application/json"),
-                    &headers,
-                    body.into(),
-                )
-                .await
-                .unwrap();
+            let r = server.post_with("/v1/notifications", &headers, body).await;
             assert_eq!(r.status, 202, "{:?}", r.body);
         }
     };

@@ -59,18 +59,11 @@ async fn a_repeat_gets_the_first_id_and_stores_nothing_new() {
 async fn the_header_is_a_key_too_and_must_agree_with_the_field() {
     let server = TestServer::start().await;
     let send = |body: String, key: &'static str| {
-        let (http, url) = (server.http.clone(), server.url("/v1/notifications"));
+        let server = &server;
         async move {
-            let r = http
-                .request_with(
-                    "POST",
-                    &url,
-                    Some("application/json"),
-                    &[("idempotency-key", key)],
-                    body.into(),
-                )
-                .await
-                .unwrap();
+            let r = server
+                .post_with("/v1/notifications", &[("idempotency-key", key)], body)
+                .await;
             let replayed = r.header("idempotent-replayed").is_some();
             (r.status, replayed, r.body)
         }

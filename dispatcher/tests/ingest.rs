@@ -790,16 +790,12 @@ async fn a_low_flood_is_shed_while_high_is_accepted() {
         if refused_unread.is_none() {
             // Not JSON at all: a 429 (not 400) shows the body was never parsed.
             let r = server
-                .http
-                .request_with(
-                    "POST",
-                    &url,
-                    Some("application/json"),
+                .post_with(
+                    "/v1/notifications",
                     &[("herald-priority", "low")],
                     bytes::Bytes::from_static(b"not json"),
                 )
-                .await
-                .unwrap();
+                .await;
             if r.status == 429 {
                 refused_unread = Some(r.body.clone());
             }

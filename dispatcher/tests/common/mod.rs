@@ -127,11 +127,22 @@ impl TestServer {
     }
 
     pub async fn post(&self, path: &str, body: impl Into<Bytes>) -> TestResponse {
+        self.post_with(path, &[], body).await
+    }
+
+    /// A JSON POST with extra request headers.
+    pub async fn post_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> TestResponse {
         self.http
-            .request(
+            .request_with(
                 "POST",
                 &self.url(path),
                 Some("application/json"),
+                headers,
                 body.into(),
             )
             .await
