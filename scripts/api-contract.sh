@@ -22,12 +22,8 @@ if [ "$(cat "$VENV/requirements" 2>/dev/null)" != "${REQUIREMENTS[*]}" ]; then
   echo "${REQUIREMENTS[*]}" >"$VENV/requirements"
 fi
 trap stop_roles EXIT
-new_prefix contract
-key=$(tenant_key "$prefix" contract)
-port=$(free_port)
 # Loopback webhooks are allowed, so generated notifications can be delivered or die here.
-role contract "http://127.0.0.1:$port/readyz" run --listen "127.0.0.1:$port" --prefix "$prefix" \
-  --pg-schema "$prefix" --mongo-db "$prefix" --webhook-allow-nets 127.0.0.0/8
+run_role contract
 # A few dead letters to start from, so the contract's links from the DLQ page (replay,
 # delete) have ids to follow: a receiver that answers 410 Gone kills on the first attempt.
 gone_port=$(free_port)

@@ -22,12 +22,8 @@ if [ "$(cat "$NODE_DIR/requirements" 2>/dev/null)" != "$PLAYWRIGHT" ]; then
   echo "$PLAYWRIGHT" >"$NODE_DIR/requirements"
 fi
 trap stop_roles EXIT
-new_prefix console
-key=$(tenant_key "$prefix" console)
-port=$(free_port)
 # Loopback webhooks are allowed: the browser test's own receiver is on 127.0.0.1.
-role console "http://127.0.0.1:$port/readyz" run --listen "127.0.0.1:$port" --prefix "$prefix" \
-  --pg-schema "$prefix" --mongo-db "$prefix" --webhook-allow-nets 127.0.0.0/8
+run_role console
 shots=${SHOTS:-$(results_dir)/console}
 mkdir -p "$shots"
 HERALD_URL="http://127.0.0.1:$port" HERALD_KEY="$key" SHOTS="$shots" \

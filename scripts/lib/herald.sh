@@ -20,6 +20,9 @@
 # new_prefix TAG                sets $prefix to a fresh prefix (also the schema and Mongo
 #                               database) and remembers it for drop_prefixes
 # tenant_key PREFIX TENANT      migrates the prefix's schema, creates TENANT, prints a key
+# run_role NAME                 `dispatcher run` (auth on, recorder, loopback webhooks
+#                               allowed) on a fresh prefix and port, with a tenant named
+#                               NAME; sets prefix, key and port
 # summary_sum FIELD DIR...      sum of loadgen summary.json's end_to_end.FIELD (or
 #                               total.errors for FIELD=errors) over runs
 # recorded_delivered PREFIX IDS WANT
@@ -109,6 +112,14 @@ tenant_key() {
   "$bin" migrate "${store[@]}" >/dev/null
   "$bin" tenant create "$2" "${store[@]}" >/dev/null
   "$bin" key create --tenant "$2" "${store[@]}" | sed -E 's/.*"key":"([^"]+)".*/\1/'
+}
+
+run_role() {
+  new_prefix "$1"
+  key=$(tenant_key "$prefix" "$1")
+  port=$(free_port)
+  role "$1" "http://127.0.0.1:$port/readyz" run --listen "127.0.0.1:$port" --prefix "$prefix" \
+    --pg-schema "$prefix" --mongo-db "$prefix" --webhook-allow-nets 127.0.0.0/8
 }
 
 summary_sum() {
