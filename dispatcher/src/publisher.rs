@@ -203,7 +203,7 @@ async fn send_batch(
                     tracing::debug!(%id, error = %err, "publish not acknowledged");
                 }
             }
-            if let Some(end) = shared.spans.now() {
+            if let Some(end) = shared.spans.clock_for(&trace_parent) {
                 shared.spans.record(Span {
                     name: "herald.publish",
                     kind: SpanKind::Producer,

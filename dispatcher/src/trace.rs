@@ -139,8 +139,8 @@ pub struct OtlpConfig {
 }
 
 /// Herald's span export, cheap to clone. Off (the default) it holds nothing, and every
-/// place that could record a span asks [`Spans::is_on`] before it builds one or reads a
-/// clock for it. On, spans queue (bounded: over 2,048 waiting they are dropped, never
+/// place that could record a span asks [`Spans::clock_for`] before it builds one or reads
+/// a clock for it (so an unsampled trace costs nothing either). On, spans queue (bounded: over 2,048 waiting they are dropped, never
 /// waited for) and go out in batches from one task.
 #[derive(Clone, Default)]
 pub struct Spans(Option<Arc<BatchSpanProcessor<Tokio>>>);
@@ -183,9 +183,10 @@ impl Spans {
         self.0.is_some()
     }
 
-    /// The time to start a span at, when spans are exported.
-    pub fn now(&self) -> Option<SystemTime> {
-        self.is_on().then(SystemTime::now)
+    /// The time to start or end a span of `context` at, when that span will be exported
+    /// (spans on, trace sampled): callers build no span, and read no clock, otherwise.
+    pub fn clock_for(&self, context: &TraceParent) -> Option<SystemTime> {
+        (self.is_on() && context.is_sampled()).then(SystemTime::now)
     }
 
     /// Queues `span` for export if spans are on and its trace is sampled.

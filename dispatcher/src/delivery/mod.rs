@@ -355,10 +355,10 @@ async fn deliver(shared: &Shared, job: Job) {
     }
     let channel = notification.channel;
     let started = std::time::Instant::now();
-    let span_start = shared.spans.now();
     // A message published before traces were carried starts one per attempt.
     let (trace, published_as) =
-        TraceParent::continue_or_start(TraceParent::header_of(&message), span_start.is_some());
+        TraceParent::continue_or_start(TraceParent::header_of(&message), shared.spans.is_on());
+    let span_start = shared.spans.clock_for(&trace);
     let attempt_info = Attempt {
         notification: &notification,
         raw: &message.payload,

@@ -189,8 +189,8 @@ where
     let id = id.unwrap_or_default();
     match operation {
         Operation::SendNotification | Operation::SendBatch => {
-            let start = state.spans.now();
             let trace = trace_of(state, &req);
+            let start = state.spans.clock_for(&trace.0);
             let (name, result) = if operation == Operation::SendBatch {
                 let result = batch::batch(state, caller, req, &trace.0).await;
                 ("herald.ingest.batch", result)
@@ -393,7 +393,7 @@ fn record_request(
     start: Option<std::time::SystemTime>,
     status: StatusCode,
 ) {
-    let (Some(start), Some(end)) = (start, state.spans.now()) else {
+    let (Some(start), Some(end)) = (start, state.spans.clock_for(&request)) else {
         return;
     };
     state.spans.record(trace::Span {
@@ -408,7 +408,7 @@ fn record_request(
             "http.response.status_code",
             i64::from(status.as_u16()),
         )],
-        error: (status.is_server_error()).then(|| status.to_string()),
+        error: status.is_server_error().then(|| status.to_string()),
     });
 }
 
