@@ -417,7 +417,9 @@ pub async fn purge(
         Ok(client) => {
             let js = async_nats::jetstream::new(client);
             let names = Names::new(&nats.prefix);
-            for stream in [names.notify_stream, names.dlq_stream, names.events_stream] {
+            let buckets = names.buckets().map(|b| format!("KV_{b}"));
+            let streams = [&names.notify_stream, &names.dlq_stream, &names.events_stream];
+            for stream in streams.into_iter().chain(&buckets).cloned() {
                 match js.delete_stream(&stream).await {
                     Ok(_) => purged.streams.push(stream),
                     Err(err) if stream_not_found(&err) => {}

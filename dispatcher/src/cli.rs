@@ -611,6 +611,23 @@ pub struct DeliveryArgs {
     /// How often the DLQ stream's size is read for the herald_dlq_messages gauge.
     #[arg(long, env = "HERALD_DLQ_SIZE_INTERVAL", default_value_t = human(delivery().dlq_size_interval))]
     dlq_size_interval: Human,
+    /// Consecutive failures (connection errors, timeouts, 408, 5xx) that open a
+    /// destination's circuit: its messages then wait, without spending attempts.
+    #[arg(long, env = "HERALD_CIRCUIT_FAILURES", default_value_t = delivery().health.failures, value_parser = clap::value_parser!(u32).range(1..))]
+    circuit_failures: u32,
+    /// How long a circuit first stays open; it doubles while probes fail.
+    #[arg(long, env = "HERALD_CIRCUIT_OPEN", default_value_t = human(delivery().health.open_base))]
+    circuit_open: Human,
+    /// The longest a circuit stays open between probes.
+    #[arg(long, env = "HERALD_CIRCUIT_OPEN_MAX", default_value_t = human(delivery().health.open_cap))]
+    circuit_open_max: Human,
+    /// Concurrent sends to one destination (its other messages wait).
+    #[arg(long, env = "HERALD_DESTINATION_CONCURRENCY", default_value_t = delivery().health.max_in_flight, value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
+    destination_concurrency: usize,
+    /// Sends per second to one destination unless an operator set its own rate
+    /// (`PUT /v1/destinations/{destination}`); 0: no limit.
+    #[arg(long, env = "HERALD_DESTINATION_RATE", default_value_t = 0.0)]
+    destination_rate: f64,
 }
 
 impl From<DeliveryArgs> for DeliveryConfig {
@@ -624,6 +641,14 @@ impl From<DeliveryArgs> for DeliveryConfig {
             event_linger: a.event_linger.into(),
             ack_wait: a.ack_wait.into(),
             dlq_size_interval: a.dlq_size_interval.into(),
+            health: herald::delivery::health::HealthConfig {
+                failures: a.circuit_failures,
+                open_base: a.circuit_open.into(),
+                open_cap: Duration::from(a.circuit_open_max).max(a.circuit_open.into()),
+                max_in_flight: a.destination_concurrency,
+                default_rate: (a.destination_rate > 0.0).then_some(a.destination_rate),
+                ..Default::default()
+            },
             retry_high: a.retry_high,
             retry_medium: a.retry_medium,
             retry_low: a.retry_low,

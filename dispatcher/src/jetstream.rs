@@ -25,8 +25,14 @@ pub struct Names {
     pub notify_filter: String,
     /// Dead letters: `<prefix>dlq.<tenant>.<priority>.<channel>.<id>`.
     pub dlq_stream: String,
-    /// Outcome events: `<prefix>events.<event>.<priority>`.
+    /// Outcome events: `<prefix>events.outcomes`; destination health:
+    /// `<prefix>events.destinations`.
     pub events_stream: String,
+    /// Key-value bucket of Herald's attempt counts (see `delivery::ledger`).
+    pub attempts_bucket: String,
+    /// Key-value bucket of destination health and operator controls (see
+    /// `delivery::health`).
+    pub destinations_bucket: String,
     /// `subjects[priority][channel]`, built once so publishing never formats a subject.
     subjects: [[Subject; 4]; 3],
 }
@@ -41,6 +47,8 @@ impl Names {
             notify_filter: format!("{prefix}notify.>"),
             dlq_stream: format!("{prefix}DLQ"),
             events_stream: format!("{prefix}EVENTS"),
+            attempts_bucket: format!("{prefix}ATTEMPTS"),
+            destinations_bucket: format!("{prefix}DESTINATIONS"),
             subjects,
         }
     }
@@ -98,6 +106,16 @@ impl Names {
     /// The subject of every batch of outcome events.
     pub fn event_subject(&self) -> String {
         format!("{}events.outcomes", self.prefix)
+    }
+
+    /// The subject of destination health events (`destination.failing`, `.recovered`).
+    pub fn destination_event_subject(&self) -> String {
+        format!("{}events.destinations", self.prefix)
+    }
+
+    /// Every key-value bucket under this prefix, with the stream behind each.
+    pub fn buckets(&self) -> [&str; 2] {
+        [&self.attempts_bucket, &self.destinations_bucket]
     }
 }
 
@@ -187,7 +205,37 @@ pub async fn ensure_streams(
     ] {
         js.create_or_update_stream(stream).await?;
     }
+    for bucket in bucket_configs(names, config) {
+        js.create_or_update_key_value(bucket).await?;
+    }
     Ok(())
+}
+
+/// The key-value buckets: one value per key, file storage, replicated like the streams.
+/// Attempt counts live as long as a notification can (NOTIFY's age); destination state is
+/// kept until an operator or a delivery process changes it.
+pub fn bucket_configs(names: &Names, config: &NatsConfig) -> [async_nats::jetstream::kv::Config; 2] {
+    let bucket = |name: &str, description: &str, max_age| async_nats::jetstream::kv::Config {
+        bucket: name.to_string(),
+        description: description.to_string(),
+        history: 1,
+        max_age,
+        storage: stream::StorageType::File,
+        num_replicas: config.stream_replicas,
+        ..Default::default()
+    };
+    [
+        bucket(
+            &names.attempts_bucket,
+            "Herald: deliveries that waited, per notification",
+            config.stream_max_age,
+        ),
+        bucket(
+            &names.destinations_bucket,
+            "Herald: destination health and operator controls",
+            Duration::ZERO,
+        ),
+    ]
 }
 
 /// A durable pull consumer's messages, one at a time, until `stop`: subscribes with

@@ -38,6 +38,9 @@ pub struct Metrics {
     admission_backlog: Gauge,
     admission_fraction: [Gauge; 3],
     record_lag: IntGaugeVec,
+    delivery_waits: IntCounterVec,
+    destination_transitions: IntCounterVec,
+    destinations_open: IntGauge,
 }
 
 fn per_priority<T>(f: impl Fn(Priority) -> T) -> [T; 3] {
@@ -258,6 +261,27 @@ impl Metrics {
             &["store", "source"],
         )
         .expect("valid metric");
+        let delivery_waits = IntCounterVec::new(
+            Opts::new(
+                "herald_delivery_waits_total",
+                "Deliveries put off without an attempt, by reason (paused, open, probing, held, throttled, busy, scheduled, handed_back)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let destination_transitions = IntCounterVec::new(
+            Opts::new(
+                "herald_destination_transitions_total",
+                "Circuit changes of destinations: to=open (failing) or to=closed (recovered)",
+            ),
+            &["to"],
+        )
+        .expect("valid metric");
+        let destinations_open = IntGauge::new(
+            "herald_destinations_open",
+            "Destinations whose circuit is open or probing in this process",
+        )
+        .expect("valid metric");
         type Collectors = Vec<Box<dyn prometheus::core::Collector>>;
         let ingress: Collectors = vec![
             Box::new(accepted.clone()),
@@ -281,6 +305,9 @@ impl Metrics {
             Box::new(dead_letters.clone()),
             Box::new(consumer_lag.clone()),
             Box::new(dlq_messages.clone()),
+            Box::new(delivery_waits.clone()),
+            Box::new(destination_transitions.clone()),
+            Box::new(destinations_open.clone()),
         ];
         let recorder: Collectors = vec![
             Box::new(recorded.clone()),
@@ -335,6 +362,25 @@ impl Metrics {
                 admission_fraction.with_label_values(&[p.as_str()])
             }),
             record_lag,
+            delivery_waits,
+            destination_transitions,
+            destinations_open,
+        }
+    }
+
+    /// A delivery put off without an attempt.
+    pub fn delivery_waited(&self, reason: &str) {
+        self.delivery_waits.with_label_values(&[reason]).inc();
+    }
+
+    /// A destination's circuit opened (`opened`) or closed again.
+    pub fn destination_transition(&self, opened: bool) {
+        let to = if opened { "open" } else { "closed" };
+        self.destination_transitions.with_label_values(&[to]).inc();
+        if opened {
+            self.destinations_open.inc();
+        } else {
+            self.destinations_open.dec();
         }
     }
 

@@ -7,13 +7,18 @@
 //!   never blocks on a full queue. Each channel has its own fixed pool of workers (its
 //!   concurrency cap): a slow channel cannot take another's workers, and within a channel
 //!   backlogged priorities are served by weight, low never starved.
-//! - A worker sends (with in-progress acks while a send is slow), then: delivered → event,
-//!   ack; retryable with attempts left → event, NAK with the backoff delay (the attempt
-//!   number is JetStream's delivery count, the wait is kept by the server: a crash loses no
-//!   retry state); permanent or exhausted → DLQ, event, terminate.
+//! - A worker asks the destination's health ([`health`]) first: a destination that is
+//!   paused, failing, throttled or busy makes the message wait (a NAK with a delay), and a
+//!   wait is recorded in the [`ledger`], so it costs no attempt.
+//! - Otherwise it sends (with in-progress acks while a send is slow), then: delivered →
+//!   event, ack; retryable with attempts left → event, NAK with the backoff delay (the
+//!   attempt number is Herald's, from the ledger; the wait is kept by the server: a crash
+//!   loses no retry state); permanent or exhausted → DLQ, event, terminate.
 //! - Shutdown: stop fetching, let every worker finish its send, NAK what is still queued so
 //!   another instance takes it at once.
 
+pub mod health;
+pub mod ledger;
 pub mod retry;
 pub mod senders;
 
@@ -33,6 +38,8 @@ use crate::metrics::Metrics;
 use crate::model::{Channel, Priority, WireNotification};
 use crate::scheduler::{PerClass, Scheduler, SchedulerConfig};
 use crate::trace::{Span, Spans, TraceParent};
+use health::{Destinations, Gate, HealthConfig};
+use ledger::{Count, Ledger};
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 use retry::RetryPolicy;
@@ -44,8 +51,9 @@ struct Job {
     priority: Priority,
 }
 
-/// Senders by channel.
-pub struct Senders(pub [Arc<dyn Sender>; 4]);
+/// Senders by channel, with the destination name of each channel's provider (webhooks
+/// are named by their URL instead).
+pub struct Senders(pub [Arc<dyn Sender>; 4], pub [Option<String>; 4]);
 
 impl Senders {
     /// The senders the configuration enables. A channel without one (no SMTP relay, SMS or
@@ -98,7 +106,19 @@ impl Senders {
             )?),
             None => Arc::new(senders::Unavailable(Channel::Email)),
         };
-        Ok(Senders([Arc::new(webhook), email, sms, push]))
+        let provider = |channel, url: &Option<String>| {
+            url.as_deref()
+                .and_then(|u| health::provider_destination(channel, u))
+        };
+        Ok(Senders(
+            [Arc::new(webhook), email, sms, push],
+            [
+                None,
+                provider(Channel::Email, &config.smtp_url),
+                provider(Channel::Sms, &config.sms_url),
+                provider(Channel::Push, &config.push_url),
+            ],
+        ))
     }
 }
 
@@ -113,6 +133,18 @@ struct Shared {
     /// Reports backlog ages to the door's admission (`dispatcher run`) and yields to it.
     yielding: Yielding,
     spans: Spans,
+    ledger: Ledger,
+    destinations: Arc<Destinations>,
+}
+
+impl Shared {
+    /// The destination whose health gates `notification`'s sends.
+    fn destination_of(&self, notification: &WireNotification<'_>) -> Option<String> {
+        match notification.channel {
+            Channel::Webhook => health::webhook_destination(&notification.recipient),
+            channel => self.senders.1[channel.index()].clone(),
+        }
+    }
 }
 
 /// The running delivery role.
@@ -156,6 +188,16 @@ impl Delivery {
             stop.clone(),
             &mut tasks,
         );
+        let ledger = Ledger::open(&js, &names).await?;
+        let destinations = Destinations::start(
+            js.clone(),
+            names.clone(),
+            config.health,
+            metrics.clone(),
+            stop.clone(),
+            &mut tasks,
+        )
+        .await?;
         let shared = Arc::new(Shared {
             js: js.clone(),
             names: names.clone(),
@@ -166,6 +208,8 @@ impl Delivery {
             metrics,
             yielding: yielding.clone(),
             spans,
+            ledger,
+            destinations,
         });
         let stream = js.get_stream(&names.notify_stream).await?;
         for priority in Priority::ALL {
@@ -186,8 +230,7 @@ impl Delivery {
                 priority,
                 schedulers.clone(),
                 config.fetch_batch.max(1),
-                shared.metrics.clone(),
-                yielding.clone(),
+                shared.clone(),
                 stop.clone(),
             ));
         }
@@ -246,8 +289,7 @@ async fn fetch(
     priority: Priority,
     schedulers: Vec<Arc<Scheduler<Job>>>,
     batch: usize,
-    metrics: Arc<Metrics>,
-    yielding: Yielding,
+    shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
     /// Messages taken between pauses while the door sheds this priority.
@@ -258,16 +300,16 @@ async fn fetch(
         burst += 1;
         if burst >= BURST {
             burst = 0;
-            yielding.pause(priority).await;
+            shared.yielding.pause(priority).await;
         }
         if let Ok(info) = message.info() {
-            metrics.consumer_lag(priority, info.pending);
+            shared.metrics.consumer_lag(priority, info.pending);
         }
         let channel = channel_of(&message);
         let job = Job { message, priority };
         if let Err(job) = schedulers[channel.index()].try_push(priority, job) {
             // Closed (shutting down) or, against the sizing, full: let it come back.
-            let _ = job.message.ack_with(AckKind::Nak(None)).await;
+            hand_back(&shared.ledger, &shared.metrics, &job.message).await;
         }
     }
 }
@@ -297,7 +339,7 @@ async fn work(shared: Arc<Shared>, scheduler: Arc<Scheduler<Job>>) {
         scheduler.wait_for_work().await;
         if scheduler.is_closed() {
             while let Some(job) = scheduler.pop() {
-                let _ = job.message.ack_with(AckKind::Nak(None)).await;
+                hand_back(&shared.ledger, &shared.metrics, &job.message).await;
             }
             return;
         }
@@ -307,12 +349,30 @@ async fn work(shared: Arc<Shared>, scheduler: Arc<Scheduler<Job>>) {
     }
 }
 
+/// Gives a message that was never worked on back to JetStream at once, as a wait.
+async fn hand_back(ledger: &Ledger, metrics: &Metrics, message: &Message) {
+    ledger.waited(message, None).await;
+    metrics.delivery_waited("handed_back");
+    let _ = message.ack_with(AckKind::Nak(None)).await;
+}
+
+/// Puts off `message` by `delay` without an attempt.
+async fn wait(shared: &Shared, message: &Message, count: Count, delay: Duration, reason: &str) {
+    shared.ledger.waited(message, Some(count)).await;
+    shared.metrics.delivery_waited(reason);
+    let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+}
+
 async fn deliver(shared: &Shared, job: Job) {
     let Job { message, priority } = job;
-    let (attempt, sequence) = match message.info() {
-        Ok(info) => (info.delivered.max(1) as u32, info.stream_sequence),
-        Err(_) => (1, 0),
+    let sequence = message.info().map_or(0, |info| info.stream_sequence);
+    let Some(count) = shared.ledger.count(&message).await else {
+        let _ = message
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+            .await;
+        return;
     };
+    let attempt = count.attempt();
     let notification: WireNotification<'_> = match serde_json::from_slice(&message.payload) {
         Ok(n) => n,
         Err(err) => {
@@ -341,11 +401,22 @@ async fn deliver(shared: &Shared, job: Job) {
     }
     if let Some(send_at) = notification.send_at.filter(|at| *at > now) {
         // Not due yet: come back at send_at.
-        let wait = (send_at - now).to_std().unwrap_or_default();
-        let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
+        let delay = (send_at - now).to_std().unwrap_or_default();
+        wait(shared, &message, count, delay, "scheduled").await;
         return;
     }
-    if attempt == 1 {
+    let permit = match shared
+        .destination_of(&notification)
+        .map(|name| shared.destinations.admit(notification.tenant, &name))
+    {
+        Some(Gate::Wait(delay, reason)) => {
+            wait(shared, &message, count, delay, reason.as_str()).await;
+            return;
+        }
+        Some(Gate::Send(permit)) => Some(permit),
+        None => None,
+    };
+    if count.delivered == 1 {
         // Taken at the worker, not at the fetch: a class whose ack-pending window is full
         // is fetched no more, and its backlog must not fall silent.
         let waited = (now - notification.accepted_at)
@@ -372,6 +443,9 @@ async fn deliver(shared: &Shared, job: Job) {
     )
     .await;
     let took = started.elapsed();
+    if let Some(permit) = permit {
+        permit.settle(&outcome);
+    }
     if let Some(start) = span_start {
         shared.spans.record(attempt_span(
             &notification,
@@ -662,6 +736,8 @@ pub struct DeliveryConfig {
     pub ack_wait: Duration,
     /// How often `herald_dlq_messages` is brought up to date.
     pub dlq_size_interval: Duration,
+    /// Circuit breaking, throttling and concurrency per destination.
+    pub health: HealthConfig,
     pub retry_high: RetryPolicy,
     pub retry_medium: RetryPolicy,
     pub retry_low: RetryPolicy,
@@ -700,6 +776,7 @@ impl Default for DeliveryConfig {
             event_linger: Duration::from_millis(10),
             ack_wait: Duration::from_secs(30),
             dlq_size_interval: Duration::from_secs(15),
+            health: HealthConfig::default(),
             retry_high: policy(200, 30, 8),
             retry_medium: policy(1000, 300, 8),
             retry_low: policy(5000, 1800, 6),

@@ -211,12 +211,12 @@ pub fn sequence(message: &Message) -> u64 {
 /// A batch's messages decoded by `parse`, each with its message. One that does not decode
 /// is logged and left out: it would fail the same way on every redelivery.
 pub fn decode<'a, T>(
-    batch: &'a [Message],
+    batch: impl IntoIterator<Item = &'a Message>,
     what: &str,
     parse: impl Fn(&'a [u8]) -> Result<T, serde_json::Error>,
 ) -> Vec<(T, &'a Message)> {
     batch
-        .iter()
+        .into_iter()
         .filter_map(|message| match parse(&message.payload) {
             Ok(decoded) => Some((decoded, message)),
             Err(err) => {
@@ -228,9 +228,13 @@ pub fn decode<'a, T>(
 }
 
 /// An EVENTS batch's outcome events, each with its message's stream sequence and its index
-/// in that message (the pair that keys it).
+/// in that message (the pair that keys it). Destination health events (`<prefix>events.destinations`) are for other readers and
+/// are passed over.
 pub fn events(batch: &[Message]) -> Vec<(crate::events::Event<'_>, u64, u32)> {
-    decode(batch, "events", crate::events::decode)
+    let outcomes = batch
+        .iter()
+        .filter(|m| !m.subject.ends_with(".destinations"));
+    decode(outcomes, "events", crate::events::decode)
         .into_iter()
         .flat_map(|(events, message)| {
             let seq = sequence(message);

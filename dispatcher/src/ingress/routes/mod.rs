@@ -1,9 +1,10 @@
 //! Routing of the ingress API, and what every route shares: authentication, rate limits,
 //! shedding, body reading and error rendering. Each resource has a file of its own:
 //! [`notifications`] (one notification in), [`batch`], [`status`] (reading them back)
-//! and [`dlq`]. Every failure is an [`ApiError`] rendered in one place.
+//! [`dlq`] and [`destinations`]. Every failure is an [`ApiError`] rendered in one place.
 
 mod batch;
+mod destinations;
 mod dlq;
 mod notifications;
 pub mod openapi;
@@ -91,12 +92,17 @@ pub enum Operation {
     DeleteDeadLetters,
     ReplayDeadLetter,
     DeleteDeadLetter,
+    ListDestinations,
+    GetDestination,
+    SetDestinationRate,
+    PauseDestination,
+    ResumeDestination,
 }
 
 /// Every /v1 route, `{id}` standing for one path segment. The router resolves requests
 /// from this table alone, and the API contract (`/openapi.json`) names exactly these
 /// routes (tested), so neither can have a route the other lacks.
-pub const ROUTES: [(Method, &str, Operation); 10] = [
+pub const ROUTES: [(Method, &str, Operation); 15] = [
     (
         Method::GET,
         "/v1/notifications",
@@ -131,6 +137,31 @@ pub const ROUTES: [(Method, &str, Operation); 10] = [
         Operation::ReplayDeadLetter,
     ),
     (Method::DELETE, "/v1/dlq/{id}", Operation::DeleteDeadLetter),
+    (
+        Method::GET,
+        "/v1/destinations",
+        Operation::ListDestinations,
+    ),
+    (
+        Method::GET,
+        "/v1/destinations/{id}",
+        Operation::GetDestination,
+    ),
+    (
+        Method::PUT,
+        "/v1/destinations/{id}",
+        Operation::SetDestinationRate,
+    ),
+    (
+        Method::POST,
+        "/v1/destinations/{id}/pause",
+        Operation::PauseDestination,
+    ),
+    (
+        Method::POST,
+        "/v1/destinations/{id}/resume",
+        Operation::ResumeDestination,
+    ),
 ];
 
 /// The operation for `method` on `path`, with the `{id}` segment if its route has one:
@@ -213,6 +244,14 @@ where
         Operation::DeleteDeadLetters => Ok(dlq::delete_matching(state, caller, query).await?),
         Operation::ReplayDeadLetter => Ok(dlq::replay(state, caller, id).await?),
         Operation::DeleteDeadLetter => Ok(dlq::delete(state, caller, id).await?),
+        Operation::ListDestinations => Ok(destinations::list(state, caller).await?),
+        Operation::GetDestination => Ok(destinations::get(state, caller, id).await?),
+        Operation::SetDestinationRate => {
+            let id = id.to_string();
+            Ok(destinations::set_rate(state, caller, &id, req).await?)
+        }
+        Operation::PauseDestination => Ok(destinations::pause(state, caller, id).await?),
+        Operation::ResumeDestination => Ok(destinations::resume(state, caller, id).await?),
     }
 }
 

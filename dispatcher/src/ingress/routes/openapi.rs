@@ -11,7 +11,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, Secur
 use utoipa::openapi::{ContentBuilder, Object, Ref, RefOr, ResponseBuilder, Type};
 use utoipa::{Modify, OpenApi};
 
-use super::{batch, dlq, notifications, status};
+use super::{batch, destinations, dlq, notifications, status};
 use crate::error;
 use crate::model::{Channel, NotificationRequest, Priority};
 
@@ -37,6 +37,11 @@ pub const PATH: &str = "/openapi.json";
         dlq::delete_matching,
         dlq::replay,
         dlq::delete,
+        destinations::list,
+        destinations::get,
+        destinations::set_rate,
+        destinations::pause,
+        destinations::resume,
         healthz,
         readyz,
         metrics,
@@ -55,6 +60,7 @@ pub const PATH: &str = "/openapi.json";
     tags(
         (name = "notifications", description = "Sending notifications and reading them back"),
         (name = "dead letters", description = "What could not be delivered: browse, replay, delete"),
+        (name = "destinations", description = "Where notifications go: health (circuit state), pause, resume and rate"),
         (name = "operations", description = "Health, readiness, metrics and this contract"),
     )
 )]
@@ -86,7 +92,7 @@ impl Modify for Contract {
             if !path.starts_with("/v1/") {
                 continue;
             }
-            for operation in [&mut item.get, &mut item.post, &mut item.delete]
+            for operation in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete]
                 .into_iter()
                 .flatten()
             {

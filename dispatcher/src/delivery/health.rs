@@ -1,0 +1,700 @@
+//! Per-destination health: a circuit breaker, throttling that delays rather than drops,
+//! a cap on concurrent sends, and operator pauses.
+//!
+//! A destination is a tenant's webhook host and port, or the provider of another channel
+//! (`sms:api.example.com:443`). Before a send the worker asks [`Destinations::admit`]:
+//! - [`Gate::Send`] gives a [`Permit`], settled with the outcome afterwards;
+//! - [`Gate::Wait`] says how long the message should wait, and why. The worker hands it
+//!   back to JetStream with that delay, and the ledger records a wait, not an attempt.
+//!
+//! So a destination that is down holds no workers and burns no attempts: after
+//! `failures` consecutive failures (connection errors, timeouts, 408 and 5xx) its circuit
+//! opens for a period that doubles while probes fail. When the period ends, one message
+//! goes out as a probe (half-open) while the rest wait; its success closes the circuit.
+//! Each change is an event on `<prefix>events.destinations` (`destination.failing`,
+//! `destination.recovered`), a metric, and a record in the `<prefix>DESTINATIONS` bucket
+//! (`health.<tenant>.<name>`), which the operator API lists.
+//!
+//! Operators write `control.<tenant>.<name>` in the same bucket (pause, a rate per second),
+//! and every delivery process follows those keys. A 429 or 503 with `Retry-After` holds
+//! every message to that destination for that long, not only the one that got it.
+//!
+//! The state of a circuit lives in each delivery process: with several, each learns a
+//! destination's failure on its own, after `failures` sends of its own. The healthy path
+//! takes no lock: a few atomic loads and an increment of the destination's in-flight count.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::senders::SendOutcome;
+use crate::jetstream::Names;
+use crate::metrics::Metrics;
+
+/// How destinations are judged.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HealthConfig {
+    /// Consecutive failures that open a circuit.
+    pub failures: u32,
+    /// The first open period; it doubles while probes fail, up to `open_cap`.
+    pub open_base: Duration,
+    pub open_cap: Duration,
+    /// Concurrent sends to one destination, so a receiver that hangs cannot take every
+    /// worker of its channel before its circuit opens.
+    pub max_in_flight: usize,
+    /// Sends per second to one destination when the operator set none; `None`: no limit.
+    pub default_rate: Option<f64>,
+    /// How long a message to a paused destination waits before it looks again.
+    pub paused_wait: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            failures: 5,
+            open_base: Duration::from_secs(5),
+            open_cap: Duration::from_secs(300),
+            max_in_flight: 64,
+            default_rate: None,
+            paused_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a delivery waits instead of sending (the `reason` of `herald_delivery_waits_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitReason {
+    Paused,
+    Open,
+    Probing,
+    Held,
+    Throttled,
+    Busy,
+}
+
+impl WaitReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaitReason::Paused => "paused",
+            WaitReason::Open => "open",
+            WaitReason::Probing => "probing",
+            WaitReason::Held => "held",
+            WaitReason::Throttled => "throttled",
+            WaitReason::Busy => "busy",
+        }
+    }
+}
+
+/// What a worker may do with one message to a destination.
+pub enum Gate {
+    Send(Permit),
+    Wait(Duration, WaitReason),
+}
+
+/// A circuit's state, as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CircuitState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+const CLOSED: u8 = 0;
+const OPEN: u8 = 1;
+const HALF_OPEN: u8 = 2;
+
+/// The operator's settings of one destination (`control.<tenant>.<name>`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Control {
+    /// Name of the destination, as the API spells it.
+    pub destination: String,
+    #[serde(default)]
+    pub paused: bool,
+    /// Sends per second; absent: the deployment's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_sec: Option<f64>,
+}
+
+/// What a delivery process last saw of one destination (`health.<tenant>.<name>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HealthRecord {
+    pub destination: String,
+    pub state: CircuitState,
+    /// When the circuit took this state.
+    pub since: DateTime<Utc>,
+    pub consecutive_failures: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Until when the destination's own `Retry-After` holds its messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<DateTime<Utc>>,
+}
+
+/// A destination health event on `<prefix>events.destinations`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DestinationEvent {
+    /// `destination.failing` or `destination.recovered`.
+    pub event: String,
+    pub tenant: Uuid,
+    pub destination: String,
+    pub at: DateTime<Utc>,
+    pub consecutive_failures: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The key-value keys of one destination: `<kind>.<tenant>.<name in base64url>` (names
+/// hold ':' and '[', which keys may not).
+pub fn bucket_key(kind: &str, tenant: &Uuid, destination: &str) -> String {
+    format!(
+        "{kind}.{}.{}",
+        tenant.simple(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(destination)
+    )
+}
+
+/// Every key of one kind for one tenant.
+pub fn bucket_filter(kind: &str, tenant: &Uuid) -> String {
+    format!("{kind}.{}.*", tenant.simple())
+}
+
+type Key = (Uuid, Arc<str>);
+
+/// One destination's state in this process.
+struct Destination {
+    key: Key,
+    mode: AtomicU8,
+    paused: AtomicBool,
+    failures: AtomicU32,
+    in_flight: AtomicUsize,
+    /// Microseconds since [`Destinations::epoch`]; 0: none.
+    held_until: AtomicU64,
+    /// Sends per second (f64 bits); 0: the default.
+    rate: AtomicU64,
+    /// The rate's theoretical arrival time (GCRA), microseconds since the epoch.
+    rate_tat: AtomicU64,
+    /// Taken only when the circuit changes or is open.
+    circuit: Mutex<Circuit>,
+}
+
+#[derive(Default)]
+struct Circuit {
+    open_until: Option<Instant>,
+    /// Open periods in a row (the next one doubles).
+    opened: u32,
+    probing: bool,
+    last_error: Option<String>,
+}
+
+/// How a send went, for the destination's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// It answered (delivered, or refused the message itself: a 4xx).
+    Up,
+    /// It did not (connection error, timeout, 408, 5xx).
+    Down,
+}
+
+fn verdict(outcome: &SendOutcome) -> Verdict {
+    match outcome {
+        SendOutcome::Delivered | SendOutcome::Permanent { .. } => Verdict::Up,
+        SendOutcome::Retryable { status, .. } => match status {
+            Some(429) => Verdict::Up,
+            _ => Verdict::Down,
+        },
+    }
+}
+
+/// Every destination this process has sent to, with the operator's controls.
+pub struct Destinations {
+    map: moka::sync::Cache<Key, Arc<Destination>>,
+    /// The operators' controls, kept apart from `map`: a destination forgotten while idle
+    /// takes its pause and rate again when it comes back. Read only when one is created.
+    controls: std::sync::RwLock<std::collections::HashMap<Key, Control>>,
+    config: HealthConfig,
+    epoch: Instant,
+    js: jetstream::Context,
+    kv: kv::Store,
+    names: Names,
+    metrics: Arc<Metrics>,
+}
+
+impl Destinations {
+    /// Opens the bucket and follows the operators' controls until `stop`.
+    pub async fn start(
+        js: jetstream::Context,
+        names: Names,
+        config: HealthConfig,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) -> Result<Arc<Self>, async_nats::Error> {
+        let kv = js.get_key_value(&names.destinations_bucket).await?;
+        let destinations = Arc::new(Destinations {
+            // A destination idle for an hour is forgotten (its controls stay in the
+            // bucket and are read again when it comes back).
+            map: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
+            controls: Default::default(),
+            config,
+            epoch: Instant::now(),
+            js,
+            kv: kv.clone(),
+            names,
+            metrics,
+        });
+        let watch = kv.watch_with_history("control.>").await?;
+        tasks.spawn(follow_controls(destinations.clone(), watch, stop));
+        Ok(destinations)
+    }
+
+    fn now_micros(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    fn get(&self, tenant: Uuid, name: &str) -> Arc<Destination> {
+        let key: Key = (tenant, Arc::from(name));
+        self.map.get_with_by_ref(&key, || {
+            let control = self
+                .controls
+                .read()
+                .expect("controls lock")
+                .get(&key)
+                .cloned()
+                .unwrap_or_default();
+            Arc::new(Destination {
+                key: key.clone(),
+                mode: AtomicU8::new(CLOSED),
+                paused: AtomicBool::new(control.paused),
+                failures: AtomicU32::new(0),
+                in_flight: AtomicUsize::new(0),
+                held_until: AtomicU64::new(0),
+                rate: AtomicU64::new(rate_bits(&control)),
+                rate_tat: AtomicU64::new(0),
+                circuit: Mutex::new(Circuit::default()),
+            })
+        })
+    }
+
+    /// May a message to `name` (of `tenant`) be sent now?
+    pub fn admit(self: &Arc<Self>, tenant: Uuid, name: &str) -> Gate {
+        let d = self.get(tenant, name);
+        if d.paused.load(Ordering::Relaxed) {
+            return Gate::Wait(jitter(self.config.paused_wait), WaitReason::Paused);
+        }
+        let now = self.now_micros();
+        let held = d.held_until.load(Ordering::Relaxed);
+        if held > now {
+            return Gate::Wait(jitter(Duration::from_micros(held - now)), WaitReason::Held);
+        }
+        let mut probe = false;
+        if d.mode.load(Ordering::Acquire) != CLOSED {
+            let mut circuit = d.circuit.lock().expect("circuit lock");
+            match d.mode.load(Ordering::Acquire) {
+                OPEN => {
+                    let left = circuit
+                        .open_until
+                        .map_or(Duration::ZERO, |t| t.saturating_duration_since(Instant::now()));
+                    if !left.is_zero() {
+                        // Spread the waiting messages over one more period, so they do
+                        // not all come back at the same instant.
+                        let period = self.open_period(circuit.opened);
+                        return Gate::Wait(left + period.mul_f64(fastrand::f64()), WaitReason::Open);
+                    }
+                    d.mode.store(HALF_OPEN, Ordering::Release);
+                    circuit.probing = true;
+                    probe = true;
+                }
+                HALF_OPEN if circuit.probing => {
+                    return Gate::Wait(jitter(self.config.open_base), WaitReason::Probing);
+                }
+                HALF_OPEN => {
+                    circuit.probing = true;
+                    probe = true;
+                }
+                _ => {}
+            }
+        }
+        if !probe {
+            if let Some(wait) = self.throttle(&d, now) {
+                return Gate::Wait(wait, WaitReason::Throttled);
+            }
+        }
+        let in_flight = d.in_flight.fetch_add(1, Ordering::AcqRel);
+        if !probe && in_flight >= self.config.max_in_flight {
+            d.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Gate::Wait(
+                Duration::from_millis(100 + fastrand::u64(..400)),
+                WaitReason::Busy,
+            );
+        }
+        Gate::Send(Permit {
+            destinations: self.clone(),
+            destination: d,
+            probe,
+            settled: false,
+        })
+    }
+
+    /// GCRA: the wait before the next send if the destination's rate is used up.
+    fn throttle(&self, d: &Destination, now: u64) -> Option<Duration> {
+        let rate = match f64::from_bits(d.rate.load(Ordering::Relaxed)) {
+            r if r > 0.0 => r,
+            _ => self.config.default_rate.filter(|r| *r > 0.0)?,
+        };
+        let interval = (1e6 / rate).max(1.0) as u64;
+        // A burst of one second's sends is allowed.
+        let tolerance = (1e6 as u64).max(interval);
+        let mut tat = d.rate_tat.load(Ordering::Relaxed);
+        loop {
+            let start = tat.max(now);
+            if start - now > tolerance {
+                return Some(Duration::from_micros(start - now - tolerance) + jitter_small());
+            }
+            match d.rate_tat.compare_exchange_weak(
+                tat,
+                start + interval,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return None,
+                Err(current) => tat = current,
+            }
+        }
+    }
+
+    fn open_period(&self, opened: u32) -> Duration {
+        self.config
+            .open_base
+            .saturating_mul(1u32 << opened.saturating_sub(1).min(16))
+            .min(self.config.open_cap)
+    }
+
+    fn settle(&self, d: &Destination, probe: bool, outcome: &SendOutcome) {
+        if let SendOutcome::Retryable {
+            retry_after: Some(after),
+            status: Some(429 | 503),
+            ..
+        } = outcome
+        {
+            let until = self.now_micros() + after.as_micros() as u64;
+            d.held_until.fetch_max(until, Ordering::Relaxed);
+        }
+        match verdict(outcome) {
+            Verdict::Up => {
+                if d.failures.load(Ordering::Relaxed) != 0 {
+                    d.failures.store(0, Ordering::Relaxed);
+                }
+                if probe || d.mode.load(Ordering::Acquire) != CLOSED {
+                    let mut circuit = d.circuit.lock().expect("circuit lock");
+                    if d.mode.swap(CLOSED, Ordering::AcqRel) != CLOSED {
+                        *circuit = Circuit::default();
+                        drop(circuit);
+                        self.changed(d, CircuitState::Closed, 0, None);
+                    }
+                }
+            }
+            Verdict::Down => {
+                let failures = d.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                let mode = d.mode.load(Ordering::Acquire);
+                if !(probe || (mode == CLOSED && failures >= self.config.failures)) {
+                    return;
+                }
+                let mut circuit = d.circuit.lock().expect("circuit lock");
+                // Another worker may have opened it meanwhile.
+                if !probe && d.mode.load(Ordering::Acquire) != CLOSED {
+                    return;
+                }
+                circuit.opened += 1;
+                circuit.probing = false;
+                circuit.open_until = Some(Instant::now() + self.open_period(circuit.opened));
+                circuit.last_error = outcome.error().map(str::to_string);
+                let first = d.mode.swap(OPEN, Ordering::AcqRel) == CLOSED;
+                let error = circuit.last_error.clone();
+                drop(circuit);
+                if first {
+                    self.changed(d, CircuitState::Open, failures, error);
+                } else {
+                    self.record(d, CircuitState::Open, failures, error);
+                }
+            }
+        }
+    }
+
+    /// A circuit opened or closed: metric, event and record.
+    fn changed(&self, d: &Destination, to: CircuitState, failures: u32, error: Option<String>) {
+        let opened = to == CircuitState::Open;
+        self.metrics.destination_transition(opened);
+        let (tenant, name) = (&d.key.0, &d.key.1);
+        tracing::warn!(%tenant, destination = %name, failures, error = error.as_deref().unwrap_or(""),
+            "destination {}", if opened { "failing: circuit open" } else { "recovered: circuit closed" });
+        let event = DestinationEvent {
+            event: String::from(if opened {
+                "destination.failing"
+            } else {
+                "destination.recovered"
+            }),
+            tenant: *tenant,
+            destination: name.to_string(),
+            at: Utc::now(),
+            consecutive_failures: failures,
+            error: error.clone(),
+        };
+        let (js, subject) = (self.js.clone(), self.names.destination_event_subject());
+        tokio::spawn(async move {
+            let body = serde_json::to_vec(&event).expect("serializable");
+            let stored = match js.publish(subject, body.into()).await {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(err) = stored {
+                tracing::warn!(destination = %event.destination, error = %err, "destination event not stored");
+            }
+        });
+        self.record(d, to, failures, error);
+    }
+
+    /// Puts what this process knows of `d` into the bucket, for the operator API.
+    fn record(&self, d: &Destination, state: CircuitState, failures: u32, error: Option<String>) {
+        let held = d.held_until.load(Ordering::Relaxed);
+        let now = self.now_micros();
+        let record = HealthRecord {
+            destination: d.key.1.to_string(),
+            state,
+            since: Utc::now(),
+            consecutive_failures: failures,
+            last_error: error,
+            held_until: (held > now).then(|| {
+                Utc::now() + chrono::Duration::microseconds((held - now) as i64)
+            }),
+        };
+        let key = bucket_key("health", &d.key.0, &d.key.1);
+        let kv = self.kv.clone();
+        tokio::spawn(async move {
+            let body = serde_json::to_vec(&record).expect("serializable");
+            if let Err(err) = kv.put(key, body.into()).await {
+                tracing::warn!(destination = %record.destination, error = %err, "destination state not recorded");
+            }
+        });
+    }
+
+    fn apply(&self, tenant: Uuid, control: Control) {
+        let key: Key = (tenant, Arc::from(control.destination.as_str()));
+        let (paused, rate) = (control.paused, rate_bits(&control));
+        // The controls first, then the live entry: one created meanwhile reads the new.
+        {
+            let mut controls = self.controls.write().expect("controls lock");
+            if control == Control::default_for(&control.destination) {
+                controls.remove(&key);
+            } else {
+                controls.insert(key.clone(), control);
+            }
+        }
+        if let Some(d) = self.map.get(&key) {
+            d.paused.store(paused, Ordering::Relaxed);
+            d.rate.store(rate, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A control's rate as the bits of an f64; 0: the default.
+fn rate_bits(control: &Control) -> u64 {
+    control
+        .rate_per_sec
+        .filter(|r| *r > 0.0)
+        .unwrap_or(0.0)
+        .to_bits()
+}
+
+impl Control {
+    /// No pause and the default rate.
+    pub fn default_for(destination: &str) -> Self {
+        Control {
+            destination: destination.to_string(),
+            ..Control::default()
+        }
+    }
+}
+
+/// Applies every operator control in the bucket, then each change, until `stop`.
+async fn follow_controls(
+    destinations: Arc<Destinations>,
+    mut watch: kv::Watch,
+    stop: CancellationToken,
+) {
+    loop {
+        let entry = tokio::select! {
+            () = stop.cancelled() => return,
+            entry = watch.next() => entry,
+        };
+        match entry {
+            Some(Ok(entry)) => {
+                let Some(tenant) = entry
+                    .key
+                    .split('.')
+                    .nth(1)
+                    .and_then(|t| Uuid::try_parse(t).ok())
+                else {
+                    continue;
+                };
+                let control = match entry.operation {
+                    kv::Operation::Put => match serde_json::from_slice::<Control>(&entry.value) {
+                        Ok(control) => control,
+                        Err(err) => {
+                            tracing::warn!(key = %entry.key, error = %err, "unreadable destination control");
+                            continue;
+                        }
+                    },
+                    // A deleted control resumes the destination at the default rate; its
+                    // name is in the key.
+                    _ => match entry
+                        .key
+                        .rsplit('.')
+                        .next()
+                        .and_then(|n| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(n).ok())
+                        .and_then(|n| String::from_utf8(n).ok())
+                    {
+                        Some(destination) => Control::default_for(&destination),
+                        None => continue,
+                    },
+                };
+                destinations.apply(tenant, control);
+            }
+            Some(Err(err)) => {
+                tracing::warn!(error = %err, "destination controls: watch failed");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            None => {
+                // The watch ended (NATS went away and came back): start again.
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                match destinations.kv.watch_with_history("control.>").await {
+                    Ok(w) => watch = w,
+                    Err(err) => tracing::warn!(error = %err, "destination controls: cannot watch"),
+                }
+            }
+        }
+    }
+}
+
+/// Leave to send one message; settle it with the outcome.
+pub struct Permit {
+    destinations: Arc<Destinations>,
+    destination: Arc<Destination>,
+    probe: bool,
+    settled: bool,
+}
+
+impl Permit {
+    pub fn settle(mut self, outcome: &SendOutcome) {
+        self.settled = true;
+        self.destinations
+            .settle(&self.destination, self.probe, outcome);
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.destination.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.probe && !self.settled {
+            // A probe cut short (shutdown): let the next message probe.
+            self.destination
+                .circuit
+                .lock()
+                .expect("circuit lock")
+                .probing = false;
+        }
+    }
+}
+
+/// `d` plus up to a fifth more, so waits that began together end apart.
+fn jitter(d: Duration) -> Duration {
+    d + d.mul_f64(fastrand::f64() * 0.2)
+}
+
+fn jitter_small() -> Duration {
+    Duration::from_micros(fastrand::u64(..20_000))
+}
+
+/// The destination of a webhook URL: `webhook:<host>:<port>`.
+pub fn webhook_destination(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    let host = uri.host()?;
+    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("http") => 80,
+        _ => 443,
+    });
+    Some(format!("webhook:{}:{port}", host.to_ascii_lowercase()))
+}
+
+/// The destination of a provider behind `url` for `channel`: `<channel>:<host>:<port>`.
+pub fn provider_destination(channel: crate::model::Channel, url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    let host = uri.host()?;
+    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("http") => 80,
+        Some("smtp") => 25,
+        Some("smtps") => 465,
+        _ => 443,
+    });
+    Some(format!("{channel}:{}:{port}", host.to_ascii_lowercase()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_are_named_by_channel_host_and_port() {
+        assert_eq!(
+            webhook_destination("https://Hooks.Example.com/a/b?c").as_deref(),
+            Some("webhook:hooks.example.com:443")
+        );
+        assert_eq!(
+            webhook_destination("http://127.0.0.1:8080/x").as_deref(),
+            Some("webhook:127.0.0.1:8080")
+        );
+        assert_eq!(
+            provider_destination(crate::model::Channel::Email, "smtp://relay.local").as_deref(),
+            Some("email:relay.local:25")
+        );
+        assert_eq!(webhook_destination("not a url"), None);
+        let key = bucket_key("health", &Uuid::nil(), "webhook:[::1]:80");
+        assert!(key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+    }
+
+    #[test]
+    fn retry_after_holds_and_4xx_counts_as_up() {
+        assert_eq!(verdict(&SendOutcome::Delivered), Verdict::Up);
+        let answered = |status| SendOutcome::from_http_status(status, None, "x");
+        assert_eq!(verdict(&answered(410)), Verdict::Up);
+        assert_eq!(verdict(&answered(429)), Verdict::Up);
+        assert_eq!(verdict(&answered(503)), Verdict::Down);
+        assert_eq!(
+            verdict(&SendOutcome::Retryable {
+                error: "reset".into(),
+                status: None,
+                retry_after: None
+            }),
+            Verdict::Down
+        );
+    }
+}
