@@ -418,7 +418,11 @@ pub async fn purge(
             let js = async_nats::jetstream::new(client);
             let names = Names::new(&nats.prefix);
             let buckets = names.buckets().map(|b| format!("KV_{b}"));
-            let streams = [&names.notify_stream, &names.dlq_stream, &names.events_stream];
+            let streams = [
+                &names.notify_stream,
+                &names.dlq_stream,
+                &names.events_stream,
+            ];
             for stream in streams.into_iter().chain(&buckets).cloned() {
                 match js.delete_stream(&stream).await {
                     Ok(_) => purged.streams.push(stream),

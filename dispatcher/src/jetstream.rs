@@ -214,7 +214,10 @@ pub async fn ensure_streams(
 /// The key-value buckets: one value per key, file storage, replicated like the streams.
 /// Attempt counts live as long as a notification can (NOTIFY's age); destination state is
 /// kept until an operator or a delivery process changes it.
-pub fn bucket_configs(names: &Names, config: &NatsConfig) -> [async_nats::jetstream::kv::Config; 2] {
+pub fn bucket_configs(
+    names: &Names,
+    config: &NatsConfig,
+) -> [async_nats::jetstream::kv::Config; 2] {
     let bucket = |name: &str, description: &str, max_age| async_nats::jetstream::kv::Config {
         bucket: name.to_string(),
         description: description.to_string(),

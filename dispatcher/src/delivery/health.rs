@@ -303,14 +303,17 @@ impl Destinations {
             let mut circuit = d.circuit.lock().expect("circuit lock");
             match d.mode.load(Ordering::Acquire) {
                 OPEN => {
-                    let left = circuit
-                        .open_until
-                        .map_or(Duration::ZERO, |t| t.saturating_duration_since(Instant::now()));
+                    let left = circuit.open_until.map_or(Duration::ZERO, |t| {
+                        t.saturating_duration_since(Instant::now())
+                    });
                     if !left.is_zero() {
                         // Spread the waiting messages over one more period, so they do
                         // not all come back at the same instant.
                         let period = self.open_period(circuit.opened);
-                        return Gate::Wait(left + period.mul_f64(fastrand::f64()), WaitReason::Open);
+                        return Gate::Wait(
+                            left + period.mul_f64(fastrand::f64()),
+                            WaitReason::Open,
+                        );
                     }
                     d.mode.store(HALF_OPEN, Ordering::Release);
                     circuit.probing = true;
@@ -475,9 +478,8 @@ impl Destinations {
             since: Utc::now(),
             consecutive_failures: failures,
             last_error: error,
-            held_until: (held > now).then(|| {
-                Utc::now() + chrono::Duration::microseconds((held - now) as i64)
-            }),
+            held_until: (held > now)
+                .then(|| Utc::now() + chrono::Duration::microseconds((held - now) as i64)),
         };
         let key = bucket_key("health", &d.key.0, &d.key.1);
         let kv = self.kv.clone();
@@ -562,7 +564,11 @@ async fn follow_controls(
                         .key
                         .rsplit('.')
                         .next()
-                        .and_then(|n| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(n).ok())
+                        .and_then(|n| {
+                            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                                .decode(n)
+                                .ok()
+                        })
                         .and_then(|n| String::from_utf8(n).ok())
                     {
                         Some(destination) => Control::default_for(&destination),

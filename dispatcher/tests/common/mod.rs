@@ -156,6 +156,19 @@ impl TestServer {
             .expect("request completes")
     }
 
+    /// A JSON PUT.
+    pub async fn put(&self, path: &str, body: impl Into<Bytes>) -> TestResponse {
+        self.http
+            .request(
+                "PUT",
+                &self.url(path),
+                Some("application/json"),
+                body.into(),
+            )
+            .await
+            .expect("request completes")
+    }
+
     pub async fn delete(&self, path: &str) -> TestResponse {
         self.http
             .request("DELETE", &self.url(path), None, Bytes::new())
@@ -548,7 +561,16 @@ impl Received {
     }
 }
 
-type Answer = Box<dyn Fn(usize, &Received) -> (u16, std::time::Duration) + Send + Sync>;
+/// How a [`Receiver`] answers one request.
+pub struct Reply {
+    pub status: u16,
+    /// How long it takes to answer.
+    pub delay: Duration,
+    /// Sent as `Retry-After` (seconds).
+    pub retry_after: Option<u64>,
+}
+
+type Answer = Box<dyn Fn(usize, &Received) -> Reply + Send + Sync>;
 
 /// A webhook receiver or provider API: a real HTTP server that records every request and
 /// answers with the status (after the delay) that `answer(n)` gives for the n-th request
@@ -568,6 +590,21 @@ impl Receiver {
 
     pub async fn checking(
         answer: impl Fn(usize, &Received) -> (u16, std::time::Duration) + Send + Sync + 'static,
+    ) -> Self {
+        Self::replying(move |n, received| {
+            let (status, delay) = answer(n, received);
+            Reply {
+                status,
+                delay,
+                retry_after: None,
+            }
+        })
+        .await
+    }
+
+    /// A receiver whose answers may carry headers.
+    pub async fn replying(
+        answer: impl Fn(usize, &Received) -> Reply + Send + Sync + 'static,
     ) -> Self {
         use hyper::service::service_fn;
         use hyper_util::rt::TokioIo;
@@ -593,14 +630,18 @@ impl Receiver {
                             headers,
                             body,
                         };
-                        let (status, delay) = {
+                        let reply = {
                             let mut log = log.lock().unwrap();
                             log.push(received.clone());
                             answer(log.len() - 1, &received)
                         };
-                        tokio::time::sleep(delay).await;
+                        tokio::time::sleep(reply.delay).await;
                         let mut resp = http::Response::new(Full::new(Bytes::new()));
-                        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        *resp.status_mut() = http::StatusCode::from_u16(reply.status).unwrap();
+                        if let Some(seconds) = reply.retry_after {
+                            resp.headers_mut()
+                                .insert(http::header::RETRY_AFTER, seconds.into());
+                        }
                         Ok::<_, std::convert::Infallible>(resp)
                     }
                 });
@@ -812,7 +853,7 @@ impl Stack {
         }
     }
 
-    /// Every event in the EVENTS stream, in order, as (event, id, attempt).
+    /// Every outcome event in the EVENTS stream, in order, as (event, id, attempt).
     pub async fn events(&self) -> Vec<(String, String, u64)> {
         read_stream(
             &self.server.nats_url,
@@ -820,6 +861,7 @@ impl Stack {
         )
         .await
         .into_iter()
+        .filter(|m| !m.subject.ends_with(".destinations"))
         .flat_map(|m| match m.body {
             // A batch of events; a single document is what earlier versions wrote.
             serde_json::Value::Array(events) => events,
@@ -832,6 +874,19 @@ impl Stack {
                 e["attempt"].as_u64().unwrap(),
             )
         })
+        .collect()
+    }
+
+    /// The destination health events in the EVENTS stream, in order.
+    pub async fn destination_events(&self) -> Vec<Value> {
+        read_stream(
+            &self.server.nats_url,
+            &format!("{}EVENTS", self.server.prefix),
+        )
+        .await
+        .into_iter()
+        .filter(|m| m.subject.ends_with(".destinations"))
+        .map(|m| m.body)
         .collect()
     }
 

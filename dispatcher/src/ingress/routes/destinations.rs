@@ -92,7 +92,11 @@ async fn read<T: serde::de::DeserializeOwned>(
     Ok(value.and_then(|v| serde_json::from_slice(&v).ok()))
 }
 
-async fn view(kv: &kv::Store, tenant: &Uuid, destination: &str) -> Result<DestinationView, ApiError> {
+async fn view(
+    kv: &kv::Store,
+    tenant: &Uuid,
+    destination: &str,
+) -> Result<DestinationView, ApiError> {
     let health: Option<HealthRecord> = read(kv, bucket_key("health", tenant, destination)).await?;
     let control: Option<Control> = read(kv, bucket_key("control", tenant, destination)).await?;
     let control = control.unwrap_or_else(|| Control::default_for(destination));
@@ -129,7 +133,8 @@ pub(super) async fn list(state: &State, caller: &Caller) -> Result<HttpResponse,
         let prefix = bucket_filter(kind, &caller.tenant);
         let prefix = prefix.trim_end_matches('*');
         for key in keys.iter().filter_map(|k| k.strip_prefix(prefix)) {
-            let decoded = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, key);
+            let decoded =
+                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, key);
             if let Some(name) = decoded.ok().and_then(|n| String::from_utf8(n).ok()) {
                 names.insert(name);
             }
@@ -258,7 +263,10 @@ where
 {
     let body = read_json_body(state, req).await?;
     let request: RateRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::invalid_field("rate_per_sec", format!("expected {{\"rate_per_sec\": number or null}}: {e}"))
+        ApiError::invalid_field(
+            "rate_per_sec",
+            format!("expected {{\"rate_per_sec\": number or null}}: {e}"),
+        )
     })?;
     let rate = request.rate_per_sec;
     if rate.is_some_and(|r| !(r.is_finite() && r > 0.0 && r <= 1e6)) {

@@ -137,11 +137,7 @@ pub const ROUTES: [(Method, &str, Operation); 15] = [
         Operation::ReplayDeadLetter,
     ),
     (Method::DELETE, "/v1/dlq/{id}", Operation::DeleteDeadLetter),
-    (
-        Method::GET,
-        "/v1/destinations",
-        Operation::ListDestinations,
-    ),
+    (Method::GET, "/v1/destinations", Operation::ListDestinations),
     (
         Method::GET,
         "/v1/destinations/{id}",

@@ -1,0 +1,296 @@
+//! Failing destinations against real receivers on loopback: the circuit breaker, operator
+//! pauses, `Retry-After` holds and rates, and Herald's own attempt count (waiting spends
+//! no attempts).
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{eventually, webhook_to, Receiver, Reply, Stack};
+use serde_json::Value;
+
+/// The API path of the webhook destination behind `receiver`, percent-encoded.
+fn destination_path(receiver: &Receiver, rest: &str) -> String {
+    format!(
+        "/v1/destinations/webhook%3A127.0.0.1%3A{}{rest}",
+        receiver.addr.port()
+    )
+}
+
+/// The distinct notification ids a receiver answered 2xx, with each one's attempt header.
+fn delivered(receiver: &Receiver, ok: impl Fn(usize) -> bool) -> Vec<(String, u32)> {
+    let mut seen = HashSet::new();
+    receiver
+        .received()
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| ok(*n))
+        .filter(|(_, r)| seen.insert(r.header("herald-id")))
+        .map(|(_, r)| {
+            (
+                r.header("herald-id"),
+                r.header("herald-attempt").parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_destination_opens_its_circuit_and_its_messages_wait_with_attempts_left() {
+    let down = Arc::new(AtomicBool::new(true));
+    // The n-th request's answer, kept so the test knows which requests succeeded.
+    let answers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let failing = {
+        let (down, answers) = (down.clone(), answers.clone());
+        Receiver::start(move |_| {
+            let status = if down.load(Ordering::SeqCst) {
+                503
+            } else {
+                200
+            };
+            answers.lock().unwrap().push(status);
+            (status, Duration::ZERO)
+        })
+        .await
+    };
+    let healthy = Receiver::start(|_| (200, Duration::ZERO)).await;
+    let stack = Stack::start(|c| {
+        // Four attempts at most: without the breaker, retries 50-200 ms apart would
+        // exhaust them all within a second while the receiver is down.
+        let quick = "50ms:200ms:4".parse().unwrap();
+        c.retry_high = quick;
+        c.health.failures = 3;
+        c.health.open_base = Duration::from_millis(500);
+        c.health.open_cap = Duration::from_secs(1);
+    })
+    .await;
+    let mut ids = HashSet::new();
+    for n in 0..8 {
+        ids.insert(stack.accept(webhook_to(&failing.url(), "high", n)).await);
+        stack.accept(webhook_to(&healthy.url(), "high", n)).await;
+    }
+    // The healthy destination is not held up by the failing one.
+    healthy.wait_for(8, Duration::from_secs(10)).await;
+
+    let open = eventually(Duration::from_secs(10), || async {
+        let r = stack.server.get(&destination_path(&failing, "")).await;
+        (r.status == 200 && r.body["state"] == "open").then_some(r.body)
+    })
+    .await
+    .expect("the circuit opens");
+    assert_eq!(open["health"]["consecutive_failures"].as_u64().unwrap(), 3);
+    assert!(open["health"]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("503"));
+    let listed = stack.server.get("/v1/destinations").await;
+    assert_eq!(listed.status, 200);
+    let names: Vec<&str> = listed.body["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["destination"].as_str().unwrap())
+        .collect();
+    let name = format!("webhook:127.0.0.1:{}", failing.addr.port());
+    assert!(names.contains(&name.as_str()), "{names:?}");
+
+    // Down for a while longer: only probes reach it, one at a time.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let while_down = failing.received().len();
+    assert!(
+        while_down <= 8 + 4,
+        "{while_down} requests reached a destination whose circuit was open"
+    );
+    down.store(false, Ordering::SeqCst);
+
+    let ok = |answers: &Arc<std::sync::Mutex<Vec<u16>>>| {
+        let answers = answers.lock().unwrap().clone();
+        move |n: usize| answers.get(n) == Some(&200)
+    };
+    let done = eventually(Duration::from_secs(20), || async {
+        let got = delivered(&failing, ok(&answers));
+        (got.len() == ids.len()).then_some(got)
+    })
+    .await
+    .expect("every message to the failing destination is delivered after it recovers");
+    for (id, attempt) in &done {
+        assert!(ids.contains(id));
+        assert!(*attempt <= 4, "{id} was delivered at attempt {attempt}");
+    }
+    let events = stack.wait_events(16).await;
+    assert!(
+        events.iter().all(|(kind, _, _)| kind != "dead"),
+        "nothing is dead-lettered: {events:?}"
+    );
+    let health = eventually(Duration::from_secs(10), || async {
+        let kinds: Vec<String> = stack
+            .destination_events()
+            .await
+            .iter()
+            .map(|e| e["event"].as_str().unwrap().to_string())
+            .collect();
+        (kinds.len() >= 2).then_some(kinds)
+    })
+    .await
+    .expect("destination events are stored");
+    assert_eq!(health, vec!["destination.failing", "destination.recovered"]);
+    let recovered = stack.server.get(&destination_path(&failing, "")).await;
+    assert_eq!(recovered.body["state"], "closed");
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_destination_holds_its_messages_and_they_go_at_attempt_one() {
+    let receiver = Receiver::start(|_| (200, Duration::ZERO)).await;
+    let stack = Stack::start(|c| c.health.paused_wait = Duration::from_millis(200)).await;
+    let paused = stack
+        .server
+        .post(&destination_path(&receiver, "/pause"), "")
+        .await;
+    assert_eq!(paused.status, 200, "{:?}", paused.body);
+    assert_eq!(paused.body["paused"], true);
+    // Idempotent.
+    let again = stack
+        .server
+        .post(&destination_path(&receiver, "/pause"), "")
+        .await;
+    assert_eq!(again.body["paused"], true);
+    // Delivery follows the control through the bucket.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut ids = HashSet::new();
+    for n in 0..3 {
+        ids.insert(stack.accept(webhook_to(&receiver.url(), "medium", n)).await);
+    }
+    // Each message comes back every ~200 ms and waits again: several deliveries each.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        receiver.received().is_empty(),
+        "a paused destination got a request"
+    );
+
+    let resumed = stack
+        .server
+        .post(&destination_path(&receiver, "/resume"), "")
+        .await;
+    assert_eq!(resumed.status, 200);
+    assert_eq!(resumed.body["paused"], false);
+    let got = receiver.wait_for(3, Duration::from_secs(10)).await;
+    for r in &got {
+        assert!(ids.contains(&r.header("herald-id")));
+        // Waiting spent no attempts, though JetStream delivered each message many times.
+        assert_eq!(r.header("herald-attempt"), "1");
+    }
+    let events = stack.wait_events(3).await;
+    assert!(events
+        .iter()
+        .all(|(kind, _, attempt)| kind == "delivered" && *attempt == 1));
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_holds_every_message_to_that_destination() {
+    let receiver = Receiver::replying(|n, _| Reply {
+        status: if n == 0 { 429 } else { 200 },
+        delay: Duration::ZERO,
+        retry_after: (n == 0).then_some(2),
+    })
+    .await;
+    let stack = Stack::start(|_| {}).await;
+    let first = stack.accept(webhook_to(&receiver.url(), "high", 0)).await;
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    let throttled_at = got[0].at;
+    for n in 1..5 {
+        stack.accept(webhook_to(&receiver.url(), "high", n)).await;
+    }
+    let all = receiver.wait_for(6, Duration::from_secs(15)).await;
+    for r in &all[1..] {
+        let after = r.at - throttled_at;
+        assert!(
+            after >= Duration::from_millis(1900),
+            "{} went {after:?} after a Retry-After of 2 s",
+            r.header("herald-id")
+        );
+        let expected = if r.header("herald-id") == first {
+            "2"
+        } else {
+            "1"
+        };
+        assert_eq!(r.header("herald-attempt"), expected);
+    }
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_rate_spreads_its_sends() {
+    let receiver = Receiver::start(|_| (200, Duration::ZERO)).await;
+    let stack = Stack::start(|_| {}).await;
+    let set = stack
+        .server
+        .put(&destination_path(&receiver, ""), r#"{"rate_per_sec": 4}"#)
+        .await;
+    assert_eq!(set.status, 200, "{:?}", set.body);
+    assert_eq!(set.body["rate_per_sec"], 4.0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in 0..12 {
+        stack.accept(webhook_to(&receiver.url(), "low", n)).await;
+    }
+    let got = receiver.wait_for(12, Duration::from_secs(20)).await;
+    // A second's worth (4) at once, then 4 per second: the last is 2 s after the first.
+    let span = got[11].at - got[0].at;
+    assert!(
+        span >= Duration::from_millis(1500),
+        "12 sends at 4/s took {span:?}"
+    );
+    assert!(got.iter().all(|r| r.header("herald-attempt") == "1"));
+
+    let cleared = stack
+        .server
+        .put(
+            &destination_path(&receiver, ""),
+            r#"{"rate_per_sec": null}"#,
+        )
+        .await;
+    assert_eq!(cleared.status, 200);
+    assert_eq!(cleared.body["rate_per_sec"], Value::Null);
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_destinations_api_names_what_is_wrong() {
+    let stack = Stack::start(|_| {}).await;
+    for bad in [
+        "nope",
+        "fax%3Ahost%3A80",
+        "webhook%3Ahost%3Aport",
+        "webhook%3A%3A80",
+    ] {
+        let r = stack.server.get(&format!("/v1/destinations/{bad}")).await;
+        assert_eq!(r.status, 422, "{bad}: {:?}", r.body);
+        assert_eq!(r.body["error"]["field"], "destination");
+    }
+    let unknown = stack
+        .server
+        .get("/v1/destinations/webhook%3Anowhere.example%3A443")
+        .await;
+    assert_eq!(unknown.status, 404);
+    for body in [
+        r#"{"rate_per_sec": 0}"#,
+        r#"{"rate_per_sec": -1}"#,
+        r#"{"rate": 1}"#,
+    ] {
+        let r = stack
+            .server
+            .put("/v1/destinations/webhook%3Ahost.example%3A443", body)
+            .await;
+        assert_eq!(r.status, 422, "{body}: {:?}", r.body);
+        assert_eq!(r.body["error"]["field"], "rate_per_sec");
+    }
+    let listed = stack.server.get("/v1/destinations").await;
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.body["destinations"], serde_json::json!([]));
+    stack.finish().await;
+}
