@@ -294,3 +294,36 @@ async fn the_destinations_api_names_what_is_wrong() {
     assert_eq!(listed.body["destinations"], serde_json::json!([]));
     stack.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_destination_cannot_take_every_worker() {
+    let hanging = Receiver::start(|_| (200, Duration::from_secs(4))).await;
+    let healthy = Receiver::start(|_| (200, Duration::ZERO)).await;
+    let stack = Stack::start(|c| {
+        // Four webhook workers, at most two of them on one destination.
+        c.channel_concurrency.0[0] = 4;
+        c.health.max_in_flight = 2;
+    })
+    .await;
+    for n in 0..6 {
+        stack.accept(webhook_to(&hanging.url(), "high", n)).await;
+    }
+    hanging.wait_for(2, Duration::from_secs(10)).await;
+    let sent = std::time::Instant::now();
+    for n in 0..5 {
+        stack.accept(webhook_to(&healthy.url(), "high", n)).await;
+    }
+    // Without the cap, all four workers would sit on the hanging receiver for 4 s.
+    healthy.wait_for(5, Duration::from_secs(10)).await;
+    let took = sent.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "the healthy destination waited {took:?} behind a hanging one"
+    );
+    assert_eq!(
+        hanging.received().len(),
+        2,
+        "more than two sends in flight to one destination"
+    );
+    stack.finish().await;
+}

@@ -21,9 +21,10 @@
 //!
 //! The state of a circuit lives in each delivery process: with several, each learns a
 //! destination's failure on its own, after `failures` sends of its own. The healthy path
-//! takes no lock: a few atomic loads and an increment of the destination's in-flight count.
+//! takes no lock: a few atomic loads and a semaphore permit for the destination's
+//! in-flight cap.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,8 +49,10 @@ pub struct HealthConfig {
     pub open_base: Duration,
     pub open_cap: Duration,
     /// Concurrent sends to one destination, so a receiver that hangs cannot take every
-    /// worker of its channel before its circuit opens.
+    /// worker of its channel before its circuit opens. A worker whose message finds them
+    /// all taken waits up to `busy_patience` for one, then hands the message back.
     pub max_in_flight: usize,
+    pub busy_patience: Duration,
     /// Sends per second to one destination when the operator set none; `None`: no limit.
     pub default_rate: Option<f64>,
     /// How long a message to a paused destination waits before it looks again.
@@ -62,7 +65,8 @@ impl Default for HealthConfig {
             failures: 5,
             open_base: Duration::from_secs(5),
             open_cap: Duration::from_secs(300),
-            max_in_flight: 64,
+            max_in_flight: 128,
+            busy_patience: Duration::from_millis(100),
             default_rate: None,
             paused_wait: Duration::from_secs(5),
         }
@@ -175,7 +179,8 @@ struct Destination {
     mode: AtomicU8,
     paused: AtomicBool,
     failures: AtomicU32,
-    in_flight: AtomicUsize,
+    /// Sends in flight: `max_in_flight` permits.
+    slots: Arc<tokio::sync::Semaphore>,
     /// Microseconds since [`Destinations::epoch`]; 0: none.
     held_until: AtomicU64,
     /// Sends per second (f64 bits); 0: the default.
@@ -278,7 +283,9 @@ impl Destinations {
                 mode: AtomicU8::new(CLOSED),
                 paused: AtomicBool::new(control.paused),
                 failures: AtomicU32::new(0),
-                in_flight: AtomicUsize::new(0),
+                slots: Arc::new(tokio::sync::Semaphore::new(
+                    self.config.max_in_flight.max(1),
+                )),
                 held_until: AtomicU64::new(0),
                 rate: AtomicU64::new(rate_bits(&control)),
                 rate_tat: AtomicU64::new(0),
@@ -288,7 +295,7 @@ impl Destinations {
     }
 
     /// May a message to `name` (of `tenant`) be sent now?
-    pub fn admit(self: &Arc<Self>, tenant: Uuid, name: &str) -> Gate {
+    pub async fn admit(self: &Arc<Self>, tenant: Uuid, name: &str) -> Gate {
         let d = self.get(tenant, name);
         if d.paused.load(Ordering::Relaxed) {
             return Gate::Wait(jitter(self.config.paused_wait), WaitReason::Paused);
@@ -334,19 +341,36 @@ impl Destinations {
                 return Gate::Wait(wait, WaitReason::Throttled);
             }
         }
-        let in_flight = d.in_flight.fetch_add(1, Ordering::AcqRel);
-        if !probe && in_flight >= self.config.max_in_flight {
-            d.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return Gate::Wait(
-                Duration::from_millis(100 + fastrand::u64(..400)),
-                WaitReason::Busy,
-            );
-        }
+        // A probe is one message and needs no slot.
+        let slot = if probe {
+            None
+        } else {
+            match d.slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    let waited = tokio::time::timeout(
+                        self.config.busy_patience,
+                        d.slots.clone().acquire_owned(),
+                    )
+                    .await;
+                    match waited {
+                        Ok(Ok(slot)) => Some(slot),
+                        _ => {
+                            return Gate::Wait(
+                                Duration::from_millis(100 + fastrand::u64(..400)),
+                                WaitReason::Busy,
+                            )
+                        }
+                    }
+                }
+            }
+        };
         Gate::Send(Permit {
             destinations: self.clone(),
             destination: d,
             probe,
             settled: false,
+            _slot: slot,
         })
     }
 
@@ -605,6 +629,7 @@ pub struct Permit {
     destination: Arc<Destination>,
     probe: bool,
     settled: bool,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Permit {
@@ -617,7 +642,6 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.destination.in_flight.fetch_sub(1, Ordering::AcqRel);
         if self.probe && !self.settled {
             // A probe cut short (shutdown): let the next message probe.
             self.destination

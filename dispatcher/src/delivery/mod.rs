@@ -405,10 +405,11 @@ async fn deliver(shared: &Shared, job: Job) {
         wait(shared, &message, count, delay, "scheduled").await;
         return;
     }
-    let permit = match shared
-        .destination_of(&notification)
-        .map(|name| shared.destinations.admit(notification.tenant, &name))
-    {
+    let gate = match shared.destination_of(&notification) {
+        Some(name) => Some(shared.destinations.admit(notification.tenant, &name).await),
+        None => None,
+    };
+    let permit = match gate {
         Some(Gate::Wait(delay, reason)) => {
             wait(shared, &message, count, delay, reason.as_str()).await;
             return;
