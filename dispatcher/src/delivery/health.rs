@@ -64,7 +64,7 @@ impl Default for HealthConfig {
         HealthConfig {
             failures: 5,
             open_base: Duration::from_secs(5),
-            open_cap: Duration::from_secs(300),
+            open_cap: Duration::from_secs(60),
             max_in_flight: 128,
             busy_patience: Duration::from_millis(100),
             default_rate: None,
