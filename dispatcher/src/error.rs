@@ -223,6 +223,19 @@ impl ApiError {
         e
     }
 
+    /// A cancel of a notification that is past canceling.
+    pub fn not_cancelable(status: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            if status == "dead" {
+                "already_dead"
+            } else {
+                "already_delivered"
+            },
+            format!("the notification is {status}; only one not yet delivered can be canceled"),
+        )
+    }
+
     pub fn idempotency_in_progress() -> Self {
         let mut e = Self::new(
             StatusCode::CONFLICT,

@@ -1,4 +1,4 @@
-//! Outcome events (`delivered`, `retrying`, `dead`) on the EVENTS stream, for the recorder
+//! Outcome events (`delivered`, `retrying`, `dead`, `canceled`) on the EVENTS stream, for the recorder
 //! and anyone else who wants to follow a notification.
 //!
 //! Events travel in batches: one message under `<prefix>events.outcomes` holds a JSON array
@@ -32,6 +32,8 @@ pub enum EventKind {
     Delivered,
     Retrying,
     Dead,
+    /// Canceled before it was sent (`POST /v1/notifications/{id}/cancel`).
+    Canceled,
 }
 
 impl EventKind {
@@ -40,6 +42,7 @@ impl EventKind {
             EventKind::Delivered => "delivered",
             EventKind::Retrying => "retrying",
             EventKind::Dead => "dead",
+            EventKind::Canceled => "canceled",
         }
     }
 }

@@ -116,6 +116,24 @@ impl Idempotency {
             .collect())
     }
 
+    /// The id a key was accepted under, if it was (`None` also while its request is still
+    /// being published).
+    pub async fn accepted_id(&self, tenant: &Uuid, key: &str) -> Result<Option<Uuid>, Unavailable> {
+        let mut connection = self.connection().await?;
+        let value: Option<String> = redis::cmd("GET")
+            .arg(self.redis_key(tenant, key))
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| Unavailable(e.to_string()))?;
+        Ok(value.and_then(|v| {
+            let mut parts = v.splitn(3, ':');
+            match (parts.next(), parts.next()) {
+                (Some("A"), Some(id)) => Uuid::parse_str(id).ok(),
+                _ => None,
+            }
+        }))
+    }
+
     /// Records JetStream's answers: accepted keys keep their id for the TTL, failed ones
     /// are released so a retry can go through. Errors are logged: the notification's fate
     /// is already decided.

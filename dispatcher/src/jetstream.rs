@@ -33,6 +33,9 @@ pub struct Names {
     /// Key-value bucket of destination health and operator controls (see
     /// `delivery::health`).
     pub destinations_bucket: String,
+    /// Key-value bucket of canceled notifications, `<tenant>.<id>` (see
+    /// `delivery::cancels`).
+    pub cancels_bucket: String,
     /// `subjects[priority][channel]`, built once so publishing never formats a subject.
     subjects: [[Subject; 4]; 3],
 }
@@ -49,6 +52,7 @@ impl Names {
             events_stream: format!("{prefix}EVENTS"),
             attempts_bucket: format!("{prefix}ATTEMPTS"),
             destinations_bucket: format!("{prefix}DESTINATIONS"),
+            cancels_bucket: format!("{prefix}CANCELS"),
             subjects,
         }
     }
@@ -114,8 +118,12 @@ impl Names {
     }
 
     /// Every key-value bucket under this prefix, with the stream behind each.
-    pub fn buckets(&self) -> [&str; 2] {
-        [&self.attempts_bucket, &self.destinations_bucket]
+    pub fn buckets(&self) -> [&str; 3] {
+        [
+            &self.attempts_bucket,
+            &self.destinations_bucket,
+            &self.cancels_bucket,
+        ]
     }
 }
 
@@ -213,11 +221,12 @@ pub async fn ensure_streams(
 
 /// The key-value buckets: one value per key, file storage, replicated like the streams.
 /// Attempt counts live as long as a notification can (NOTIFY's age); destination state is
-/// kept until an operator or a delivery process changes it.
+/// kept until an operator or a delivery process changes it; a cancel as long as the
+/// notification it stops could wait.
 pub fn bucket_configs(
     names: &Names,
     config: &NatsConfig,
-) -> [async_nats::jetstream::kv::Config; 2] {
+) -> [async_nats::jetstream::kv::Config; 3] {
     let bucket = |name: &str, description: &str, max_age| async_nats::jetstream::kv::Config {
         bucket: name.to_string(),
         description: description.to_string(),
@@ -237,6 +246,11 @@ pub fn bucket_configs(
             &names.destinations_bucket,
             "Herald: destination health and operator controls",
             Duration::ZERO,
+        ),
+        bucket(
+            &names.cancels_bucket,
+            "Herald: notifications canceled before they were sent",
+            config.stream_max_age,
         ),
     ]
 }

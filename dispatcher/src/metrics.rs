@@ -264,7 +264,7 @@ impl Metrics {
         let delivery_waits = IntCounterVec::new(
             Opts::new(
                 "herald_delivery_waits_total",
-                "Deliveries put off without an attempt, by reason (paused, open, probing, held, throttled, busy, scheduled, handed_back)",
+                "Deliveries that sent nothing, by reason: put off without an attempt (paused, open, probing, held, throttled, busy, scheduled, handed_back) or terminated unsent (canceled)",
             ),
             &["reason"],
         )

@@ -141,6 +141,7 @@ pub enum Outcome {
     Retrying,
     Delivered,
     Dead,
+    Canceled,
 }
 
 /// One delivery attempt's outcome, as `GET /v1/notifications/{id}/attempts` lists it.
@@ -148,7 +149,7 @@ pub enum Outcome {
 pub struct AttemptRecord {
     /// 1-based; a duplicate delivery (at-least-once) can repeat a number.
     pub attempt: i32,
-    /// `delivered`, `retrying` or `dead`.
+    /// `delivered`, `retrying`, `dead` or `canceled`.
     #[schema(value_type = Outcome)]
     pub outcome: String,
     pub at: DateTime<Utc>,

@@ -17,6 +17,7 @@
 //! - Shutdown: stop fetching, let every worker finish its send, NAK what is still queued so
 //!   another instance takes it at once.
 
+pub mod cancels;
 pub mod health;
 pub mod ledger;
 pub mod retry;
@@ -135,6 +136,7 @@ struct Shared {
     spans: Spans,
     ledger: Ledger,
     destinations: Arc<Destinations>,
+    cancels: Arc<cancels::Cancels>,
 }
 
 impl Shared {
@@ -198,6 +200,7 @@ impl Delivery {
             &mut tasks,
         )
         .await?;
+        let cancels = cancels::Cancels::start(&js, &names, stop.clone(), &mut tasks).await?;
         let shared = Arc::new(Shared {
             js: js.clone(),
             names: names.clone(),
@@ -210,6 +213,7 @@ impl Delivery {
             spans,
             ledger,
             destinations,
+            cancels,
         });
         let stream = js.get_stream(&names.notify_stream).await?;
         for priority in Priority::ALL {
@@ -381,6 +385,12 @@ async fn deliver(shared: &Shared, job: Job) {
             return;
         }
     };
+    if shared.cancels.is_canceled(&notification.id) {
+        // Its status says canceled already (the cancel API stored that event).
+        shared.metrics.delivery_waited("canceled");
+        let _ = message.ack_with(AckKind::Term).await;
+        return;
+    }
     let now = Utc::now();
     if notification.expires_at.is_some_and(|at| at <= now) {
         let outcome = SendOutcome::Permanent {

@@ -127,10 +127,11 @@ impl PostgresSink {
                  WHERE EXCLUDED.dead_at > dead_letters.dead_at
              ),
              -- Per notification the event that decides its status: a delivery if the
-             -- batch has one (delivered is final), else the newest event.
+             -- batch has one (delivered is final), else a cancel, else the newest event.
              latest AS (
                  SELECT DISTINCT ON (id) * FROM ev
-                 ORDER BY id, (outcome = 'delivered') DESC, at DESC, seq DESC, idx DESC
+                 ORDER BY id, (outcome = 'delivered') DESC, (outcome = 'canceled') DESC,
+                          at DESC, seq DESC, idx DESC
              ),
              -- The newest error of the batch, even when a later event (delivered) has none.
              errors AS (
@@ -154,7 +155,11 @@ impl PostgresSink {
                  last_status = coalesce(EXCLUDED.last_status, n.last_status),
                  next_attempt_at = EXCLUDED.next_attempt_at,
                  version = n.version + 1
-             WHERE n.status <> 'delivered' AND EXCLUDED.updated_at >= n.updated_at
+             -- Delivered is final and what happened wins: it overrides a cancel that
+             -- raced the send. Nothing else overrides a cancel.
+             WHERE n.status <> 'delivered'
+               AND (EXCLUDED.status = 'delivered'
+                    OR (n.status <> 'canceled' AND EXCLUDED.updated_at >= n.updated_at))
              RETURNING {COLUMNS}"
         ))
         .bind(&rows.ids)

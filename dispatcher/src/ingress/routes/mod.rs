@@ -4,6 +4,7 @@
 //! [`dlq`] and [`destinations`]. Every failure is an [`ApiError`] rendered in one place.
 
 mod batch;
+mod cancel;
 mod destinations;
 mod dlq;
 mod notifications;
@@ -87,6 +88,8 @@ pub enum Operation {
     SendBatch,
     GetNotification,
     ListAttempts,
+    CancelNotification,
+    CancelByKey,
     ListDeadLetters,
     ReplayDeadLetters,
     DeleteDeadLetters,
@@ -102,7 +105,7 @@ pub enum Operation {
 /// Every /v1 route, `{id}` standing for one path segment. The router resolves requests
 /// from this table alone, and the API contract (`/openapi.json`) names exactly these
 /// routes (tested), so neither can have a route the other lacks.
-pub const ROUTES: [(Method, &str, Operation); 15] = [
+pub const ROUTES: [(Method, &str, Operation); 17] = [
     (
         Method::GET,
         "/v1/notifications",
@@ -127,6 +130,16 @@ pub const ROUTES: [(Method, &str, Operation); 15] = [
         Method::GET,
         "/v1/notifications/{id}/attempts",
         Operation::ListAttempts,
+    ),
+    (
+        Method::POST,
+        "/v1/notifications/{id}/cancel",
+        Operation::CancelNotification,
+    ),
+    (
+        Method::POST,
+        "/v1/notifications/cancel",
+        Operation::CancelByKey,
     ),
     (Method::GET, "/v1/dlq", Operation::ListDeadLetters),
     (Method::POST, "/v1/dlq/replay", Operation::ReplayDeadLetters),
@@ -235,6 +248,8 @@ where
         Operation::ListNotifications => Ok(status::list_notifications(state, caller, query).await?),
         Operation::GetNotification => Ok(status::get_notification(state, caller, id).await?),
         Operation::ListAttempts => Ok(status::list_attempts(state, caller, id).await?),
+        Operation::CancelNotification => Ok(cancel::by_id(state, caller, id).await?),
+        Operation::CancelByKey => Ok(cancel::by_key(state, caller, req).await?),
         Operation::ListDeadLetters => Ok(dlq::list(state, caller, query).await?),
         Operation::ReplayDeadLetters => Ok(dlq::replay_matching(state, caller, query).await?),
         Operation::DeleteDeadLetters => Ok(dlq::delete_matching(state, caller, query).await?),

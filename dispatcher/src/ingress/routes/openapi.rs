@@ -11,7 +11,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, Secur
 use utoipa::openapi::{ContentBuilder, Object, Ref, RefOr, ResponseBuilder, Type};
 use utoipa::{Modify, OpenApi};
 
-use super::{batch, destinations, dlq, notifications, status};
+use super::{batch, cancel, destinations, dlq, notifications, status};
 use crate::error;
 use crate::model::{Channel, NotificationRequest, Priority};
 
@@ -32,6 +32,8 @@ pub const PATH: &str = "/openapi.json";
         status::list_notifications,
         status::get_notification,
         status::list_attempts,
+        cancel::by_id,
+        cancel::by_key,
         dlq::list,
         dlq::replay_matching,
         dlq::delete_matching,

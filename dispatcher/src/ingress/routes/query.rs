@@ -16,8 +16,6 @@ pub(super) struct ListParams {
 
 impl ListParams {
     const MAX_LIMIT: usize = 1000;
-    const STATUSES: [&'static str; 4] = ["accepted", "retrying", "delivered", "dead"];
-
     pub(super) fn parse(query: &str, allowed: &[&str]) -> Result<Self, ApiError> {
         let mut q = ListParams {
             priority: None,
@@ -54,12 +52,15 @@ impl ListParams {
                     })?)
                 }
                 "status" => {
-                    if !Self::STATUSES.contains(&value.as_ref()) {
-                        return Err(ApiError::invalid_field(
-                            "status",
-                            "status must be accepted, retrying, delivered or dead",
-                        ));
-                    }
+                    // The recorded statuses are the contract's Outcome.
+                    serde_json::from_value::<crate::status::Outcome>(enum_value()).map_err(
+                        |_| {
+                            ApiError::invalid_field(
+                                "status",
+                                "status must be accepted, retrying, delivered, dead or canceled",
+                            )
+                        },
+                    )?;
                     q.status = Some(value.to_string());
                 }
                 "since" => {

@@ -1,0 +1,95 @@
+//! Notifications canceled before they were sent.
+//!
+//! `POST /v1/notifications/{id}/cancel` puts `<tenant>.<id>` into the `<prefix>CANCELS`
+//! bucket. Every delivery process follows the bucket (a watch from its first key), so the
+//! check before a send is a lookup in memory, never a round trip. A canceled message is
+//! terminated instead of sent, whether it was scheduled (`send_at`), waiting for a retry
+//! or for its destination.
+//!
+//! A cancel reaches the processes within milliseconds: one that comes while the
+//! notification's send is already on the wire cannot stop it, and the recorder then keeps
+//! `delivered`, which is what happened.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::jetstream::Names;
+
+/// The key of a cancel.
+pub fn key(tenant: &Uuid, id: &Uuid) -> String {
+    format!("{}.{id}", tenant.simple())
+}
+
+/// What this process knows to be canceled.
+pub struct Cancels {
+    canceled: moka::sync::Cache<Uuid, ()>,
+}
+
+impl Cancels {
+    /// Follows the bucket until `stop`. The bucket forgets a cancel when NOTIFY would have
+    /// dropped its notification; memory holds the newest million.
+    pub async fn start(
+        js: &jetstream::Context,
+        names: &Names,
+        stop: CancellationToken,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) -> Result<Arc<Self>, async_nats::Error> {
+        let kv = js.get_key_value(&names.cancels_bucket).await?;
+        let cancels = Arc::new(Cancels {
+            canceled: moka::sync::Cache::builder().max_capacity(1_000_000).build(),
+        });
+        let watch = kv.watch_all_from_revision(1).await?;
+        tasks.spawn(follow(cancels.clone(), kv, watch, stop));
+        Ok(cancels)
+    }
+
+    pub fn is_canceled(&self, id: &Uuid) -> bool {
+        self.canceled.contains_key(id)
+    }
+}
+
+async fn follow(
+    cancels: Arc<Cancels>,
+    kv: kv::Store,
+    mut watch: kv::Watch,
+    stop: CancellationToken,
+) {
+    let mut seen = 0;
+    loop {
+        let entry = tokio::select! {
+            () = stop.cancelled() => return,
+            entry = watch.next() => entry,
+        };
+        match entry {
+            Some(Ok(entry)) => {
+                seen = entry.revision;
+                if let Some(id) = entry
+                    .key
+                    .rsplit('.')
+                    .next()
+                    .and_then(|i| Uuid::try_parse(i).ok())
+                {
+                    cancels.canceled.insert(id, ());
+                }
+            }
+            other => {
+                if let Some(Err(err)) = other {
+                    tracing::warn!(error = %err, "cancels: watch failed; watching again");
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                match kv.watch_all_from_revision(seen + 1).await {
+                    Ok(w) => watch = w,
+                    Err(err) => tracing::warn!(error = %err, "cancels: cannot watch"),
+                }
+            }
+        }
+    }
+}
