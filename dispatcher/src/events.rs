@@ -69,6 +69,18 @@ pub struct Event<'a> {
     /// for a notification that expired first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// The provider the attempt went through (`<channel>:<host>:<port>`), for channels
+    /// with providers.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Cow<'a, str>>,
+}
+
+impl<'a> Event<'a> {
+    /// The event, naming the provider its attempt went through.
+    pub fn by(mut self, provider: Option<&'a str>) -> Self {
+        self.provider = provider.map(Cow::Borrowed);
+        self
+    }
 }
 
 impl Event<'_> {
@@ -82,6 +94,7 @@ impl Event<'_> {
     pub fn into_owned(self) -> Event<'static> {
         Event {
             error: self.error.map(|e| Cow::Owned(e.into_owned())),
+            provider: self.provider.map(|p| Cow::Owned(p.into_owned())),
             ..self
         }
     }
@@ -251,6 +264,7 @@ mod tests {
             status: Some(503),
             retry_in_ms: Some(400),
             duration_ms: Some(12),
+            provider: None,
         }
     }
 

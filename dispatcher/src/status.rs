@@ -160,6 +160,9 @@ pub struct AttemptRecord {
     pub duration_ms: Option<i32>,
     /// For `retrying`: when the next attempt is due.
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The provider the attempt went through (`<channel>:<host>:<port>`); none for
+    /// webhooks.
+    pub provider: Option<String>,
 }
 
 /// The answer of `GET /v1/notifications/{id}/attempts`.
@@ -194,7 +197,7 @@ pub async fn attempts(
         return Ok(None);
     }
     let rows = sqlx::query_as(
-        "SELECT attempt, outcome, at, error, status_code, duration_ms, next_attempt_at
+        "SELECT attempt, outcome, at, error, status_code, duration_ms, next_attempt_at, provider
          FROM delivery_attempts WHERE notification_id = $1
          ORDER BY at, event_seq, event_index",
     )

@@ -327,3 +327,61 @@ async fn a_hanging_destination_cannot_take_every_worker() {
     );
     stack.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_sms_provider_fails_over_to_the_next_and_the_attempt_names_it() {
+    let first = Receiver::start(|_| (503, Duration::ZERO)).await;
+    let second = Receiver::start(|_| (201, Duration::ZERO)).await;
+    let urls = format!("http://{},http://{}", first.addr, second.addr);
+    let mut stack = Stack::start(move |c| {
+        c.sms_url = Some(urls);
+        // One account for the first provider, another for the second.
+        c.sms_account_sid = "AC1,AC2".into();
+        c.sms_auth_token = "token".into();
+        c.sms_from = "+15005550006".into();
+        c.health.failures = 2;
+    })
+    .await;
+    stack.start_recording().await;
+    let mut ids = Vec::new();
+    for n in 1..=4 {
+        let body = format!(
+            r#"{{"priority":"high","channel":"sms","recipient":"+4915112345678","payload":{{"text":"code {n}"}}}}"#
+        );
+        ids.push(stack.accept(body).await);
+        second.wait_for(n, Duration::from_secs(10)).await;
+    }
+    // Two failures opened the first provider's circuit: later messages skip it.
+    assert_eq!(
+        first.received().len(),
+        2,
+        "the first provider was tried past its circuit"
+    );
+    let got = second.received();
+    assert!(got
+        .iter()
+        .all(|r| r.uri.path() == "/2010-04-01/Accounts/AC2/Messages.json"));
+    let second_name = format!("sms:127.0.0.1:{}", second.addr.port());
+    let path = format!("/v1/notifications/{}/attempts", ids[0]);
+    let attempts = eventually(Duration::from_secs(10), || async {
+        let r = stack.server.get(&path).await;
+        (r.status == 200 && !r.body["attempts"].as_array()?.is_empty()).then_some(r.body)
+    })
+    .await
+    .expect("the attempt is recorded");
+    let attempt = &attempts["attempts"][0];
+    assert_eq!(attempt["outcome"], "delivered");
+    assert_eq!(
+        attempt["attempt"], 1,
+        "failing over spends no extra attempt"
+    );
+    assert_eq!(attempt["provider"], second_name.as_str());
+    let events = stack.wait_events(4).await;
+    assert!(
+        events
+            .iter()
+            .all(|(kind, _, n)| kind == "delivered" && *n == 1),
+        "{events:?}"
+    );
+    stack.finish().await;
+}

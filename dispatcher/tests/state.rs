@@ -919,6 +919,7 @@ async fn a_failed_duplicate_does_not_undo_a_delivery() {
         status: None,
         retry_in_ms: None,
         duration_ms: None,
+        provider: None,
     };
     herald::events::publish(&js, &names, &[dead], "duplicate-dead")
         .await
@@ -976,7 +977,13 @@ async fn purge_removes_everything_of_a_namespace() {
 
     let kept = herald::app::purge(&nats, &store, true).await.unwrap();
     assert_eq!(kept.failures, Vec::<String>::new());
-    assert_eq!(kept.streams.len(), 3, "{kept:?}");
+    // NOTIFY, DLQ and EVENTS, and the streams behind the ATTEMPTS, DESTINATIONS and
+    // CANCELS buckets.
+    assert_eq!(kept.streams.len(), 6, "{kept:?}");
+    assert!(
+        kept.streams.contains(&format!("KV_{prefix}CANCELS")),
+        "{kept:?}"
+    );
     assert_eq!(kept.pg_schema, None);
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
         .fetch_one(&pool)
@@ -1070,6 +1077,7 @@ async fn concurrent_recorder_statements_do_not_deadlock() {
                 status: Some(200),
                 retry_in_ms: None,
                 duration_ms: None,
+                provider: None,
             })
             .collect();
         herald::events::publish(&js, &names, &events, &uuid::Uuid::now_v7().to_string())

@@ -39,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::model::{Channel, Priority, WireNotification};
 use crate::scheduler::{PerClass, Scheduler, SchedulerConfig};
 use crate::trace::{Span, Spans, TraceParent};
-use health::{Destinations, Gate, HealthConfig};
+use health::{Destinations, Gate, HealthConfig, WaitReason};
 use ledger::{Count, Ledger};
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
@@ -52,14 +52,41 @@ struct Job {
     priority: Priority,
 }
 
-/// Senders by channel, with the destination name of each channel's provider (webhooks
-/// are named by their URL instead).
-pub struct Senders(pub [Arc<dyn Sender>; 4], pub [Option<String>; 4]);
+/// One provider of a channel: its sender and the destination name its health is kept
+/// under (`None` for webhooks, named by their URL, and for a channel without a sender).
+pub struct Provider {
+    pub name: Option<String>,
+    pub sender: Arc<dyn Sender>,
+}
+
+/// Each channel's providers, in the order they are tried: on a retryable failure of one
+/// (or while its circuit is open) the next takes the same attempt.
+pub struct Senders(pub [Vec<Provider>; 4]);
+
+/// Builds the sender of a channel's `i`-th provider, at its URL.
+type MakeSender<'a> = dyn Fn(usize, &str) -> Result<Arc<dyn Sender>, String> + 'a;
+
+/// The comma-separated values of a setting (several providers).
+fn list(value: &str) -> Vec<&str> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// The `i`-th value of a per-provider setting; a single value serves every provider.
+fn nth(values: &str, i: usize) -> &str {
+    let values = list(values);
+    values.get(i).or(values.last()).copied().unwrap_or_default()
+}
 
 impl Senders {
     /// The senders the configuration enables. A channel without one (no SMTP relay, SMS or
     /// push provider URL) dead-letters with that reason, so nothing waits forever and a
-    /// replay delivers once it is configured.
+    /// replay delivers once it is configured. `--smtp-url`, `--sms-url` and `--push-url`
+    /// may list several providers (commas), with their credentials listed in the same
+    /// order (one value serves all).
     /// `tenants` gives each tenant's webhook secret; without it every webhook is signed
     /// with `--webhook-secret`. `destinations`: where webhooks may go.
     pub fn from_config(
@@ -78,48 +105,61 @@ impl Senders {
             tenants,
             config.webhook_timeout,
         );
-        let sms: Arc<dyn Sender> = match &config.sms_url {
-            Some(url) => Arc::new(senders::sms::SmsSender::new(
-                senders::client::client(config.provider_timeout, caps[Channel::Sms.index()], None),
-                url,
-                &config.sms_account_sid,
-                &config.sms_auth_token,
-                &config.sms_from,
-                config.provider_timeout,
-            )),
-            None => Arc::new(senders::Unavailable(Channel::Sms)),
+        let timeout = config.provider_timeout;
+        let providers = |channel: Channel,
+                         urls: &Option<String>,
+                         make: &MakeSender|
+         -> Result<Vec<Provider>, String> {
+            let urls = urls.as_deref().map(list).unwrap_or_default();
+            if urls.is_empty() {
+                return Ok(vec![Provider {
+                    name: None,
+                    sender: Arc::new(senders::Unavailable(channel)),
+                }]);
+            }
+            urls.iter()
+                .enumerate()
+                .map(|(i, url)| {
+                    Ok(Provider {
+                        name: health::provider_destination(channel, url),
+                        sender: make(i, url)?,
+                    })
+                })
+                .collect()
         };
-        let push: Arc<dyn Sender> = match &config.push_url {
-            Some(url) => Arc::new(senders::push::PushSender::new(
-                senders::client::client(config.provider_timeout, caps[Channel::Push.index()], None),
+        let sms_client = senders::client::client(timeout, caps[Channel::Sms.index()], None);
+        let sms = providers(Channel::Sms, &config.sms_url, &|i, url| {
+            Ok(Arc::new(senders::sms::SmsSender::new(
+                sms_client.clone(),
                 url,
-                &config.push_project,
-                &config.push_token,
-                config.provider_timeout,
-            )),
-            None => Arc::new(senders::Unavailable(Channel::Push)),
-        };
-        let email: Arc<dyn Sender> = match &config.smtp_url {
-            Some(url) => Arc::new(senders::email::EmailSender::new(
+                nth(&config.sms_account_sid, i),
+                nth(&config.sms_auth_token, i),
+                nth(&config.sms_from, i),
+                timeout,
+            )))
+        })?;
+        let push_client = senders::client::client(timeout, caps[Channel::Push.index()], None);
+        let push = providers(Channel::Push, &config.push_url, &|i, url| {
+            Ok(Arc::new(senders::push::PushSender::new(
+                push_client.clone(),
+                url,
+                nth(&config.push_project, i),
+                nth(&config.push_token, i),
+                timeout,
+            )))
+        })?;
+        let email = providers(Channel::Email, &config.smtp_url, &|_, url| {
+            Ok(Arc::new(senders::email::EmailSender::new(
                 url,
                 &config.smtp_from,
-                config.provider_timeout,
-            )?),
-            None => Arc::new(senders::Unavailable(Channel::Email)),
-        };
-        let provider = |channel, url: &Option<String>| {
-            url.as_deref()
-                .and_then(|u| health::provider_destination(channel, u))
-        };
-        Ok(Senders(
-            [Arc::new(webhook), email, sms, push],
-            [
-                None,
-                provider(Channel::Email, &config.smtp_url),
-                provider(Channel::Sms, &config.sms_url),
-                provider(Channel::Push, &config.push_url),
-            ],
-        ))
+                timeout,
+            )?))
+        })?;
+        let webhook = vec![Provider {
+            name: None,
+            sender: Arc::new(webhook),
+        }];
+        Ok(Senders([webhook, email, sms, push]))
     }
 }
 
@@ -137,16 +177,6 @@ struct Shared {
     ledger: Ledger,
     destinations: Arc<Destinations>,
     cancels: Arc<cancels::Cancels>,
-}
-
-impl Shared {
-    /// The destination whose health gates `notification`'s sends.
-    fn destination_of(&self, notification: &WireNotification<'_>) -> Option<String> {
-        match notification.channel {
-            Channel::Webhook => health::webhook_destination(&notification.recipient),
-            channel => self.senders.1[channel.index()].clone(),
-        }
-    }
 }
 
 /// The running delivery role.
@@ -415,26 +445,6 @@ async fn deliver(shared: &Shared, job: Job) {
         wait(shared, &message, count, delay, "scheduled").await;
         return;
     }
-    let gate = match shared.destination_of(&notification) {
-        Some(name) => Some(shared.destinations.admit(notification.tenant, &name).await),
-        None => None,
-    };
-    let permit = match gate {
-        Some(Gate::Wait(delay, reason)) => {
-            wait(shared, &message, count, delay, reason.as_str()).await;
-            return;
-        }
-        Some(Gate::Send(permit)) => Some(permit),
-        None => None,
-    };
-    if count.delivered == 1 {
-        // Taken at the worker, not at the fetch: a class whose ack-pending window is full
-        // is fetched no more, and its backlog must not fall silent.
-        let waited = (now - notification.accepted_at)
-            .to_std()
-            .unwrap_or_default();
-        shared.yielding.backlog_age(priority, waited);
-    }
     let channel = notification.channel;
     let started = std::time::Instant::now();
     // A message published before traces were carried starts one per attempt.
@@ -447,16 +457,22 @@ async fn deliver(shared: &Shared, job: Job) {
         number: attempt,
         trace,
     };
-    let outcome = with_progress(
-        shared.senders.0[channel.index()].send(&attempt_info),
-        &message,
-        shared.ack_wait,
-    )
-    .await;
-    let took = started.elapsed();
-    if let Some(permit) = permit {
-        permit.settle(&outcome);
+    let (outcome, provider) = match try_providers(shared, &message, &attempt_info).await {
+        Tried::Sent { outcome, provider } => (outcome, provider),
+        Tried::Wait(delay, reason) => {
+            wait(shared, &message, count, delay, reason.as_str()).await;
+            return;
+        }
+    };
+    if count.delivered == 1 {
+        // Taken at the worker, not at the fetch: a class whose ack-pending window is full
+        // is fetched no more, and its backlog must not fall silent.
+        let waited = (now - notification.accepted_at)
+            .to_std()
+            .unwrap_or_default();
+        shared.yielding.backlog_age(priority, waited);
     }
+    let took = started.elapsed();
     if let Some(start) = span_start {
         shared.spans.record(attempt_span(
             &notification,
@@ -483,7 +499,8 @@ async fn deliver(shared: &Shared, job: Job) {
                     None,
                     None,
                     Some(took),
-                ),
+                )
+                .by(provider.as_deref()),
             )
             .await
             {
@@ -516,13 +533,14 @@ async fn deliver(shared: &Shared, job: Job) {
                     Some(&outcome),
                     Some(wait),
                     Some(took),
-                ),
+                )
+                .by(provider.as_deref()),
             )
             .await;
             let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
         }
         _ => {
-            let took = Some(took);
+            let sent = Some((took, provider.as_deref()));
             bury(
                 shared,
                 &message,
@@ -530,10 +548,68 @@ async fn deliver(shared: &Shared, job: Job) {
                 attempt,
                 sequence,
                 &outcome,
-                took,
+                sent,
             )
             .await
         }
+    }
+}
+
+/// What trying a channel's providers came to.
+enum Tried {
+    /// The outcome of the last provider tried, and its name.
+    Sent {
+        outcome: SendOutcome,
+        provider: Option<String>,
+    },
+    /// No provider could take it now: wait this long (the shortest of their waits).
+    Wait(Duration, WaitReason),
+}
+
+/// Sends `attempt` through its channel's providers in order: each one whose destination
+/// admits it, until one delivers or fails for good. A retryable failure, or a destination
+/// that says wait, passes the same attempt to the next provider.
+async fn try_providers(shared: &Shared, message: &Message, attempt: &Attempt<'_>) -> Tried {
+    let notification = attempt.notification;
+    let mut tried = None;
+    let mut shortest: Option<(Duration, WaitReason)> = None;
+    for provider in &shared.senders.0[notification.channel.index()] {
+        let name = match notification.channel {
+            Channel::Webhook => health::webhook_destination(&notification.recipient),
+            _ => provider.name.clone(),
+        };
+        let permit = match &name {
+            Some(name) => match shared.destinations.admit(notification.tenant, name).await {
+                Gate::Send(permit) => Some(permit),
+                Gate::Wait(delay, reason) => {
+                    if shortest.is_none_or(|(d, _)| delay < d) {
+                        shortest = Some((delay, reason));
+                    }
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let outcome = with_progress(provider.sender.send(attempt), message, shared.ack_wait).await;
+        if let Some(permit) = permit {
+            permit.settle(&outcome);
+        }
+        let retryable = matches!(outcome, SendOutcome::Retryable { .. });
+        tried = Some((outcome, name));
+        if !retryable {
+            break;
+        }
+    }
+    match (tried, shortest) {
+        (Some((outcome, provider)), _) => Tried::Sent { outcome, provider },
+        (None, Some((delay, reason))) => Tried::Wait(delay, reason),
+        (None, None) => Tried::Sent {
+            outcome: SendOutcome::Permanent {
+                error: format!("no {} provider", notification.channel),
+                status: None,
+            },
+            provider: None,
+        },
     }
 }
 
@@ -606,8 +682,9 @@ async fn bury(
     attempt: u32,
     sequence: u64,
     outcome: &SendOutcome,
-    took: Option<Duration>,
+    sent: Option<(Duration, Option<&str>)>,
 ) {
+    let (took, provider) = sent.map_or((None, None), |(took, provider)| (Some(took), provider));
     let death = Death {
         id: notification.id,
         tenant: notification.tenant,
@@ -631,7 +708,8 @@ async fn bury(
                     Some(outcome),
                     None,
                     took,
-                ),
+                )
+                .by(provider),
             )
             .await
             {
@@ -700,6 +778,7 @@ fn event<'a>(
         status: outcome.and_then(SendOutcome::status),
         retry_in_ms: retry_in.map(millis),
         duration_ms: took.map(millis),
+        provider: None,
     }
 }
 

@@ -191,6 +191,9 @@ impl MongoSink {
             if let Some(status) = event.status {
                 entry.insert("status", i32::from(status));
             }
+            if let Some(provider) = &event.provider {
+                entry.insert("provider", provider.as_ref());
+            }
             if let Some(ms) = event.duration_ms {
                 entry.insert("duration_ms", i64::try_from(ms).unwrap_or(i64::MAX));
             }

@@ -107,14 +107,14 @@ impl PostgresSink {
                  SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::int[], $4::text[],
                                       $5::timestamptz[], $6::text[], $7::int[], $8::uuid[],
                                       $9::text[], $10::text[], $11::timestamptz[], $12::int[],
-                                      $13::int[])
+                                      $13::int[], $14::text[])
                      AS t(id, seq, attempt, outcome, at, error, code, tenant, priority, channel, next_at, idx,
-                          duration_ms)
+                          duration_ms, provider)
              ),
              attempts AS (
                  INSERT INTO delivery_attempts (notification_id, event_seq, event_index, attempt, outcome, at, error, status_code,
-                                                duration_ms, next_attempt_at)
-                 SELECT id, seq, idx, attempt, outcome, at, error, code, duration_ms, next_at FROM ev
+                                                duration_ms, next_attempt_at, provider)
+                 SELECT id, seq, idx, attempt, outcome, at, error, code, duration_ms, next_at, provider FROM ev
                  ORDER BY id, seq, idx
                  ON CONFLICT DO NOTHING
              ),
@@ -175,6 +175,7 @@ impl PostgresSink {
         .bind(&rows.next_at)
         .bind(&rows.indexes)
         .bind(&rows.durations)
+        .bind(&rows.providers)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| e.to_string())
@@ -197,6 +198,7 @@ struct EventColumns {
     next_at: Vec<Option<DateTime<Utc>>>,
     indexes: Vec<i32>,
     durations: Vec<Option<i32>>,
+    providers: Vec<Option<String>>,
 }
 
 impl EventColumns {
@@ -217,6 +219,8 @@ impl EventColumns {
         self.priorities.push(e.priority.as_str());
         self.channels.push(e.channel.as_str());
         self.next_at.push(e.next_attempt_at());
+        self.providers
+            .push(e.provider.as_ref().map(|p| p.to_string()));
     }
 }
 

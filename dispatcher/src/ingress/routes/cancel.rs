@@ -144,5 +144,6 @@ fn canceled_event(found: &NotificationStatus, tenant: Uuid) -> Result<Event<'sta
         status: None,
         retry_in_ms: None,
         duration_ms: None,
+        provider: None,
     })
 }
