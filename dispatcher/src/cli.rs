@@ -579,14 +579,17 @@ pub struct DeliveryArgs {
     webhook_timeout: Human,
     /// SMTP relay for email, e.g. `smtps://user:pass@smtp.example.com:465` or
     /// `smtp://user:pass@host:587?tls=required`; without it email notifications are
-    /// dead-lettered as undeliverable here.
+    /// dead-lettered as undeliverable here. Several relays, comma-separated, are tried in
+    /// order when one fails retryably or its circuit is open.
     #[arg(long, env = "HERALD_SMTP_URL", hide_env_values = true)]
     smtp_url: Option<String>,
     /// Sender address of emails.
     #[arg(long, env = "HERALD_SMTP_FROM", default_value_t = delivery().smtp_from)]
     smtp_from: String,
     /// Base URL of the Twilio-shaped SMS API (e.g. https://api.twilio.com); without it SMS
-    /// notifications are dead-lettered as undeliverable here.
+    /// notifications are dead-lettered as undeliverable here. Several, comma-separated, are
+    /// tried in order (failover); the account, token and sender then list one value per
+    /// provider in the same order, or one for all.
     #[arg(long, env = "HERALD_SMS_URL")]
     sms_url: Option<String>,
     #[arg(long, env = "HERALD_SMS_ACCOUNT_SID", default_value_t = delivery().sms_account_sid)]
@@ -597,7 +600,8 @@ pub struct DeliveryArgs {
     #[arg(long, env = "HERALD_SMS_FROM", default_value_t = delivery().sms_from)]
     sms_from: String,
     /// Base URL of the FCM HTTP v1 API (e.g. https://fcm.googleapis.com); without it push
-    /// notifications are dead-lettered as undeliverable here.
+    /// notifications are dead-lettered as undeliverable here. Several, comma-separated, are
+    /// tried in order (failover), with project and token listed alike.
     #[arg(long, env = "HERALD_PUSH_URL")]
     push_url: Option<String>,
     #[arg(long, env = "HERALD_PUSH_PROJECT", default_value_t = delivery().push_project)]

@@ -225,7 +225,7 @@ async fn retry_after_holds_every_message_to_that_destination() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_destination_rate_spreads_its_sends() {
+async fn a_destination_rate_and_the_tenant_default_spread_sends() {
     let receiver = Receiver::start(|_| (200, Duration::ZERO)).await;
     let stack = Stack::start(|_| {}).await;
     let set = stack
@@ -256,6 +256,32 @@ async fn a_destination_rate_spreads_its_sends() {
         .await;
     assert_eq!(cleared.status, 200);
     assert_eq!(cleared.body["rate_per_sec"], Value::Null);
+
+    // The tenant's default rate holds a destination without a rate of its own.
+    let other = Receiver::start(|_| (200, Duration::ZERO)).await;
+    let set = stack
+        .server
+        .put("/v1/destinations/defaults", r#"{"rate_per_sec": 4}"#)
+        .await;
+    assert_eq!(set.status, 200, "{:?}", set.body);
+    let read = stack.server.get("/v1/destinations/defaults").await;
+    assert_eq!(read.body["rate_per_sec"], 4.0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in 0..12 {
+        stack.accept(webhook_to(&other.url(), "low", n)).await;
+    }
+    let got = other.wait_for(12, Duration::from_secs(20)).await;
+    let span = got[11].at - got[0].at;
+    assert!(
+        span >= Duration::from_millis(1500),
+        "12 sends at a default of 4/s took {span:?}"
+    );
+    let unset = stack
+        .server
+        .put("/v1/destinations/defaults", r#"{"rate_per_sec": null}"#)
+        .await;
+    assert_eq!(unset.status, 200);
+    assert_eq!(unset.body, serde_json::json!({}));
     stack.finish().await;
 }
 

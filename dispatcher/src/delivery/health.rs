@@ -16,6 +16,7 @@
 //! (`health.<tenant>.<name>`), which the operator API lists.
 //!
 //! Operators write `control.<tenant>.<name>` in the same bucket (pause, a rate per second),
+//! and `defaults.<tenant>` (the rate of the tenant's destinations that have none of their own),
 //! and every delivery process follows those keys. A 429 or 503 with `Retry-After` holds
 //! every message to that destination for that long, not only the one that got it.
 //!
@@ -183,8 +184,10 @@ struct Destination {
     slots: Arc<tokio::sync::Semaphore>,
     /// Microseconds since [`Destinations::epoch`]; 0: none.
     held_until: AtomicU64,
-    /// Sends per second (f64 bits); 0: the default.
+    /// Sends per second (f64 bits) the operator set for it; 0: none.
     rate: AtomicU64,
+    /// Its tenant's default rate (f64 bits); 0: none, the deployment's default applies.
+    tenant_rate: AtomicU64,
     /// The rate's theoretical arrival time (GCRA), microseconds since the epoch.
     rate_tat: AtomicU64,
     /// Taken only when the circuit changes or is open.
@@ -225,6 +228,8 @@ pub struct Destinations {
     /// The operators' controls, kept apart from `map`: a destination forgotten while idle
     /// takes its pause and rate again when it comes back. Read only when one is created.
     controls: std::sync::RwLock<std::collections::HashMap<Key, Control>>,
+    /// Each tenant's default rate (f64 bits), read when a destination is created.
+    tenant_rates: std::sync::RwLock<std::collections::HashMap<Uuid, u64>>,
     config: HealthConfig,
     epoch: Instant,
     js: jetstream::Context,
@@ -252,6 +257,7 @@ impl Destinations {
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
             controls: Default::default(),
+            tenant_rates: Default::default(),
             config,
             epoch: Instant::now(),
             js,
@@ -259,7 +265,7 @@ impl Destinations {
             names,
             metrics,
         });
-        let watch = kv.watch_with_history("control.>").await?;
+        let watch = kv.watch_many_with_history(WATCHED).await?;
         tasks.spawn(follow_controls(destinations.clone(), watch, stop));
         Ok(destinations)
     }
@@ -278,6 +284,13 @@ impl Destinations {
                 .get(&key)
                 .cloned()
                 .unwrap_or_default();
+            let tenant_rate = self
+                .tenant_rates
+                .read()
+                .expect("tenant rates lock")
+                .get(&tenant)
+                .copied()
+                .unwrap_or(0);
             Arc::new(Destination {
                 key: key.clone(),
                 mode: AtomicU8::new(CLOSED),
@@ -288,6 +301,7 @@ impl Destinations {
                 )),
                 held_until: AtomicU64::new(0),
                 rate: AtomicU64::new(rate_bits(&control)),
+                tenant_rate: AtomicU64::new(tenant_rate),
                 rate_tat: AtomicU64::new(0),
                 circuit: Mutex::new(Circuit::default()),
             })
@@ -376,10 +390,11 @@ impl Destinations {
 
     /// GCRA: the wait before the next send if the destination's rate is used up.
     fn throttle(&self, d: &Destination, now: u64) -> Option<Duration> {
-        let rate = match f64::from_bits(d.rate.load(Ordering::Relaxed)) {
-            r if r > 0.0 => r,
-            _ => self.config.default_rate.filter(|r| *r > 0.0)?,
-        };
+        let rate = [&d.rate, &d.tenant_rate]
+            .into_iter()
+            .map(|bits| f64::from_bits(bits.load(Ordering::Relaxed)))
+            .find(|r| *r > 0.0)
+            .or(self.config.default_rate.filter(|r| *r > 0.0))?;
         let interval = (1e6 / rate).max(1.0) as u64;
         // A burst of one second's sends is allowed.
         let tolerance = (1e6 as u64).max(interval);
@@ -534,6 +549,43 @@ impl Destinations {
     }
 }
 
+impl Destinations {
+    /// A tenant's default rate changed: every destination of the tenant follows it.
+    fn apply_tenant_default(&self, tenant: Uuid, rate: Option<f64>) {
+        let bits = rate.filter(|r| *r > 0.0).unwrap_or(0.0).to_bits();
+        {
+            let mut rates = self.tenant_rates.write().expect("tenant rates lock");
+            if bits == 0 {
+                rates.remove(&tenant);
+            } else {
+                rates.insert(tenant, bits);
+            }
+        }
+        for (key, d) in self.map.iter() {
+            if key.0 == tenant {
+                d.tenant_rate.store(bits, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The keys every delivery process follows.
+const WATCHED: [&str; 2] = ["control.>", "defaults.>"];
+
+/// A tenant's defaults for its destinations (`defaults.<tenant>`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TenantDefaults {
+    /// Sends per second to each destination without a rate of its own; absent: the
+    /// deployment's default (`--destination-rate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_sec: Option<f64>,
+}
+
+/// The key of a tenant's defaults.
+pub fn defaults_key(tenant: &Uuid) -> String {
+    format!("defaults.{}", tenant.simple())
+}
+
 /// A control's rate as the bits of an f64; 0: the default.
 fn rate_bits(control: &Control) -> u64 {
     control
@@ -574,6 +626,18 @@ async fn follow_controls(
                 else {
                     continue;
                 };
+                if entry.key.starts_with("defaults.") {
+                    let defaults = match entry.operation {
+                        kv::Operation::Put => serde_json::from_slice::<TenantDefaults>(&entry.value)
+                            .unwrap_or_else(|err| {
+                                tracing::warn!(key = %entry.key, error = %err, "unreadable tenant defaults");
+                                TenantDefaults::default()
+                            }),
+                        _ => TenantDefaults::default(),
+                    };
+                    destinations.apply_tenant_default(tenant, defaults.rate_per_sec);
+                    continue;
+                }
                 let control = match entry.operation {
                     kv::Operation::Put => match serde_json::from_slice::<Control>(&entry.value) {
                         Ok(control) => control,
@@ -614,7 +678,7 @@ async fn follow_controls(
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
-                match destinations.kv.watch_with_history("control.>").await {
+                match destinations.kv.watch_many_with_history(WATCHED).await {
                     Ok(w) => watch = w,
                     Err(err) => tracing::warn!(error = %err, "destination controls: cannot watch"),
                 }

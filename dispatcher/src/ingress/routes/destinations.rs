@@ -1,6 +1,7 @@
 //! The destinations API, for the operator on call: `GET /v1/destinations`,
 //! `GET /v1/destinations/{destination}`, `POST .../pause`, `POST .../resume`, and
-//! `PUT /v1/destinations/{destination}` (its rate).
+//! `PUT /v1/destinations/{destination}` (its rate), and `GET`/`PUT /v1/destinations/defaults`
+//! (the rate of the tenant's destinations that have none of their own).
 //!
 //! A destination is `<channel>:<host>:<port>`, such as `webhook:hooks.example.com:443`
 //! (percent-encode it in the path). Its health is what the delivery processes last wrote
@@ -13,7 +14,9 @@ use futures::TryStreamExt;
 use serde::Deserialize;
 
 use super::*;
-use crate::delivery::health::{bucket_filter, bucket_key, CircuitState, Control, HealthRecord};
+use crate::delivery::health::{
+    bucket_filter, bucket_key, defaults_key, CircuitState, Control, HealthRecord, TenantDefaults,
+};
 
 /// One destination as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -261,6 +264,16 @@ where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let rate = rate_of(state, req).await?;
+    control(state, caller, destination, |c| c.rate_per_sec = rate).await
+}
+
+/// The `rate_per_sec` of a `PUT` body, checked.
+async fn rate_of<B>(state: &State, req: Request<B>) -> Result<Option<f64>, ApiError>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let body = read_json_body(state, req).await?;
     let request: RateRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::invalid_field(
@@ -275,5 +288,59 @@ where
             "rate_per_sec must be above 0 and at most 1000000, or null",
         ));
     }
-    control(state, caller, destination, |c| c.rate_per_sec = rate).await
+    Ok(rate)
+}
+
+/// `GET /v1/destinations/defaults`.
+#[utoipa::path(
+    get,
+    operation_id = "get_destination_defaults",
+    path = "/v1/destinations/defaults",
+    tag = "destinations",
+    responses(
+        (status = 200, description = "The tenant's defaults for its destinations", body = TenantDefaults),
+    )
+)]
+pub(super) async fn get_defaults(state: &State, caller: &Caller) -> Result<HttpResponse, ApiError> {
+    let kv = bucket(state).await?;
+    let defaults: TenantDefaults = read(&kv, defaults_key(&caller.tenant))
+        .await?
+        .unwrap_or_default();
+    Ok(json_of(StatusCode::OK, &defaults))
+}
+
+/// `PUT /v1/destinations/defaults`: the rate of every destination of the tenant that has
+/// none of its own.
+#[utoipa::path(
+    put,
+    operation_id = "set_destination_defaults",
+    path = "/v1/destinations/defaults",
+    tag = "destinations",
+    request_body = RateRequest,
+    responses(
+        (status = 200, description = "Set; delivery processes follow within moments", body = TenantDefaults),
+        (status = 422, description = "`rate_per_sec` is invalid", body = crate::error::Body),
+    )
+)]
+pub(super) async fn set_defaults<B>(
+    state: &State,
+    caller: &Caller,
+    req: Request<B>,
+) -> Result<HttpResponse, ApiError>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let defaults = TenantDefaults {
+        rate_per_sec: rate_of(state, req).await?,
+    };
+    let kv = bucket(state).await?;
+    let key = defaults_key(&caller.tenant);
+    if defaults == TenantDefaults::default() {
+        kv.delete(&key).await.map_err(unavailable)?;
+    } else {
+        let body = serde_json::to_vec(&defaults).expect("serializable");
+        kv.put(&key, body.into()).await.map_err(unavailable)?;
+    }
+    Ok(json_of(StatusCode::OK, &defaults))
 }

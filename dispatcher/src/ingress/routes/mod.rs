@@ -96,6 +96,8 @@ pub enum Operation {
     ReplayDeadLetter,
     DeleteDeadLetter,
     ListDestinations,
+    GetDestinationDefaults,
+    SetDestinationDefaults,
     GetDestination,
     SetDestinationRate,
     PauseDestination,
@@ -105,7 +107,7 @@ pub enum Operation {
 /// Every /v1 route, `{id}` standing for one path segment. The router resolves requests
 /// from this table alone, and the API contract (`/openapi.json`) names exactly these
 /// routes (tested), so neither can have a route the other lacks.
-pub const ROUTES: [(Method, &str, Operation); 17] = [
+pub const ROUTES: [(Method, &str, Operation); 19] = [
     (
         Method::GET,
         "/v1/notifications",
@@ -151,6 +153,16 @@ pub const ROUTES: [(Method, &str, Operation); 17] = [
     ),
     (Method::DELETE, "/v1/dlq/{id}", Operation::DeleteDeadLetter),
     (Method::GET, "/v1/destinations", Operation::ListDestinations),
+    (
+        Method::GET,
+        "/v1/destinations/defaults",
+        Operation::GetDestinationDefaults,
+    ),
+    (
+        Method::PUT,
+        "/v1/destinations/defaults",
+        Operation::SetDestinationDefaults,
+    ),
     (
         Method::GET,
         "/v1/destinations/{id}",
@@ -256,6 +268,10 @@ where
         Operation::ReplayDeadLetter => Ok(dlq::replay(state, caller, id).await?),
         Operation::DeleteDeadLetter => Ok(dlq::delete(state, caller, id).await?),
         Operation::ListDestinations => Ok(destinations::list(state, caller).await?),
+        Operation::GetDestinationDefaults => Ok(destinations::get_defaults(state, caller).await?),
+        Operation::SetDestinationDefaults => {
+            Ok(destinations::set_defaults(state, caller, req).await?)
+        }
         Operation::GetDestination => Ok(destinations::get(state, caller, id).await?),
         Operation::SetDestinationRate => {
             let id = id.to_string();

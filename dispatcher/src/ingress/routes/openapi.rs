@@ -40,6 +40,8 @@ pub const PATH: &str = "/openapi.json";
         dlq::replay,
         dlq::delete,
         destinations::list,
+        destinations::get_defaults,
+        destinations::set_defaults,
         destinations::get,
         destinations::set_rate,
         destinations::pause,
