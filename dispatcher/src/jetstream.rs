@@ -255,6 +255,45 @@ pub fn bucket_configs(
     ]
 }
 
+/// Follows a key-value bucket until `stop`: hands each entry of `watch` to `entry`. When
+/// the watch fails or ends (NATS went away and came back), it waits a second and watches
+/// again with `rewatch`, given the last revision seen. `what` names it in log lines.
+pub async fn follow_bucket<R, Fut>(
+    mut watch: jetstream::kv::Watch,
+    rewatch: R,
+    mut entry: impl FnMut(jetstream::kv::Entry),
+    what: &'static str,
+    stop: CancellationToken,
+) where
+    R: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<jetstream::kv::Watch, jetstream::kv::WatchError>>,
+{
+    let mut seen = 0;
+    loop {
+        let next = tokio::select! {
+            () = stop.cancelled() => return,
+            next = watch.next() => next,
+        };
+        match next {
+            Some(Ok(e)) => {
+                seen = e.revision;
+                entry(e);
+                continue;
+            }
+            Some(Err(err)) => tracing::warn!(what, error = %err, "watch failed; watching again"),
+            None => tracing::debug!(what, "watch ended; watching again"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        match rewatch(seen).await {
+            Ok(w) => watch = w,
+            Err(err) => tracing::warn!(what, error = %err, "cannot watch"),
+        }
+    }
+}
+
 /// A durable pull consumer's messages, one at a time, until `stop`: subscribes with
 /// heartbeats, and when a pull fails waits a moment and subscribes again. Delivery and the
 /// recorder read their consumers through it.

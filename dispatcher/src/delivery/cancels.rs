@@ -11,10 +11,8 @@
 //! `delivered`, which is what happened.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
-use futures::StreamExt;
+use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -44,52 +42,30 @@ impl Cancels {
             canceled: moka::sync::Cache::builder().max_capacity(1_000_000).build(),
         });
         let watch = kv.watch_all_from_revision(1).await?;
-        tasks.spawn(follow(cancels.clone(), kv, watch, stop));
+        let following = cancels.clone();
+        tasks.spawn(crate::jetstream::follow_bucket(
+            watch,
+            move |seen| {
+                let kv = kv.clone();
+                async move { kv.watch_all_from_revision(seen + 1).await }
+            },
+            move |entry| {
+                let id = entry
+                    .key
+                    .rsplit('.')
+                    .next()
+                    .and_then(|i| Uuid::try_parse(i).ok());
+                if let Some(id) = id {
+                    following.canceled.insert(id, ());
+                }
+            },
+            "cancels",
+            stop,
+        ));
         Ok(cancels)
     }
 
     pub fn is_canceled(&self, id: &Uuid) -> bool {
         self.canceled.contains_key(id)
-    }
-}
-
-async fn follow(
-    cancels: Arc<Cancels>,
-    kv: kv::Store,
-    mut watch: kv::Watch,
-    stop: CancellationToken,
-) {
-    let mut seen = 0;
-    loop {
-        let entry = tokio::select! {
-            () = stop.cancelled() => return,
-            entry = watch.next() => entry,
-        };
-        match entry {
-            Some(Ok(entry)) => {
-                seen = entry.revision;
-                if let Some(id) = entry
-                    .key
-                    .rsplit('.')
-                    .next()
-                    .and_then(|i| Uuid::try_parse(i).ok())
-                {
-                    cancels.canceled.insert(id, ());
-                }
-            }
-            other => {
-                if let Some(Err(err)) = other {
-                    tracing::warn!(error = %err, "cancels: watch failed; watching again");
-                }
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                match kv.watch_all_from_revision(seen + 1).await {
-                    Ok(w) => watch = w,
-                    Err(err) => tracing::warn!(error = %err, "cancels: cannot watch"),
-                }
-            }
-        }
     }
 }

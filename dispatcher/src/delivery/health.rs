@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, kv};
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -265,8 +264,19 @@ impl Destinations {
             names,
             metrics,
         });
+        // Every control in the bucket first, then each change.
         let watch = kv.watch_many_with_history(WATCHED).await?;
-        tasks.spawn(follow_controls(destinations.clone(), watch, stop));
+        let following = destinations.clone();
+        tasks.spawn(crate::jetstream::follow_bucket(
+            watch,
+            move |_| {
+                let kv = kv.clone();
+                async move { kv.watch_many_with_history(WATCHED).await }
+            },
+            move |entry| following.follow(entry),
+            "destination controls",
+            stop,
+        ));
         Ok(destinations)
     }
 
@@ -605,85 +615,57 @@ impl Control {
     }
 }
 
-/// Applies every operator control in the bucket, then each change, until `stop`.
-async fn follow_controls(
-    destinations: Arc<Destinations>,
-    mut watch: kv::Watch,
-    stop: CancellationToken,
-) {
-    loop {
-        let entry = tokio::select! {
-            () = stop.cancelled() => return,
-            entry = watch.next() => entry,
+impl Destinations {
+    /// Applies one operator control (or tenant default) from the bucket.
+    fn follow(&self, entry: kv::Entry) {
+        let Some(tenant) = entry
+            .key
+            .split('.')
+            .nth(1)
+            .and_then(|t| Uuid::try_parse(t).ok())
+        else {
+            return;
         };
-        match entry {
-            Some(Ok(entry)) => {
-                let Some(tenant) = entry
-                    .key
-                    .split('.')
-                    .nth(1)
-                    .and_then(|t| Uuid::try_parse(t).ok())
-                else {
-                    continue;
-                };
-                if entry.key.starts_with("defaults.") {
-                    let defaults = match entry.operation {
-                        kv::Operation::Put => serde_json::from_slice::<TenantDefaults>(&entry.value)
-                            .unwrap_or_else(|err| {
-                                tracing::warn!(key = %entry.key, error = %err, "unreadable tenant defaults");
-                                TenantDefaults::default()
-                            }),
-                        _ => TenantDefaults::default(),
-                    };
-                    destinations.apply_tenant_default(tenant, defaults.rate_per_sec);
-                    continue;
-                }
-                let control = match entry.operation {
-                    kv::Operation::Put => match serde_json::from_slice::<Control>(&entry.value) {
-                        Ok(control) => control,
-                        Err(err) => {
-                            tracing::warn!(key = %entry.key, error = %err, "unreadable destination control");
-                            continue;
-                        }
-                    },
-                    // A deleted control resumes the destination at the default rate; its
-                    // name is in the key.
-                    _ => match entry
-                        .key
-                        .rsplit('.')
-                        .next()
-                        .and_then(|n| {
-                            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                                .decode(n)
-                                .ok()
-                        })
-                        .and_then(|n| String::from_utf8(n).ok())
-                    {
-                        Some(destination) => Control::default_for(&destination),
-                        None => continue,
-                    },
-                };
-                destinations.apply(tenant, control);
-            }
-            Some(Err(err)) => {
-                tracing::warn!(error = %err, "destination controls: watch failed");
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-            None => {
-                // The watch ended (NATS went away and came back): start again.
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                match destinations.kv.watch_many_with_history(WATCHED).await {
-                    Ok(w) => watch = w,
-                    Err(err) => tracing::warn!(error = %err, "destination controls: cannot watch"),
-                }
-            }
+        let put = entry.operation == kv::Operation::Put;
+        if entry.key.starts_with("defaults.") {
+            let defaults = if put {
+                serde_json::from_slice::<TenantDefaults>(&entry.value).unwrap_or_else(|err| {
+                    tracing::warn!(key = %entry.key, error = %err, "unreadable tenant defaults");
+                    TenantDefaults::default()
+                })
+            } else {
+                TenantDefaults::default()
+            };
+            self.apply_tenant_default(tenant, defaults.rate_per_sec);
+            return;
         }
+        let control = if put {
+            match serde_json::from_slice::<Control>(&entry.value) {
+                Ok(control) => control,
+                Err(err) => {
+                    tracing::warn!(key = %entry.key, error = %err, "unreadable destination control");
+                    return;
+                }
+            }
+        } else {
+            // A deleted control resumes the destination at the default rate; its name is
+            // in the key.
+            let name = entry
+                .key
+                .rsplit('.')
+                .next()
+                .and_then(|n| {
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(n)
+                        .ok()
+                })
+                .and_then(|n| String::from_utf8(n).ok());
+            match name {
+                Some(destination) => Control::default_for(&destination),
+                None => return,
+            }
+        };
+        self.apply(tenant, control);
     }
 }
 

@@ -74,15 +74,19 @@ where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let body = read_json_body(state, req).await?;
-    let invalid = |message: String| ApiError::invalid_field("idempotency_key", message);
-    let request: CancelByKey = serde_json::from_slice(&body)
-        .map_err(|e| invalid(format!("expected {{\"idempotency_key\": string}}: {e}")))?;
+    let request: CancelByKey = read_one_field(
+        state,
+        req,
+        "idempotency_key",
+        r#"{"idempotency_key": string}"#,
+    )
+    .await?;
     let key = request.idempotency_key;
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
-        return Err(invalid(format!(
-            "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"
-        )));
+        return Err(ApiError::invalid_field(
+            "idempotency_key",
+            format!("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
+        ));
     }
     let id = state
         .idempotency

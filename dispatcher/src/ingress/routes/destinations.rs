@@ -274,13 +274,13 @@ where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let body = read_json_body(state, req).await?;
-    let request: RateRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::invalid_field(
-            "rate_per_sec",
-            format!("expected {{\"rate_per_sec\": number or null}}: {e}"),
-        )
-    })?;
+    let request: RateRequest = read_one_field(
+        state,
+        req,
+        "rate_per_sec",
+        r#"{"rate_per_sec": number or null}"#,
+    )
+    .await?;
     let rate = request.rate_per_sec;
     if rate.is_some_and(|r| !(r.is_finite() && r > 0.0 && r <= 1e6)) {
         return Err(ApiError::invalid_field(

@@ -526,6 +526,24 @@ fn reject(state: &State, priority: Option<Priority>, err: ApiError) -> ApiError 
     err
 }
 
+/// A small JSON body of one field, read and decoded: anything else is a 422 naming
+/// `field`, with the `shape` expected.
+async fn read_one_field<T, B>(
+    state: &State,
+    req: Request<B>,
+    field: &str,
+    shape: &str,
+) -> Result<T, ApiError>
+where
+    T: serde::de::DeserializeOwned,
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let body = read_json_body(state, req).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid_field(field, format!("expected {shape}: {e}")))
+}
+
 async fn read_json_body<B>(state: &State, req: Request<B>) -> Result<Bytes, ApiError>
 where
     B: hyper::body::Body,
