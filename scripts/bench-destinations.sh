@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Failing destinations (issue 17): one webhook receiver fails for 30 s while nine others
+# stay healthy, under load. A release `dispatcher run` (authentication on, the recorder
+# into PostgreSQL, MongoDB and Redis) with default delivery settings; ten loadgens, each
+# with its own sink (one destination each), open loop at RATE/10 with the default mix.
+# Two runs, each on fresh streams, schema and database:
+#   baseline   all ten healthy
+#   fault      sink 0 fails from 5 s to 35 s after it starts (FAULT: reset drops each
+#              connection, hang never answers)
+# Reported per run: the nine healthy destinations' end-to-end p99 per priority (the worst
+# of the nine), the failing destination's accepted, delivered and lost, dead letters,
+# the highest attempt recorded, waits by reason and circuit changes (from /metrics).
+# Targets: healthy p99 <= 1.5x baseline; every failing-destination message delivered
+# after recovery with attempts to spare (no dead letters); lost 0.
+# Writes destinations-<FAULT>.md under results/<date>-<rev>/ (loadgen summaries beside it,
+# in destinations-<FAULT>/) and a row in results/README.md. Knobs: RATE (500), DURATION (40s), FAULT (reset), DRAIN (180s).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RATE=${RATE:-500}
+DURATION=${DURATION:-40s}
+FAULT=${FAULT:-reset}
+DRAIN=${DRAIN:-180s}
+PROFILE=release
+. scripts/lib/herald.sh
+prepare_roles
+report=destinations-$FAULT.md
+out=$(results_dir)/destinations-$FAULT
+mkdir -p "$out"
+trap stop_roles EXIT
+per=$(awk -v r="$RATE" 'BEGIN { print r / 10 }')
+
+# run NAME [FAULT_SPEC]: a fresh `dispatcher run` and ten loadgens; sink 0 gets the fault.
+run() {
+  local name=$1 fault=${2:-} i args
+  run_role "dest$name"
+  local dir=$out/$name
+  mkdir -p "$dir"
+  local loads=()
+  for i in $(seq 0 9); do
+    args=(--target "http://127.0.0.1:$port" --api-key "$key" --rate "$per" -c 16 --threads 1
+      -d "$DURATION" --warmup 2s --sink 127.0.0.1:0 --drain-timeout "$DRAIN" --out "$dir/d$i")
+    [ "$i" -eq 0 ] && [ -n "$fault" ] && args+=(--sink-fault "$fault")
+    "$loadgen" "${args[@]}" >"$dir/d$i.log" 2>&1 &
+    loads+=($!)
+  done
+  for p in "${loads[@]}"; do wait "$p" || true; done
+  curl -s "http://127.0.0.1:$port/metrics" >"$dir/metrics.txt"
+  curl -s -H "Authorization: Bearer $key" "http://127.0.0.1:$port/v1/dlq?limit=1000" >"$dir/dlq.json"
+  curl -s -H "Authorization: Bearer $key" "http://127.0.0.1:$port/v1/destinations" >"$dir/destinations.json"
+  # The recorder writes attempts asynchronously: give it a moment.
+  sleep 3
+  psql -h 127.0.0.1 -U root -d test -Atc "SELECT coalesce(max(attempt), 0) FROM \"$prefix\".delivery_attempts" >"$dir/max_attempt" 2>/dev/null || echo "?" >"$dir/max_attempt"
+  kill -TERM "$(cat "$work/dest$name.pid")" 2>/dev/null || true
+  wait "$(cat "$work/dest$name.pid")" 2>/dev/null || true
+}
+
+run baseline
+run fault "$FAULT:5s:35s"
+
+# worst NAME PRIORITY: the worst end-to-end p99 (ms) over the nine healthy destinations.
+worst() {
+  for i in $(seq 1 9); do jq ".end_to_end.priorities.$2.p99_ms" "$out/$1/d$i/summary.json"; done |
+    sort -g | tail -1
+}
+sum_healthy() {
+  for i in $(seq 1 9); do jq ".end_to_end.$2" "$out/$1/d$i/summary.json"; done | jq -s add
+}
+metric() {
+  grep -E "^$2" "$out/$1/metrics.txt" | awk '{ s += $2 } END { print s + 0 }'
+}
+
+verdict_p99=met
+failed=0
+{
+  echo "# Failing destinations, $(date -u +%Y-%m-%d)"
+  echo
+  echo "Machine: $(machine). Revision: $(git rev-parse --short HEAD)."
+  echo "Command: \`RATE=$RATE DURATION=$DURATION FAULT=$FAULT scripts/bench-destinations.sh\`."
+  echo "A release \`dispatcher run\` (auth, recorder) with default delivery settings; ten loadgens"
+  echo "at $per/s each (default mix, open loop), each with its own sink. In the fault run sink 0"
+  echo "fails ($FAULT) from 5 s to 35 s after it starts."
+  echo
+  echo "## The nine healthy destinations: worst end-to-end p99 of the nine"
+  echo
+  echo "| priority | baseline | with one failing | ratio | target <= 1.5x |"
+  echo "|---|---|---|---|---|"
+  for p in high medium low; do
+    b=$(worst baseline "$p") f=$(worst fault "$p")
+    ratio=$(awk -v b="$b" -v f="$f" 'BEGIN { printf "%.2f", (b > 0 ? f / b : 0) }')
+    ok=$(awk -v r="$ratio" 'BEGIN { print (r <= 1.5 ? "met" : "missed") }')
+    [ "$ok" = met ] || verdict_p99=missed
+    echo "| $p | $b ms | $f ms | $ratio | $ok |"
+  done
+  echo
+  echo "Healthy destinations, fault run: accepted $(sum_healthy fault accepted), delivered $(sum_healthy fault delivered), lost $(sum_healthy fault lost)."
+  echo "Baseline, all ten: lost $(for i in $(seq 0 9); do jq .end_to_end.lost "$out/baseline/d$i/summary.json"; done | jq -s add)."
+  echo
+  echo "## The failing destination"
+  echo
+  f0=$out/fault/d0/summary.json
+  echo "| accepted | delivered | lost | e2e max | dead letters (all) | highest attempt (all) |"
+  echo "|---|---|---|---|---|---|"
+  dead=$(jq '.items | length' "$out/fault/dlq.json" 2>/dev/null || echo "?")
+  echo "| $(jq .end_to_end.accepted "$f0") | $(jq .end_to_end.delivered "$f0") | $(jq .end_to_end.lost "$f0") | $(jq '[.end_to_end.priorities[].max_ms] | max' "$f0") ms | $dead | $(cat "$out/fault/max_attempt") |"
+  echo
+  echo "Waits (no attempt spent) by reason, fault run:"
+  echo
+  echo '```'
+  grep -E '^herald_delivery_waits_total|^herald_destination_transitions_total' "$out/fault/metrics.txt" || true
+  echo '```'
+  echo
+  echo "The destination as the operator API showed it after the run:"
+  echo
+  echo '```json'
+  jq -c '.destinations[]' "$out/fault/destinations.json" 2>/dev/null || true
+  echo '```'
+  lost=$(( $(jq .end_to_end.lost "$f0") + $(sum_healthy fault lost) ))
+  echo
+  echo "## Verdict"
+  echo
+  echo "- healthy p99 within 1.5x of the baseline: $verdict_p99"
+  echo "- failing destination's messages delivered after recovery, no dead letters: $([ "$(jq .end_to_end.lost "$f0")" = 0 ] && [ "$dead" = 0 ] && echo met || echo missed)"
+  echo "- lost 0: $([ "$lost" = 0 ] && echo met || echo "missed ($lost)")"
+} >"$out/../$report"
+cat "$out/../$report"
+# The accepted ids are for the sink's accounting, done above; they would only bloat results/.
+find "$out" -name accepted-ids.txt -delete
+results_row scripts/bench-destinations.sh "one of ten destinations fails ($FAULT, 30 s): healthy p99 $verdict_p99, lost $lost" "$report"
