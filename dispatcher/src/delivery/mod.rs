@@ -50,6 +50,9 @@ use senders::{Attempt, SendOutcome, Sender};
 struct Job {
     message: Message,
     priority: Priority,
+    /// When it was fetched: a job whose destination is busy goes back into the queue, not
+    /// to JetStream, while it is well within its ack wait.
+    fetched: std::time::Instant,
 }
 
 /// One provider of a channel: its sender and the destination name its health is kept
@@ -340,7 +343,11 @@ async fn fetch(
             shared.metrics.consumer_lag(priority, info.pending);
         }
         let channel = channel_of(&message);
-        let job = Job { message, priority };
+        let job = Job {
+            message,
+            priority,
+            fetched: std::time::Instant::now(),
+        };
         if let Err(job) = schedulers[channel.index()].try_push(priority, job) {
             // Closed (shutting down) or, against the sizing, full: let it come back.
             hand_back(&shared.ledger, &shared.metrics, &job.message).await;
@@ -378,7 +385,13 @@ async fn work(shared: Arc<Shared>, scheduler: Arc<Scheduler<Job>>) {
             return;
         }
         if let Some(job) = scheduler.pop() {
-            deliver(&shared, job).await;
+            if let Some(busy) = deliver(&shared, job).await {
+                // Its destination has every slot taken: behind the queue, not back to
+                // JetStream (a NAK, a recorded wait and a redelivery each time).
+                if let Err(job) = scheduler.try_push(busy.priority, busy) {
+                    hand_back(&shared.ledger, &shared.metrics, &job.message).await;
+                }
+            }
         }
     }
 }
@@ -397,14 +410,20 @@ async fn wait(shared: &Shared, message: &Message, count: Count, delay: Duration,
     let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
 }
 
-async fn deliver(shared: &Shared, job: Job) {
-    let Job { message, priority } = job;
+/// Delivers one job; gives it back when its destination was busy and it may wait in the
+/// queue (see [`Job::fetched`]).
+async fn deliver(shared: &Shared, job: Job) -> Option<Job> {
+    let Job {
+        message,
+        priority,
+        fetched,
+    } = job;
     let sequence = message.info().map_or(0, |info| info.stream_sequence);
     let Some(count) = shared.ledger.count(&message).await else {
         let _ = message
             .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
             .await;
-        return;
+        return None;
     };
     let attempt = count.attempt();
     let notification: WireNotification<'_> = match serde_json::from_slice(&message.payload) {
@@ -412,14 +431,14 @@ async fn deliver(shared: &Shared, job: Job) {
         Err(err) => {
             tracing::error!(error = %err, "undecodable message in NOTIFY; terminating");
             let _ = message.ack_with(AckKind::Term).await;
-            return;
+            return None;
         }
     };
     if shared.cancels.is_canceled(&notification.id) {
         // Its status says canceled already (the cancel API stored that event).
         shared.metrics.delivery_waited("canceled");
         let _ = message.ack_with(AckKind::Term).await;
-        return;
+        return None;
     }
     let now = Utc::now();
     if notification.expires_at.is_some_and(|at| at <= now) {
@@ -437,13 +456,13 @@ async fn deliver(shared: &Shared, job: Job) {
             None,
         )
         .await;
-        return;
+        return None;
     }
     if let Some(send_at) = notification.send_at.filter(|at| *at > now) {
         // Not due yet: come back at send_at.
         let delay = (send_at - now).to_std().unwrap_or_default();
         wait(shared, &message, count, delay, "scheduled").await;
-        return;
+        return None;
     }
     let channel = notification.channel;
     let started = std::time::Instant::now();
@@ -459,9 +478,17 @@ async fn deliver(shared: &Shared, job: Job) {
     };
     let (outcome, provider) = match try_providers(shared, &message, &attempt_info).await {
         Tried::Sent { outcome, provider } => (outcome, provider),
+        Tried::Wait(_, WaitReason::Busy) if fetched.elapsed() < shared.ack_wait / 2 => {
+            shared.metrics.delivery_waited(WaitReason::Busy.as_str());
+            return Some(Job {
+                message,
+                priority,
+                fetched,
+            });
+        }
         Tried::Wait(delay, reason) => {
             wait(shared, &message, count, delay, reason.as_str()).await;
-            return;
+            return None;
         }
     };
     if count.delivered == 1 {
@@ -507,7 +534,7 @@ async fn deliver(shared: &Shared, job: Job) {
                 let _ = message
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                     .await;
-                return;
+                return None;
             }
             // A plain ack: the event is stored, so a lost ack costs one duplicate delivery
             // (at-least-once), where a double ack costs a subscription and a round trip.
@@ -553,6 +580,7 @@ async fn deliver(shared: &Shared, job: Job) {
             .await
         }
     }
+    None
 }
 
 /// What trying a channel's providers came to.
