@@ -50,7 +50,8 @@ pub struct HealthConfig {
     pub open_cap: Duration,
     /// Concurrent sends to one destination, so a receiver that hangs cannot take every
     /// worker of its channel before its circuit opens. A worker whose message finds them
-    /// all taken waits up to `busy_patience` for one, then hands the message back.
+    /// all taken waits up to `busy_patience` for one, then gives the message back (to the
+    /// local queue while it is young, else to JetStream).
     pub max_in_flight: usize,
     pub busy_patience: Duration,
     /// Sends per second to one destination when the operator set none; `None`: no limit.
