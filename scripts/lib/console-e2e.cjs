@@ -142,9 +142,13 @@ async function main() {
     await page.click('#nav a[data-view="notifications"]');
     await page.selectOption('#filter-notifications select[name="status"]', "dead");
     await page.click("#filter-notifications button");
+    // The unfiltered rows stay until the filtered page arrives: wait for it, not for the
+    // target alone (it is among the unfiltered rows too).
+    await page.waitForFunction(() => {
+      const statuses = [...document.querySelectorAll("#notifications td.status")].map((c) => c.textContent);
+      return statuses.length >= 3 && statuses.every((s) => s === "dead");
+    });
     await page.locator(`#notifications a.id:text-is("${target}")`).waitFor();
-    const statuses = await page.locator("#notifications td.status").allTextContents();
-    assert.ok(statuses.length >= 3 && statuses.every((s) => s === "dead"), statuses.join());
     await shot("2-notifications-dead");
 
     // The DLQ lists it with why it died; its page shows the attempt and its outcome.
