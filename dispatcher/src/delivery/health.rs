@@ -50,8 +50,7 @@ pub struct HealthConfig {
     pub open_cap: Duration,
     /// Concurrent sends to one destination, so a receiver that hangs cannot take every
     /// worker of its channel before its circuit opens. A worker whose message finds them
-    /// all taken waits up to `busy_patience` for one, then gives the message back (to the
-    /// local queue while it is young, else to JetStream).
+    /// all taken waits up to `busy_patience` for one, then hands the message back.
     pub max_in_flight: usize,
     pub busy_patience: Duration,
     /// Sends per second to one destination when the operator set none; `None`: no limit.
