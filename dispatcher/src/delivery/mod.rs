@@ -50,9 +50,6 @@ use senders::{Attempt, SendOutcome, Sender};
 struct Job {
     message: Message,
     priority: Priority,
-    /// When it was fetched: a job whose destination is busy goes back into the queue, not
-    /// to JetStream, while it is well within its ack wait.
-    fetched: std::time::Instant,
 }
 
 /// One provider of a channel: its sender and the destination name its health is kept
@@ -343,11 +340,7 @@ async fn fetch(
             shared.metrics.consumer_lag(priority, info.pending);
         }
         let channel = channel_of(&message);
-        let job = Job {
-            message,
-            priority,
-            fetched: std::time::Instant::now(),
-        };
+        let job = Job { message, priority };
         if let Err(job) = schedulers[channel.index()].try_push(priority, job) {
             // Closed (shutting down) or, against the sizing, full: let it come back.
             hand_back(&shared.ledger, &shared.metrics, &job.message).await;
@@ -385,13 +378,7 @@ async fn work(shared: Arc<Shared>, scheduler: Arc<Scheduler<Job>>) {
             return;
         }
         if let Some(job) = scheduler.pop() {
-            if let Some(busy) = deliver(&shared, job).await {
-                // Its destination has every slot taken: behind the queue, not back to
-                // JetStream (a NAK, a recorded wait and a redelivery each time).
-                if let Err(job) = scheduler.try_push(busy.priority, busy) {
-                    hand_back(&shared.ledger, &shared.metrics, &job.message).await;
-                }
-            }
+            deliver(&shared, job).await;
         }
     }
 }
@@ -410,20 +397,14 @@ async fn wait(shared: &Shared, message: &Message, count: Count, delay: Duration,
     let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
 }
 
-/// Delivers one job; gives it back when its destination was busy and it may wait in the
-/// queue (see [`Job::fetched`]).
-async fn deliver(shared: &Shared, job: Job) -> Option<Job> {
-    let Job {
-        message,
-        priority,
-        fetched,
-    } = job;
+async fn deliver(shared: &Shared, job: Job) {
+    let Job { message, priority } = job;
     let sequence = message.info().map_or(0, |info| info.stream_sequence);
     let Some(count) = shared.ledger.count(&message).await else {
         let _ = message
             .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
             .await;
-        return None;
+        return;
     };
     let attempt = count.attempt();
     let notification: WireNotification<'_> = match serde_json::from_slice(&message.payload) {
@@ -431,14 +412,14 @@ async fn deliver(shared: &Shared, job: Job) -> Option<Job> {
         Err(err) => {
             tracing::error!(error = %err, "undecodable message in NOTIFY; terminating");
             let _ = message.ack_with(AckKind::Term).await;
-            return None;
+            return;
         }
     };
     if shared.cancels.is_canceled(&notification.id) {
         // Its status says canceled already (the cancel API stored that event).
         shared.metrics.delivery_waited("canceled");
         let _ = message.ack_with(AckKind::Term).await;
-        return None;
+        return;
     }
     let now = Utc::now();
     if notification.expires_at.is_some_and(|at| at <= now) {
@@ -456,13 +437,13 @@ async fn deliver(shared: &Shared, job: Job) -> Option<Job> {
             None,
         )
         .await;
-        return None;
+        return;
     }
     if let Some(send_at) = notification.send_at.filter(|at| *at > now) {
         // Not due yet: come back at send_at.
         let delay = (send_at - now).to_std().unwrap_or_default();
         wait(shared, &message, count, delay, "scheduled").await;
-        return None;
+        return;
     }
     let channel = notification.channel;
     let started = std::time::Instant::now();
@@ -478,17 +459,9 @@ async fn deliver(shared: &Shared, job: Job) -> Option<Job> {
     };
     let (outcome, provider) = match try_providers(shared, &message, &attempt_info).await {
         Tried::Sent { outcome, provider } => (outcome, provider),
-        Tried::Wait(_, WaitReason::Busy) if fetched.elapsed() < shared.ack_wait / 2 => {
-            shared.metrics.delivery_waited(WaitReason::Busy.as_str());
-            return Some(Job {
-                message,
-                priority,
-                fetched,
-            });
-        }
         Tried::Wait(delay, reason) => {
             wait(shared, &message, count, delay, reason.as_str()).await;
-            return None;
+            return;
         }
     };
     if count.delivered == 1 {
@@ -534,7 +507,7 @@ async fn deliver(shared: &Shared, job: Job) -> Option<Job> {
                 let _ = message
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                     .await;
-                return None;
+                return;
             }
             // A plain ack: the event is stored, so a lost ack costs one duplicate delivery
             // (at-least-once), where a double ack costs a subscription and a round trip.
@@ -580,7 +553,6 @@ async fn deliver(shared: &Shared, job: Job) -> Option<Job> {
             .await
         }
     }
-    None
 }
 
 /// What trying a channel's providers came to.
