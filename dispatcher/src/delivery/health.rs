@@ -708,19 +708,9 @@ fn jitter_small() -> Duration {
     Duration::from_micros(fastrand::u64(..20_000))
 }
 
-/// The destination of a webhook URL: `webhook:<host>:<port>`.
-pub fn webhook_destination(url: &str) -> Option<String> {
-    let uri: http::Uri = url.parse().ok()?;
-    let host = uri.host()?;
-    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
-        Some("http") => 80,
-        _ => 443,
-    });
-    Some(format!("webhook:{}:{port}", host.to_ascii_lowercase()))
-}
-
-/// The destination of a provider behind `url` for `channel`: `<channel>:<host>:<port>`.
-pub fn provider_destination(channel: crate::model::Channel, url: &str) -> Option<String> {
+/// The destination behind `url` for `channel`, `<channel>:<host>:<port>`: a webhook's URL, or
+/// a provider's.
+pub fn destination_name(channel: crate::model::Channel, url: &str) -> Option<String> {
     let uri: http::Uri = url.parse().ok()?;
     let host = uri.host()?;
     let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
@@ -739,18 +729,25 @@ mod tests {
     #[test]
     fn destinations_are_named_by_channel_host_and_port() {
         assert_eq!(
-            webhook_destination("https://Hooks.Example.com/a/b?c").as_deref(),
+            destination_name(
+                crate::model::Channel::Webhook,
+                "https://Hooks.Example.com/a/b?c"
+            )
+            .as_deref(),
             Some("webhook:hooks.example.com:443")
         );
         assert_eq!(
-            webhook_destination("http://127.0.0.1:8080/x").as_deref(),
+            destination_name(crate::model::Channel::Webhook, "http://127.0.0.1:8080/x").as_deref(),
             Some("webhook:127.0.0.1:8080")
         );
         assert_eq!(
-            provider_destination(crate::model::Channel::Email, "smtp://relay.local").as_deref(),
+            destination_name(crate::model::Channel::Email, "smtp://relay.local").as_deref(),
             Some("email:relay.local:25")
         );
-        assert_eq!(webhook_destination("not a url"), None);
+        assert_eq!(
+            destination_name(crate::model::Channel::Webhook, "not a url"),
+            None
+        );
         let key = bucket_key("health", &Uuid::nil(), "webhook:[::1]:80");
         assert!(key
             .chars()

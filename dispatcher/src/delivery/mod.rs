@@ -121,7 +121,7 @@ impl Senders {
                 .enumerate()
                 .map(|(i, url)| {
                     Ok(Provider {
-                        name: health::provider_destination(channel, url),
+                        name: health::destination_name(channel, url),
                         sender: make(i, url)?,
                     })
                 })
@@ -575,7 +575,7 @@ async fn try_providers(shared: &Shared, message: &Message, attempt: &Attempt<'_>
     let mut shortest: Option<(Duration, WaitReason)> = None;
     for provider in &shared.senders.0[notification.channel.index()] {
         let name = match notification.channel {
-            Channel::Webhook => health::webhook_destination(&notification.recipient),
+            Channel::Webhook => health::destination_name(Channel::Webhook, &notification.recipient),
             _ => provider.name.clone(),
         };
         let permit = match &name {

@@ -100,7 +100,7 @@ async fn cancel(state: &State, caller: &Caller, id: Uuid) -> Result<HttpResponse
     ensure_ready(state)?;
     let found = crate::status::get(state.tenants.pool(), caller.tenant, id)
         .await
-        .map_err(|e| ApiError::unavailable(format!("status store (PostgreSQL): {e}")))?
+        .map_err(super::status::status_store_down)?
         .ok_or_else(|| ApiError::no_such("notification"))?;
     if matches!(found.status.as_str(), "delivered" | "dead") {
         return Err(ApiError::not_cancelable(&found.status));

@@ -122,6 +122,6 @@ pub(super) async fn list_notifications(
     Ok(json_of(StatusCode::OK, &page))
 }
 
-fn status_store_down(err: sqlx::Error) -> ApiError {
+pub(super) fn status_store_down(err: sqlx::Error) -> ApiError {
     ApiError::unavailable(format!("status store (PostgreSQL): {err}"))
 }
