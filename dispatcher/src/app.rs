@@ -420,6 +420,7 @@ pub async fn purge(
             let buckets = names.buckets().map(|b| format!("KV_{b}"));
             let streams = [
                 &names.notify_stream,
+                &names.hold_stream,
                 &names.dlq_stream,
                 &names.events_stream,
             ];

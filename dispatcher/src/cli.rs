@@ -561,6 +561,11 @@ pub struct DeliveryArgs {
     /// in-progress acks every third of it).
     #[arg(long, env = "HERALD_ACK_WAIT", default_value_t = human(delivery().ack_wait))]
     ack_wait: Human,
+    /// Waits at least this long (a `send_at` ahead, a retry backoff, a destination that
+    /// cannot take the message) go to the HOLD stream, out of the ack-pending window;
+    /// shorter ones wait in the consumer.
+    #[arg(long, env = "HERALD_HOLD_AFTER", default_value_t = human(delivery().hold_after))]
+    hold_after: Human,
     /// Retry policy of high priority `base:cap:max_attempts` (full-jitter exponential).
     #[arg(long, env = "HERALD_RETRY_HIGH", default_value_t = delivery().retry_high)]
     retry_high: RetryPolicy,
@@ -612,6 +617,10 @@ pub struct DeliveryArgs {
     /// Timeout of one SMS or push provider request.
     #[arg(long, env = "HERALD_PROVIDER_TIMEOUT", default_value_t = human(delivery().provider_timeout))]
     provider_timeout: Human,
+    /// Bytes of a receiver's or provider's answer read at most, for the attempt's record
+    /// (the outcome follows the status alone); past it the connection is dropped.
+    #[arg(long, env = "HERALD_RESPONSE_BODY_LIMIT", default_value_t = delivery().response_body_limit)]
+    response_body_limit: usize,
     /// How often the DLQ stream's size is read for the herald_dlq_messages gauge.
     #[arg(long, env = "HERALD_DLQ_SIZE_INTERVAL", default_value_t = human(delivery().dlq_size_interval))]
     dlq_size_interval: Human,
@@ -644,6 +653,7 @@ impl From<DeliveryArgs> for DeliveryConfig {
             event_batch: a.event_batch,
             event_linger: a.event_linger.into(),
             ack_wait: a.ack_wait.into(),
+            hold_after: a.hold_after.into(),
             dlq_size_interval: a.dlq_size_interval.into(),
             health: herald::delivery::health::HealthConfig {
                 failures: a.circuit_failures,
@@ -668,6 +678,7 @@ impl From<DeliveryArgs> for DeliveryConfig {
             push_project: a.push_project,
             push_token: a.push_token,
             provider_timeout: a.provider_timeout.into(),
+            response_body_limit: a.response_body_limit,
         }
     }
 }

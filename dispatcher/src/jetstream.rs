@@ -28,6 +28,10 @@ pub struct Names {
     /// Outcome events: `<prefix>events.outcomes`; destination health:
     /// `<prefix>events.destinations`.
     pub events_stream: String,
+    /// Messages waiting outside the work window (see `delivery::hold`): one schedule per
+    /// notification at `<prefix>hold.<id>`, fired when due into `<prefix>due.<priority>.<channel>`,
+    /// which NOTIFY sources back as `<prefix>notify.<priority>.<channel>.due`.
+    pub hold_stream: String,
     /// Key-value bucket of Herald's attempt counts (see `delivery::ledger`).
     pub attempts_bucket: String,
     /// Key-value bucket of destination health and operator controls (see
@@ -50,6 +54,7 @@ impl Names {
             notify_filter: format!("{prefix}notify.>"),
             dlq_stream: format!("{prefix}DLQ"),
             events_stream: format!("{prefix}EVENTS"),
+            hold_stream: format!("{prefix}HOLD"),
             attempts_bucket: format!("{prefix}ATTEMPTS"),
             destinations_bucket: format!("{prefix}DESTINATIONS"),
             cancels_bucket: format!("{prefix}CANCELS"),
@@ -59,6 +64,23 @@ impl Names {
 
     pub fn subject(&self, priority: Priority, channel: Channel) -> Subject {
         self.subjects[priority.index()][channel.index()].clone()
+    }
+
+    /// What the recorder reads of NOTIFY: accepted notifications only, not the copies that
+    /// come back from HOLD (`notify.<priority>.<channel>.due`), which were recorded once.
+    pub fn notify_accepted_filter(&self) -> String {
+        format!("{}notify.*.*", self.prefix)
+    }
+
+    /// The schedule of one held notification: one subject per id, so a newer hold of the
+    /// same notification replaces the older (schedules roll up per subject).
+    pub fn hold_subject(&self, id: &uuid::Uuid) -> String {
+        format!("{}hold.{id}", self.prefix)
+    }
+
+    /// Where a held notification's schedule fires into, inside HOLD.
+    pub fn due_subject(&self, priority: Priority, channel: Channel) -> String {
+        format!("{}due.{priority}.{channel}", self.prefix)
     }
 
     /// What one priority's delivery consumer reads.
@@ -164,6 +186,42 @@ pub fn notify_stream_config(names: &Names, config: &NatsConfig) -> stream::Confi
         max_age: config.stream_max_age,
         max_bytes: config.stream_max_bytes,
         num_replicas: config.stream_replicas,
+        // Due messages come back from HOLD on a subject of their own, which delivery reads
+        // and the recorder does not.
+        sources: Some(vec![stream::Source {
+            name: names.hold_stream.clone(),
+            subject_transforms: vec![stream::SubjectTransform {
+                source: format!("{}due.*.*", names.prefix),
+                destination: format!(
+                    "{}notify.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.due",
+                    names.prefix
+                ),
+            }],
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+/// The HOLD stream: messages that wait (a `send_at` ahead, a destination that cannot take
+/// them, a retry backoff) as JetStream message schedules, outside every work consumer.
+/// Schedules need `discard: old`; with no size bound nothing is discarded but by age, and
+/// the age bound is NOTIFY's, which also bounds how far ahead `send_at` may be.
+pub fn hold_stream_config(names: &Names, config: &NatsConfig) -> stream::Config {
+    stream::Config {
+        name: names.hold_stream.clone(),
+        description: Some(String::from("Herald: notifications waiting to be due")),
+        subjects: vec![
+            format!("{}hold.>", names.prefix),
+            format!("{}due.>", names.prefix),
+        ],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_age: config.stream_max_age,
+        num_replicas: config.stream_replicas,
+        allow_message_schedules: true,
+        allow_rollup: true,
         ..Default::default()
     }
 }
@@ -207,6 +265,7 @@ pub async fn ensure_streams(
     config: &NatsConfig,
 ) -> Result<(), async_nats::Error> {
     for stream in [
+        hold_stream_config(names, config),
         notify_stream_config(names, config),
         dlq_stream_config(names, config),
         events_stream_config(names, config),

@@ -6,6 +6,7 @@
 //! `serde_path_to_error`, to name the offending field in the error.
 
 use std::fmt;
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -146,16 +147,32 @@ pub struct Limits<'p> {
     pub max_payload: usize,
     /// Webhook URLs with an IP literal outside this policy are refused at the door.
     pub destinations: &'p DestinationPolicy,
+    /// How far ahead `send_at` may be ([`schedule_horizon`]).
+    pub schedule_horizon: Duration,
 }
 
 impl Limits<'static> {
-    /// Public webhook destinations only, payloads up to `max_payload`.
+    /// Public webhook destinations only, payloads up to `max_payload`, `send_at` within the
+    /// default retention's horizon.
     pub fn public(max_payload: usize) -> Self {
         Limits {
             max_payload,
             destinations: &crate::destination::PUBLIC_ONLY,
+            schedule_horizon: schedule_horizon(
+                crate::jetstream::NatsConfig::default().stream_max_age,
+            ),
         }
     }
+}
+
+/// How far ahead a `send_at` can be kept: a waiting notification lives in the HOLD stream,
+/// which keeps messages `stream_max_age` (`--stream-max-age`) from when they were held, so
+/// a `send_at` further ahead would age out unseen. An hour (or half the age, if that is
+/// less) is kept back for a backlog between acceptance and the hold. Retries need none:
+/// each one waits in HOLD afresh and comes back to NOTIFY as a new message.
+pub fn schedule_horizon(stream_max_age: Duration) -> Duration {
+    const MARGIN: Duration = Duration::from_secs(3600);
+    stream_max_age.saturating_sub(MARGIN.min(stream_max_age / 2))
 }
 
 /// Longest accepted recipient, idempotency key and metadata; fixed because no legitimate
@@ -402,6 +419,19 @@ fn validate<'a>(
             return Err(Invalid::field(
                 "metadata",
                 format!("metadata is over the limit of {MAX_METADATA_LEN} bytes"),
+            ));
+        }
+    }
+    if let Some(send_at) = request.send_at {
+        let horizon =
+            chrono::Duration::from_std(limits.schedule_horizon).unwrap_or(chrono::Duration::MAX);
+        if send_at - now > horizon {
+            return Err(Invalid::field(
+                "send_at",
+                format!(
+                    "send_at is more than {} ahead, the longest Herald keeps a waiting notification (--stream-max-age less a margin)",
+                    humantime::format_duration(limits.schedule_horizon)
+                ),
             ));
         }
     }

@@ -684,13 +684,21 @@ async fn webhooks_to_internal_addresses_are_refused_unless_allow_listed() {
     let send = |policy: DestinationPolicy, url: String| async move {
         let policy = Arc::new(policy);
         let timeout = Duration::from_secs(5);
-        let sender = WebhookSender::new(client(timeout, 4, Some(policy)), SECRET, None, timeout);
+        let sender = WebhookSender::new(
+            client(timeout, 4, Some(policy)),
+            SECRET,
+            None,
+            herald::delivery::senders::client::Bounds {
+                timeout,
+                body_prefix: 1024,
+            },
+        );
         let body = webhook_to(&url, "high", 1);
         // The ingress would refuse the literals at the door; delivery must not rely on it.
         let anywhere = DestinationPolicy::new(vec!["0.0.0.0/0".parse().unwrap()]);
         let limits = herald::model::Limits {
-            max_payload: 64 * 1024,
             destinations: &anywhere,
+            ..herald::model::Limits::public(64 * 1024)
         };
         let validated =
             herald::model::parse_notification(body.as_bytes(), &limits, chrono::Utc::now())

@@ -977,9 +977,10 @@ async fn purge_removes_everything_of_a_namespace() {
 
     let kept = herald::app::purge(&nats, &store, true).await.unwrap();
     assert_eq!(kept.failures, Vec::<String>::new());
-    // NOTIFY, DLQ and EVENTS, and the streams behind the ATTEMPTS, DESTINATIONS and
-    // CANCELS buckets.
-    assert_eq!(kept.streams.len(), 6, "{kept:?}");
+    // NOTIFY, HOLD, DLQ and EVENTS, and the streams behind the ATTEMPTS, DESTINATIONS
+    // and CANCELS buckets.
+    assert_eq!(kept.streams.len(), 7, "{kept:?}");
+    assert!(kept.streams.contains(&format!("{prefix}HOLD")), "{kept:?}");
     assert!(
         kept.streams.contains(&format!("KV_{prefix}CANCELS")),
         "{kept:?}"

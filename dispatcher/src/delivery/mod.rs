@@ -8,8 +8,10 @@
 //!   concurrency cap): a slow channel cannot take another's workers, and within a channel
 //!   backlogged priorities are served by weight, low never starved.
 //! - A worker asks the destination's health ([`health`]) first: a destination that is
-//!   paused, failing, throttled or busy makes the message wait (a NAK with a delay), and a
-//!   wait is recorded in the [`ledger`], so it costs no attempt.
+//!   paused, failing, throttled or busy makes the message wait, without an attempt. A wait
+//!   of `--hold-after` or longer (and a `send_at` ahead, and a retry backoff) goes to the
+//!   HOLD stream ([`hold`]), out of the consumers' ack-pending window; a shorter one is a
+//!   NAK with a delay, recorded in the [`ledger`].
 //! - Otherwise it sends (with in-progress acks while a send is slow), then: delivered →
 //!   event, ack; retryable with attempts left → event, NAK with the backoff delay (the
 //!   attempt number is Herald's, from the ledger; the wait is kept by the server: a crash
@@ -19,6 +21,7 @@
 
 pub mod cancels;
 pub mod health;
+pub mod hold;
 pub mod ledger;
 pub mod retry;
 pub mod senders;
@@ -40,6 +43,7 @@ use crate::model::{Channel, Priority, WireNotification};
 use crate::scheduler::{PerClass, Scheduler, SchedulerConfig};
 use crate::trace::{Span, Spans, TraceParent};
 use health::{Destinations, Gate, HealthConfig, WaitReason};
+use hold::Hold;
 use ledger::{Count, Ledger};
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
@@ -103,9 +107,16 @@ impl Senders {
             ),
             &config.webhook_secret,
             tenants,
-            config.webhook_timeout,
+            senders::client::Bounds {
+                timeout: config.webhook_timeout,
+                body_prefix: config.response_body_limit,
+            },
         );
         let timeout = config.provider_timeout;
+        let bounds = senders::client::Bounds {
+            timeout,
+            body_prefix: config.response_body_limit,
+        };
         let providers = |channel: Channel,
                          urls: &Option<String>,
                          make: &MakeSender|
@@ -135,7 +146,7 @@ impl Senders {
                 nth(&config.sms_account_sid, i),
                 nth(&config.sms_auth_token, i),
                 nth(&config.sms_from, i),
-                timeout,
+                bounds,
             )))
         })?;
         let push_client = senders::client::client(timeout, caps[Channel::Push.index()], None);
@@ -145,7 +156,7 @@ impl Senders {
                 url,
                 nth(&config.push_project, i),
                 nth(&config.push_token, i),
-                timeout,
+                bounds,
             )))
         })?;
         let email = providers(Channel::Email, &config.smtp_url, &|_, url| {
@@ -177,6 +188,7 @@ struct Shared {
     ledger: Ledger,
     destinations: Arc<Destinations>,
     cancels: Arc<cancels::Cancels>,
+    hold: Hold,
 }
 
 /// The running delivery role.
@@ -244,6 +256,7 @@ impl Delivery {
             ledger,
             destinations,
             cancels,
+            hold: Hold::new(js.clone(), names.clone(), config.hold_after),
         });
         let stream = js.get_stream(&names.notify_stream).await?;
         for priority in Priority::ALL {
@@ -390,11 +403,53 @@ async fn hand_back(ledger: &Ledger, metrics: &Metrics, message: &Message) {
     let _ = message.ack_with(AckKind::Nak(None)).await;
 }
 
-/// Puts off `message` by `delay` without an attempt.
-async fn wait(shared: &Shared, message: &Message, count: Count, delay: Duration, reason: &str) {
-    shared.ledger.waited(message, Some(count)).await;
+/// Puts off `message` by `delay` without an attempt (`spent` were made before): into HOLD
+/// when the wait is long, else a NAK recorded in the ledger.
+async fn wait(
+    shared: &Shared,
+    message: &Message,
+    notification: &WireNotification<'_>,
+    (count, spent): (Count, u32),
+    delay: Duration,
+    reason: &str,
+) {
     shared.metrics.delivery_waited(reason);
+    if held(shared, message, notification, spent, delay).await {
+        return;
+    }
+    shared.ledger.waited(message, Some(count)).await;
     let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+}
+
+/// Moves `message` into HOLD for `delay` when the wait is long enough to be held, then
+/// acknowledges the original. `false` when it stays: a short wait, or HOLD did not take it
+/// (the caller then NAKs, which keeps the message as safely, only inside the window).
+async fn held(
+    shared: &Shared,
+    message: &Message,
+    notification: &WireNotification<'_>,
+    spent: u32,
+    delay: Duration,
+) -> bool {
+    if !shared.hold.takes(delay) {
+        return false;
+    }
+    let class = (notification.priority, notification.channel);
+    match shared
+        .hold
+        .hold(message, &notification.id, class, spent, delay)
+        .await
+    {
+        Ok(()) => {
+            // A lost ack redelivers the original, whose hold then replaces this one.
+            let _ = message.ack().await;
+            true
+        }
+        Err(err) => {
+            tracing::warn!(id = %notification.id, error = %err, "hold failed; waiting in the consumer instead");
+            false
+        }
+    }
 }
 
 async fn deliver(shared: &Shared, job: Job) {
@@ -406,7 +461,10 @@ async fn deliver(shared: &Shared, job: Job) {
             .await;
         return;
     };
-    let attempt = count.attempt();
+    // A message back from HOLD carries the attempts it spent before; its NOTIFY sequence,
+    // and so its ledger count, are new.
+    let carried = hold::carried_attempts(&message);
+    let attempt = carried.unwrap_or(0).saturating_add(count.attempt());
     let notification: WireNotification<'_> = match serde_json::from_slice(&message.payload) {
         Ok(n) => n,
         Err(err) => {
@@ -442,7 +500,8 @@ async fn deliver(shared: &Shared, job: Job) {
     if let Some(send_at) = notification.send_at.filter(|at| *at > now) {
         // Not due yet: come back at send_at.
         let delay = (send_at - now).to_std().unwrap_or_default();
-        wait(shared, &message, count, delay, "scheduled").await;
+        let spent = (count, attempt - 1);
+        wait(shared, &message, &notification, spent, delay, "scheduled").await;
         return;
     }
     let channel = notification.channel;
@@ -460,13 +519,23 @@ async fn deliver(shared: &Shared, job: Job) {
     let (outcome, provider) = match try_providers(shared, &message, &attempt_info).await {
         Tried::Sent { outcome, provider } => (outcome, provider),
         Tried::Wait(delay, reason) => {
-            wait(shared, &message, count, delay, reason.as_str()).await;
+            let spent = (count, attempt - 1);
+            wait(
+                shared,
+                &message,
+                &notification,
+                spent,
+                delay,
+                reason.as_str(),
+            )
+            .await;
             return;
         }
     };
-    if count.delivered == 1 {
+    if count.delivered == 1 && carried.is_none() {
         // Taken at the worker, not at the fetch: a class whose ack-pending window is full
-        // is fetched no more, and its backlog must not fall silent.
+        // is fetched no more, and its backlog must not fall silent. A message back from
+        // HOLD waited by design, not in a backlog.
         let waited = (now - notification.accepted_at)
             .to_std()
             .unwrap_or_default();
@@ -537,7 +606,9 @@ async fn deliver(shared: &Shared, job: Job) {
                 .by(provider.as_deref()),
             )
             .await;
-            let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
+            if !held(shared, &message, &notification, attempt, wait).await {
+                let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
+            }
         }
         _ => {
             let sent = Some((took, provider.as_deref()));
@@ -824,6 +895,9 @@ pub struct DeliveryConfig {
     pub event_linger: Duration,
     /// JetStream redelivers a message not acknowledged in this time.
     pub ack_wait: Duration,
+    /// Waits at least this long go to the HOLD stream, out of the ack-pending window;
+    /// shorter ones are NAKs with a delay.
+    pub hold_after: Duration,
     /// How often `herald_dlq_messages` is brought up to date.
     pub dlq_size_interval: Duration,
     /// Circuit breaking, throttling and concurrency per destination.
@@ -848,6 +922,9 @@ pub struct DeliveryConfig {
     pub push_token: String,
     /// Timeout of one SMS or push provider request.
     pub provider_timeout: Duration,
+    /// Bytes of a receiver's or provider's answer read at most (a failure's error quotes
+    /// them); past it the connection is dropped, never buffered.
+    pub response_body_limit: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -865,6 +942,7 @@ impl Default for DeliveryConfig {
             event_batch: 256,
             event_linger: Duration::from_millis(10),
             ack_wait: Duration::from_secs(30),
+            hold_after: Duration::from_secs(1),
             dlq_size_interval: Duration::from_secs(15),
             health: HealthConfig::default(),
             retry_high: policy(200, 30, 8),
@@ -882,6 +960,7 @@ impl Default for DeliveryConfig {
             push_project: String::new(),
             push_token: String::new(),
             provider_timeout: Duration::from_secs(10),
+            response_body_limit: 1024,
         }
     }
 }

@@ -47,6 +47,8 @@ pub use routes::handle;
 pub struct State {
     /// `payload` limit of tenants without their own.
     pub max_payload: usize,
+    /// How far ahead `send_at` may be (from `--stream-max-age`).
+    pub schedule_horizon: Duration,
     pub destinations: DestinationPolicy,
     pub max_body: usize,
     pub max_batch: usize,
@@ -170,6 +172,7 @@ impl Ingress {
         };
         let state = Arc::new(State {
             max_payload: config.max_payload,
+            schedule_horizon: crate::model::schedule_horizon(config.nats.stream_max_age),
             destinations: config.destinations.policy(),
             max_body: config.max_body,
             max_batch: config.max_batch,

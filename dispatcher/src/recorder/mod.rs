@@ -78,9 +78,13 @@ impl Recorder {
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
         for sink in sinks {
-            for (source, stream_name) in [
-                (Source::Notify, &names.notify_stream),
-                (Source::Events, &names.events_stream),
+            for (source, stream_name, filter) in [
+                (
+                    Source::Notify,
+                    &names.notify_stream,
+                    names.notify_accepted_filter(),
+                ),
+                (Source::Events, &names.events_stream, String::new()),
             ] {
                 let stream = js.get_stream(stream_name).await?;
                 let name = format!("{}record-{}-{}", names.prefix, sink.name(), source.as_str());
@@ -92,6 +96,7 @@ impl Recorder {
                             source.as_str(),
                             sink.name()
                         )),
+                        filter_subject: filter,
                         ack_policy: consumer::AckPolicy::Explicit,
                         ack_wait: config.record_ack_wait,
                         max_deliver: -1,

@@ -2,12 +2,12 @@
 //! for its channel, and webhooks alone pass the destination policy): pooled keep-alive connections,
 //! HTTPS with the Mozilla root store (webpki-roots) or plain HTTP, no redirects followed,
 //! an optional destination policy on every resolved address, and one exchange helper that
-//! classifies the answer.
+//! classifies the answer by its status and reads at most a bounded prefix of its body.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -38,24 +38,29 @@ pub fn client(
         .build(https)
 }
 
-/// Sends `request` within `timeout` and classifies the answer: 2xx delivered; 408, 425,
+/// What one exchange with a receiver or provider may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// From sending the request to the end of what is read of the answer.
+    pub timeout: Duration,
+    /// Bytes of the answer's body read at most, for the attempt's record.
+    pub body_prefix: usize,
+}
+
+/// Sends `request` and classifies the answer by its status alone: 2xx delivered; 408, 425,
 /// 429, 5xx, timeouts and connection errors retryable (with `Retry-After`); others
-/// permanent. `what` names the provider in errors.
+/// permanent. The status must come within the timeout; of the body, at most
+/// `body_prefix` bytes are read in what is left of it, and a failure's error quotes them.
+/// `what` names the provider in errors.
 pub async fn exchange(
     client: &HttpClient,
     request: http::Request<Full<Bytes>>,
-    timeout: Duration,
+    bounds: Bounds,
     what: &str,
 ) -> SendOutcome {
-    let call = async {
-        let response = client.request(request).await?;
-        let status = response.status().as_u16();
-        let retry_after = parse_retry_after(response.headers().get(http::header::RETRY_AFTER));
-        // Drain the body so the connection goes back to the pool.
-        let _ = response.into_body().collect().await;
-        Ok::<_, hyper_util::client::legacy::Error>((status, retry_after))
-    };
-    match tokio::time::timeout(timeout, call).await {
+    let started = tokio::time::Instant::now();
+    let timeout = bounds.timeout;
+    match tokio::time::timeout(timeout, client.request(request)).await {
         Err(_) => SendOutcome::Retryable {
             error: format!("{what} timed out after {timeout:?}"),
             status: None,
@@ -72,6 +77,32 @@ pub async fn exchange(
                 retry_after: None,
             },
         },
-        Ok(Ok((status, retry_after))) => SendOutcome::from_http_status(status, retry_after, what),
+        Ok(Ok(response)) => {
+            let status = response.status().as_u16();
+            let retry_after = parse_retry_after(response.headers().get(http::header::RETRY_AFTER));
+            let left = timeout.saturating_sub(started.elapsed());
+            let body = body_prefix(response.into_body(), bounds.body_prefix, left).await;
+            SendOutcome::from_http_status(status, retry_after, what).quoting(&body)
+        }
     }
+}
+
+/// At most `limit` bytes of `body`, read within `within`. A body that ends in time is read
+/// to its end, so the connection goes back to the pool; a longer or slower one is dropped
+/// unread, which closes its connection: an answer is never buffered whole.
+async fn body_prefix(mut body: hyper::body::Incoming, limit: usize, within: Duration) -> Bytes {
+    let mut prefix = BytesMut::new();
+    let read = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                let room = limit - prefix.len();
+                prefix.extend_from_slice(&data[..data.len().min(room)]);
+                if data.len() > room {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(within, read).await;
+    prefix.freeze()
 }

@@ -61,6 +61,22 @@ impl SendOutcome {
     }
 
     /// Classifies an HTTP status the way most providers mean it.
+    /// A failure's error quoting the start of the answer's body (the receiver's reason),
+    /// as text; a delivery is left as it is.
+    pub fn quoting(mut self, body: &[u8]) -> Self {
+        if let SendOutcome::Retryable { error, .. } | SendOutcome::Permanent { error, .. } =
+            &mut self
+        {
+            let text = String::from_utf8_lossy(body);
+            let text = text.trim();
+            if !text.is_empty() {
+                error.push_str(": ");
+                error.push_str(text);
+            }
+        }
+        self
+    }
+
     pub fn from_http_status(status: u16, retry_after: Option<Duration>, what: &str) -> Self {
         match status {
             200..=299 => SendOutcome::Delivered,

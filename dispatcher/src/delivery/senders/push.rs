@@ -7,20 +7,18 @@
 //! The bearer token is taken as configured: minting it from a service account (OAuth2 JWT
 //! exchange) is not built yet.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::value::RawValue;
 
-use super::client::{exchange, HttpClient};
+use super::client::{exchange, Bounds, HttpClient};
 use super::{Attempt, SendFuture, SendOutcome, Sender};
 
 pub struct PushSender {
     client: HttpClient,
     url: String,
     authorization: String,
-    timeout: Duration,
+    bounds: Bounds,
 }
 
 impl PushSender {
@@ -29,7 +27,7 @@ impl PushSender {
         base_url: &str,
         project: &str,
         token: &str,
-        timeout: Duration,
+        bounds: Bounds,
     ) -> Self {
         PushSender {
             client,
@@ -38,7 +36,7 @@ impl PushSender {
                 base_url.trim_end_matches('/')
             ),
             authorization: format!("Bearer {token}"),
-            timeout,
+            bounds,
         }
     }
 }
@@ -113,7 +111,7 @@ impl Sender for PushSender {
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(Full::new(Bytes::from(body)));
             match request {
-                Ok(request) => exchange(&self.client, request, self.timeout, "push provider").await,
+                Ok(request) => exchange(&self.client, request, self.bounds, "push provider").await,
                 Err(e) => SendOutcome::Permanent {
                     error: format!("invalid push request: {e}"),
                     status: None,

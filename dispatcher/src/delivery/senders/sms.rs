@@ -3,13 +3,11 @@
 //! payload's `text` (or `body`). 2xx (Twilio answers 201) is delivered; 429 and 5xx are
 //! retried; other statuses (bad number, unauthorised) are permanent.
 
-use std::time::Duration;
-
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::Full;
 
-use super::client::{exchange, HttpClient};
+use super::client::{exchange, Bounds, HttpClient};
 use super::{Attempt, SendFuture, SendOutcome, Sender};
 
 pub struct SmsSender {
@@ -17,7 +15,7 @@ pub struct SmsSender {
     url: String,
     authorization: String,
     from: String,
-    timeout: Duration,
+    bounds: Bounds,
 }
 
 impl SmsSender {
@@ -27,7 +25,7 @@ impl SmsSender {
         account_sid: &str,
         auth_token: &str,
         from: &str,
-        timeout: Duration,
+        bounds: Bounds,
     ) -> Self {
         let credentials =
             base64::engine::general_purpose::STANDARD.encode(format!("{account_sid}:{auth_token}"));
@@ -39,7 +37,7 @@ impl SmsSender {
             ),
             authorization: format!("Basic {credentials}"),
             from: from.to_string(),
-            timeout,
+            bounds,
         }
     }
 }
@@ -79,7 +77,7 @@ impl Sender for SmsSender {
                 .header("Idempotency-Key", attempt.notification.id.to_string())
                 .body(Full::new(Bytes::from(form)));
             match request {
-                Ok(request) => exchange(&self.client, request, self.timeout, "sms provider").await,
+                Ok(request) => exchange(&self.client, request, self.bounds, "sms provider").await,
                 Err(e) => SendOutcome::Permanent {
                     error: format!("invalid sms request: {e}"),
                     status: None,

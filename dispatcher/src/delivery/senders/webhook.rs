@@ -12,14 +12,14 @@
 //! followed. Destinations outside the SSRF policy (destination.rs) are permanent failures.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body_util::Full;
 use sha2::Sha256;
 
-use super::client::{exchange, HttpClient};
+use super::client::{exchange, Bounds, HttpClient};
 use super::{Attempt, SendFuture, SendOutcome, Sender};
 use crate::tenants::{Directory, ANONYMOUS};
 
@@ -28,7 +28,7 @@ pub struct WebhookSender {
     /// The secret of notifications without a tenant.
     secret: Vec<u8>,
     tenants: Option<Arc<Directory>>,
-    timeout: Duration,
+    bounds: Bounds,
 }
 
 impl WebhookSender {
@@ -37,13 +37,13 @@ impl WebhookSender {
         client: HttpClient,
         secret: &str,
         tenants: Option<Arc<Directory>>,
-        timeout: Duration,
+        bounds: Bounds,
     ) -> Self {
         WebhookSender {
             client,
             secret: secret.as_bytes().to_vec(),
             tenants,
-            timeout,
+            bounds,
         }
     }
 
@@ -109,7 +109,7 @@ impl Sender for WebhookSender {
                     }
                 }
             };
-            exchange(&self.client, request, self.timeout, "webhook").await
+            exchange(&self.client, request, self.bounds, "webhook").await
         })
     }
 }

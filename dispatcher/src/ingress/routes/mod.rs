@@ -295,6 +295,7 @@ impl Caller {
         Limits {
             max_payload: self.max_payload,
             destinations: &state.destinations,
+            schedule_horizon: state.schedule_horizon,
         }
     }
 }
