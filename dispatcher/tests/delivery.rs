@@ -811,3 +811,99 @@ async fn a_delivered_message_is_acked_only_after_its_event_is_stored() {
     assert_eq!(receiver.received().len(), 1);
     stack.finish().await;
 }
+
+/// The process's peak resident memory (`VmHWM`), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// A receiver that answers `status` at once, then streams `body_mib` MiB of body (the
+/// first chunk says `reason`) and keeps the connection open without ending the body.
+async fn streaming_receiver(status: u16, reason: &'static str, body_mib: usize) -> String {
+    use futures::StreamExt;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(move |_req| async move {
+                let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+                let first = futures::stream::once(async move {
+                    Ok::<_, std::convert::Infallible>(Frame::data(bytes::Bytes::from(reason)))
+                });
+                let rest = futures::stream::repeat(chunk)
+                    .take(body_mib * 16)
+                    .map(|c| Ok(Frame::data(c)));
+                let endless = first.chain(rest).chain(futures::stream::pending());
+                let mut resp = http::Response::new(StreamBody::new(endless));
+                *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                Ok::<_, std::convert::Infallible>(resp)
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}/hook")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_answer_is_read_only_to_its_limit_and_its_status_decides() {
+    // 200, then 512 MiB and a body that never ends: delivered once, memory flat.
+    let endless_ok = streaming_receiver(200, "ok", 512).await;
+    // 503 with a reason: retried, the reason quoted (cut at the limit) in the event.
+    let failing = streaming_receiver(503, "database down; ", 1).await;
+    let stack = Stack::start(|c| {
+        c.response_body_limit = 64;
+        c.retry_high = "100ms:200ms:2".parse().unwrap();
+    })
+    .await;
+    let before = peak_rss();
+    let delivered = stack.accept(webhook_to(&endless_ok, "high", 1)).await;
+    let dead = stack.accept(webhook_to(&failing, "high", 2)).await;
+    let events = eventually(Duration::from_secs(20), || async {
+        let events = stack.events().await;
+        let settled = |id: &str, kind: &str| events.iter().any(|(e, i, _)| e == kind && i == id);
+        (settled(&delivered, "delivered") && settled(&dead, "dead")).then_some(events)
+    })
+    .await
+    .expect("both settled");
+    // Delivered at the first attempt, not timed out reading the body and sent again.
+    let of_delivered: Vec<_> = events.iter().filter(|(_, i, _)| *i == delivered).collect();
+    assert_eq!(
+        of_delivered,
+        [&("delivered".to_string(), delivered.clone(), 1)]
+    );
+    let grew = peak_rss().saturating_sub(before);
+    assert!(
+        grew < 64 << 20,
+        "peak memory grew by {} MiB reading answers",
+        grew >> 20
+    );
+    let raw = common::read_stream(
+        &stack.server.nats_url,
+        &format!("{}EVENTS", stack.server.prefix),
+    )
+    .await;
+    let error = raw
+        .iter()
+        .flat_map(|m| m.body.as_array().cloned().unwrap_or_default())
+        .find(|e| e["id"] == dead.as_str() && e["event"] == "dead")
+        .map(|e| e["error"].as_str().unwrap_or_default().to_string())
+        .unwrap();
+    assert!(
+        error.starts_with("webhook answered 503: database down; xxx"),
+        "{error}"
+    );
+    assert!(
+        error.len() < "webhook answered 503: ".len() + 64 + 1,
+        "{error}"
+    );
+    stack.finish().await;
+}
