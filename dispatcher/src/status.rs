@@ -1,6 +1,11 @@
 //! A notification's recorded state, as the status API shows it: read from the Redis cache
 //! (written through by the recorder) and else from PostgreSQL; lists come from PostgreSQL
 //! with keyset pagination on the time-ordered id.
+//!
+//! Read-your-writes: the ingress writes an `accepted` entry (version 0) into the same cache
+//! after the PubAck and before its 202 ([`Acceptances`]), so a read or a cancel sent the
+//! moment the 202 arrives finds the notification, from any ingress, before the recorder
+//! has it. The recorder's first write (version 1) replaces it.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -115,6 +120,127 @@ impl StatusCache {
         let mut status: NotificationStatus = serde_json::from_str(json).ok()?;
         status.version = version.parse().ok()?;
         Some(status)
+    }
+}
+
+impl NotificationStatus {
+    /// The state of a notification the moment JetStream stored it, before any recording.
+    pub fn accepted(
+        id: Uuid,
+        tenant: Uuid,
+        notification: &crate::model::Validated<'_>,
+        now: DateTime<Utc>,
+        trace_id: String,
+    ) -> Self {
+        NotificationStatus {
+            id,
+            tenant,
+            priority: notification.priority.as_str().to_string(),
+            channel: notification.channel.as_str().to_string(),
+            recipient: Some(notification.recipient.to_string()),
+            status: String::from("accepted"),
+            attempts: 0,
+            accepted_at: Some(now),
+            updated_at: now,
+            delivered_at: None,
+            last_error: None,
+            last_status: None,
+            next_attempt_at: notification.send_at,
+            trace_id: Some(trace_id),
+            version: 0,
+        }
+    }
+}
+
+/// How long an `accepted` entry lasts: it need only outlast the recorder's lag, whose own
+/// write then takes its place with the cache's TTL.
+const ACCEPTED_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Entries written by one pipeline at most.
+const ACCEPTED_BATCH: usize = 512;
+
+type AcceptedRows = (Vec<NotificationStatus>, tokio::sync::oneshot::Sender<()>);
+
+/// Writes `accepted` entries for the requests that are about to answer 202: whatever
+/// requests are waiting go in one pipeline (`SET NX`, so a recorded state is never put
+/// back), and each is released when it is written.
+#[derive(Clone)]
+pub struct Acceptances {
+    queue: tokio::sync::mpsc::Sender<AcceptedRows>,
+}
+
+impl Acceptances {
+    /// Starts the writer; it ends when the last handle is dropped.
+    pub fn start(redis: std::sync::Arc<RedisStore>) -> Self {
+        let (queue, mut rx) = tokio::sync::mpsc::channel::<AcceptedRows>(4096);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < ACCEPTED_BATCH {
+                    match rx.try_recv() {
+                        Ok(more) => batch.push(more),
+                        Err(_) => break,
+                    }
+                }
+                let rows = batch.iter().flat_map(|(rows, _)| rows);
+                if let Err(err) = write_new(&redis, rows).await {
+                    tracing::warn!(error = %err, entries = batch.len(), "accepted status not cached; reads wait for the recorder");
+                }
+                for (_, done) in batch {
+                    let _ = done.send(());
+                }
+            }
+        });
+        Acceptances { queue }
+    }
+
+    /// Caches `rows` as accepted; returns once written, or once the write failed (the
+    /// notifications are durable either way: the 202 is not withheld for a cache).
+    pub async fn record(&self, rows: Vec<NotificationStatus>) {
+        if rows.is_empty() {
+            return;
+        }
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.queue.send((rows, done)).await.is_ok() {
+            let _ = written.await;
+        }
+    }
+}
+
+/// `SET NX` of every row, in one pipeline.
+async fn write_new<'a>(
+    redis: &RedisStore,
+    rows: impl Iterator<Item = &'a NotificationStatus>,
+) -> Result<(), String> {
+    let mut connection = redis.connection().await?;
+    let mut pipe = redis::pipe();
+    let ttl_ms = ACCEPTED_TTL.as_millis() as u64;
+    for row in rows {
+        let json = serde_json::to_string(row).map_err(|e| e.to_string())?;
+        pipe.cmd("SET")
+            .arg(redis.key("status", row.id))
+            .arg(format!("{}|{json}", row.version))
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore();
+    }
+    pipe.query_async::<()>(&mut connection)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// One notification of one tenant: the cache first (it holds what was just accepted),
+/// then PostgreSQL. `Err` when PostgreSQL had to be asked and could not answer.
+pub async fn find(
+    cache: &StatusCache,
+    pool: &PgPool,
+    tenant: Uuid,
+    id: Uuid,
+) -> Result<Option<NotificationStatus>, sqlx::Error> {
+    match cache.read(id).await.filter(|s| s.tenant == tenant) {
+        Some(cached) => Ok(Some(cached)),
+        None => get(pool, tenant, id).await,
     }
 }
 

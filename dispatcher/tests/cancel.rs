@@ -134,3 +134,54 @@ async fn a_notification_waiting_for_a_retry_is_canceled_and_bad_cancels_are_name
     assert_eq!(never.status, 404);
     stack.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_reads_and_cancels_the_moment_its_202_arrives() {
+    // No recorder runs (its tables exist): what answers is what the ingress wrote after
+    // the PubAck.
+    let receiver = Receiver::start(|_| (200, Duration::ZERO)).await;
+    let stack = Stack::start(|_| {}).await;
+    common::migrated_pool(&common::test_store(&stack.server.prefix)).await;
+    let due = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let id = stack.accept(scheduled(&receiver.url(), due, None)).await;
+    let r = stack.server.get(&format!("/v1/notifications/{id}")).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["status"], "accepted");
+    assert_eq!(r.body["priority"], "high");
+    assert_eq!(r.body["recipient"], receiver.url().as_str());
+    let r = stack
+        .server
+        .post(&format!("/v1/notifications/{id}/cancel"), "")
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    // Every item of a batch reads at once too.
+    let batch = format!(
+        "[{},{}]",
+        webhook_to(&receiver.url(), "low", 1),
+        scheduled(&receiver.url(), due, Some("batch-key"))
+    );
+    let r = stack.server.post("/v1/notifications/batch", batch).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    for item in r.body["results"].as_array().unwrap() {
+        let path = format!("/v1/notifications/{}", item["id"].as_str().unwrap());
+        let read = stack.server.get(&path).await;
+        assert_eq!(read.status, 200, "{:?}", read.body);
+    }
+    // Another tenant's id, or an unknown one, is still a 404.
+    let unknown = stack
+        .server
+        .get(&format!("/v1/notifications/{}", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(unknown.status, 404);
+
+    let wait = (due - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(1500)).await;
+    let sent: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.header("herald-id"))
+        .collect();
+    assert!(!sent.contains(&id), "the canceled notification was sent");
+    stack.finish().await;
+}

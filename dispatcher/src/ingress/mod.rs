@@ -71,6 +71,8 @@ pub struct State {
     /// The bucket of tenants without their own setting (`None`: unlimited).
     pub default_limit: Option<Limit>,
     pub status_cache: StatusCache,
+    /// Caches each notification as accepted before its 202 (read-your-writes).
+    pub acceptances: crate::status::Acceptances,
     /// `/healthz`, `/readyz` and `/metrics`, as every role answers them.
     pub health: Health,
     /// Span export (off unless `--otlp-endpoint`).
@@ -193,6 +195,7 @@ impl Ingress {
                 rate: config.rate_limit,
                 burst: config.rate_burst.unwrap_or(config.rate_limit).max(1),
             }),
+            acceptances: crate::status::Acceptances::start(redis.clone()),
             status_cache: StatusCache::new(redis),
             health,
             spans,

@@ -39,7 +39,12 @@ pub(super) struct BatchItem {
 }
 
 enum Slot {
-    Waiting(Uuid, Priority, oneshot::Receiver<PublishOutcome>),
+    /// Its state once stored (for read-your-writes), and the wait for JetStream.
+    Waiting(
+        Box<NotificationStatus>,
+        Priority,
+        oneshot::Receiver<PublishOutcome>,
+    ),
     /// An idempotency key seen before with the same body: the first id.
     Replayed(Uuid, Priority),
     Failed(ApiError),
@@ -161,7 +166,16 @@ where
             (Ok(v), _) => match shed(state, v.priority) {
                 Some(Rejection(priority, e)) => Slot::Failed(reject(state, priority, e)),
                 None => match schedule(state, caller, &v, now, id, trace) {
-                    Ok(rx) => Slot::Waiting(id, v.priority, rx),
+                    Ok(rx) => {
+                        let row = NotificationStatus::accepted(
+                            id,
+                            caller.tenant,
+                            &v,
+                            now,
+                            trace.trace_id_hex(),
+                        );
+                        Slot::Waiting(Box::new(row), v.priority, rx)
+                    }
                     Err(e) => Slot::Failed(reject(state, Some(v.priority), e)),
                 },
             },
@@ -175,9 +189,10 @@ where
     for (index, slot) in slots.into_iter().enumerate() {
         let mut replayed = false;
         let outcome = match slot {
-            Slot::Waiting(id, priority, rx) => match rx.await {
+            Slot::Waiting(row, priority, rx) => match rx.await {
                 Ok(Ok(_)) => {
-                    published.push(id);
+                    let id = row.id;
+                    published.push(*row);
                     Ok((id, priority))
                 }
                 Ok(Err(reason)) => Err(reject(
@@ -222,11 +237,13 @@ where
         });
     }
     // Keys we took: keep those whose notification JetStream stored, release the rest.
-    let (kept, released): (Vec<_>, Vec<_>) =
-        taken.into_iter().partition(|r| published.contains(&r.id));
+    let (kept, released): (Vec<_>, Vec<_>) = taken
+        .into_iter()
+        .partition(|r| published.iter().any(|p| p.id == r.id));
     let kept: Vec<idempotency::Request<'_>> = kept.into_iter().cloned().collect();
     let released: Vec<idempotency::Request<'_>> = released.into_iter().cloned().collect();
     state.idempotency.settle(&kept, &released).await;
+    state.acceptances.record(published).await;
     let status = if accepted > 0 {
         StatusCode::ACCEPTED
     } else {

@@ -37,7 +37,7 @@ pub(super) struct CancelByKey {
     params(("id" = uuid::Uuid, Path, description = "The notification's id")),
     responses(
         (status = 200, description = "Canceled (or canceled before): it will not be sent", body = Canceled),
-        (status = 404, description = "No such notification of this tenant (yet: it is known once recorded)", body = crate::error::Body),
+        (status = 404, description = "No such notification of this tenant (it is known from the moment of its 202)", body = crate::error::Body),
         (status = 409, description = "Already delivered or dead (`error.code` says which)", body = crate::error::Body),
         (status = 422, description = "`id` is not a UUID", body = crate::error::Body),
     )
@@ -98,7 +98,7 @@ where
 
 async fn cancel(state: &State, caller: &Caller, id: Uuid) -> Result<HttpResponse, ApiError> {
     ensure_ready(state)?;
-    let found = crate::status::get(state.tenants.pool(), caller.tenant, id)
+    let found = crate::status::find(&state.status_cache, state.tenants.pool(), caller.tenant, id)
         .await
         .map_err(super::status::status_store_down)?
         .ok_or_else(|| ApiError::no_such("notification"))?;

@@ -36,6 +36,7 @@ use crate::model::{
 };
 use crate::publisher::{Envelope, PublishOutcome};
 use crate::ratelimit::{self, Limit};
+use crate::status::NotificationStatus;
 use crate::tenants;
 use crate::trace::{self, TraceParent};
 

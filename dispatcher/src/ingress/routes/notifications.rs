@@ -142,6 +142,14 @@ where
     let outcome = outcome.map_err(|e| Rejection(Some(priority), e))?;
     match outcome {
         Ok(Ok(_sequence)) => {
+            let row = NotificationStatus::accepted(
+                id,
+                caller.tenant,
+                &validated,
+                now,
+                trace.trace_id_hex(),
+            );
+            state.acceptances.record(vec![row]).await;
             state.metrics.accepted(priority);
             Ok(with_headers(
                 accepted_response(StatusCode::ACCEPTED, id, priority),

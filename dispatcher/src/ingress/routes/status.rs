@@ -5,16 +5,17 @@ use super::query::ListParams;
 use super::*;
 use crate::status::{self, ListQuery, NotificationStatus};
 
-/// `GET /v1/notifications/{id}`: the Redis cache first, then PostgreSQL. Another tenant's
-/// id is a 404, exactly like an unknown one.
+/// `GET /v1/notifications/{id}`: the Redis cache first (which holds a notification from
+/// the moment of its 202), then PostgreSQL. Another tenant's id is a 404, exactly like an
+/// unknown one.
 #[utoipa::path(
     get,
     path = "/v1/notifications/{id}",
     tag = "notifications",
     params(("id" = uuid::Uuid, Path, description = "The notification's id")),
     responses(
-        (status = 200, description = "The notification as recorded (trails ingest by the recorder's lag)", body = NotificationStatus),
-        (status = 404, description = "No such notification of this tenant (yet)", body = crate::error::Body),
+        (status = 200, description = "The notification's state: `accepted` from the moment its 202 is sent, then as recorded", body = NotificationStatus),
+        (status = 404, description = "No such notification of this tenant", body = crate::error::Body),
         (status = 422, description = "`id` is not a UUID", body = crate::error::Body),
     )
 )]
@@ -24,17 +25,9 @@ pub(super) async fn get_notification(
     id: &str,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(id)?;
-    let cached = state
-        .status_cache
-        .read(id)
+    let found = status::find(&state.status_cache, state.tenants.pool(), caller.tenant, id)
         .await
-        .filter(|s| s.tenant == caller.tenant);
-    let found = match cached {
-        Some(s) => Some(s),
-        None => status::get(state.tenants.pool(), caller.tenant, id)
-            .await
-            .map_err(status_store_down)?,
-    };
+        .map_err(status_store_down)?;
     match found {
         Some(s) => Ok(json_of(StatusCode::OK, &s)),
         None => Err(ApiError::no_such("notification")),
