@@ -51,7 +51,8 @@ fault() {
       restart_role "$case-${case#kill-}" ;;
     nats-restart:start) pkill -9 -f "nats-server -a 127.0.0.1 -p 4222" ;;
     postgres-restart:start) pg_ctlcluster --skip-systemctl-redirect "$pg_version" main stop -m fast ;;
-    redis-restart:start) redis-cli -p 6379 shutdown nosave >/dev/null 2>&1 || true ;;
+    # A crash, not a shutdown: what Redis acknowledged must be in its append-only file.
+    redis-restart:start) pkill -9 -x redis-server || true ;;
     mongo-restart:start) pkill -f 'ferretdb --handler' ;;
     nats-restart:repair | postgres-restart:repair | redis-restart:repair | mongo-restart:repair)
       bash scripts/services.sh >/dev/null ;;
@@ -77,7 +78,10 @@ one_case() {
   serve_port=$(free_port)
   role "$case-serve" "http://127.0.0.1:$serve_port/readyz" serve "${common[@]}" \
     --listen "127.0.0.1:$serve_port"
-  local sink_fault=()
+  local sink_fault=() resend=()
+  # Every 10th request's key is sent again after the load: keys claimed before the crash
+  # must replay their first id, never accept a second notification.
+  [ "$case" = redis-restart ] && resend=(--resend-every 10)
   local window="$((FAULT_AT + 1))s:$((FAULT_AT + 1 + PAUSE))s" # the sink starts 1 s before the load
   case "$case" in
     receiver-hang) sink_fault=(--sink-fault "hang:$window") ;;
@@ -88,7 +92,7 @@ one_case() {
   # --sink-grace: a killed deliver may have delivered without settling; its redelivery
   # (after --ack-wait) must still find the receiver, as a real receiver would be there.
   "$loadgen" --target "http://127.0.0.1:$serve_port" --api-key "$key" --rate "$RATE" \
-    -d "$DURATION" --warmup 1s -c 32 --timeout 5s --sink 127.0.0.1:0 "${sink_fault[@]}" \
+    -d "$DURATION" --warmup 1s -c 32 --timeout 5s --sink 127.0.0.1:0 "${sink_fault[@]}" "${resend[@]}" \
     --drain-timeout 90s --sink-grace 8s --out "$run" >"$run.txt" 2>&1 &
   local lg=$!
   sleep "$((1 + FAULT_AT))"
@@ -111,7 +115,14 @@ one_case() {
   local retried write_failures
   retried=$(psql -h 127.0.0.1 -U root -d test -Atc "SELECT count(*) FROM \"$prefix\".accepted a JOIN \"$prefix\".notifications n USING (id) WHERE n.attempts > 1")
   write_failures=$(curl -s "http://127.0.0.1:$record_port/metrics" | awk '/^herald_record_failures_total/ {s += $2} END {print s + 0}')
-  local verdict=ok
+  local verdict=ok keys=""
+  if [ ${#resend[@]} -gt 0 ]; then
+    local replayed again
+    replayed=$(jq -r '.resent.replayed // 0' "$run/summary.json")
+    again=$(jq -r '.resent.accepted_again // 0' "$run/summary.json")
+    keys=", keys sent again: replayed $replayed, accepted again $again"
+    [ "$replayed" -gt 0 ] && [ "$again" -eq 0 ] || status=1
+  fi
   if [ "$status" -ne 0 ] || [ "$lost" -ne 0 ] || [ "$recorded" -ne "$accepted" ] || [ "$accepted" -eq 0 ]; then
     verdict=FAILED
     failed=1
@@ -120,7 +131,7 @@ one_case() {
     psql -h 127.0.0.1 -U root -d test -c "SELECT n.status, n.attempts, n.last_status, left(n.last_error, 80) AS last_error, count(*) FROM \"$prefix\".accepted a LEFT JOIN \"$prefix\".notifications n USING (id) WHERE n.status IS DISTINCT FROM 'delivered' OR n.recipient IS NULL GROUP BY 1, 2, 3, 4 ORDER BY 5 DESC LIMIT 10" >&2 || true
   fi
   rows+=("| $case | $accepted | $delivered | $lost | $duplicated | $errors | $recorded | $retried | $write_failures | $verdict |")
-  echo "faults: $case: accepted $accepted, delivered $delivered, lost $lost, duplicated $duplicated, ingest errors $errors, recorded delivered $recorded, retried $retried, recorder write failures $write_failures: $verdict" >&2
+  echo "faults: $case: accepted $accepted, delivered $delivered, lost $lost, duplicated $duplicated, ingest errors $errors, recorded delivered $recorded, retried $retried, recorder write failures $write_failures$keys: $verdict" >&2
   for f in "$work/$case"-*.pid; do kill -TERM "$(cat "$f")" 2>/dev/null || true; done
   sleep 1
 }

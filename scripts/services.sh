@@ -60,12 +60,18 @@ fi
 # jq: the scripts read loadgen's and nats' JSON with it.
 command -v jq >/dev/null || apt_install jq
 
-# Redis, nothing kept on disk (tests make their own key prefixes).
+# Redis with its append-only file fsynced before every reply (appendfsync always, group
+# commit): an idempotency key Herald was told is claimed survives a crash of Redis
+# (docs/operations.md prices it). Tests make their own key prefixes.
 if ! up 6379; then
   command -v redis-server >/dev/null || apt_install redis-server
-  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
-    --dir "$DATA" --logfile "$DATA/redis.log"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" \
+    --appendonly yes --appendfsync always --dir "$DATA" --logfile "$DATA/redis.log"
   wait_up 6379 || status=1
+else
+  # One started earlier without it is brought to the same durability.
+  redis-cli -p 6379 config set appendonly yes >/dev/null &&
+    redis-cli -p 6379 config set appendfsync always >/dev/null || status=1
 fi
 
 # PostgreSQL: Debian's cluster, trust auth on loopback, a role and database for root.

@@ -67,19 +67,11 @@ impl Idempotency {
             .key("idem", format_args!("{}:{key}", tenant.simple()))
     }
 
-    async fn connection(&self) -> Result<redis::aio::ConnectionManager, Unavailable> {
-        self.redis
-            .connection()
-            .await
-            .map_err(|e| Unavailable(format!("unreachable: {e}")))
-    }
-
     /// Claims every key in one pipeline; results in the same order.
     pub async fn claim(&self, requests: &[Request<'_>]) -> Result<Vec<Claim>, Unavailable> {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        let mut connection = self.connection().await?;
         let mut pipe = redis::pipe();
         let ttl_ms = self.ttl.as_millis() as u64;
         for r in requests {
@@ -91,15 +83,15 @@ impl Idempotency {
                 .arg("PX")
                 .arg(ttl_ms);
         }
-        let previous: Vec<Option<String>> = pipe
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| Unavailable(e.to_string()))?;
+        let previous: Vec<Option<String>> =
+            self.redis.query(&pipe, None).await.map_err(Unavailable)?;
         Ok(requests
             .iter()
             .zip(previous)
             .map(|(r, previous)| match previous {
                 None => Claim::New,
+                // Our own claim, made by a first try whose answer was lost.
+                Some(value) if value == format!("P:{}:{}", r.id, r.fingerprint) => Claim::New,
                 Some(value) => {
                     let mut parts = value.splitn(3, ':');
                     let (state, id, fp) = (parts.next(), parts.next(), parts.next());
@@ -119,12 +111,10 @@ impl Idempotency {
     /// The id a key was accepted under, if it was (`None` also while its request is still
     /// being published).
     pub async fn accepted_id(&self, tenant: &Uuid, key: &str) -> Result<Option<Uuid>, Unavailable> {
-        let mut connection = self.connection().await?;
-        let value: Option<String> = redis::cmd("GET")
-            .arg(self.redis_key(tenant, key))
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| Unavailable(e.to_string()))?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(self.redis_key(tenant, key));
+        let (value,): (Option<String>,) =
+            self.redis.query(&pipe, None).await.map_err(Unavailable)?;
         Ok(value.and_then(|v| {
             let mut parts = v.splitn(3, ':');
             match (parts.next(), parts.next()) {
@@ -141,9 +131,6 @@ impl Idempotency {
         if accepted.is_empty() && failed.is_empty() {
             return;
         }
-        let Ok(mut connection) = self.connection().await else {
-            return;
-        };
         let mut pipe = redis::pipe();
         let ttl_ms = self.ttl.as_millis() as u64;
         for r in accepted {
@@ -160,7 +147,7 @@ impl Idempotency {
                 .arg(self.redis_key(&r.tenant, r.key))
                 .ignore();
         }
-        if let Err(e) = pipe.query_async::<()>(&mut connection).await {
+        if let Err(e) = self.redis.query::<()>(&pipe, None).await {
             tracing::warn!(error = %e, "settling idempotency keys failed");
         }
     }

@@ -71,7 +71,6 @@ impl RateLimiter {
     /// Takes `cost` tokens from the tenant's bucket if it has them. `Err` when Redis could
     /// not be asked.
     pub async fn take(&self, tenant: Uuid, limit: Limit, cost: u32) -> Result<Decision, String> {
-        let mut connection = self.redis.connection().await?;
         let key = self.redis.key("rl", tenant.simple());
         let mut pipe = redis::pipe();
         self.script
@@ -79,11 +78,8 @@ impl RateLimiter {
             .arg(limit.rate)
             .arg(limit.burst)
             .arg(cost);
-        let ((allowed, remaining, wait_ms, full_ms),): ((i64, i64, i64, i64),) = self
-            .script
-            .run(&mut connection, &pipe)
-            .await
-            .map_err(|e| e.to_string())?;
+        let ((allowed, remaining, wait_ms, full_ms),): ((i64, i64, i64, i64),) =
+            self.redis.query(&pipe, Some(&self.script)).await?;
         Ok(Decision {
             allowed: allowed == 1,
             limit: limit.burst,

@@ -81,6 +81,48 @@ impl RedisStore {
             .await
             .cloned()
     }
+
+    /// Runs `pipe` on the shared connection, with `script` loaded if Redis lost it. A
+    /// connection that broke (Redis restarted, a network blip) fails its first use; the
+    /// manager then reconnects and the pipeline is tried once more, so one broken
+    /// connection does not fail a request. Callers keep their pipelines safe to repeat.
+    pub async fn query<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+        script: Option<&Script>,
+    ) -> Result<T, String> {
+        let mut connection = self.connection().await?;
+        match run(&mut connection, pipe, script).await {
+            Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                tracing::debug!(error = %e, "Redis connection broke; trying once more");
+                run(&mut connection, pipe, script)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            other => other.map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Runs `pipe`; if Redis lost `script`, loads it and runs the pipeline once more.
+async fn run<T: redis::FromRedisValue>(
+    connection: &mut ConnectionManager,
+    pipe: &redis::Pipeline,
+    script: Option<&Script>,
+) -> redis::RedisResult<T> {
+    match (pipe.query_async(connection).await, script) {
+        (Err(e), Some(script))
+            if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+        {
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(script.source)
+                .query_async::<String>(connection)
+                .await?;
+            pipe.query_async(connection).await
+        }
+        (other, _) => other,
+    }
 }
 
 /// A Lua script loaded once and called with EVALSHA inside pipelines (Redis runs it
@@ -109,24 +151,5 @@ impl Script {
             cmd.arg(*key);
         }
         cmd
-    }
-
-    /// Runs `pipe`; if Redis lost the script, loads it and runs the pipeline once more.
-    pub async fn run<T: redis::FromRedisValue>(
-        &self,
-        connection: &mut ConnectionManager,
-        pipe: &redis::Pipeline,
-    ) -> redis::RedisResult<T> {
-        match pipe.query_async(connection).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                redis::cmd("SCRIPT")
-                    .arg("LOAD")
-                    .arg(self.source)
-                    .query_async::<String>(connection)
-                    .await?;
-                pipe.query_async(connection).await
-            }
-            other => other,
-        }
     }
 }

@@ -88,7 +88,6 @@ impl StatusCache {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut connection = self.redis.connection().await?;
         let mut pipe = redis::pipe();
         let ttl_ms = ttl.as_millis().max(1) as u64;
         for row in rows {
@@ -101,20 +100,14 @@ impl StatusCache {
                 .arg(ttl_ms)
                 .ignore();
         }
-        self.script
-            .run::<()>(&mut connection, &pipe)
-            .await
-            .map_err(|e| e.to_string())
+        self.redis.query(&pipe, Some(&self.script)).await
     }
 
     /// The cached state, if any (a Redis failure reads as a miss).
     pub async fn read(&self, id: Uuid) -> Option<NotificationStatus> {
-        let mut connection = self.redis.connection().await.ok()?;
-        let value: Option<String> = redis::cmd("GET")
-            .arg(self.redis.key("status", id))
-            .query_async(&mut connection)
-            .await
-            .ok()?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(self.redis.key("status", id));
+        let (value,): (Option<String>,) = self.redis.query(&pipe, None).await.ok()?;
         let value = value?;
         let (version, json) = value.split_once('|')?;
         let mut status: NotificationStatus = serde_json::from_str(json).ok()?;
@@ -212,7 +205,6 @@ async fn write_new<'a>(
     redis: &RedisStore,
     rows: impl Iterator<Item = &'a NotificationStatus>,
 ) -> Result<(), String> {
-    let mut connection = redis.connection().await?;
     let mut pipe = redis::pipe();
     let ttl_ms = ACCEPTED_TTL.as_millis() as u64;
     for row in rows {
@@ -225,9 +217,7 @@ async fn write_new<'a>(
             .arg(ttl_ms)
             .ignore();
     }
-    pipe.query_async::<()>(&mut connection)
-        .await
-        .map_err(|e| e.to_string())
+    redis.query(&pipe, None).await
 }
 
 /// One notification of one tenant: the cache first (it holds what was just accepted),

@@ -191,3 +191,89 @@ async fn a_send_at_beyond_what_herald_keeps_is_refused_naming_the_limit() {
     assert_eq!(near.status, 202, "{:?}", near.body);
     server.finish().await;
 }
+
+/// Starts delivery on `prefix` whose PostgreSQL (tenants' webhook secrets) is `pg`.
+async fn delivery_with(prefix: &str, pg: &herald::config::PgConfig) -> herald::delivery::Delivery {
+    let client = async_nats::connect(common::nats_url()).await.unwrap();
+    herald::app::start_delivery(
+        &async_nats::jetstream::new(client),
+        &herald::jetstream::Names::new(prefix),
+        &common::test_delivery_config(),
+        &herald::config::DestinationConfig {
+            webhook_allow_nets: herald::destination::Nets(common::loopback_nets()),
+        },
+        pg,
+        Default::default(),
+        herald::admission::Yielding::default(),
+        herald::trace::Spans::default(),
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect("delivery starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_herald_needs_being_down_makes_messages_wait_without_attempts() {
+    let receiver = Receiver::start(|_| (200, Duration::ZERO)).await;
+    let server = common::TestServer::start().await;
+    let prefix = server.prefix.clone();
+    let store = common::test_store(&prefix);
+    let pool = common::migrated_pool(&store).await;
+    let limits = herald::tenants::TenantLimits {
+        rate_per_sec: None,
+        burst: None,
+        max_payload: None,
+    };
+    let tenant = herald::tenants::create_tenant(&pool, "acme", limits)
+        .await
+        .unwrap();
+    // A notification of that tenant, straight into NOTIFY.
+    let client = async_nats::connect(common::nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let names = herald::jetstream::Names::new(&prefix);
+    let id = uuid::Uuid::now_v7();
+    let payload = serde_json::value::RawValue::from_string("{}".into()).unwrap();
+    let url = receiver.url();
+    let wire = herald::model::WireNotification {
+        v: 1,
+        id,
+        tenant: tenant.id,
+        priority: herald::model::Priority::High,
+        channel: herald::model::Channel::Webhook,
+        recipient: url.as_str().into(),
+        payload: &payload,
+        idempotency_key: None,
+        send_at: None,
+        expires_at: None,
+        metadata: None,
+        accepted_at: chrono::Utc::now(),
+    };
+    let subject = names.subject(wire.priority, wire.channel);
+    let body = serde_json::to_vec(&wire).unwrap();
+    js.publish(subject, body.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    // Its webhook secret cannot be read: PostgreSQL is unreachable for this delivery. The
+    // test retries (4 within a second) would all be spent by now if they counted.
+    let down = herald::config::PgConfig {
+        database_url: String::from("postgres://root@127.0.0.1:1/test"),
+        ..store.pg.clone()
+    };
+    let blind = delivery_with(&prefix, &down).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(receiver.received().is_empty());
+    blind.shutdown().await;
+    let events = common::read_stream(&common::nats_url(), &format!("{prefix}EVENTS")).await;
+    assert!(events.is_empty(), "attempts were recorded: {events:?}");
+
+    // With the store back, it goes at its first attempt.
+    let seeing = delivery_with(&prefix, &store.pg).await;
+    let got = receiver.wait_for(1, Duration::from_secs(15)).await;
+    assert_eq!(got[0].header("herald-id"), id.to_string());
+    assert_eq!(got[0].header("herald-attempt"), "1");
+    seeing.shutdown().await;
+    server.finish().await;
+}

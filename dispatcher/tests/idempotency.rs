@@ -38,7 +38,19 @@ async fn a_repeat_gets_the_first_id_and_stores_nothing_new() {
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].body["idempotency_key"], "otp-42");
     assert_eq!(stored[0].id(), first.body["id"].as_str().unwrap());
-    let keys = redis_keys(&server.prefix).await;
+    let (keys, others): (Vec<String>, Vec<String>) = redis_keys(&server.prefix)
+        .await
+        .into_iter()
+        .partition(|k| k.contains(":otp-42"));
+    // Beside the key, only the notification's status (read-your-writes).
+    assert_eq!(
+        others,
+        [format!(
+            "{}status:{}",
+            server.prefix,
+            first.body["id"].as_str().unwrap()
+        )]
+    );
     // Keys are scoped by tenant (here the anonymous one, the nil UUID).
     assert_eq!(
         keys,
@@ -135,4 +147,46 @@ async fn a_batch_claims_its_keys_together_and_replays_per_item() {
     );
     assert_eq!(server.stream_messages().await.len(), 4);
     server.finish().await;
+}
+
+#[tokio::test]
+async fn a_broken_redis_connection_is_made_again_without_failing_a_request() {
+    // A Redis user of this test's own, so that killing its connections touches no other
+    // test's.
+    let user = format!("herald-{}", uuid::Uuid::now_v7().simple());
+    let mut admin = redis::Client::open(common::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("ACL")
+        .arg(&["SETUSER", &user, "on", ">secret", "~*", "&*", "+@all"][..])
+        .query_async::<()>(&mut admin)
+        .await
+        .unwrap();
+    let url = format!("redis://{user}:secret@127.0.0.1:6379");
+    let server = TestServer::start_with(|c| c.store.redis_url = url).await;
+    let first = server
+        .post("/v1/notifications", with_key("high", 1, "reset-7"))
+        .await;
+    assert_eq!(first.status, 202, "{:?}", first.body);
+
+    // Its connection breaks, as when Redis restarts or a proxy drops it.
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "USER", &user][..])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(killed >= 1, "no connection of {user} to kill");
+    let again = server
+        .post("/v1/notifications", with_key("high", 1, "reset-7"))
+        .await;
+    assert_eq!(again.status, 200, "{:?}", again.body);
+    assert_eq!(again.body["id"], first.body["id"]);
+    server.finish().await;
+    redis::cmd("ACL")
+        .arg(&["DELUSER", &user][..])
+        .query_async::<()>(&mut admin)
+        .await
+        .unwrap();
 }

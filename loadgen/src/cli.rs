@@ -59,6 +59,12 @@ pub struct Cli {
     /// Give every notification a unique `idempotency_key` (prices the Redis claim).
     #[arg(long)]
     pub idempotency_keys: bool,
+    /// Keep every N-th accepted request (single endpoint, implies --idempotency-keys) and
+    /// send it again, byte for byte, once the load has ended: each must be answered with
+    /// its first id (a replay), never accepted again. Across a store's restart during the
+    /// run this checks that idempotency survived it. 0: off.
+    #[arg(long, default_value_t = 0)]
+    pub resend_every: u64,
     /// Send each request's priority as a `Herald-Priority` header too, so an overloaded
     /// Herald can refuse it before reading the body.
     #[arg(long)]

@@ -6,6 +6,8 @@
 //!   drivers over a keep-alive HTTP/1.1 or h2c client.
 //! - [`request`]: request bodies (each payload marked with run, sequence and send time)
 //!   and reading Herald's answers.
+//! - [`resend`]: requests sent again with their idempotency keys after the load, each
+//!   of which must be a replay of its first answer.
 //! - [`stats`]: HdrHistograms per priority and error counts.
 //! - [`sink`]: the HTTP server notifications are addressed to, for end-to-end latency and
 //!   loss accounting.
@@ -16,6 +18,7 @@ pub mod cli;
 pub mod monitor;
 pub mod report;
 pub mod request;
+pub mod resend;
 pub mod scenario;
 pub mod sink;
 pub mod slo;

@@ -95,9 +95,10 @@ async fn run(cli: Cli, model: LoadModel) -> anyhow::Result<bool> {
             },
             payload_bytes: cli.payload_bytes,
             batch: cli.batch,
-            idempotency_keys: cli.idempotency_keys,
+            idempotency_keys: cli.idempotency_keys || cli.resend_every > 0,
         },
         track_ids: sink.is_some(),
+        resend_every: cli.resend_every,
     };
     let open_loop = matches!(config.model, LoadModel::Open { .. });
     eprintln!(
@@ -113,6 +114,11 @@ async fn run(cli: Cli, model: LoadModel) -> anyhow::Result<bool> {
     let monitor = Monitor::start(stats.clone(), config.total_duration());
     let result = work::run(config.clone(), stats.clone()).await?;
     monitor.stop();
+    let resent = if result.kept.is_empty() {
+        None
+    } else {
+        Some(loadgen::resend::run(&config, &result.kept).await?)
+    };
 
     let e2e = match &sink {
         Some(sink) => {
@@ -134,6 +140,7 @@ async fn run(cli: Cli, model: LoadModel) -> anyhow::Result<bool> {
     };
     let e2e_hists = e2e.as_ref().map(|(_, h)| h.clone());
     let mut summary = report::summarize(&info, &stats, e2e);
+    summary.resent = resent;
     summary.slo = cli.slo.0.iter().map(|o| o.check(&summary)).collect();
     print!("{}", report::table(&summary));
     for s in &summary.slo {
@@ -159,7 +166,11 @@ async fn run(cli: Cli, model: LoadModel) -> anyhow::Result<bool> {
         eprintln!("loadgen: results written to {}", dir.display());
     }
     let lost = summary.end_to_end.as_ref().is_some_and(|e| e.lost > 0);
-    Ok(!lost && summary.slo.iter().all(|s| s.met))
+    let repeated = summary
+        .resent
+        .as_ref()
+        .is_some_and(|r| r.accepted_again > 0);
+    Ok(!lost && !repeated && summary.slo.iter().all(|s| s.met))
 }
 
 /// Waits until every accepted notification reached the sink, or the timeout. Deliveries of

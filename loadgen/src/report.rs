@@ -104,6 +104,9 @@ pub struct Summary {
     pub total: TotalSummary,
     pub priorities: BTreeMap<String, ClassSummary>,
     pub end_to_end: Option<EndToEnd>,
+    /// Requests sent again with their idempotency keys (`--resend-every`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resent: Option<crate::resend::Resent>,
     pub slo: Vec<SloResult>,
 }
 
@@ -193,6 +196,7 @@ pub fn summarize(
         total,
         priorities,
         end_to_end,
+        resent: None,
         slo: Vec::new(),
     }
 }
@@ -259,6 +263,13 @@ pub fn table(summary: &Summary) -> String {
                 c.errors_by_status, c.errors_by_transport
             );
         }
+    }
+    if let Some(r) = &summary.resent {
+        let _ = writeln!(
+            out,
+            "sent again with their keys: {}, replayed {}, accepted again {}, failed {}",
+            r.resent, r.replayed, r.accepted_again, r.failed
+        );
     }
     if let Some(e) = &summary.end_to_end {
         let _ = writeln!(

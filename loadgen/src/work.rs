@@ -60,6 +60,8 @@ pub struct LoadConfig {
     pub body: BodyBuilder,
     /// Keep the ids Herald accepted (for the sink's accounting).
     pub track_ids: bool,
+    /// Keep every N-th accepted single request to send again (0: none).
+    pub resend_every: u64,
 }
 
 /// What a run produced.
@@ -67,6 +69,8 @@ pub struct RunResult {
     pub stats: Arc<Stats>,
     /// Ids accepted during the whole run, warm-up included (only with `track_ids`).
     pub accepted_ids: HashSet<String>,
+    /// Accepted requests kept to send again (`resend_every`).
+    pub kept: Vec<crate::resend::Kept>,
     /// The recorded period (warm-up excluded): the schedule's length, or longer when the
     /// last recorded request finished after it.
     pub measured: Duration,
@@ -100,6 +104,7 @@ struct Shared {
     static_requests: Option<[Vec<u8>; 3]>,
     stats: Arc<Stats>,
     ids: Mutex<HashSet<String>>,
+    kept: Mutex<Vec<crate::resend::Kept>>,
     seq: AtomicU64,
     /// Unix time (ns) of `origin`, to stamp payloads with wall-clock send times.
     origin: Instant,
@@ -142,6 +147,7 @@ pub async fn run(config: LoadConfig, stats: Arc<Stats>) -> anyhow::Result<RunRes
         static_requests: None,
         stats,
         ids: Mutex::default(),
+        kept: Mutex::default(),
         seq: AtomicU64::new(0),
         origin,
         origin_unix_ns,
@@ -169,9 +175,11 @@ pub async fn run(config: LoadConfig, stats: Arc<Stats>) -> anyhow::Result<RunRes
         .measured_duration()
         .max(recording_started.elapsed());
     let accepted_ids = std::mem::take(&mut *shared.ids.lock().unwrap());
+    let kept = std::mem::take(&mut *shared.kept.lock().unwrap());
     Ok(RunResult {
         stats: shared.stats.clone(),
         accepted_ids,
+        kept,
         measured,
     })
 }
@@ -558,14 +566,17 @@ async fn send(
     intended: Instant,
 ) -> Outcome {
     let config = &shared.config;
-    let body = match &shared.static_requests {
-        Some(_) => Bytes::new(),
+    let (body, seq) = match &shared.static_requests {
+        Some(_) => (Bytes::new(), 0),
         None => {
             let seq = shared.seq.fetch_add(1, Ordering::Relaxed);
             let sent_ns = shared.origin_unix_ns + (intended - shared.origin).as_nanos();
-            config.body.body(priority, seq, sent_ns)
+            (config.body.body(priority, seq, sent_ns), seq)
         }
     };
+    let keep =
+        (config.resend_every > 0 && config.body.batch == 0 && seq % config.resend_every == 0)
+            .then(|| body.clone());
     let (status, body) = match tokio::time::timeout(
         config.timeout,
         transport.exchange(shared, priority, body),
@@ -583,6 +594,15 @@ async fn send(
         Ok(Ok(answer)) => answer,
     };
     let batch = config.body.batch > 0;
+    if let (Some(sent), 202) = (keep, status) {
+        if let Some(id) = accepted_ids(&body, false).into_iter().next() {
+            shared.kept.lock().unwrap().push(crate::resend::Kept {
+                priority,
+                body: sent,
+                id,
+            });
+        }
+    }
     let accepted = if !(200..300).contains(&status) {
         0
     } else if config.track_ids {

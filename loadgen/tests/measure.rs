@@ -80,6 +80,7 @@ fn config(addr: SocketAddr, model: LoadModel, connections: usize) -> LoadConfig 
             idempotency_keys: false,
         },
         track_ids: false,
+        resend_every: 0,
     }
 }
 

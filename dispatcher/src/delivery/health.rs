@@ -211,14 +211,16 @@ enum Verdict {
     Down,
 }
 
-fn verdict(outcome: &SendOutcome) -> Verdict {
-    match outcome {
+/// `None` when nothing was sent, so the destination showed nothing.
+fn verdict(outcome: &SendOutcome) -> Option<Verdict> {
+    Some(match outcome {
         SendOutcome::Delivered | SendOutcome::Permanent { .. } => Verdict::Up,
         SendOutcome::Retryable { status, .. } => match status {
             Some(429) => Verdict::Up,
             _ => Verdict::Down,
         },
-    }
+        SendOutcome::Unsent { .. } => return None,
+    })
 }
 
 /// Every destination this process has sent to, with the operator's controls.
@@ -434,6 +436,13 @@ impl Destinations {
     }
 
     fn settle(&self, d: &Destination, probe: bool, outcome: &SendOutcome) {
+        let Some(verdict) = verdict(outcome) else {
+            // Nothing reached it; a probe that did not probe leaves the circuit half open.
+            if probe {
+                d.circuit.lock().expect("circuit lock").probing = false;
+            }
+            return;
+        };
         if let SendOutcome::Retryable {
             retry_after: Some(after),
             status: Some(429 | 503),
@@ -443,7 +452,7 @@ impl Destinations {
             let until = self.now_micros() + after.as_micros() as u64;
             d.held_until.fetch_max(until, Ordering::Relaxed);
         }
-        match verdict(outcome) {
+        match verdict {
             Verdict::Up => {
                 if d.failures.load(Ordering::Relaxed) != 0 {
                     d.failures.store(0, Ordering::Relaxed);
@@ -756,18 +765,23 @@ mod tests {
 
     #[test]
     fn retry_after_holds_and_4xx_counts_as_up() {
-        assert_eq!(verdict(&SendOutcome::Delivered), Verdict::Up);
+        assert_eq!(verdict(&SendOutcome::Delivered), Some(Verdict::Up));
         let answered = |status| SendOutcome::from_http_status(status, None, "x");
-        assert_eq!(verdict(&answered(410)), Verdict::Up);
-        assert_eq!(verdict(&answered(429)), Verdict::Up);
-        assert_eq!(verdict(&answered(503)), Verdict::Down);
+        assert_eq!(verdict(&answered(410)), Some(Verdict::Up));
+        assert_eq!(verdict(&answered(429)), Some(Verdict::Up));
+        assert_eq!(verdict(&answered(503)), Some(Verdict::Down));
         assert_eq!(
             verdict(&SendOutcome::Retryable {
                 error: "reset".into(),
                 status: None,
                 retry_after: None
             }),
-            Verdict::Down
+            Some(Verdict::Down)
         );
+        // A store of Herald's own was down: the destination showed nothing.
+        let unsent = SendOutcome::Unsent {
+            error: "secret unavailable".into(),
+        };
+        assert_eq!(verdict(&unsent), None);
     }
 }

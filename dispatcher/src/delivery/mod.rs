@@ -517,6 +517,17 @@ async fn deliver(shared: &Shared, job: Job) {
         trace,
     };
     let (outcome, provider) = match try_providers(shared, &message, &attempt_info).await {
+        Tried::Sent {
+            outcome: SendOutcome::Unsent { error },
+            ..
+        } => {
+            // Herald's own store is down: nothing was sent, so no attempt was spent.
+            tracing::debug!(id = %notification.id, %error, "not sent; waiting for the store");
+            let spent = (count, attempt - 1);
+            let delay = STORE_WAIT.mul_f64(1.0 + fastrand::f64());
+            wait(shared, &message, &notification, spent, delay, "store").await;
+            return;
+        }
         Tried::Sent { outcome, provider } => (outcome, provider),
         Tried::Wait(delay, reason) => {
             let spent = (count, attempt - 1);
@@ -801,6 +812,9 @@ async fn bury(
         }
     }
 }
+
+/// How long a message waits, at least, when a store Herald needs to send it is down.
+const STORE_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a worker keeps trying to store an outcome event before it gives the message
 /// back instead of settling it.

@@ -30,6 +30,11 @@ pub enum SendOutcome {
         error: String,
         status: Option<u16>,
     },
+    /// Nothing was sent: Herald itself lacks what it needs (a store it reads is down). The
+    /// message waits without spending an attempt, and the destination is not judged.
+    Unsent {
+        error: String,
+    },
 }
 
 impl SendOutcome {
@@ -39,21 +44,22 @@ impl SendOutcome {
             SendOutcome::Delivered => "delivered",
             SendOutcome::Retryable { .. } => "retryable",
             SendOutcome::Permanent { .. } => "permanent",
+            SendOutcome::Unsent { .. } => "unsent",
         }
     }
 
     pub fn error(&self) -> Option<&str> {
         match self {
             SendOutcome::Delivered => None,
-            SendOutcome::Retryable { error, .. } | SendOutcome::Permanent { error, .. } => {
-                Some(error)
-            }
+            SendOutcome::Retryable { error, .. }
+            | SendOutcome::Permanent { error, .. }
+            | SendOutcome::Unsent { error } => Some(error),
         }
     }
 
     pub fn status(&self) -> Option<u16> {
         match self {
-            SendOutcome::Delivered => None,
+            SendOutcome::Delivered | SendOutcome::Unsent { .. } => None,
             SendOutcome::Retryable { status, .. } | SendOutcome::Permanent { status, .. } => {
                 *status
             }

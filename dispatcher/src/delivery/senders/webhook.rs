@@ -59,10 +59,8 @@ impl WebhookSender {
                 error: format!("tenant {tenant} does not exist"),
                 status: None,
             }),
-            Err(e) => Err(SendOutcome::Retryable {
+            Err(e) => Err(SendOutcome::Unsent {
                 error: format!("webhook secret unavailable: {e}"),
-                status: None,
-                retry_after: None,
             }),
         }
     }
