@@ -6,7 +6,10 @@
 # Two runs, each on fresh streams, schema and database:
 #   baseline   all ten healthy
 #   fault      sink 0 fails from 5 s to 35 s after it starts (FAULT: reset drops each
-#              connection, hang never answers)
+#              connection, hang never answers); or, with FAULT=backlog, all ten stay
+#              healthy while BACKLOG (25,000: over 10x --max-ack-pending) low
+#              notifications scheduled an hour ahead, and BACKLOG more to a receiver that
+#              is down, wait beside them (issue 27: waiting must not take the work window)
 # Reported per run: the nine healthy destinations' end-to-end p99 per priority (the worst
 # of the nine), the failing destination's accepted, delivered and lost, dead letters,
 # the highest attempt recorded, waits by reason and circuit changes (from /metrics).
@@ -20,6 +23,8 @@ RATE=${RATE:-500}
 DURATION=${DURATION:-40s}
 FAULT=${FAULT:-reset}
 DRAIN=${DRAIN:-180s}
+BACKLOG=${BACKLOG:-25000}
+TOOLS=${HERALD_TOOLS:-/opt/herald-tools/bin}
 PROFILE=release
 . scripts/lib/herald.sh
 prepare_roles
@@ -29,12 +34,39 @@ mkdir -p "$out"
 trap stop_roles EXIT
 per=$(awk -v r="$RATE" 'BEGIN { print r / 10 }')
 
+# backlog DIR: BACKLOG low notifications an hour ahead and BACKLOG to a receiver that is
+# down (nothing listens on port 1), 500 per batch request; then waits until the waiting
+# ones have left the work window for HOLD, and writes how many wait there.
+backlog() {
+  local dir=$1 later i n
+  later=$(date -u -d '+1 hour' +%Y-%m-%dT%H:%M:%SZ)
+  for target in "scheduled" "down"; do
+    for i in $(seq 1 $((BACKLOG / 500))); do
+      jq -nc --arg at "$later" --arg t "$target" '[range(500) | {priority: "low", channel: "webhook",
+          payload: {n: .}} + (if $t == "scheduled" then {recipient: "http://127.0.0.1:9/hook", send_at: $at}
+          else {recipient: "http://127.0.0.1:1/hook"} end)]' |
+        curl -sf -o /dev/null -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
+          --data-binary @- "http://127.0.0.1:$port/v1/notifications/batch"
+    done
+  done
+  for _ in $(seq 1 120); do
+    n=$("$TOOLS/nats" --server nats://127.0.0.1:4222 stream subjects "${prefix}HOLD" "${prefix}hold.>" --json 2>/dev/null | jq 'length' || echo 0)
+    [ "$n" -ge "$BACKLOG" ] && break
+    sleep 1
+  done
+  echo "$n" >"$dir/held"
+}
+
 # run NAME [FAULT_SPEC]: a fresh `dispatcher run` and ten loadgens; sink 0 gets the fault.
 run() {
   local name=$1 fault=${2:-} i args
   run_role "dest$name"
   local dir=$out/$name
   mkdir -p "$dir"
+  if [ "$fault" = backlog ]; then
+    backlog "$dir"
+    fault=""
+  fi
   local loads=()
   for i in $(seq 0 9); do
     args=(--target "http://127.0.0.1:$port" --api-key "$key" --rate "$per" -c 16 --threads 1
@@ -55,7 +87,7 @@ run() {
 }
 
 run baseline
-run fault "$FAULT:5s:35s"
+if [ "$FAULT" = backlog ]; then run fault backlog; else run fault "$FAULT:5s:35s"; fi
 
 # worst NAME PRIORITY: the worst end-to-end p99 (ms) over the nine healthy destinations.
 worst() {
@@ -77,8 +109,15 @@ failed=0
   echo "Machine: $(machine). Revision: $(git rev-parse --short HEAD)."
   echo "Command: \`RATE=$RATE DURATION=$DURATION FAULT=$FAULT scripts/bench-destinations.sh\`."
   echo "A release \`dispatcher run\` (auth, recorder) with default delivery settings; ten loadgens"
-  echo "at $per/s each (default mix, open loop), each with its own sink. In the fault run sink 0"
-  echo "fails ($FAULT) from 5 s to 35 s after it starts."
+  echo "at $per/s each (default mix, open loop), each with its own sink."
+  if [ "$FAULT" = backlog ]; then
+    echo "In the fault run all ten stay healthy, but before the load $BACKLOG low notifications"
+    echo "were scheduled an hour ahead and $BACKLOG more sent to a receiver that is down; when"
+    echo "the load began, $(cat "$out/fault/held") of them waited in HOLD (out of the work window,"
+    echo "--max-ack-pending 2048 per priority). The nine rows below are sinks 1-9, all healthy."
+  else
+    echo "In the fault run sink 0 fails ($FAULT) from 5 s to 35 s after it starts."
+  fi
   echo
   echo "## The nine healthy destinations: worst end-to-end p99 of the nine"
   echo
