@@ -1138,11 +1138,11 @@ async fn concurrent_recorder_statements_do_not_deadlock() {
     common::delete_streams(&nats_url, &prefix).await;
 }
 
-/// The status cache holds outcomes, not the `accepted` state every notification passes
-/// through for milliseconds: a notification scheduled for later is in PostgreSQL and
-/// answered from there, with no Redis key; a delivered one is cached.
+/// The status cache holds outcomes, and acceptances only briefly: a notification scheduled
+/// for later has the ingress's `accepted` entry (read-your-writes) with a TTL of a minute
+/// at most, and is answered from PostgreSQL once recorded; a delivered one is cached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_status_cache_holds_outcomes_not_fresh_acceptances() {
+async fn the_status_cache_holds_outcomes_and_acceptances_only_briefly() {
     let receiver = Receiver::start(|_| (200, Duration::ZERO)).await;
     let mut stack = Stack::start(|_| {}).await;
     let pool = stack.start_recording().await;
@@ -1170,7 +1170,27 @@ async fn the_status_cache_holds_outcomes_not_fresh_acceptances() {
     })
     .await
     .expect("both recorded, the delivered one cached");
-    assert!(!recorded.contains(&cached(&scheduled)), "{recorded:?}");
+    assert!(recorded.contains(&cached(&scheduled)), "{recorded:?}");
+    let mut redis = redis::Client::open(common::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let ttl_ms: i64 = redis::cmd("PTTL")
+        .arg(cached(&scheduled))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        (1..=herald::status::ACCEPTED_TTL.as_millis() as i64).contains(&ttl_ms),
+        "the accepted entry lives {ttl_ms} ms"
+    );
+    let value: String = redis::cmd("GET")
+        .arg(cached(&scheduled))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(value.starts_with("0|"), "{value}");
     let status = stack
         .server
         .get(&format!("/v1/notifications/{scheduled}"))
