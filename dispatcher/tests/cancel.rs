@@ -17,6 +17,17 @@ fn scheduled(url: &str, send_at: chrono::DateTime<chrono::Utc>, key: Option<&str
     )
 }
 
+/// The ids `receiver` got, read a moment after `due` has passed.
+async fn sent_once_due(receiver: &Receiver, due: chrono::DateTime<chrono::Utc>) -> Vec<String> {
+    let wait = (due - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(1500)).await;
+    receiver
+        .received()
+        .iter()
+        .map(|r| r.header("herald-id"))
+        .collect()
+}
+
 /// Waits until the notification's recorded status is `status`.
 async fn status_becomes(stack: &Stack, id: &str, status: &str) {
     let path = format!("/v1/notifications/{id}");
@@ -71,14 +82,7 @@ async fn a_canceled_scheduled_notification_is_never_sent() {
     assert_eq!(late.body["error"]["code"], "already_delivered");
 
     // Past the due time, only the immediate one was ever sent.
-    let wait = (due - chrono::Utc::now()).to_std().unwrap_or_default();
-    tokio::time::sleep(wait + Duration::from_millis(1500)).await;
-    let sent: Vec<String> = receiver
-        .received()
-        .iter()
-        .map(|r| r.header("herald-id"))
-        .collect();
-    assert_eq!(sent, vec![now.clone()]);
+    assert_eq!(sent_once_due(&receiver, due).await, vec![now.clone()]);
     let listed = stack.server.get("/v1/notifications?status=canceled").await;
     assert_eq!(listed.status, 200, "{:?}", listed.body);
     assert_eq!(listed.body["items"].as_array().map(Vec::len), Some(2));
@@ -175,13 +179,7 @@ async fn a_notification_reads_and_cancels_the_moment_its_202_arrives() {
         .await;
     assert_eq!(unknown.status, 404);
 
-    let wait = (due - chrono::Utc::now()).to_std().unwrap_or_default();
-    tokio::time::sleep(wait + Duration::from_millis(1500)).await;
-    let sent: Vec<String> = receiver
-        .received()
-        .iter()
-        .map(|r| r.header("herald-id"))
-        .collect();
+    let sent = sent_once_due(&receiver, due).await;
     assert!(!sent.contains(&id), "the canceled notification was sent");
     stack.finish().await;
 }

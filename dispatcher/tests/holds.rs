@@ -232,29 +232,8 @@ async fn a_store_herald_needs_being_down_makes_messages_wait_without_attempts() 
     let js = async_nats::jetstream::new(client);
     let names = herald::jetstream::Names::new(&prefix);
     let id = uuid::Uuid::now_v7();
-    let payload = serde_json::value::RawValue::from_string("{}".into()).unwrap();
-    let url = receiver.url();
-    let wire = herald::model::WireNotification {
-        v: 1,
-        id,
-        tenant: tenant.id,
-        priority: herald::model::Priority::High,
-        channel: herald::model::Channel::Webhook,
-        recipient: url.as_str().into(),
-        payload: &payload,
-        idempotency_key: None,
-        send_at: None,
-        expires_at: None,
-        metadata: None,
-        accepted_at: chrono::Utc::now(),
-    };
-    let subject = names.subject(wire.priority, wire.channel);
-    let body = serde_json::to_vec(&wire).unwrap();
-    js.publish(subject, body.into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let high = herald::model::Priority::High;
+    common::publish_notification_of(&js, &names, tenant.id, id, high, &receiver.url(), "{}").await;
 
     // Its webhook secret cannot be read: PostgreSQL is unreachable for this delivery. The
     // test retries (4 within a second) would all be spent by now if they counted.

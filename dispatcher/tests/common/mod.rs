@@ -266,11 +266,33 @@ pub async fn publish_notification(
     recipient: &str,
     payload: &str,
 ) {
+    publish_notification_of(
+        js,
+        names,
+        uuid::Uuid::nil(),
+        id,
+        priority,
+        recipient,
+        payload,
+    )
+    .await
+}
+
+/// [`publish_notification`] for `tenant`.
+pub async fn publish_notification_of(
+    js: &jetstream::Context,
+    names: &herald::jetstream::Names,
+    tenant: uuid::Uuid,
+    id: uuid::Uuid,
+    priority: herald::model::Priority,
+    recipient: &str,
+    payload: &str,
+) {
     let payload = serde_json::value::RawValue::from_string(payload.to_string()).unwrap();
     let wire = herald::model::WireNotification {
         v: 1,
         id,
-        tenant: uuid::Uuid::nil(),
+        tenant,
         priority,
         channel: herald::model::Channel::Webhook,
         recipient: recipient.into(),
