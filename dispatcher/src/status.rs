@@ -153,6 +153,11 @@ pub const ACCEPTED_TTL: std::time::Duration = std::time::Duration::from_secs(60)
 /// Entries written by one pipeline at most.
 const ACCEPTED_BATCH: usize = 512;
 
+/// How long a 202 waits for its `accepted` entry at most. A write takes a millisecond or
+/// two; a Redis that is down (a connection attempt takes seconds to fail) must not hold up
+/// requests that need no Redis otherwise.
+const ACCEPTED_PATIENCE: std::time::Duration = std::time::Duration::from_millis(250);
+
 type AcceptedRows = (Vec<NotificationStatus>, tokio::sync::oneshot::Sender<()>);
 
 /// Writes `accepted` entries for the requests that are about to answer 202: whatever
@@ -188,15 +193,24 @@ impl Acceptances {
         Acceptances { queue }
     }
 
-    /// Caches `rows` as accepted; returns once written, or once the write failed (the
-    /// notifications are durable either way: the 202 is not withheld for a cache).
+    /// Caches `rows` as accepted; returns once written, once the write failed, or after
+    /// [`ACCEPTED_PATIENCE`] (the notifications are durable either way: the 202 is not
+    /// withheld for a cache).
     pub async fn record(&self, rows: Vec<NotificationStatus>) {
         if rows.is_empty() {
             return;
         }
         let (done, written) = tokio::sync::oneshot::channel();
-        if self.queue.send((rows, done)).await.is_ok() {
-            let _ = written.await;
+        let write = async {
+            if self.queue.send((rows, done)).await.is_ok() {
+                let _ = written.await;
+            }
+        };
+        if tokio::time::timeout(ACCEPTED_PATIENCE, write)
+            .await
+            .is_err()
+        {
+            tracing::debug!("accepted status not cached in time; answering without it");
         }
     }
 }
