@@ -6,6 +6,10 @@
 //! message's attempt budget while nothing was sent. So the attempt number is the delivery
 //! count less the waits recorded here.
 //!
+//! Only the short waits stay in the consumer as NAKs (a busy destination, a hand-back, or
+//! any wait HOLD refused); longer ones leave for the HOLD stream (`hold.rs`) and come back
+//! as new NOTIFY messages carrying their spent attempts, which this count is added to.
+//!
 //! - Only a wait writes: one key-value put, keyed by the message's NOTIFY sequence (a
 //!   replay is a new message, with a fresh budget). A first delivery reads nothing, so the
 //!   common path costs nothing.
