@@ -1,6 +1,7 @@
 //! Closing a batch, once for every consumer that writes in batches (the recorder's
-//! consumers, the outcome-event batcher): a batch starts with its first item and closes at
-//! whichever limit comes first, items, bytes, or a linger that starts with the first item.
+//! consumers, the outcome-event batcher, the ingress's accepted-status writer): a batch
+//! starts with its first item and closes at whichever limit comes first, items, bytes, or
+//! a linger that starts with the first item.
 
 use std::future::Future;
 use std::time::Duration;

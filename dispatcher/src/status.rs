@@ -5,7 +5,8 @@
 //! Read-your-writes: the ingress writes an `accepted` entry (version 0) into the same cache
 //! after the PubAck and before its 202 ([`Acceptances`]), so a read or a cancel sent the
 //! moment the 202 arrives finds the notification, from any ingress, before the recorder
-//! has it. The recorder's first write (version 1) replaces it.
+//! has it. Once recorded, PostgreSQL answers before that entry ([`find`]), and a cached
+//! outcome (version 1 and up) replaces it.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -103,6 +104,27 @@ impl StatusCache {
         self.redis.query(&pipe, Some(&self.script)).await
     }
 
+    /// `SET NX` of every row, in one pipeline: a state already cached is never put back.
+    async fn write_new<'a>(
+        &self,
+        rows: impl Iterator<Item = &'a NotificationStatus>,
+        ttl: std::time::Duration,
+    ) -> Result<(), String> {
+        let mut pipe = redis::pipe();
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        for row in rows {
+            let json = serde_json::to_string(row).map_err(|e| e.to_string())?;
+            pipe.cmd("SET")
+                .arg(self.redis.key("status", row.id))
+                .arg(format!("{}|{json}", row.version))
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .ignore();
+        }
+        self.redis.query(&pipe, None).await
+    }
+
     /// The cached state, if any (a Redis failure reads as a miss).
     pub async fn read(&self, id: Uuid) -> Option<NotificationStatus> {
         let mut pipe = redis::pipe();
@@ -172,17 +194,18 @@ impl Acceptances {
     /// Starts the writer; it ends when the last handle is dropped.
     pub fn start(redis: std::sync::Arc<RedisStore>) -> Self {
         let (queue, mut rx) = tokio::sync::mpsc::channel::<AcceptedRows>(4096);
+        let cache = StatusCache::new(redis);
+        // What is waiting goes at once: no linger, the 202s wait on it.
+        let limits = crate::batch::Limits {
+            max: ACCEPTED_BATCH,
+            max_bytes: usize::MAX,
+            linger: std::time::Duration::ZERO,
+        };
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < ACCEPTED_BATCH {
-                    match rx.try_recv() {
-                        Ok(more) => batch.push(more),
-                        Err(_) => break,
-                    }
-                }
+                let batch = crate::batch::collect(first, &mut rx, limits, |_| 0).await;
                 let rows = batch.iter().flat_map(|(rows, _)| rows);
-                if let Err(err) = write_new(&redis, rows).await {
+                if let Err(err) = cache.write_new(rows, ACCEPTED_TTL).await {
                     tracing::warn!(error = %err, entries = batch.len(), "accepted status not cached; reads wait for the recorder");
                 }
                 for (_, done) in batch {
@@ -213,26 +236,6 @@ impl Acceptances {
             tracing::debug!("accepted status not cached in time; answering without it");
         }
     }
-}
-
-/// `SET NX` of every row, in one pipeline.
-async fn write_new<'a>(
-    redis: &RedisStore,
-    rows: impl Iterator<Item = &'a NotificationStatus>,
-) -> Result<(), String> {
-    let mut pipe = redis::pipe();
-    let ttl_ms = ACCEPTED_TTL.as_millis() as u64;
-    for row in rows {
-        let json = serde_json::to_string(row).map_err(|e| e.to_string())?;
-        pipe.cmd("SET")
-            .arg(redis.key("status", row.id))
-            .arg(format!("{}|{json}", row.version))
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl_ms)
-            .ignore();
-    }
-    redis.query(&pipe, None).await
 }
 
 /// One notification of one tenant: a cached outcome, else PostgreSQL, else the ingress's
