@@ -33,6 +33,7 @@ fn ingest(c: &mut Criterion) {
     let prefix = format!("bench{}_", std::process::id());
     let config = ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
         nats: herald::config::NatsConfig {
             prefix: prefix.clone(),
             readiness_interval: Duration::from_millis(100),

@@ -53,7 +53,10 @@ seed=()
 }
 # The dashboard (deploy/grafana) queries only metrics this stack exports: after the run
 # above every family has samples (accepted, refused, delivered, dead, recorded).
-curl -sf "http://127.0.0.1:$port/metrics" >"$work/metrics.txt"
+curl -sf "$(metrics_url contract)" >"$work/metrics.txt"
+# The public port does not answer /metrics: they count every tenant.
+[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/metrics")" = 404 ] ||
+  { echo "api-contract: /metrics answers on the public port" >&2; exit 1; }
 python3 - deploy/grafana/dashboards/herald.json "$work/metrics.txt" <<'PY2'
 import json, re, sys
 dashboard = json.load(open(sys.argv[1]))

@@ -76,7 +76,7 @@ run() {
     loads+=($!)
   done
   for p in "${loads[@]}"; do wait "$p" || true; done
-  curl -s "http://127.0.0.1:$port/metrics" >"$dir/metrics.txt"
+  curl -s "$(metrics_url "dest$name")" >"$dir/metrics.txt"
   curl -s -H "Authorization: Bearer $key" "http://127.0.0.1:$port/v1/dlq?limit=1000" >"$dir/dlq.json"
   curl -s -H "Authorization: Bearer $key" "http://127.0.0.1:$port/v1/destinations" >"$dir/destinations.json"
   # The recorder writes attempts asynchronously: give it a moment.

@@ -39,7 +39,7 @@ setting() {
   "$TOOLS/nats-server" -c "$work/$name/nats.conf" >"$work/$name/nats.log" 2>&1 &
   local nats_pid=$!
   pids+=("$nats_pid")
-  target/release/dispatcher --log warn serve --auth off --listen "127.0.0.1:$http_port" \
+  target/release/dispatcher --log warn serve --auth off --listen "127.0.0.1:$http_port" --metrics-listen 127.0.0.1:0 \
     --nats-url "nats://127.0.0.1:$nats_port" &
   local serve_pid=$!
   pids+=("$serve_pid")

@@ -46,7 +46,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-target/release/dispatcher --log warn serve --listen "$HERALD_ADDR" --prefix "$prefix" --auth off &
+target/release/dispatcher --log warn serve --listen "$HERALD_ADDR" --metrics-listen 127.0.0.1:0 --prefix "$prefix" --auth off &
 pids+=($!)
 target/release/bare202 "$BARE_ADDR" 2>/dev/null &
 pids+=($!)

@@ -46,7 +46,7 @@ base=""
 mode() {
   local name=$1 serve_args=$2 load_args=$3 rates=() slug
   slug=${name//[^a-z]/-}
-  target/release/dispatcher --log warn serve --listen "$ADDR" --prefix "$prefix" "${store[@]}" \
+  target/release/dispatcher --log warn serve --listen "$ADDR" --metrics-listen 127.0.0.1:0 --prefix "$prefix" "${store[@]}" \
     $serve_args &
   pid=$!
   wait_ready "http://$ADDR/readyz" 10 "$pid" || { echo "dispatcher not ready" >&2; exit 1; }

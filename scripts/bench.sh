@@ -30,7 +30,7 @@ out=$(results_dir)/bench
 mkdir -p "$out"
 prefix="benchm$(date +%s)_"
 # --auth off: the matrix compares with earlier runs; scripts/bench-state.sh prices auth.
-target/release/dispatcher --log warn run --listen "$ADDR" --prefix "$prefix" --queue-capacity "$QUEUES" \
+target/release/dispatcher --log warn run --listen "$ADDR" --metrics-listen 127.0.0.1:0 --prefix "$prefix" --queue-capacity "$QUEUES" \
   --auth off --migrate --pg-schema "${prefix}" --mongo-db "${prefix}" &
 dispatcher=$!
 trap 'kill $dispatcher 2>/dev/null; wait $dispatcher 2>/dev/null; for s in NOTIFY DLQ EVENTS; do "$TOOLS/nats" stream rm -f "${prefix}$s" >/dev/null 2>&1 || true; done' EXIT

@@ -13,6 +13,7 @@ export HERALD_WEBHOOK_ALLOW_NETS=${HERALD_WEBHOOK_ALLOW_NETS:-127.0.0.0/8,::1}
 DURATION=${DURATION:-10s}
 RATE=${RATE:-2000}
 ADDR=${HERALD_LISTEN:-127.0.0.1:8080}
+METRICS_ADDR=${HERALD_METRICS_LISTEN:-127.0.0.1:9089}
 
 bash scripts/services.sh
 cargo build --release --locked -p dispatcher -p loadgen --bin dispatcher --bin loadgen
@@ -24,7 +25,7 @@ $dispatcher tenant create quickstart 2>/dev/null || true
 KEY=$($dispatcher key create --tenant quickstart | sed -E 's/.*"key":"([^"]+)".*/\1/')
 AUTH="Authorization: Bearer $KEY"
 
-$dispatcher run --listen "$ADDR" &
+$dispatcher run --listen "$ADDR" --metrics-listen "$METRICS_ADDR" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
 wait_ready "http://$ADDR/readyz" 10 "$pid" || { echo "run: the dispatcher did not become ready" >&2; exit 1; }
@@ -45,5 +46,5 @@ echo "--- dead letters of this tenant"
 curl -s "http://$ADDR/v1/dlq?limit=3" -H "$AUTH"
 echo
 echo "--- what the dispatcher counted"
-curl -s "http://$ADDR/metrics" | grep -E '^herald_(ingest_accepted|ingest_rejected|delivery_attempts|dead_letters)'
+curl -s "http://$METRICS_ADDR/metrics" | grep -E '^herald_(ingest_accepted|ingest_rejected|delivery_attempts|dead_letters)'
 exit $status

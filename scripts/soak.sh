@@ -57,7 +57,7 @@ pids+=($!)
   start=$(date +%s)
   while kill -0 "$dispatcher" 2>/dev/null; do
     echo "@ $(($(date +%s) - start))"
-    curl -s "http://$ADDR/metrics" | grep '^herald_delivery_end_to_end_seconds_bucket' || true
+    curl -s "$(metrics_url soak-run)" | grep '^herald_delivery_end_to_end_seconds_bucket' || true
     sleep "$METRICS_EVERY"
   done
 ) >"$work/e2e.txt" &

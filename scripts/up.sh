@@ -3,7 +3,8 @@
 # `dispatcher migrate`, then $RECORD recorders, $DELIVER delivery workers and $SERVE
 # ingresses as separate processes from the release build, on loopback. Prints the
 # ingress URLs and an API key; scripts/down.sh stops exactly these processes (pid files in
-# $STATE). Ports: serve i → 8080+i, deliver i → 9100+i, record i → 9200+i (health/metrics).
+# $STATE). Ports: serve i → 8080+i (API) and 9300+i (health/metrics), deliver i → 9100+i,
+# record i → 9200+i (health/metrics).
 # Knobs: SERVE (1), DELIVER (1), RECORD (1), PREFIX (empty), HERALD_* for everything else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +47,8 @@ for i in $(seq 0 $((DELIVER - 1))); do
   start "deliver-$i" "http://127.0.0.1:$((9100 + i))/readyz" deliver "${common[@]}" --metrics-listen "127.0.0.1:$((9100 + i))"
 done
 for i in $(seq 0 $((SERVE - 1))); do
-  start "serve-$i" "http://127.0.0.1:$((8080 + i))/readyz" serve "${common[@]}" --listen "127.0.0.1:$((8080 + i))"
+  start "serve-$i" "http://127.0.0.1:$((8080 + i))/readyz" serve "${common[@]}" --listen "127.0.0.1:$((8080 + i))" \
+    --metrics-listen "127.0.0.1:$((9300 + i))"
 done
 
 $bin tenant create local >/dev/null 2>&1 || true

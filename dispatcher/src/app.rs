@@ -45,13 +45,16 @@ pub struct App {
 const ROLE_STOP_DEADLINE: Duration = Duration::from_secs(30);
 
 impl App {
-    /// `dispatcher serve`: the ingress alone.
+    /// `dispatcher serve`: the ingress alone, with `/metrics` at `config.metrics_listen`.
     pub async fn serve(config: ServeConfig) -> Result<App, StartError> {
         let spans = spans(config.otlp.as_ref())?;
         let metrics = Arc::new(Metrics::for_roles(Roles::INGRESS));
+        let metrics_listen = config.metrics_listen;
         let ingress = Ingress::start_with(config, metrics, spans.clone()).await?;
+        let health = operators_port(metrics_listen, ingress.health()).await?;
         Ok(App {
             ingress: Some(ingress),
+            health: Some(health),
             spans,
             ..App::empty()
         })
@@ -139,9 +142,12 @@ impl App {
             serve.destinations.clone(),
         );
         let spans = spans(serve.otlp.as_ref())?;
+        let metrics_listen = serve.metrics_listen;
         let ingress = Ingress::start_with(serve, metrics.clone(), spans.clone()).await?;
+        let health = operators_port(metrics_listen, ingress.health()).await?;
         let mut app = App {
             ingress: Some(ingress),
+            health: Some(health),
             spans,
             ..App::empty()
         };
@@ -196,6 +202,11 @@ impl App {
             .as_ref()
             .map(Ingress::local_addr)
             .or_else(|| self.health.as_ref().map(HealthServer::local_addr))
+    }
+
+    /// The operators' port: `/healthz`, `/readyz` and `/metrics`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.health.as_ref().map(HealthServer::local_addr)
     }
 
     pub fn ingress(&self) -> Option<&Ingress> {
@@ -266,13 +277,17 @@ async fn health_server(
         }),
         depth: Arc::new(move |p| depth.get().map_or(0, |s| (s.depth)(p))),
     };
-    let server = HealthServer::start(addr, health)
+    Ok((operators_port(addr, health).await?, started))
+}
+
+/// The operators' port (`--metrics-listen`) answering `health`.
+async fn operators_port(addr: SocketAddr, health: Health) -> Result<HealthServer, StartError> {
+    HealthServer::start(addr, health)
         .await
         .map_err(|source| StartError::Bind {
             what: "--metrics-listen",
             source,
-        })?;
-    Ok((server, started))
+        })
 }
 
 /// Connects to NATS and waits until Herald's streams exist (NATS may come up later).

@@ -381,6 +381,10 @@ pub struct ServeArgs {
     /// Address the HTTP ingress listens on (port 0 picks a free port).
     #[arg(long, env = "HERALD_LISTEN", default_value_t = serve().listen)]
     listen: SocketAddr,
+    /// Address of the operators' endpoints (/healthz, /readyz, /metrics; port 0 picks a
+    /// free port). The API port answers /healthz and /readyz too, never /metrics.
+    #[arg(long, env = "HERALD_METRICS_LISTEN", default_value_t = serve().metrics_listen)]
+    metrics_listen: SocketAddr,
     #[command(flatten)]
     nats: NatsArgs,
     #[command(flatten)]
@@ -491,6 +495,7 @@ impl ServeArgs {
     fn settings(self, mongo: Option<MongoArgs>) -> ServeConfig {
         ServeConfig {
             listen: self.listen,
+            metrics_listen: self.metrics_listen,
             nats: self.nats.into(),
             destinations: self.destinations.into(),
             otlp: self.otlp.into(),

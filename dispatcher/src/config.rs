@@ -23,6 +23,9 @@ pub use crate::trace::OtlpConfig;
 pub struct ServeConfig {
     /// Address the HTTP ingress listens on (port 0 picks a free port).
     pub listen: SocketAddr,
+    /// Address of /healthz, /readyz and /metrics for operators: the metrics count every
+    /// tenant's traffic, so they stay off the public API port.
+    pub metrics_listen: SocketAddr,
     pub nats: NatsConfig,
     pub destinations: DestinationConfig,
     /// Largest request body, in bytes (413 above).
@@ -71,6 +74,8 @@ impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            // 9090 is Prometheus's own port, often on the same host.
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9089)),
             nats: NatsConfig::default(),
             destinations: DestinationConfig::default(),
             max_body: 8 * 1024 * 1024,

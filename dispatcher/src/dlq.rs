@@ -205,6 +205,28 @@ pub async fn list(
     })
 }
 
+/// How many dead letters `tenant` has: the pending count of a throwaway consumer filtered
+/// to the tenant's subjects, which the server counts without sending a message.
+pub async fn count(js: &jetstream::Context, names: &Names, tenant: &Uuid) -> Result<u64, DlqError> {
+    let stream = js.get_stream(&names.dlq_stream).await.map_err(js_err)?;
+    let counter = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            filter_subject: names.dlq_filter(tenant, None, None),
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            memory_storage: true,
+            // Gone by itself should the delete below not arrive.
+            inactive_threshold: std::time::Duration::from_secs(5),
+            ..Default::default()
+        })
+        .await
+        .map_err(js_err)?;
+    // The creation's answer already counts what the filter matches.
+    let info = counter.cached_info();
+    let (pending, name) = (info.num_pending, info.name.clone());
+    let _ = stream.delete_consumer(&name).await;
+    Ok(pending)
+}
+
 fn is_not_found(e: &jetstream::stream::DirectGetError) -> bool {
     matches!(e.kind(), jetstream::stream::DirectGetErrorKind::NotFound)
 }

@@ -1,6 +1,6 @@
 //! What every role shares from start to stop: backoff for what must be retried, a
 //! deadline on shutdown, and the health endpoints (`/healthz`, `/readyz`, `/metrics`)
-//! answered the same way by every role.
+//! answered the same way by every role on its operators' port (`--metrics-listen`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -124,8 +124,26 @@ pub enum ReadyState {
 pub type HttpResponse = Response<Full<Bytes>>;
 
 impl Health {
-    /// The answer to `path`, when it is one of the health endpoints.
+    /// The answer to `path` on the operators' port (`--metrics-listen`): the probes and
+    /// `/metrics`.
     pub fn respond(&self, method: &Method, path: &str) -> Option<HttpResponse> {
+        if (path, method) != ("/metrics", &Method::GET) {
+            return self.respond_probe(method, path);
+        }
+        let mut response = Response::new(Full::new(Bytes::from(
+            self.metrics.render(|p| (self.depth)(p)),
+        )));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        Some(response)
+    }
+
+    /// The answer to `path` on the public API port, when it is one of the probes. Load
+    /// balancers need those there; the metrics count every tenant's traffic, so they do not
+    /// belong there.
+    pub fn respond_probe(&self, method: &Method, path: &str) -> Option<HttpResponse> {
         let response = match (path, method) {
             ("/healthz", &Method::GET) => json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()),
             ("/readyz", &Method::GET) => match (self.ready)() {
@@ -136,27 +154,17 @@ impl Health {
                         .expect("a JSON object"),
                 ),
             },
-            ("/metrics", &Method::GET) => {
-                let mut response = Response::new(Full::new(Bytes::from(
-                    self.metrics.render(|p| (self.depth)(p)),
-                )));
-                response.headers_mut().insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                response
-            }
             _ => return None,
         };
         Some(response)
     }
 
-    /// The health endpoints, each answered to GET.
-    pub const PATHS: [&'static str; 3] = ["/healthz", "/readyz", "/metrics"];
+    /// The probes, each answered to GET on every port.
+    pub const PROBE_PATHS: [&'static str; 2] = ["/healthz", "/readyz"];
 
-    /// Whether `path` is a health endpoint (any method).
-    pub fn is_health_path(path: &str) -> bool {
-        Self::PATHS.contains(&path)
+    /// Whether `path` is a probe (any method).
+    pub fn is_probe_path(path: &str) -> bool {
+        Self::PROBE_PATHS.contains(&path)
     }
 }
 
@@ -305,5 +313,10 @@ mod tests {
         flag.store(false, std::sync::atomic::Ordering::Relaxed);
         assert_eq!(status(&health), StatusCode::SERVICE_UNAVAILABLE);
         assert!(health.respond(&Method::GET, "/v1/x").is_none());
+        assert_eq!(
+            health.respond(&Method::GET, "/metrics").unwrap().status(),
+            StatusCode::OK
+        );
+        assert!(health.respond_probe(&Method::GET, "/metrics").is_none());
     }
 }

@@ -337,8 +337,7 @@ async fn bad_input_gets_its_status_and_error_and_publishes_nothing() {
     assert_eq!(resp.body["results"][1]["error"]["field"], "channel");
 
     assert!(server.stream_messages().await.is_empty());
-    let metrics = server.get("/metrics").await;
-    let text = metrics.body.as_str().unwrap();
+    let text = server.metrics().await;
     assert!(
         text.contains(
             r#"herald_ingest_rejected_total{priority="unknown",reason="malformed_json"} 2"#
@@ -371,9 +370,7 @@ async fn health_readiness_metrics_and_h2c() {
         .await;
     assert_eq!(resp.status, 202);
 
-    let metrics = server.get("/metrics").await;
-    assert_eq!(metrics.status, 200);
-    let text = metrics.body.as_str().unwrap();
+    let text = server.metrics().await;
     for needle in [
         r#"herald_ingest_accepted_total{priority="high"} 1"#,
         r#"herald_ingest_accepted_total{priority="low"} 1"#,
@@ -596,8 +593,7 @@ async fn connections_over_the_limit_get_503_and_service_resumes() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(served.is_some(), "service did not resume");
-    let metrics = server.get("/metrics").await;
-    let text = metrics.body.as_str().unwrap();
+    let text = server.metrics().await;
     let refused_line = text
         .lines()
         .find(|l| l.starts_with("herald_http_connections_refused_total"))
@@ -723,8 +719,7 @@ async fn idle_connections_close_cleanly_and_pooled_clients_reconnect() {
             "h2c {h2c}: a new connection after the idle close"
         );
     }
-    let metrics = server.get("/metrics").await;
-    let text = metrics.body.as_str().unwrap();
+    let text = server.metrics().await;
     let closed: u64 = text
         .lines()
         .find(|l| l.starts_with(r#"herald_http_connections_closed_total{reason="idle"}"#))
@@ -823,8 +818,7 @@ async fn a_low_flood_is_shed_while_high_is_accepted() {
     let mut recovered = false;
     for _ in 0..100 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let page = server.get("/metrics").await;
-        let page = page.body.as_str().unwrap().to_string();
+        let page = server.metrics().await;
         if metric(&page, r#"herald_admission_fraction{priority="low"}"#) == Some(1.0) {
             let shed = metric(
                 &page,
@@ -860,8 +854,7 @@ async fn a_batch_is_shed_item_by_item_by_class() {
     let mut both_shed = false;
     for _ in 0..100 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let page = server.get("/metrics").await;
-        let page = page.body.as_str().unwrap().to_string();
+        let page = server.metrics().await;
         let fraction = |p: &str| {
             metric(
                 &page,

@@ -59,13 +59,7 @@ async fn full_queue_answers_429_and_everything_accepted_is_stored() {
     let full = r#"herald_queue_depth{priority="low"} 2"#;
     let mut seen = String::new();
     for _ in 0..100 {
-        seen = server
-            .get("/metrics")
-            .await
-            .body
-            .as_str()
-            .unwrap()
-            .to_string();
+        seen = server.metrics().await;
         if seen.contains(full) && seen.contains("herald_publish_acks_inflight 1") {
             break;
         }
@@ -96,8 +90,7 @@ async fn full_queue_answers_429_and_everything_accepted_is_stored() {
     assert_eq!(accepted.len(), 4);
     assert_eq!(stored_ids(&nats.url(), &server.stream).await, accepted);
 
-    let metrics = server.get("/metrics").await;
-    let text = metrics.body.as_str().unwrap();
+    let text = server.metrics().await;
     let line =
         format!(r#"herald_ingest_rejected_total{{priority="low",reason="queue_full"}} {refused}"#);
     assert!(text.contains(&line), "{line} not in {text}");

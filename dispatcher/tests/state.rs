@@ -539,9 +539,34 @@ async fn a_tenant_sees_only_its_own_notifications_and_dead_letters() {
     let a_dlq = as_tenant(server, &a, "GET", "/v1/dlq", None).await;
     assert_eq!(a_dlq.body["items"].as_array().unwrap().len(), 1);
     assert_eq!(a_dlq.body["items"][0]["id"], id_a.as_str());
-    // A can delete its own.
+    // Each tenant's summary counts its own traffic only.
+    for key in [&a, &b] {
+        let summary = as_tenant(server, key, "GET", "/v1/summary?window=300", None).await;
+        assert_eq!(summary.status, 200, "{:?}", summary.body);
+        assert_eq!(summary.body["window_seconds"], 300);
+        let high = &summary.body["priorities"][0];
+        assert_eq!(high["priority"], "high", "{:?}", summary.body);
+        assert_eq!((&high["accepted"], &high["dead"]), (&1.into(), &1.into()));
+        assert_eq!(summary.body["priorities"][2]["accepted"], 0);
+        assert_eq!(summary.body["dead_letters"], 1);
+    }
+    let bad = as_tenant(server, &a, "GET", "/v1/summary?window=0", None).await;
+    assert_eq!(bad.status, 422);
+    assert_eq!(bad.body["error"]["field"], "window");
+    // A can delete its own; its summary says so, and B's is unchanged.
     let del = as_tenant(server, &a, "DELETE", &format!("/v1/dlq/{id_a}"), None).await;
     assert_eq!(del.status, 204);
+    let dead_letters = |key: &String| {
+        let key = key.clone();
+        async move {
+            as_tenant(server, &key, "GET", "/v1/summary", None)
+                .await
+                .body["dead_letters"]
+                .clone()
+        }
+    };
+    assert_eq!(dead_letters(&a).await, 0);
+    assert_eq!(dead_letters(&b).await, 1);
     stack.finish().await;
 }
 
@@ -570,9 +595,16 @@ async fn missing_unknown_and_revoked_keys_get_401() {
     assert_eq!(wrong.status, 401);
     let list = server.get("/v1/notifications").await;
     assert_eq!(list.status, 401, "reads need a key too");
-    // Health and metrics stay open.
+    // The probes stay open. The metrics count every tenant's traffic: the API port does
+    // not serve them, the operators' port does.
     assert_eq!(server.get("/healthz").await.status, 200);
-    assert_eq!(server.get("/metrics").await.status, 200);
+    let metrics = server.get("/metrics").await;
+    assert_eq!(metrics.status, 404, "{:?}", metrics.body);
+    assert_eq!(metrics.body["error"]["code"], "not_found");
+    assert!(server
+        .metrics()
+        .await
+        .contains("herald_ingest_rejected_total"));
 
     let ok = as_tenant(&server, &key, "POST", "/v1/notifications", body.clone()).await;
     assert_eq!(ok.status, 202, "{:?}", ok.body);

@@ -15,7 +15,10 @@
 #                               build, for A/B runs), loadgen, work (a scratch directory)
 #                               and empty arrays pids and prefixes
 # role NAME HEALTH_URL ARGS...  starts `dispatcher ARGS`, waits for HEALTH_URL; pid in
-#                               $work/NAME.pid, log in $work/NAME.log
+#                               $work/NAME.pid, log in $work/NAME.log; a serve or run
+#                               without --metrics-listen gets a free one (two can run side
+#                               by side), its address in $work/NAME.metrics
+# metrics_url NAME              the /metrics URL of role NAME
 # restart_role NAME             starts NAME again with the same arguments
 # new_prefix TAG                sets $prefix to a fresh prefix (also the schema and Mongo
 #                               database) and remembers it for drop_prefixes
@@ -84,7 +87,16 @@ prepare_roles() {
 }
 
 role() {
-  local name=$1 health=$2; shift 2
+  local name=$1 health=$2 arg previous="" metrics=""; shift 2
+  for arg in "$@"; do
+    [ "$previous" = --metrics-listen ] && metrics=$arg
+    previous=$arg
+  done
+  if [ -z "$metrics" ] && { [ "$1" = serve ] || [ "$1" = run ]; }; then
+    metrics=127.0.0.1:$(free_port)
+    set -- "$@" --metrics-listen "$metrics"
+  fi
+  echo "$metrics" >"$work/$name.metrics"
   # The exact arguments, NUL-separated, for restart_role.
   printf '%s\0' "$health" "$@" >"$work/$name.args"
   "$bin" --log warn "$@" >>"$work/$name.log" 2>&1 &
@@ -94,6 +106,10 @@ role() {
   echo "$name did not become ready" >&2
   tail -5 "$work/$name.log" >&2
   return 1
+}
+
+metrics_url() {
+  echo "http://$(cat "$work/$1.metrics")/metrics"
 }
 
 restart_role() {

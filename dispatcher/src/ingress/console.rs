@@ -1,7 +1,7 @@
 //! The web console at `/console`: three static files compiled into the binary, so it
 //! works on a closed network and cannot drift from the build. It holds no data of its
-//! own: the page signs in with an API key and calls the tenant-scoped /v1 API and the
-//! role's `/metrics` from the browser, so it sees exactly what the key may see.
+//! own: the page signs in with an API key and calls only the tenant-scoped /v1 API from
+//! the browser (its overview is `GET /v1/summary`), so it sees exactly what the key may see.
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};

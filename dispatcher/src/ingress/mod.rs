@@ -73,7 +73,7 @@ pub struct State {
     pub status_cache: StatusCache,
     /// Caches each notification as accepted before its 202 (read-your-writes).
     pub acceptances: crate::status::Acceptances,
-    /// `/healthz`, `/readyz` and `/metrics`, as every role answers them.
+    /// The probes on the API port, and `/metrics` beside them on `--metrics-listen`.
     pub health: Health,
     /// Span export (off unless `--otlp-endpoint`).
     pub spans: Spans,
@@ -245,6 +245,11 @@ impl Ingress {
     /// the HTTP connection in between.
     pub fn state(&self) -> Arc<State> {
         self.state.clone()
+    }
+
+    /// What the operators' port (`--metrics-listen`) answers for this ingress.
+    pub fn health(&self) -> Health {
+        self.state.health.clone()
     }
 
     /// The door's admission state: background roles in the same process yield while it

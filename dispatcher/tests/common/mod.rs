@@ -33,6 +33,7 @@ pub fn test_config(nats_url: &str) -> ServeConfig {
     let prefix = unique_prefix();
     ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
         nats: herald::config::NatsConfig {
             nats_url: nats_url.to_string(),
             readiness_interval: Duration::from_millis(100),
@@ -77,6 +78,8 @@ pub fn mongo_url() -> String {
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The operators' port (`--metrics-listen`).
+    pub metrics_addr: SocketAddr,
     pub prefix: String,
     pub stream: String,
     pub nats_url: String,
@@ -104,6 +107,7 @@ impl TestServer {
         let app = App::serve(config).await.expect("ingress starts");
         TestServer {
             addr: app.local_addr().expect("the ingress listens"),
+            metrics_addr: app.metrics_addr().expect("the operators' port listens"),
             stream: format!("{prefix}NOTIFY"),
             prefix,
             nats_url: nats_url.to_string(),
@@ -154,6 +158,22 @@ impl TestServer {
             .request("GET", &self.url(path), None, Bytes::new())
             .await
             .expect("request completes")
+    }
+
+    /// `/metrics` from the operators' port, as text.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.metrics_addr);
+        let response = self
+            .http
+            .request("GET", &url, None, Bytes::new())
+            .await
+            .expect("request completes");
+        assert_eq!(response.status, 200, "{url}");
+        response
+            .body
+            .as_str()
+            .expect("metrics are text")
+            .to_string()
     }
 
     /// A JSON PUT.

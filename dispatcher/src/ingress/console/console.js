@@ -1,5 +1,6 @@
-// Herald's console: a page over the tenant-scoped /v1 API and the role's /metrics. Data is
-// only ever written with textContent, never parsed as HTML.
+// Herald's console: a page over the tenant-scoped /v1 API, and nothing else (the process's
+// /metrics count every tenant and answer on the operators' port only). Data is only ever
+// written with textContent, never parsed as HTML.
 "use strict";
 
 const PRIORITIES = ["high", "medium", "low"];
@@ -120,7 +121,7 @@ async function route() {
       await loadDeadLetters(false);
     } else {
       show("overview");
-      startLive(pollMetrics);
+      startLive(pollSummary, 5000);
     }
   } catch (err) {
     report(err);
@@ -149,79 +150,32 @@ async function signIn(event) {
   }
 }
 
-// ---- overview: the role's own metrics ------------------------------------------------
+// ---- overview: the tenant's own summary ------------------------------------------------
 
 let live = null;
-let previous = null;
 const history = [];
+// Seconds the overview looks back; each poll reads that window's rows once.
+const WINDOW = 60;
+const FAMILIES = ["accepted", "pending", "retrying", "delivered", "dead", "canceled"];
 
-function parseMetrics(text) {
-  const samples = [];
-  for (const line of text.split("\n")) {
-    if (!line || line.startsWith("#")) continue;
-    const m = line.match(/^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)/);
-    if (!m) continue;
-    const labels = {};
-    for (const l of (m[2] || "").matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[l[1]] = l[2];
-    samples.push({ name: m[1], labels, value: Number(m[3]) });
-  }
-  return samples;
-}
-
-// Sums of the families the overview shows, per priority.
-function tally(samples) {
-  const sum = (name, where) => {
-    const out = Object.fromEntries(PRIORITIES.map((p) => [p, 0]));
-    for (const s of samples) {
-      if (s.name === name && s.labels.priority in out && (!where || where(s.labels))) {
-        out[s.labels.priority] += s.value;
-      }
-    }
-    return out;
-  };
-  const outcome = (o) => (l) => l.outcome === o;
-  const dlq = samples.find((s) => s.name === "herald_dlq_messages");
-  return {
-    accepted: sum("herald_ingest_accepted_total"),
-    refused: sum("herald_ingest_rejected_total"),
-    delivered: sum("herald_delivery_attempts_total", outcome("delivered")),
-    retried: sum("herald_delivery_attempts_total", outcome("retryable")),
-    dead: sum("herald_dead_letters_total"),
-    queued: sum("herald_queue_depth"),
-    lag: sum("herald_consumer_lag"),
-    dlq: dlq ? dlq.value : null,
-  };
-}
-
-async function pollMetrics() {
-  const response = await fetch("/metrics");
-  if (!response.ok) throw new Error(`Metrics: /metrics answered ${response.status}`);
-  const now = { at: performance.now(), t: tally(parseMetrics(await response.text())) };
+async function pollSummary() {
+  const summary = await api("GET", "/v1/summary", { window: WINDOW });
   const rows = $("rates").tBodies[0];
   rows.textContent = "";
-  const rate = (family, p) => {
-    if (!previous) return "…";
-    const seconds = (now.at - previous.at) / 1000;
-    return (Math.max(0, now.t[family][p] - previous.t[family][p]) / seconds).toFixed(1);
-  };
-  for (const p of PRIORITIES) {
+  for (const counts of summary.priorities) {
     const row = rows.insertRow();
-    row.dataset.priority = p;
-    cell(row, p, `priority ${p}`);
-    for (const family of ["accepted", "refused", "delivered", "retried", "dead"]) {
-      cell(row, rate(family, p), "number").dataset.family = family;
-    }
-    cell(row, now.t.queued[p], "number");
-    cell(row, now.t.lag[p], "number");
+    row.dataset.priority = counts.priority;
+    cell(row, counts.priority, `priority ${counts.priority}`);
+    for (const family of FAMILIES) cell(row, counts[family], "number").dataset.family = family;
+    cell(row, (counts.delivered / summary.window_seconds).toFixed(1), "number").dataset.family = "delivered-rate";
   }
-  $("dlq-size").textContent = now.t.dlq == null ? "not measured by this role" : now.t.dlq;
-  if (previous) {
-    const seconds = (now.at - previous.at) / 1000;
-    history.push(PRIORITIES.map((p) => Math.max(0, now.t.delivered[p] - previous.t.delivered[p]) / seconds));
-    if (history.length > 60) history.shift();
-    drawChart();
-  }
-  previous = now;
+  $("dlq-size").textContent = summary.dead_letters;
+  history.push(PRIORITIES.map((p) => {
+    const counts = summary.priorities.find((c) => c.priority === p);
+    return counts ? counts.delivered / summary.window_seconds : 0;
+  }));
+  if (history.length > 60) history.shift();
+  drawChart();
   $("metrics-age").textContent = `Updated ${new Date().toLocaleTimeString()}.`;
 }
 
@@ -243,17 +197,17 @@ function drawChart() {
     });
     g.stroke();
     g.fillStyle = colors[p];
-    g.fillText(`${p} delivered/s`, 8 + i * 120, height - 2);
+    g.fillText(`${p} delivered/s (${WINDOW} s average)`, 8 + i * 200, height - 2);
   });
   g.fillStyle = "#555";
   g.fillText(`max ${top.toFixed(1)}/s`, width - 90, 10);
 }
 
-// Runs `poll` now and every 2 s while its view is shown.
-function startLive(poll) {
+// Runs `poll` now and every `every` ms (2 s unless told) while its view is shown.
+function startLive(poll, every = 2000) {
   const tick = () => Promise.resolve(poll()).catch(report);
   tick();
-  live = setInterval(tick, 2000);
+  live = setInterval(tick, every);
 }
 
 function stopLive() {

@@ -253,7 +253,7 @@ pub(super) async fn delete(
     Ok(response)
 }
 
-fn dlq_error(err: dlq::DlqError) -> ApiError {
+pub(super) fn dlq_error(err: dlq::DlqError) -> ApiError {
     match err {
         dlq::DlqError::NotFound => ApiError::no_such("dead letter"),
         dlq::DlqError::JetStream(e) => ApiError::unavailable(format!("dead-letter queue: {e}")),

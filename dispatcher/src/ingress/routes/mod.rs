@@ -42,13 +42,14 @@ use crate::trace::{self, TraceParent};
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
-/// Routes one request. Health and metrics are open; every /v1 route needs a tenant.
+/// Routes one request. The probes, the contract and the console are open; every /v1 route
+/// needs a tenant. `/metrics` is not here: it answers on `--metrics-listen` only.
 pub async fn handle<B>(state: Arc<State>, req: Request<B>) -> HttpResponse
 where
     B: hyper::body::Body + Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    if let Some(response) = state.health.respond(req.method(), req.uri().path()) {
+    if let Some(response) = state.health.respond_probe(req.method(), req.uri().path()) {
         return response;
     }
     let result = match (req.uri().path(), req.method()) {
@@ -56,7 +57,7 @@ where
         (path, method) if super::console::is_console_path(path) => {
             super::console::respond(method, path).map_err(Rejection::from)
         }
-        (path, _) if Health::is_health_path(path) || path == openapi::PATH => {
+        (path, _) if Health::is_probe_path(path) || path == openapi::PATH => {
             Err(Rejection::from(ApiError::method_not_allowed("GET")))
         }
         (path, _) if path.starts_with("/v1/") => match authenticate(&state, &req).await {
@@ -91,6 +92,7 @@ pub enum Operation {
     ListAttempts,
     CancelNotification,
     CancelByKey,
+    GetSummary,
     ListDeadLetters,
     ReplayDeadLetters,
     DeleteDeadLetters,
@@ -108,7 +110,7 @@ pub enum Operation {
 /// Every /v1 route, `{id}` standing for one path segment. The router resolves requests
 /// from this table alone, and the API contract (`/openapi.json`) names exactly these
 /// routes (tested), so neither can have a route the other lacks.
-pub const ROUTES: [(Method, &str, Operation); 19] = [
+pub const ROUTES: [(Method, &str, Operation); 20] = [
     (
         Method::GET,
         "/v1/notifications",
@@ -144,6 +146,7 @@ pub const ROUTES: [(Method, &str, Operation); 19] = [
         "/v1/notifications/cancel",
         Operation::CancelByKey,
     ),
+    (Method::GET, "/v1/summary", Operation::GetSummary),
     (Method::GET, "/v1/dlq", Operation::ListDeadLetters),
     (Method::POST, "/v1/dlq/replay", Operation::ReplayDeadLetters),
     (Method::DELETE, "/v1/dlq", Operation::DeleteDeadLetters),
@@ -263,6 +266,7 @@ where
         Operation::ListAttempts => Ok(status::list_attempts(state, caller, id).await?),
         Operation::CancelNotification => Ok(cancel::by_id(state, caller, id).await?),
         Operation::CancelByKey => Ok(cancel::by_key(state, caller, req).await?),
+        Operation::GetSummary => Ok(status::summary(state, caller, query).await?),
         Operation::ListDeadLetters => Ok(dlq::list(state, caller, query).await?),
         Operation::ReplayDeadLetters => Ok(dlq::replay_matching(state, caller, query).await?),
         Operation::DeleteDeadLetters => Ok(dlq::delete_matching(state, caller, query).await?),

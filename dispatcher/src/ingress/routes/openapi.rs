@@ -32,6 +32,7 @@ pub const PATH: &str = "/openapi.json";
         status::list_notifications,
         status::get_notification,
         status::list_attempts,
+        status::summary,
         cancel::by_id,
         cancel::by_key,
         dlq::list,
@@ -48,7 +49,6 @@ pub const PATH: &str = "/openapi.json";
         destinations::resume,
         healthz,
         readyz,
-        metrics,
         openapi_json,
     ),
     components(schemas(
@@ -59,13 +59,15 @@ pub const PATH: &str = "/openapi.json";
         error::Inner,
         crate::status::Outcome,
         crate::dlq::DeadLetter,
+        crate::status::Summary,
+        crate::status::PriorityCounts,
     )),
     modifiers(&Contract),
     tags(
         (name = "notifications", description = "Sending notifications and reading them back"),
         (name = "dead letters", description = "What could not be delivered: browse, replay, delete"),
         (name = "destinations", description = "Where notifications go: health (circuit state), pause, resume and rate"),
-        (name = "operations", description = "Health, readiness, metrics and this contract"),
+        (name = "operations", description = "Health, readiness and this contract (`/metrics` answers on `--metrics-listen`, not here)"),
     )
 )]
 struct ApiDoc;
@@ -221,12 +223,6 @@ fn healthz() {}
 #[allow(dead_code)]
 fn readyz() {}
 
-/// Prometheus metrics in the text exposition format.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
-#[allow(dead_code)]
-fn metrics() {}
-
 /// This contract.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
@@ -263,7 +259,7 @@ mod tests {
             .iter()
             .map(|(method, path, _)| (method.to_string(), path.to_string()))
             .chain(
-                Health::PATHS
+                Health::PROBE_PATHS
                     .iter()
                     .chain([&PATH])
                     .map(|path| (String::from("GET"), path.to_string())),

@@ -2,7 +2,7 @@
 
 use super::*;
 
-/// The query string of the list routes: `?priority=&channel=&status=&since=&cursor=&until=&limit=`
+/// The query string of the read routes: `?priority=&channel=&status=&since=&cursor=&until=&limit=&window=`
 /// (each route says which keys it takes; any other key is a 422 naming it).
 pub(super) struct ListParams {
     pub(super) priority: Option<Priority>,
@@ -12,10 +12,14 @@ pub(super) struct ListParams {
     pub(super) cursor: Option<String>,
     pub(super) until: Option<String>,
     pub(super) limit: usize,
+    /// How far back a summary looks.
+    pub(super) window: std::time::Duration,
 }
 
 impl ListParams {
     const MAX_LIMIT: usize = 1000;
+    /// A summary reads every row of its window: an hour bounds what one request costs.
+    const MAX_WINDOW_SECONDS: u64 = 3600;
     pub(super) fn parse(query: &str, allowed: &[&str]) -> Result<Self, ApiError> {
         let mut q = ListParams {
             priority: None,
@@ -25,6 +29,7 @@ impl ListParams {
             cursor: None,
             until: None,
             limit: 100,
+            window: std::time::Duration::from_secs(60),
         };
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             if !allowed.contains(&key.as_ref()) {
@@ -84,6 +89,16 @@ impl ListParams {
                         .filter(|l| (1..=Self::MAX_LIMIT).contains(l))
                         .ok_or_else(|| {
                             ApiError::invalid_field("limit", "limit must be 1 to 1000")
+                        })?
+                }
+                "window" => {
+                    q.window = value
+                        .parse()
+                        .ok()
+                        .filter(|w| (1..=Self::MAX_WINDOW_SECONDS).contains(w))
+                        .map(std::time::Duration::from_secs)
+                        .ok_or_else(|| {
+                            ApiError::invalid_field("window", "window must be 1 to 3600 seconds")
                         })?
                 }
                 _ => unreachable!("only allowed keys get here"),

@@ -1,5 +1,6 @@
 //! Reading notifications back: `GET /v1/notifications/{id}`,
-//! `GET /v1/notifications/{id}/attempts` and `GET /v1/notifications?status=&priority=&cursor=`.
+//! `GET /v1/notifications/{id}/attempts`, `GET /v1/notifications?status=&priority=&cursor=`
+//! and the tenant's summary, `GET /v1/summary?window=`.
 
 use super::query::ListParams;
 use super::*;
@@ -113,6 +114,43 @@ pub(super) async fn list_notifications(
         .map_err(status_store_down)?;
     let page = status::NotificationPage { items, next_cursor };
     Ok(json_of(StatusCode::OK, &page))
+}
+
+/// `GET /v1/summary?window=`: the caller's notifications of the last `window` seconds by
+/// priority and state, and its dead letters; what the console's overview shows. Only the
+/// caller's own traffic: the process's metrics, which count every tenant's, answer on the
+/// operators' port.
+#[utoipa::path(
+    get,
+    path = "/v1/summary",
+    tag = "notifications",
+    params(
+        ("window" = Option<u32>, Query, minimum = 1, maximum = 3600, description = "Seconds back from now (default 60)"),
+    ),
+    responses(
+        (status = 200, description = "The tenant's recent notifications by priority and state, as recorded", body = status::Summary),
+        (status = 422, description = "`window` is invalid", body = crate::error::Body),
+        (status = 503, description = "PostgreSQL or the dead-letter queue cannot be read", body = crate::error::Body),
+    )
+)]
+pub(super) async fn summary(
+    state: &State,
+    caller: &Caller,
+    query: &str,
+) -> Result<HttpResponse, ApiError> {
+    let p = ListParams::parse(query, &["window"])?;
+    let since = Utc::now() - p.window;
+    let (counts, dead_letters) = tokio::join!(
+        status::counts_since(state.tenants.pool(), caller.tenant, since),
+        crate::dlq::count(&state.js, &state.names, &caller.tenant),
+    );
+    let summary = status::Summary {
+        window_seconds: p.window.as_secs(),
+        since,
+        priorities: counts.map_err(status_store_down)?.to_vec(),
+        dead_letters: dead_letters.map_err(super::dlq::dlq_error)?,
+    };
+    Ok(json_of(StatusCode::OK, &summary))
 }
 
 pub(super) fn status_store_down(err: sqlx::Error) -> ApiError {
