@@ -14,6 +14,7 @@ use crate::config::{
     RecordStore, RecorderConfig, RunConfig, ServeConfig, StoreConfig,
 };
 use crate::delivery::{Delivery, Senders};
+use crate::dependencies::{self, Dependencies, Target, WhenDown};
 use crate::ingress::Ingress;
 use crate::jetstream::{self, Names};
 pub use crate::lifecycle::StartError;
@@ -32,78 +33,126 @@ pub struct App {
     delivery: Option<Delivery>,
     recorder: Option<Recorder>,
     health: Option<HealthServer>,
-    /// Each part gets this long to stop.
+    /// The whole stop gets this long (`--shutdown-timeout`).
     stop_deadline: Duration,
     /// Cancels starts still retrying (NATS or consumers not there yet).
     starting: CancellationToken,
     /// Flushed last, once every part that records spans has stopped.
     spans: Spans,
+    /// NATS and the stores this role uses, watched from start to stop.
+    dependencies: Option<Arc<Dependencies>>,
 }
-
-/// How long delivery and the recorder get to stop: a send in flight has its own timeout
-/// (10 s by default); a batch being written is redelivered if it is cut short.
-const ROLE_STOP_DEADLINE: Duration = Duration::from_secs(30);
 
 impl App {
     /// `dispatcher serve`: the ingress alone, with `/metrics` at `config.metrics_listen`.
+    /// It listens at once (answering 503 until NATS is reached); a dependency not reached
+    /// within `config.startup_timeout` shows in [`App::startup_failure`].
     pub async fn serve(config: ServeConfig) -> Result<App, StartError> {
         let spans = spans(config.otlp.as_ref())?;
         let metrics = Arc::new(Metrics::for_roles(Roles::INGRESS));
         let metrics_listen = config.metrics_listen;
-        let ingress = Ingress::start_with(config, metrics, spans.clone()).await?;
+        // The ingress answers from cached keys and waits for Redis a bounded time: a
+        // store blip degrades it, and pulling every replica out of a load balancer for it
+        // would turn a blip into an outage.
+        let dependencies = Dependencies::watch(
+            vec![
+                dependencies::nats(&config.nats.nats_url, WhenDown::Unready),
+                pg_target(&config.store.pg, WhenDown::Degraded)?,
+                redis_target(&config.store.redis_url, WhenDown::Degraded)?,
+            ],
+            config.startup_timeout,
+        );
+        let stop_deadline = config.shutdown_timeout;
+        let ingress =
+            Ingress::start_with(config, metrics, spans.clone(), Some(dependencies.clone())).await?;
         let health = operators_port(metrics_listen, ingress.health()).await?;
         Ok(App {
             ingress: Some(ingress),
             health: Some(health),
             spans,
+            stop_deadline,
+            dependencies: Some(dependencies),
             ..App::empty()
         })
     }
 
     /// `dispatcher deliver`: delivery workers, with health endpoints at
-    /// `config.metrics_listen`.
+    /// `config.metrics_listen`. Returns once started, or fails with the line naming what
+    /// was not reached within `config.startup_timeout`.
     pub async fn deliver(config: DeliverConfig) -> Result<App, StartError> {
+        let dependencies = Dependencies::watch(
+            vec![
+                dependencies::nats(&config.nats.nats_url, WhenDown::Unready),
+                // Tenants' webhook secrets: no signed send without them.
+                pg_target(&config.pg, WhenDown::Unready)?,
+            ],
+            config.startup_timeout,
+        );
         let mut app = App {
             spans: spans(config.otlp.as_ref())?,
+            stop_deadline: config.shutdown_timeout,
+            dependencies: Some(dependencies.clone()),
             ..App::empty()
         };
         let metrics = Arc::new(Metrics::for_roles(Roles::DELIVERY));
         // Health first: alive (and saying why it is not ready) while NATS is awaited.
-        let (health, started) = health_server(config.metrics_listen, metrics.clone()).await?;
+        let (health, started) =
+            health_server(config.metrics_listen, metrics.clone(), &dependencies).await?;
         app.health = Some(health);
-        let (client, js, names) = connect_streams(&config.nats, &app.starting).await?;
-        let delivery = start_delivery(
-            &js,
-            &names,
-            &config.delivery,
-            &config.destinations,
-            &config.pg,
-            metrics,
-            Yielding::default(),
-            app.spans.clone(),
-            &app.starting,
-        )
-        .await?;
-        let _ = started.set(Started {
-            client,
-            depth: delivery.depth(),
-        });
-        app.delivery = Some(delivery);
+        let start = async {
+            let (client, js, names) = connect_streams(&config.nats, &app.starting).await?;
+            let delivery = start_delivery(
+                &js,
+                &names,
+                &config.delivery,
+                &config.destinations,
+                &config.pg,
+                metrics,
+                Yielding::default(),
+                app.spans.clone(),
+                &app.starting,
+            )
+            .await?;
+            let _ = started.set(Started {
+                client,
+                depth: delivery.depth(),
+            });
+            Ok(delivery)
+        };
+        app.delivery = Some(within_startup(&dependencies, start).await?);
         Ok(app)
     }
 
-    /// `dispatcher record`: the recorder, with health endpoints at `config.metrics_listen`.
+    /// `dispatcher record`: the recorder, with health endpoints at `config.metrics_listen`;
+    /// bounded by `config.startup_timeout` as `deliver` is.
     pub async fn record(config: RecordConfig) -> Result<App, StartError> {
-        let mut app = App::empty();
-        let metrics = Arc::new(Metrics::for_roles(Roles::RECORDER));
-        let (health, started) = health_server(config.metrics_listen, metrics.clone()).await?;
-        app.health = Some(health);
-        if config.migrate {
-            migrate(&config.store.pg).await?;
+        let skips = |store| config.recorder.record_skip.contains(&store);
+        let mut targets = vec![
+            dependencies::nats(&config.nats.nats_url, WhenDown::Unready),
+            redis_target(&config.store.redis_url, WhenDown::Unready)?,
+        ];
+        if !skips(RecordStore::Postgres) {
+            targets.push(pg_target(&config.store.pg, WhenDown::Unready)?);
         }
-        let (client, js, names) = connect_streams(&config.nats, &app.starting).await?;
-        app.recorder = Some(
-            start_recorder(
+        if !skips(RecordStore::Mongo) {
+            targets.push(mongo_target(&config.store.mongo_url, WhenDown::Unready).await?);
+        }
+        let dependencies = Dependencies::watch(targets, config.startup_timeout);
+        let mut app = App {
+            stop_deadline: config.shutdown_timeout,
+            dependencies: Some(dependencies.clone()),
+            ..App::empty()
+        };
+        let metrics = Arc::new(Metrics::for_roles(Roles::RECORDER));
+        let (health, started) =
+            health_server(config.metrics_listen, metrics.clone(), &dependencies).await?;
+        app.health = Some(health);
+        let start = async {
+            if config.migrate {
+                migrate(&config.store.pg).await?;
+            }
+            let (client, js, names) = connect_streams(&config.nats, &app.starting).await?;
+            let recorder = start_recorder(
                 &js,
                 &names,
                 &config.store,
@@ -112,20 +161,23 @@ impl App {
                 Yielding::default(),
                 &app.starting,
             )
-            .await?,
-        );
-        // The recorder holds no notifications waiting: its queue depth is zero.
-        let _ = started.set(Started {
-            client,
-            depth: Arc::new(|_| 0),
-        });
+            .await?;
+            // The recorder holds no notifications waiting: its queue depth is zero.
+            let _ = started.set(Started {
+                client,
+                depth: Arc::new(|_| 0),
+            });
+            Ok(recorder)
+        };
+        app.recorder = Some(within_startup(&dependencies, start).await?);
         Ok(app)
     }
 
     /// `dispatcher run`: the three roles in one process. Delivery shares the door's
     /// runtime (high's deliveries are as urgent as its requests; low's yield by pausing);
     /// the recorder is started on `background` when given (a niced runtime), so every task
-    /// it spawns, and its store connections, run there.
+    /// it spawns, and its store connections, run there. Ready while the ingress is: the
+    /// stores degrade it (delivery and the recorder wait for them), as in `serve`.
     pub async fn run(
         config: RunConfig,
         background: Option<tokio::runtime::Handle>,
@@ -141,19 +193,37 @@ impl App {
             serve.store.clone(),
             serve.destinations.clone(),
         );
+        let mut targets = vec![
+            dependencies::nats(&nats.nats_url, WhenDown::Unready),
+            pg_target(&store.pg, WhenDown::Degraded)?,
+            redis_target(&store.redis_url, WhenDown::Degraded)?,
+        ];
+        if !recorder.record_skip.contains(&RecordStore::Mongo) {
+            targets.push(mongo_target(&store.mongo_url, WhenDown::Degraded).await?);
+        }
+        let dependencies = Dependencies::watch(targets, serve.startup_timeout);
         let spans = spans(serve.otlp.as_ref())?;
         let metrics_listen = serve.metrics_listen;
-        let ingress = Ingress::start_with(serve, metrics.clone(), spans.clone()).await?;
+        let stop_deadline = serve.shutdown_timeout;
+        let ingress = Ingress::start_with(
+            serve,
+            metrics.clone(),
+            spans.clone(),
+            Some(dependencies.clone()),
+        )
+        .await?;
         let health = operators_port(metrics_listen, ingress.health()).await?;
         let mut app = App {
             ingress: Some(ingress),
             health: Some(health),
             spans,
+            stop_deadline,
+            dependencies: Some(dependencies.clone()),
             ..App::empty()
         };
         let yielding = Yielding::to(app.ingress.as_ref().expect("just set").admission());
-        let (_, js, names) = connect_streams(&nats, &app.starting).await?;
-        app.delivery = Some(
+        let start_delivery = async {
+            let (_, js, names) = connect_streams(&nats, &app.starting).await?;
             start_delivery(
                 &js,
                 &names,
@@ -165,8 +235,9 @@ impl App {
                 app.spans.clone(),
                 &app.starting,
             )
-            .await?,
-        );
+            .await
+        };
+        app.delivery = Some(within_startup(&dependencies, start_delivery).await?);
         // The recorder makes its own NATS connection inside `start`, so that connection's
         // task, like every task the recorder spawns, runs on the background runtime.
         let starting = app.starting.clone();
@@ -174,14 +245,31 @@ impl App {
             let (_, js, names) = connect_streams(&nats, &starting).await?;
             start_recorder(&js, &names, &store, &recorder, metrics, yielding, &starting).await
         };
-        app.recorder = Some(match background {
-            Some(handle) => handle
-                .spawn(start)
-                .await
-                .map_err(|e| StartError::Settings(format!("starting the recorder: {e}")))??,
-            None => start.await?,
-        });
+        let start = async {
+            match background {
+                Some(handle) => handle
+                    .spawn(start)
+                    .await
+                    .map_err(|e| StartError::Settings(format!("starting the recorder: {e}")))?,
+                None => start.await,
+            }
+        };
+        app.recorder = Some(within_startup(&dependencies, start).await?);
         Ok(app)
+    }
+
+    /// Resolves, with the line to exit on, when a dependency was not reached within the
+    /// start-up timeout; never, once each was reached (a later loss is a reconnect).
+    pub async fn startup_failure(&self) -> String {
+        match &self.dependencies {
+            Some(d) => d.startup_failure().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The longest [`App::shutdown`] takes.
+    pub fn stop_deadline(&self) -> Duration {
+        self.stop_deadline
     }
 
     fn empty() -> App {
@@ -190,7 +278,8 @@ impl App {
             delivery: None,
             recorder: None,
             health: None,
-            stop_deadline: ROLE_STOP_DEADLINE,
+            stop_deadline: crate::config::SHUTDOWN_TIMEOUT,
+            dependencies: None,
             starting: CancellationToken::new(),
             spans: Spans::default(),
         }
@@ -219,20 +308,22 @@ impl App {
     /// the recorder (written batches acknowledged), then the health endpoints.
     pub async fn shutdown(mut self) {
         self.starting.cancel();
+        // One deadline for the whole stop; each part gets what is left of it.
+        let deadline = tokio::time::Instant::now() + self.stop_deadline;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
         if let Some(ingress) = self.ingress.take() {
-            // The ingress bounds each of its stages by --shutdown-timeout itself.
-            ingress.shutdown().await;
+            lifecycle::within("the ingress", left(), ingress.shutdown()).await;
         }
         if let Some(delivery) = self.delivery.take() {
-            lifecycle::within("delivery", self.stop_deadline, delivery.shutdown()).await;
+            lifecycle::within("delivery", left(), delivery.shutdown()).await;
         }
         if let Some(recorder) = self.recorder.take() {
-            lifecycle::within("the recorder", self.stop_deadline, recorder.shutdown()).await;
+            lifecycle::within("the recorder", left(), recorder.shutdown()).await;
         }
         if let Some(health) = self.health.take() {
             health.shutdown().await;
         }
-        lifecycle::within("span export", self.stop_deadline, self.spans.shutdown()).await;
+        lifecycle::within("span export", left(), self.spans.shutdown()).await;
         tracing::info!("stopped");
     }
 }
@@ -259,10 +350,11 @@ struct Started {
 }
 
 /// The health endpoints of `deliver` and `record`, up before the role has started: not
-/// ready until `Started` is set, then ready while NATS is connected.
+/// ready until `Started` is set, then ready while NATS and `dependencies` are up.
 async fn health_server(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
+    dependencies: &Arc<Dependencies>,
 ) -> Result<(HealthServer, Arc<std::sync::OnceLock<Started>>), StartError> {
     let started = Arc::new(std::sync::OnceLock::<Started>::new());
     let (ready, depth) = (started.clone(), started.clone());
@@ -276,8 +368,34 @@ async fn health_server(
             Some(_) => ReadyState::Unready("NATS is disconnected"),
         }),
         depth: Arc::new(move |p| depth.get().map_or(0, |s| (s.depth)(p))),
+        dependencies: Some(dependencies.clone()),
     };
     Ok((operators_port(addr, health).await?, started))
+}
+
+/// `start`, or the line naming what was not reached within the start-up timeout.
+async fn within_startup<T>(
+    dependencies: &Dependencies,
+    start: impl std::future::Future<Output = Result<T, StartError>>,
+) -> Result<T, StartError> {
+    tokio::select! {
+        started = start => started,
+        line = dependencies.startup_failure() => Err(StartError::Unreachable(line)),
+    }
+}
+
+fn pg_target(pg: &PgConfig, when_down: WhenDown) -> Result<Target, StartError> {
+    dependencies::postgres(pg, when_down)
+        .map_err(|e| StartError::Settings(format!("--database-url: {e}")))
+}
+
+fn redis_target(url: &str, when_down: WhenDown) -> Result<Target, StartError> {
+    dependencies::redis(url, when_down)
+        .map_err(|e| StartError::Settings(format!("--redis-url: {e}")))
+}
+
+async fn mongo_target(url: &str, when_down: WhenDown) -> Result<Target, StartError> {
+    Ok(dependencies::mongodb(url, when_down).await?)
 }
 
 /// The operators' port (`--metrics-listen`) answering `health`.

@@ -192,8 +192,15 @@ pub struct LogArgs {
         global = true
     )]
     pub log_format: LogFormat,
-    /// tracing filter directives (as RUST_LOG), e.g. `info,herald=debug`.
-    #[arg(long, env = "HERALD_LOG", default_value = "info", global = true)]
+    /// tracing filter directives (as RUST_LOG), e.g. `info,herald=debug`. async-nats's
+    /// own event lines are at INFO and repeat every reconnect attempt: Herald logs the
+    /// client's events itself, once per change, so the default quietens them.
+    #[arg(
+        long,
+        env = "HERALD_LOG",
+        default_value = "info,async_nats=warn",
+        global = true
+    )]
     pub log: String,
 }
 
@@ -486,8 +493,21 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_IDEMPOTENCY_TTL", default_value_t = human(serve().idempotency_ttl))]
     idempotency_ttl: Human,
 
-    /// Longest wait for in-flight requests and publishes at shutdown.
-    #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", default_value_t = human(serve().shutdown_timeout))]
+    #[command(flatten)]
+    lifecycle: LifecycleArgs,
+}
+
+/// Start and stop, alike in every role.
+#[derive(Debug, Clone, Args)]
+pub struct LifecycleArgs {
+    /// How long NATS and the stores the role uses may stay unreached at start: then the
+    /// process exits non-zero, naming each (a dependency lost later is reconnected, never
+    /// an exit).
+    #[arg(long, env = "HERALD_STARTUP_TIMEOUT", default_value_t = human(herald::config::STARTUP_TIMEOUT))]
+    startup_timeout: Human,
+    /// Longest stop after SIGINT or SIGTERM: in-flight requests, publishes, sends and
+    /// writes finish or are left to JetStream's redelivery. A second signal stops at once.
+    #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", default_value_t = human(herald::config::SHUTDOWN_TIMEOUT))]
     shutdown_timeout: Human,
 }
 
@@ -528,7 +548,8 @@ impl ServeArgs {
             rate_limit: self.rate_limit,
             rate_burst: self.rate_burst,
             idempotency_ttl: self.idempotency_ttl.into(),
-            shutdown_timeout: self.shutdown_timeout.into(),
+            shutdown_timeout: self.lifecycle.shutdown_timeout.into(),
+            startup_timeout: self.lifecycle.startup_timeout.into(),
         }
     }
 }
@@ -747,6 +768,8 @@ pub struct DeliverArgs {
     /// Address of the health and metrics endpoints (/healthz, /readyz, /metrics).
     #[arg(long, env = "HERALD_METRICS_LISTEN", default_value_t = DeliverConfig::default().metrics_listen)]
     metrics_listen: SocketAddr,
+    #[command(flatten)]
+    lifecycle: LifecycleArgs,
 }
 
 impl From<DeliverArgs> for DeliverConfig {
@@ -758,6 +781,8 @@ impl From<DeliverArgs> for DeliverConfig {
             pg: a.pg.into(),
             metrics_listen: a.metrics_listen,
             otlp: a.otlp.into(),
+            startup_timeout: a.lifecycle.startup_timeout.into(),
+            shutdown_timeout: a.lifecycle.shutdown_timeout.into(),
         }
     }
 }
@@ -781,6 +806,8 @@ pub struct RecordArgs {
     /// Address of the health and metrics endpoints (/healthz, /readyz, /metrics).
     #[arg(long, env = "HERALD_METRICS_LISTEN", default_value_t = RecordConfig::default().metrics_listen)]
     metrics_listen: SocketAddr,
+    #[command(flatten)]
+    lifecycle: LifecycleArgs,
 }
 
 impl From<RecordArgs> for RecordConfig {
@@ -791,6 +818,8 @@ impl From<RecordArgs> for RecordConfig {
             recorder: a.recorder.into(),
             migrate: a.migrate,
             metrics_listen: a.metrics_listen,
+            startup_timeout: a.lifecycle.startup_timeout.into(),
+            shutdown_timeout: a.lifecycle.shutdown_timeout.into(),
         }
     }
 }

@@ -18,6 +18,12 @@ pub use crate::scheduler::SchedulerConfig;
 use crate::scheduler::{PerClass, MAX_WEIGHT_SUM};
 pub use crate::trace::OtlpConfig;
 
+/// Default of every role's `--startup-timeout`.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default of every role's `--shutdown-timeout`: a send in flight has its own timeout (10 s
+/// by default), a batch being written is redelivered if it is cut short.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// `dispatcher serve`: the HTTP ingress.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -64,8 +70,11 @@ pub struct ServeConfig {
     pub rate_burst: Option<u32>,
     /// How long an idempotency key remembers its notification.
     pub idempotency_ttl: Duration,
-    /// Longest wait for in-flight requests and publishes at shutdown.
+    /// Longest wait for in-flight requests and publishes at shutdown (in `run`, for the
+    /// whole stop).
     pub shutdown_timeout: Duration,
+    /// How long NATS and the stores may stay unreached at start before the process ends.
+    pub startup_timeout: Duration,
     /// Export spans over OTLP (off when `None`); `run` uses it for delivery too.
     pub otlp: Option<OtlpConfig>,
 }
@@ -98,7 +107,8 @@ impl Default for ServeConfig {
             rate_limit: 0,
             rate_burst: None,
             idempotency_ttl: Duration::from_secs(24 * 3600),
-            shutdown_timeout: Duration::from_secs(30),
+            shutdown_timeout: SHUTDOWN_TIMEOUT,
+            startup_timeout: STARTUP_TIMEOUT,
             otlp: None,
         }
     }
@@ -116,6 +126,10 @@ pub struct DeliverConfig {
     pub metrics_listen: SocketAddr,
     /// Export spans over OTLP (off when `None`).
     pub otlp: Option<OtlpConfig>,
+    /// How long NATS and PostgreSQL may stay unreached at start before the process ends.
+    pub startup_timeout: Duration,
+    /// Longest stop: in-flight sends finish or are returned to JetStream.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for DeliverConfig {
@@ -127,6 +141,8 @@ impl Default for DeliverConfig {
             pg: PgConfig::default(),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
             otlp: None,
+            startup_timeout: STARTUP_TIMEOUT,
+            shutdown_timeout: SHUTDOWN_TIMEOUT,
         }
     }
 }
@@ -141,6 +157,10 @@ pub struct RecordConfig {
     pub migrate: bool,
     /// Address of /healthz, /readyz and /metrics.
     pub metrics_listen: SocketAddr,
+    /// How long NATS and the stores may stay unreached at start before the process ends.
+    pub startup_timeout: Duration,
+    /// Longest stop: batches being written finish or are redelivered later.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for RecordConfig {
@@ -151,6 +171,8 @@ impl Default for RecordConfig {
             recorder: RecorderConfig::default(),
             migrate: false,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            startup_timeout: STARTUP_TIMEOUT,
+            shutdown_timeout: SHUTDOWN_TIMEOUT,
         }
     }
 }

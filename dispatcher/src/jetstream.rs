@@ -152,6 +152,8 @@ impl Names {
 /// Connects to NATS. Returns at once even when the server is down: the client keeps
 /// reconnecting in the background and readiness reports the state meanwhile.
 pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let servers = crate::dependencies::mask(&config.nats_url);
+    let last = Arc::new(std::sync::Mutex::new(String::new()));
     async_nats::ConnectOptions::new()
         .name("herald-dispatcher")
         .retry_on_initial_connect()
@@ -160,8 +162,42 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, async_na
         .reconnect_delay_callback(|attempt| {
             Duration::from_millis((50u64 << attempt.min(5) as u32).min(1_000))
         })
+        .event_callback(move |event| {
+            let (servers, last) = (servers.clone(), last.clone());
+            async move { log_event(&servers, &last, event) }
+        })
         .connect(server_list(&config.nats_url))
         .await
+}
+
+/// The client's events in Herald's log, one line per change (async-nats's own event log
+/// is quietened by the default `--log`): a reconnect loop that fails the same way every
+/// second logs once, and the dependency watch names its cause and repeats it.
+fn log_event(servers: &str, last: &std::sync::Mutex<String>, event: async_nats::Event) {
+    use async_nats::Event;
+    let text = event.to_string();
+    {
+        let mut last = last.lock().expect("never poisoned");
+        if *last == text {
+            return;
+        }
+        last.clone_from(&text);
+    }
+    match event {
+        Event::Connected => tracing::info!(flag = "--nats-url", servers, "NATS connected"),
+        Event::Disconnected => {
+            tracing::warn!(
+                flag = "--nats-url",
+                servers,
+                "NATS disconnected; reconnecting"
+            )
+        }
+        Event::Closed => tracing::info!(flag = "--nats-url", servers, "NATS connection closed"),
+        Event::ClientError(_) => {
+            tracing::debug!(flag = "--nats-url", servers, event = %text, "NATS client error")
+        }
+        _ => tracing::warn!(flag = "--nats-url", servers, event = %text, "NATS event"),
+    }
 }
 
 /// `--nats-url` as a list: servers separated by commas (a cluster's nodes), blanks ignored.

@@ -43,6 +43,7 @@ pub mod app;
 pub mod batch;
 pub mod config;
 pub mod delivery;
+pub mod dependencies;
 pub mod destination;
 pub mod dlq;
 pub mod error;

@@ -40,6 +40,9 @@ pub enum StartError {
     Settings(String),
     #[error("stopped before it started")]
     Stopped,
+    /// A dependency was not reached within `--startup-timeout` (the line names it).
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 /// Exponential backoff between `first` and `cap`: the one schedule every retry loop uses.
@@ -72,8 +75,9 @@ impl Backoff {
     }
 }
 
-/// Runs `attempt` until it succeeds, logging each failure as `what`, or gives up (`None`)
-/// when `stop` is cancelled.
+/// Runs `attempt` until it succeeds, or gives up (`None`) when `stop` is cancelled. A
+/// failure is logged as `what` when its text changes, else at most every 10 s: the
+/// dependency watch ([`crate::dependencies`]) names the address and cause already.
 pub async fn retry<T, E, F, Fut>(
     what: &str,
     mut backoff: Backoff,
@@ -85,11 +89,19 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
+    let mut last: Option<(String, std::time::Instant)> = None;
     loop {
         match attempt().await {
             Ok(done) => return Some(done),
             Err(err) => {
-                tracing::warn!(error = %err, "{what} failed; retrying");
+                let text = err.to_string();
+                let due = last.as_ref().is_none_or(|(before, at)| {
+                    *before != text || at.elapsed() >= Duration::from_secs(10)
+                });
+                if due {
+                    tracing::warn!(error = %text, "{what} failed; retrying");
+                    last = Some((text, std::time::Instant::now()));
+                }
                 if !backoff.wait(stop).await {
                     return None;
                 }
@@ -113,6 +125,9 @@ pub struct Health {
     pub ready: Arc<dyn Fn() -> ReadyState + Send + Sync>,
     /// Notifications waiting inside the role, per priority (the queue-depth gauge).
     pub depth: Arc<dyn Fn(Priority) -> usize + Send + Sync>,
+    /// NATS and the stores, each listed by `/readyz`; one the role cannot work without
+    /// makes it unready.
+    pub dependencies: Option<Arc<crate::dependencies::Dependencies>>,
 }
 
 /// The answer of `/readyz`.
@@ -146,17 +161,39 @@ impl Health {
     pub fn respond_probe(&self, method: &Method, path: &str) -> Option<HttpResponse> {
         let response = match (path, method) {
             ("/healthz", &Method::GET) => json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()),
-            ("/readyz", &Method::GET) => match (self.ready)() {
-                ReadyState::Ready => json(StatusCode::OK, br#"{"status":"ready"}"#.to_vec()),
-                ReadyState::Unready(reason) => json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::to_vec(&serde_json::json!({"status": "unready", "reason": reason}))
-                        .expect("a JSON object"),
-                ),
-            },
+            ("/readyz", &Method::GET) => self.readiness(),
             _ => return None,
         };
         Some(response)
+    }
+
+    /// `/readyz`: 200 `ready` or 503 `unready` with the first reason, and every
+    /// dependency's state (a store the role can serve without shows `down` while the role
+    /// stays ready: degraded).
+    fn readiness(&self) -> HttpResponse {
+        let dependencies = self.dependencies.as_ref();
+        let reason = match (self.ready)() {
+            ReadyState::Unready(reason) => Some(reason.to_string()),
+            ReadyState::Ready => dependencies.and_then(|d| d.unready_reason()),
+        };
+        let mut body = serde_json::json!({
+            "status": if reason.is_some() { "unready" } else { "ready" },
+        });
+        if let Some(reason) = &reason {
+            body["reason"] = reason.as_str().into();
+        }
+        if let Some(d) = dependencies {
+            let statuses = d.statuses();
+            if statuses.iter().any(|s| s.state != "up") && reason.is_none() {
+                body["degraded"] = true.into();
+            }
+            body["dependencies"] = serde_json::to_value(statuses).expect("plain data");
+        }
+        let status = match reason {
+            None => StatusCode::OK,
+            Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        json(status, serde_json::to_vec(&body).expect("a JSON object"))
     }
 
     /// The probes, each answered to GET on every port.
@@ -307,6 +344,7 @@ mod tests {
                 }
             }),
             depth: Arc::new(|_| 7),
+            dependencies: None,
         };
         let status = |h: &Health| h.respond(&Method::GET, "/readyz").unwrap().status();
         assert_eq!(status(&health), StatusCode::OK);

@@ -28,81 +28,158 @@ fn main() -> anyhow::Result<()> {
         _ => None,
     };
     let outcome = runtime.block_on(async {
-        let app = match cli.command {
-            Command::Serve(args) => App::serve((*args).into()).await?,
-            Command::Deliver(args) => App::deliver((*args).into()).await?,
-            Command::Record(args) => App::record((*args).into()).await?,
-            Command::Run(args) => {
-                App::run(
-                    (*args).into(),
-                    background.as_ref().map(|r| r.handle().clone()),
-                )
-                .await?
-            }
-            Command::Migrate(pg) => {
-                let pg = PgConfig::from(pg);
-                app::migrate(&pg).await.context("applying migrations")?;
-                println!("migrations applied to schema {}", pg.pg_schema);
-                return Ok(());
-            }
-            Command::Purge(args) => {
-                let (nats, store, keep_schema) = args.settings();
-                let purged = app::purge(&nats, &store, keep_schema).await?;
-                println!("{}", serde_json::to_string(&purged)?);
-                anyhow::ensure!(
-                    purged.failures.is_empty(),
-                    "not everything could be purged: {:?}",
-                    purged.failures
-                );
-                return Ok(());
-            }
-            Command::Tenant(TenantCommand::Create {
-                name,
-                rate,
-                burst,
-                max_payload,
-                pg,
-            }) => {
-                let pool = postgres::pool(&pg.into())?;
-                let limits = tenants::TenantLimits {
-                    rate_per_sec: rate,
-                    burst,
-                    max_payload,
-                };
-                let tenant = tenants::create_tenant(&pool, &name, limits).await?;
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "id": tenant.id,
-                        "name": tenant.name,
-                        "webhook_secret": tenant.webhook_secret,
-                    })
-                );
-                return Ok(());
-            }
-            Command::Key(KeyCommand::Create { tenant, pg }) => {
-                let pool = postgres::pool(&pg.into())?;
-                let key = tenants::create_key(&pool, &tenant).await?;
-                println!(
-                    "{}",
-                    serde_json::json!({ "id": key.id, "tenant": tenant, "key": key.key })
-                );
-                return Ok(());
-            }
-            Command::Key(KeyCommand::Revoke { id, pg }) => {
-                let pool = postgres::pool(&pg.into())?;
-                tenants::revoke_key(&pool, id).await?;
-                println!("{}", serde_json::json!({ "id": id, "revoked": true }));
+        // Signals are heard from the first moment: a start that waits for NATS or a store
+        // is interrupted as promptly as a running role.
+        let signals = Signals::listen()?;
+        let start = async {
+            anyhow::Ok(match cli.command {
+                Command::Serve(args) => Some(App::serve((*args).into()).await?),
+                Command::Deliver(args) => Some(App::deliver((*args).into()).await?),
+                Command::Record(args) => Some(App::record((*args).into()).await?),
+                Command::Run(args) => Some(
+                    App::run(
+                        (*args).into(),
+                        background.as_ref().map(|r| r.handle().clone()),
+                    )
+                    .await?,
+                ),
+                command => {
+                    one_shot(command).await?;
+                    None
+                }
+            })
+        };
+        let app = tokio::select! {
+            started = start => match started {
+                Ok(Some(app)) => app,
+                Ok(None) => return Ok(()),
+                Err(err) => return Err(err),
+            },
+            () = signals.nth(1) => {
+                // Nothing was accepted yet: the ingress answers 202 only once NATS has the
+                // message, and a part that had started is dropped with the process.
+                tracing::info!("signal received while starting; stopped");
                 return Ok(());
             }
         };
-        until_signal().await;
-        app.shutdown().await;
-        anyhow::Ok(())
+        let failure = tokio::select! {
+            () = signals.nth(1) => None,
+            line = app.startup_failure() => Some(line),
+        };
+        if failure.is_some() {
+            tracing::info!("start-up failed; stopping");
+        }
+        let deadline = app.stop_deadline();
+        tokio::spawn(async move {
+            signals.nth(2).await;
+            tracing::error!("second signal: stopping now, without waiting for the drain");
+            std::process::exit(130);
+        });
+        // Each part is bounded by what is left of the deadline; this bounds the rest.
+        if tokio::time::timeout(deadline + std::time::Duration::from_secs(2), app.shutdown())
+            .await
+            .is_err()
+        {
+            anyhow::bail!("the stop took longer than --shutdown-timeout ({deadline:?})");
+        }
+        match failure {
+            Some(line) => Err(anyhow::anyhow!(line)),
+            None => Ok(()),
+        }
     });
     // Outside any runtime's context, where dropping one may block.
     drop(background);
-    outcome
+    // One line, in the log's own format (JSON too), then a non-zero exit.
+    if let Err(err) = outcome {
+        tracing::error!("{err:#}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// How long `migrate` waits for PostgreSQL (documented; compose starts both together).
+const MIGRATE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long `tenant` and `key` wait for PostgreSQL.
+const COMMAND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// PostgreSQL reached within `patience`, or the one line that says why not.
+async fn reach(pg: &PgConfig, patience: std::time::Duration) -> anyhow::Result<()> {
+    herald::dependencies::reach_postgres(pg, patience)
+        .await
+        .map_err(anyhow::Error::msg)
+}
+
+/// The commands that do one thing and exit.
+async fn one_shot(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(_) | Command::Deliver(_) | Command::Record(_) | Command::Run(_) => {
+            unreachable!("roles are started by main")
+        }
+        Command::Migrate(pg) => {
+            let pg = PgConfig::from(pg);
+            // PostgreSQL is often started together with Herald: wait for it a minute.
+            reach(&pg, MIGRATE_PATIENCE).await?;
+            app::migrate(&pg).await.context("applying migrations")?;
+            println!("migrations applied to schema {}", pg.pg_schema);
+            Ok(())
+        }
+        Command::Purge(args) => {
+            let (nats, store, keep_schema) = args.settings();
+            let purged = app::purge(&nats, &store, keep_schema).await?;
+            println!("{}", serde_json::to_string(&purged)?);
+            anyhow::ensure!(
+                purged.failures.is_empty(),
+                "not everything could be purged: {:?}",
+                purged.failures
+            );
+            Ok(())
+        }
+        Command::Tenant(TenantCommand::Create {
+            name,
+            rate,
+            burst,
+            max_payload,
+            pg,
+        }) => {
+            let pg = PgConfig::from(pg);
+            reach(&pg, COMMAND_PATIENCE).await?;
+            let pool = postgres::pool(&pg)?;
+            let limits = tenants::TenantLimits {
+                rate_per_sec: rate,
+                burst,
+                max_payload,
+            };
+            let tenant = tenants::create_tenant(&pool, &name, limits).await?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "id": tenant.id,
+                    "name": tenant.name,
+                    "webhook_secret": tenant.webhook_secret,
+                })
+            );
+            Ok(())
+        }
+        Command::Key(KeyCommand::Create { tenant, pg }) => {
+            let pg = PgConfig::from(pg);
+            reach(&pg, COMMAND_PATIENCE).await?;
+            let pool = postgres::pool(&pg)?;
+            let key = tenants::create_key(&pool, &tenant).await?;
+            println!(
+                "{}",
+                serde_json::json!({ "id": key.id, "tenant": tenant, "key": key.key })
+            );
+            Ok(())
+        }
+        Command::Key(KeyCommand::Revoke { id, pg }) => {
+            let pg = PgConfig::from(pg);
+            reach(&pg, COMMAND_PATIENCE).await?;
+            let pool = postgres::pool(&pg)?;
+            tenants::revoke_key(&pool, id).await?;
+            println!("{}", serde_json::json!({ "id": id, "revoked": true }));
+            Ok(())
+        }
+    }
 }
 
 /// A multi-threaded runtime whose threads are named `name` and, with `nice`, niced.
@@ -162,12 +239,31 @@ fn init_tracing(args: &LogArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn until_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGINT and SIGTERM, counted from the moment the process starts.
+struct Signals(tokio::sync::watch::Receiver<u32>);
+
+impl Signals {
+    fn listen() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let (count, seen) = tokio::sync::watch::channel(0u32);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                count.send_modify(|n| *n += 1);
+                tracing::info!("signal received, shutting down");
+            }
+        });
+        Ok(Signals(seen))
     }
-    tracing::info!("signal received, shutting down");
+
+    /// Resolves once `n` signals have arrived in all.
+    async fn nth(&self, n: u32) {
+        let mut seen = self.0.clone();
+        let _ = seen.wait_for(|&count| count >= n).await;
+    }
 }

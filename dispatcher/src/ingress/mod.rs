@@ -91,15 +91,16 @@ impl Ingress {
     /// Binds the listener, connects to NATS (in the background if it is down) and starts
     /// serving. Returns once the port is open.
     pub async fn start(config: ServeConfig) -> Result<Self, StartError> {
-        Self::start_with(config, Arc::new(Metrics::new()), Spans::default()).await
+        Self::start_with(config, Arc::new(Metrics::new()), Spans::default(), None).await
     }
 
-    /// As [`Ingress::start`], recording into `metrics` (shared with delivery in `run`) and
-    /// exporting to `spans`.
+    /// As [`Ingress::start`], recording into `metrics` (shared with delivery in `run`),
+    /// exporting to `spans`, and listing `dependencies` on `/readyz`.
     pub async fn start_with(
         config: ServeConfig,
         metrics: Arc<Metrics>,
         spans: Spans,
+        dependencies: Option<Arc<crate::dependencies::Dependencies>>,
     ) -> Result<Self, StartError> {
         let bound = async {
             let listener = TcpListener::bind(config.listen).await?;
@@ -171,6 +172,7 @@ impl Ingress {
                 let scheduler = scheduler.clone();
                 Arc::new(move |p| scheduler.len(p))
             },
+            dependencies,
         };
         let state = Arc::new(State {
             max_payload: config.max_payload,
@@ -206,22 +208,24 @@ impl Ingress {
         let task = tokio::spawn(async move {
             let connections = accept_loop(listener, serving, &config, stop).await;
             tracing::info!("shutting down: finishing in-flight requests");
+            // One deadline for every stage, so a stop never takes more than
+            // --shutdown-timeout, whatever state NATS is in.
+            let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+            let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
             connections.close();
-            if tokio::time::timeout(config.shutdown_timeout, connections.wait())
-                .await
-                .is_err()
-            {
-                tracing::warn!("in-flight requests did not finish in time");
-            }
+            crate::lifecycle::within("in-flight requests", left(), connections.wait()).await;
             scheduler.close();
-            if tokio::time::timeout(config.shutdown_timeout, publisher.join())
-                .await
-                .is_err()
-            {
-                tracing::warn!("publishes did not finish in time");
-            }
-            if let Err(err) = client.flush().await {
-                tracing::warn!(error = %err, "flushing the NATS connection failed");
+            crate::lifecycle::within("publishes", left(), publisher.join()).await;
+            // A connection that never came up has nothing to flush, and its flush would
+            // wait for a connection that may never come.
+            if client.connection_state() == async_nats::connection::State::Connected {
+                match tokio::time::timeout(left(), client.flush()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => {
+                        tracing::warn!(error = %err, "flushing the NATS connection failed")
+                    }
+                    Err(_) => tracing::warn!("flushing the NATS connection did not finish in time"),
+                }
             }
             stop_supervisor.cancel();
             let _ = supervisor.await;
