@@ -20,6 +20,8 @@ use crate::lifecycle::Backoff;
 
 /// How often a dependency that answers is asked again (cheap: one round trip each).
 const UP_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest wait between probes of a dependency that does not answer.
+const DOWN_INTERVAL_MAX: Duration = Duration::from_secs(2);
 /// How long one probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// While a dependency stays down, its line is repeated this often at most.
@@ -146,6 +148,15 @@ impl Dependencies {
         })
     }
 
+    /// The role's own NATS connection is up: NATS is, whatever the last probe said (the
+    /// probe names causes; it may lag the role's connection by its interval).
+    pub fn nats_connected(&self) {
+        for e in self.entries.iter().filter(|e| e.kind == Kind::Nats) {
+            e.reached.store(true, Ordering::Release);
+            *e.state.lock().expect("never poisoned") = State::Up;
+        }
+    }
+
     /// Every dependency's state.
     pub fn statuses(&self) -> Vec<Status> {
         self.entries
@@ -218,10 +229,10 @@ fn describe(s: &Status) -> String {
 }
 
 /// Probes `entry` until `stop`: every [`UP_INTERVAL`] while it answers, backing off from
-/// 0.5 s to 5 s while it does not. Logs each change of state, and a failure again at most
+/// 0.5 s to 2 s while it does not. Logs each change of state, and a failure again at most
 /// every [`REPEAT_EVERY`].
 async fn watch_one(entry: Arc<Entry>, probe: Probe, stop: CancellationToken) {
-    let mut backoff = Backoff::new(Duration::from_millis(500), UP_INTERVAL);
+    let mut backoff = Backoff::new(Duration::from_millis(500), DOWN_INTERVAL_MAX);
     let mut down_since: Option<Instant> = None;
     let mut last_line = Instant::now();
     loop {
@@ -246,7 +257,7 @@ async fn watch_one(entry: Arc<Entry>, probe: Probe, stop: CancellationToken) {
                 }
                 entry.reached.store(true, Ordering::Release);
                 *entry.state.lock().expect("never poisoned") = State::Up;
-                backoff = Backoff::new(Duration::from_millis(500), UP_INTERVAL);
+                backoff = Backoff::new(Duration::from_millis(500), DOWN_INTERVAL_MAX);
                 UP_INTERVAL
             }
             Err(cause) => {

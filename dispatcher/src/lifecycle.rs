@@ -174,7 +174,11 @@ impl Health {
         let dependencies = self.dependencies.as_ref();
         let reason = match (self.ready)() {
             ReadyState::Unready(reason) => Some(reason.to_string()),
-            ReadyState::Ready => dependencies.and_then(|d| d.unready_reason()),
+            ReadyState::Ready => dependencies.and_then(|d| {
+                // Ready means the role's own NATS connection is up.
+                d.nats_connected();
+                d.unready_reason()
+            }),
         };
         let mut body = serde_json::json!({
             "status": if reason.is_some() { "unready" } else { "ready" },
