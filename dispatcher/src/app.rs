@@ -565,31 +565,44 @@ pub async fn purge(
                 }
             }
         }
-        Err(err) => purged.failures.push(format!("NATS: {err}")),
+        Err(err) => purged.failures.push(dependencies::line(
+            dependencies::Kind::Nats,
+            &nats.nats_url,
+            &dependencies::cause(&err),
+        )),
     }
+    let redis_failed =
+        |cause: &str| dependencies::line(dependencies::Kind::Redis, &store.redis_url, cause);
     match RedisStore::new(&store.redis_url, &nats.prefix) {
         Ok(redis) => match redis.delete_prefixed().await {
             Ok(n) => purged.redis_keys = n,
-            Err(err) => purged.failures.push(format!("Redis: {err}")),
+            Err(err) => purged
+                .failures
+                .push(redis_failed(&dependencies::classify_text(&err))),
         },
-        Err(err) => purged.failures.push(err),
+        Err(err) => purged.failures.push(redis_failed(&err)),
     }
     if keep_schema {
         return Ok(purged);
     }
-    let pool = postgres::pool(&store.pg)?;
-    // The schema name was checked as a plain identifier by the settings.
-    match sqlx::query(&format!(
-        "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-        store.pg.pg_schema
-    ))
-    .execute(&pool)
-    .await
-    {
-        Ok(_) => purged.pg_schema = Some(store.pg.pg_schema.clone()),
-        Err(err) => purged.failures.push(format!("PostgreSQL: {err}")),
+    match dependencies::reach_postgres(&store.pg, Duration::from_secs(5)).await {
+        Err(line) => purged.failures.push(line),
+        Ok(()) => {
+            let pool = postgres::pool(&store.pg)?;
+            // The schema name was checked as a plain identifier by the settings.
+            match sqlx::query(&format!(
+                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+                store.pg.pg_schema
+            ))
+            .execute(&pool)
+            .await
+            {
+                Ok(_) => purged.pg_schema = Some(store.pg.pg_schema.clone()),
+                Err(err) => purged.failures.push(format!("PostgreSQL: {err}")),
+            }
+            pool.close().await;
+        }
     }
-    pool.close().await;
     let dropped = async {
         let client = recorder::mongo::client(&store.mongo_url).await?;
         let dropped = client.database(&store.mongo_db).drop().await;
@@ -600,7 +613,11 @@ pub async fn purge(
     };
     match dropped.await {
         Ok(()) => purged.mongo_db = Some(store.mongo_db.clone()),
-        Err(err) => purged.failures.push(format!("MongoDB: {err}")),
+        Err(err) => purged.failures.push(dependencies::line(
+            dependencies::Kind::Mongodb,
+            &store.mongo_url,
+            &dependencies::classify_text(&err.to_string()),
+        )),
     }
     Ok(purged)
 }

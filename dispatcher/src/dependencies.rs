@@ -225,7 +225,17 @@ impl Drop for Dependencies {
 /// "`--flag` `address`: cause", the one way a dependency is named in logs and answers.
 fn describe(s: &Status) -> String {
     let cause = s.cause.as_deref().unwrap_or("not answered yet");
-    format!("{} ({} {}): {cause}", s.name.label(), s.flag, s.address)
+    line(s.name, &s.address, cause)
+}
+
+/// "Name (--flag address): cause", with the address masked.
+pub fn line(kind: Kind, address: &str, cause: &str) -> String {
+    format!(
+        "{} ({} {}): {cause}",
+        kind.label(),
+        kind.flag(),
+        mask(address)
+    )
 }
 
 /// Probes `entry` until `stop`: every [`UP_INTERVAL`] while it answers, backing off from
@@ -362,12 +372,7 @@ pub async fn reach_postgres(
     patience: Duration,
 ) -> Result<(), String> {
     use sqlx::Connection;
-    let line = |cause: String| {
-        format!(
-            "PostgreSQL (--database-url {}): {cause}",
-            mask(&pg.database_url)
-        )
-    };
+    let line = |cause: String| line(Kind::Postgres, &pg.database_url, &cause);
     let options: sqlx::postgres::PgConnectOptions =
         pg.database_url.parse().map_err(|e| line(cause(&e)))?;
     let started = Instant::now();
