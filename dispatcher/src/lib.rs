@@ -41,6 +41,7 @@
 pub mod admission;
 pub mod app;
 pub mod batch;
+pub mod buckets;
 pub mod config;
 pub mod delivery;
 pub mod dependencies;

@@ -18,11 +18,6 @@ use uuid::Uuid;
 
 use crate::jetstream::Names;
 
-/// The key of a cancel.
-pub fn key(tenant: &Uuid, id: &Uuid) -> String {
-    format!("{}.{id}", tenant.simple())
-}
-
 /// What this process knows to be canceled.
 pub struct Cancels {
     canceled: moka::sync::Cache<Uuid, ()>,

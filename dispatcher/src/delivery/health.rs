@@ -31,12 +31,14 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use base64::Engine;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::senders::SendOutcome;
+use crate::buckets::{
+    bucket_key, CircuitState, Control, DestinationEvent, HealthRecord, TenantDefaults,
+};
 use crate::jetstream::Names;
 use crate::metrics::Metrics;
 
@@ -103,73 +105,9 @@ pub enum Gate {
     Wait(Duration, WaitReason),
 }
 
-/// A circuit's state, as the API shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum CircuitState {
-    Closed,
-    Open,
-    HalfOpen,
-}
-
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
-
-/// The operator's settings of one destination (`control.<tenant>.<name>`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Control {
-    /// Name of the destination, as the API spells it.
-    pub destination: String,
-    #[serde(default)]
-    pub paused: bool,
-    /// Sends per second; absent: the deployment's default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_per_sec: Option<f64>,
-}
-
-/// What a delivery process last saw of one destination (`health.<tenant>.<name>`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct HealthRecord {
-    pub destination: String,
-    pub state: CircuitState,
-    /// When the circuit took this state.
-    pub since: DateTime<Utc>,
-    pub consecutive_failures: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    /// Until when the destination's own `Retry-After` holds its messages.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub held_until: Option<DateTime<Utc>>,
-}
-
-/// A destination health event on `<prefix>events.destinations`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DestinationEvent {
-    /// `destination.failing` or `destination.recovered`.
-    pub event: String,
-    pub tenant: Uuid,
-    pub destination: String,
-    pub at: DateTime<Utc>,
-    pub consecutive_failures: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// The key-value keys of one destination: `<kind>.<tenant>.<name in base64url>` (names
-/// hold ':' and '[', which keys may not).
-pub fn bucket_key(kind: &str, tenant: &Uuid, destination: &str) -> String {
-    format!(
-        "{kind}.{}.{}",
-        tenant.simple(),
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(destination)
-    )
-}
-
-/// Every key of one kind for one tenant.
-pub fn bucket_filter(kind: &str, tenant: &Uuid) -> String {
-    format!("{kind}.{}.*", tenant.simple())
-}
 
 type Key = (Uuid, Arc<str>);
 
@@ -591,20 +529,6 @@ impl Destinations {
 /// The keys every delivery process follows.
 const WATCHED: [&str; 2] = ["control.>", "defaults.>"];
 
-/// A tenant's defaults for its destinations (`defaults.<tenant>`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct TenantDefaults {
-    /// Sends per second to each destination without a rate of its own; absent: the
-    /// deployment's default (`--destination-rate`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_per_sec: Option<f64>,
-}
-
-/// The key of a tenant's defaults.
-pub fn defaults_key(tenant: &Uuid) -> String {
-    format!("defaults.{}", tenant.simple())
-}
-
 /// A control's rate as the bits of an f64; 0: the default.
 fn rate_bits(control: &Control) -> u64 {
     control
@@ -612,16 +536,6 @@ fn rate_bits(control: &Control) -> u64 {
         .filter(|r| *r > 0.0)
         .unwrap_or(0.0)
         .to_bits()
-}
-
-impl Control {
-    /// No pause and the default rate.
-    pub fn default_for(destination: &str) -> Self {
-        Control {
-            destination: destination.to_string(),
-            ..Control::default()
-        }
-    }
 }
 
 impl Destinations {

@@ -112,7 +112,7 @@ async fn cancel(state: &State, caller: &Caller, id: Uuid) -> Result<HttpResponse
         .await
         .map_err(|e| unavailable(e.to_string()))?;
     kv.put(
-        crate::delivery::cancels::key(&caller.tenant, &id),
+        crate::buckets::cancel_key(&caller.tenant, &id),
         Utc::now().to_rfc3339().into(),
     )
     .await

@@ -14,7 +14,7 @@ use futures::TryStreamExt;
 use serde::Deserialize;
 
 use super::*;
-use crate::delivery::health::{
+use crate::buckets::{
     bucket_filter, bucket_key, defaults_key, CircuitState, Control, HealthRecord, TenantDefaults,
 };
 
