@@ -1,7 +1,11 @@
-//! Settings of every role, as plain structs with their defaults; each part's own settings
-//! live beside it (re-exported here) and this file composes them per role. The binary's command line
-//! (`cli.rs` beside `main.rs`) fills them from flags and `HERALD_*` variables; the library,
-//! its tests and benchmarks never read either: they start from `Default` and change fields.
+//! Settings of every role, as plain structs with their defaults. A part's own settings live
+//! beside it (re-exported here); this file holds only what no single part owns: the roles'
+//! compositions (`ServeConfig`, `DeliverConfig`, `RecordConfig`, `RunConfig`), the stores
+//! several parts share (`StoreConfig`), the ingress's `AuthMode` (read by the routes and
+//! the CLI alike), and the start and stop timeouts of every role. The binary's command
+//! line (`cli.rs` beside `main.rs`) fills them from flags and `HERALD_*` variables; the
+//! library, its tests and benchmarks never read either: they start from `Default` and
+//! change fields.
 
 use std::net::SocketAddr;
 use std::str::FromStr;
