@@ -10,9 +10,11 @@ pub mod webhook;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::model::WireNotification;
+use super::{health, DeliveryConfig};
+use crate::model::{Channel, WireNotification};
 
 /// How one delivery attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +140,124 @@ pub fn parse_retry_after(value: Option<&http::HeaderValue>) -> Option<Duration> 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs)
+}
+
+/// One provider of a channel: its sender and the destination name its health is kept
+/// under (`None` for webhooks, named by their URL, and for a channel without a sender).
+pub struct Provider {
+    pub name: Option<String>,
+    pub sender: Arc<dyn Sender>,
+}
+
+/// Each channel's providers, in the order they are tried: on a retryable failure of one
+/// (or while its circuit is open) the next takes the same attempt.
+pub struct Senders(pub [Vec<Provider>; 4]);
+
+/// Builds the sender of a channel's `i`-th provider, at its URL.
+type MakeSender<'a> = dyn Fn(usize, &str) -> Result<Arc<dyn Sender>, String> + 'a;
+
+/// The comma-separated values of a setting (several providers).
+fn list(value: &str) -> Vec<&str> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// The `i`-th value of a per-provider setting; a single value serves every provider.
+fn nth(values: &str, i: usize) -> &str {
+    let values = list(values);
+    values.get(i).or(values.last()).copied().unwrap_or_default()
+}
+
+impl Senders {
+    /// The senders the configuration enables. A channel without one (no SMTP relay, SMS or
+    /// push provider URL) dead-letters with that reason, so nothing waits forever and a
+    /// replay delivers once it is configured. `--smtp-url`, `--sms-url` and `--push-url`
+    /// may list several providers (commas), with their credentials listed in the same
+    /// order (one value serves all).
+    /// `tenants` gives each tenant's webhook secret; without it every webhook is signed
+    /// with `--webhook-secret`. `destinations`: where webhooks may go.
+    pub fn from_config(
+        config: &DeliveryConfig,
+        tenants: Option<Arc<crate::tenants::Directory>>,
+        destinations: Arc<crate::destination::DestinationPolicy>,
+    ) -> Result<Self, String> {
+        let caps = config.channel_concurrency.0;
+        let webhook = webhook::WebhookSender::new(
+            client::client(
+                config.webhook_timeout,
+                caps[Channel::Webhook.index()],
+                Some(destinations),
+            ),
+            &config.webhook_secret,
+            tenants,
+            client::Bounds {
+                timeout: config.webhook_timeout,
+                body_prefix: config.response_body_limit,
+            },
+        );
+        let timeout = config.provider_timeout;
+        let bounds = client::Bounds {
+            timeout,
+            body_prefix: config.response_body_limit,
+        };
+        let providers = |channel: Channel,
+                         urls: &Option<String>,
+                         make: &MakeSender|
+         -> Result<Vec<Provider>, String> {
+            let urls = urls.as_deref().map(list).unwrap_or_default();
+            if urls.is_empty() {
+                return Ok(vec![Provider {
+                    name: None,
+                    sender: Arc::new(Unavailable(channel)),
+                }]);
+            }
+            urls.iter()
+                .enumerate()
+                .map(|(i, url)| {
+                    Ok(Provider {
+                        name: health::destination_name(channel, url),
+                        sender: make(i, url)?,
+                    })
+                })
+                .collect()
+        };
+        let sms_client = client::client(timeout, caps[Channel::Sms.index()], None);
+        let sms = providers(Channel::Sms, &config.sms_url, &|i, url| {
+            Ok(Arc::new(sms::SmsSender::new(
+                sms_client.clone(),
+                url,
+                nth(&config.sms_account_sid, i),
+                nth(&config.sms_auth_token, i),
+                nth(&config.sms_from, i),
+                bounds,
+            )))
+        })?;
+        let push_client = client::client(timeout, caps[Channel::Push.index()], None);
+        let push = providers(Channel::Push, &config.push_url, &|i, url| {
+            Ok(Arc::new(push::PushSender::new(
+                push_client.clone(),
+                url,
+                nth(&config.push_project, i),
+                nth(&config.push_token, i),
+                bounds,
+            )))
+        })?;
+        let email = providers(Channel::Email, &config.smtp_url, &|_, url| {
+            Ok(Arc::new(email::EmailSender::new(
+                url,
+                &config.smtp_from,
+                timeout,
+            )?))
+        })?;
+        let webhook = vec![Provider {
+            name: None,
+            sender: Arc::new(webhook),
+        }];
+        Ok(Senders([webhook, email, sms, push]))
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,113 @@
+//! How notifications are delivered: the delivery role's settings, which the command line
+//! fills (`dispatcher deliver`, `run`).
+
+use std::time::Duration;
+
+use super::health::HealthConfig;
+use super::retry::RetryPolicy;
+use crate::scheduler::{PerClass, SchedulerConfig};
+
+/// How notifications are delivered.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Shares of high, medium and low while all are backlogged.
+    pub delivery_weights: PerClass,
+    /// Concurrent sends per channel; each channel has its own workers.
+    pub channel_concurrency: PerChannel,
+    /// Messages each priority's consumer may hold unacknowledged.
+    pub max_ack_pending: usize,
+    /// Messages per pull request.
+    pub fetch_batch: usize,
+    /// Most outcome events per EVENTS message.
+    pub event_batch: usize,
+    /// How long a batch of outcome events waits for more after its first.
+    pub event_linger: Duration,
+    /// JetStream redelivers a message not acknowledged in this time.
+    pub ack_wait: Duration,
+    /// Waits at least this long go to the HOLD stream, out of the ack-pending window;
+    /// shorter ones are NAKs with a delay.
+    pub hold_after: Duration,
+    /// How often `herald_dlq_messages` is brought up to date.
+    pub dlq_size_interval: Duration,
+    /// Circuit breaking, throttling and concurrency per destination.
+    pub health: HealthConfig,
+    pub retry_high: RetryPolicy,
+    pub retry_medium: RetryPolicy,
+    pub retry_low: RetryPolicy,
+    /// Webhook signing key when authentication is off (tenants have their own).
+    pub webhook_secret: String,
+    pub webhook_timeout: Duration,
+    /// SMTP relay; without it email is dead-lettered as undeliverable here.
+    pub smtp_url: Option<String>,
+    pub smtp_from: String,
+    /// Twilio-shaped SMS API; without it SMS is dead-lettered as undeliverable here.
+    pub sms_url: Option<String>,
+    pub sms_account_sid: String,
+    pub sms_auth_token: String,
+    pub sms_from: String,
+    /// FCM HTTP v1 API; without it push is dead-lettered as undeliverable here.
+    pub push_url: Option<String>,
+    pub push_project: String,
+    pub push_token: String,
+    /// Timeout of one SMS or push provider request.
+    pub provider_timeout: Duration,
+    /// Bytes of a receiver's or provider's answer read at most (a failure's error quotes
+    /// them); past it the connection is dropped, never buffered.
+    pub response_body_limit: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        let policy = |base_ms, cap_s, max_attempts| RetryPolicy {
+            base: Duration::from_millis(base_ms),
+            cap: Duration::from_secs(cap_s),
+            max_attempts,
+        };
+        DeliveryConfig {
+            delivery_weights: SchedulerConfig::default().weights,
+            channel_concurrency: PerChannel([256, 16, 64, 64]),
+            max_ack_pending: 2048,
+            fetch_batch: 256,
+            event_batch: 256,
+            event_linger: Duration::from_millis(10),
+            ack_wait: Duration::from_secs(30),
+            hold_after: Duration::from_secs(1),
+            dlq_size_interval: Duration::from_secs(15),
+            health: HealthConfig::default(),
+            retry_high: policy(200, 30, 8),
+            retry_medium: policy(1000, 300, 8),
+            retry_low: policy(5000, 1800, 6),
+            webhook_secret: String::from("herald-development-secret"),
+            webhook_timeout: Duration::from_secs(10),
+            smtp_url: None,
+            smtp_from: String::from("Herald <herald@localhost>"),
+            sms_url: None,
+            sms_account_sid: String::new(),
+            sms_auth_token: String::new(),
+            sms_from: String::new(),
+            push_url: None,
+            push_project: String::new(),
+            push_token: String::new(),
+            provider_timeout: Duration::from_secs(10),
+            response_body_limit: 1024,
+        }
+    }
+}
+
+/// A value per channel, written `webhook:email:sms:push`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerChannel(pub [usize; 4]);
+
+impl std::str::FromStr for PerChannel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        crate::scheduler::parse_positive_list(s, "webhook:email:sms:push").map(PerChannel)
+    }
+}
+
+impl std::fmt::Display for PerChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c, d] = self.0;
+        write!(f, "{a}:{b}:{c}:{d}")
+    }
+}
