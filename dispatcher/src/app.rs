@@ -8,20 +8,24 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::Yielding;
+use async_nats::jetstream::context::ContextBuilder;
+
+use crate::admission::{Admission, Yielding};
 use crate::config::{
     DeliverConfig, DeliveryConfig, DestinationConfig, NatsConfig, PgConfig, RecordConfig,
     RecordStore, RecorderConfig, RunConfig, ServeConfig, StoreConfig,
 };
 use crate::delivery::{Delivery, Senders};
 use crate::dependencies::{self, Dependencies, Target, WhenDown};
-use crate::ingress::Ingress;
-use crate::jetstream::{self, Names};
+use crate::ingress::{self, Door, Ingress};
+use crate::jetstream::{self, Names, Readiness};
 pub use crate::lifecycle::StartError;
 use crate::lifecycle::{self, Backoff, Health, HealthServer, ReadyState};
 use crate::metrics::{Metrics, Roles};
+use crate::publisher::Publisher;
 use crate::recorder::{self, Recorder, Sink};
 use crate::redis_store::RedisStore;
+use crate::scheduler::Scheduler;
 use crate::status::StatusCache;
 use crate::trace::{OtlpConfig, Spans};
 use crate::{postgres, tenants};
@@ -63,8 +67,7 @@ impl App {
             config.startup_timeout,
         );
         let stop_deadline = config.shutdown_timeout;
-        let ingress =
-            Ingress::start_with(config, metrics, spans.clone(), Some(dependencies.clone())).await?;
+        let ingress = start_ingress(config, metrics, spans.clone(), &dependencies).await?;
         let health = operators_port(metrics_listen, ingress.health()).await?;
         Ok(App {
             ingress: Some(ingress),
@@ -205,13 +208,7 @@ impl App {
         let spans = spans(serve.otlp.as_ref())?;
         let metrics_listen = serve.metrics_listen;
         let stop_deadline = serve.shutdown_timeout;
-        let ingress = Ingress::start_with(
-            serve,
-            metrics.clone(),
-            spans.clone(),
-            Some(dependencies.clone()),
-        )
-        .await?;
+        let ingress = start_ingress(serve, metrics.clone(), spans.clone(), &dependencies).await?;
         let health = operators_port(metrics_listen, ingress.health()).await?;
         let mut app = App {
             ingress: Some(ingress),
@@ -326,6 +323,78 @@ impl App {
         lifecycle::within("span export", left(), self.spans.shutdown()).await;
         tracing::info!("stopped");
     }
+}
+
+/// The ingress on `--listen` (bound first, so a port in use fails at once), with the
+/// parts it serves with: NATS and its readiness supervision, Redis, PostgreSQL (migrated
+/// when asked), the door's scheduler, admission and publisher.
+async fn start_ingress(
+    config: ServeConfig,
+    metrics: Arc<Metrics>,
+    spans: Spans,
+    dependencies: &Arc<Dependencies>,
+) -> Result<Ingress, StartError> {
+    let listener = ingress::bind(config.listen).await?;
+    let client = jetstream::connect(&config.nats).await?;
+    let js = ContextBuilder::new()
+        .timeout(config.publisher.publish_timeout)
+        .ack_timeout(config.publisher.publish_timeout)
+        // Herald bounds acks itself (publisher.rs); this only must not bind first.
+        .max_ack_inflight(config.publisher.max_inflight + 1)
+        .build(client.clone());
+    let names = Names::new(&config.nats.prefix);
+    let readiness = Arc::new(Readiness::default());
+    let stop_background = CancellationToken::new();
+    let supervisor = tokio::spawn(readiness.clone().supervise(
+        client.clone(),
+        js.clone(),
+        names.clone(),
+        config.nats.clone(),
+        stop_background.clone(),
+    ));
+    // RedisStore's error already names --redis-url.
+    let redis = Arc::new(
+        RedisStore::new(&config.store.redis_url, &config.nats.prefix)
+            .map_err(StartError::Settings)?,
+    );
+    let pool = postgres::pool(&config.store.pg)?;
+    if config.migrate {
+        postgres::migrate(&pool, &config.store.pg.pg_schema).await?;
+    }
+    let tenants = Arc::new(tenants::Directory::new(pool, config.key_cache_ttl));
+    let scheduler = Arc::new(Scheduler::new(config.scheduler));
+    let admission = Arc::new(Admission::new(config.admission));
+    let controller = tokio::spawn(
+        admission
+            .clone()
+            .run(metrics.clone(), stop_background.clone()),
+    );
+    let publisher = Publisher::start(
+        js.clone(),
+        names.clone(),
+        scheduler.clone(),
+        admission.clone(),
+        metrics.clone(),
+        config.publisher.clone(),
+        spans.clone(),
+    );
+    let door = Door {
+        client,
+        js,
+        names,
+        readiness,
+        redis,
+        tenants,
+        scheduler,
+        admission,
+        publisher,
+        metrics,
+        spans,
+        dependencies: Some(dependencies.clone()),
+        background: vec![supervisor, controller],
+        stop_background,
+    };
+    Ingress::start(listener, config, door)
 }
 
 /// The span export `otlp` asks for, or none.
@@ -517,113 +586,4 @@ pub async fn start_recorder(
     })
     .await
     .ok_or(StartError::Stopped)
-}
-
-/// What [`purge`] removed, and what it could not reach.
-#[derive(Debug, Default, serde::Serialize)]
-pub struct Purged {
-    pub streams: Vec<String>,
-    pub pg_schema: Option<String>,
-    pub mongo_db: Option<String>,
-    pub redis_keys: usize,
-    /// One line per store that could not be asked (the rest was purged all the same).
-    pub failures: Vec<String>,
-}
-
-/// Removes everything Herald keeps under one namespace: the prefix's streams (with their
-/// consumers), its Redis keys, and, unless `keep_schema`, the PostgreSQL schema and the
-/// MongoDB database named in `store`. For test and benchmark namespaces, and for
-/// tearing down a tenant's deployment; the empty prefix (a production default) is
-/// refused.
-pub async fn purge(
-    nats: &NatsConfig,
-    store: &StoreConfig,
-    keep_schema: bool,
-) -> Result<Purged, StartError> {
-    if nats.prefix.is_empty() {
-        return Err(StartError::Settings(String::from(
-            "purge needs a non-empty --prefix (the empty one is a deployment's)",
-        )));
-    }
-    let mut purged = Purged::default();
-    match async_nats::connect(&nats.nats_url).await {
-        Ok(client) => {
-            let js = async_nats::jetstream::new(client);
-            let names = Names::new(&nats.prefix);
-            let buckets = names.buckets().map(|b| format!("KV_{b}"));
-            let streams = [
-                &names.notify_stream,
-                &names.hold_stream,
-                &names.dlq_stream,
-                &names.events_stream,
-            ];
-            for stream in streams.into_iter().chain(&buckets).cloned() {
-                match js.delete_stream(&stream).await {
-                    Ok(_) => purged.streams.push(stream),
-                    Err(err) if stream_not_found(&err) => {}
-                    Err(err) => purged.failures.push(format!("NATS stream {stream}: {err}")),
-                }
-            }
-        }
-        Err(err) => purged.failures.push(dependencies::line(
-            dependencies::Kind::Nats,
-            &nats.nats_url,
-            &dependencies::cause(&err),
-        )),
-    }
-    let redis_failed =
-        |cause: &str| dependencies::line(dependencies::Kind::Redis, &store.redis_url, cause);
-    match RedisStore::new(&store.redis_url, &nats.prefix) {
-        Ok(redis) => match redis.delete_prefixed().await {
-            Ok(n) => purged.redis_keys = n,
-            Err(err) => purged
-                .failures
-                .push(redis_failed(&dependencies::classify_text(&err))),
-        },
-        Err(err) => purged.failures.push(redis_failed(&err)),
-    }
-    if keep_schema {
-        return Ok(purged);
-    }
-    match dependencies::reach_postgres(&store.pg, Duration::from_secs(5)).await {
-        Err(line) => purged.failures.push(line),
-        Ok(()) => {
-            let pool = postgres::pool(&store.pg)?;
-            // The schema name was checked as a plain identifier by the settings.
-            match sqlx::query(&format!(
-                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-                store.pg.pg_schema
-            ))
-            .execute(&pool)
-            .await
-            {
-                Ok(_) => purged.pg_schema = Some(store.pg.pg_schema.clone()),
-                Err(err) => purged.failures.push(format!("PostgreSQL: {err}")),
-            }
-            pool.close().await;
-        }
-    }
-    let dropped = async {
-        let client = recorder::mongo::client(&store.mongo_url).await?;
-        let dropped = client.database(&store.mongo_db).drop().await;
-        // Shut down before the process ends: a client merely dropped spawns a task to end
-        // its sessions, which panics inside the driver when the runtime is going away.
-        client.shutdown().await;
-        dropped
-    };
-    match dropped.await {
-        Ok(()) => purged.mongo_db = Some(store.mongo_db.clone()),
-        Err(err) => purged.failures.push(dependencies::line(
-            dependencies::Kind::Mongodb,
-            &store.mongo_url,
-            &dependencies::classify_text(&err.to_string()),
-        )),
-    }
-    Ok(purged)
-}
-
-fn stream_not_found(err: &async_nats::jetstream::context::DeleteStreamError) -> bool {
-    use async_nats::jetstream::context::DeleteStreamErrorKind;
-    use async_nats::jetstream::ErrorCode;
-    matches!(err.kind(), DeleteStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }

@@ -548,6 +548,34 @@ impl Default for NatsConfig {
     }
 }
 
+/// Deletes every stream of `names` (with their consumers and key-value buckets): the
+/// names deleted, and one line per stream NATS refused to delete. A stream that is not
+/// there is neither.
+pub async fn delete_streams(js: &jetstream::Context, names: &Names) -> (Vec<String>, Vec<String>) {
+    let buckets = names.buckets().map(|b| format!("KV_{b}"));
+    let streams = [
+        &names.notify_stream,
+        &names.hold_stream,
+        &names.dlq_stream,
+        &names.events_stream,
+    ];
+    let (mut deleted, mut failures) = (Vec::new(), Vec::new());
+    for stream in streams.into_iter().chain(&buckets).cloned() {
+        match js.delete_stream(&stream).await {
+            Ok(_) => deleted.push(stream),
+            Err(err) if stream_not_found(&err) => {}
+            Err(err) => failures.push(format!("NATS stream {stream}: {err}")),
+        }
+    }
+    (deleted, failures)
+}
+
+fn stream_not_found(err: &jetstream::context::DeleteStreamError) -> bool {
+    use jetstream::context::DeleteStreamErrorKind;
+    use jetstream::ErrorCode;
+    matches!(err.kind(), DeleteStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

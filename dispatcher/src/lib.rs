@@ -20,10 +20,11 @@
 //!   definition and readiness.
 //! - [`model`] (request, validation, wire document), [`error`] (every client-visible error
 //!   and its status), [`config`] (plain settings with their defaults; the binary's
-//!   `cli.rs` fills them from flags and `HERALD_*`), [`metrics`] (Prometheus).
+//!   `cli/` fills them from flags and `HERALD_*`), [`metrics`] (Prometheus).
 //! - [`app`]: the one composition root that starts each role from its settings (the
-//!   binary, the tests and the benchmarks all use it); [`lifecycle`]: backoff, shutdown
-//!   deadlines and the health endpoints every role answers alike.
+//!   binary, the tests and the benchmarks all use it, and the only place that builds
+//!   parts); [`lifecycle`]: backoff, shutdown deadlines and the health endpoints every role
+//!   answers alike; [`purge`]: removes a namespace, each store emptied by its own module.
 //!
 //! Downstream of NATS, each role alone or all in `dispatcher run`:
 //! - [`delivery`]: pull consumers → per-channel schedulers → senders, retries by NAK with
@@ -59,6 +60,7 @@ pub mod metrics;
 pub mod model;
 pub mod postgres;
 pub mod publisher;
+pub mod purge;
 pub mod ratelimit;
 pub mod recorder;
 pub mod redis_store;

@@ -125,7 +125,7 @@ async fn one_shot(command: Command) -> anyhow::Result<()> {
         }
         Command::Purge(args) => {
             let (nats, store, keep_schema) = args.settings();
-            let purged = app::purge(&nats, &store, keep_schema).await?;
+            let purged = herald::purge::purge(&nats, &store, keep_schema).await?;
             println!("{}", serde_json::to_string(&purged)?);
             anyhow::ensure!(
                 purged.failures.is_empty(),

@@ -58,3 +58,12 @@ impl Default for PgConfig {
         }
     }
 }
+
+/// Drops `schema` with everything in it (a namespace's purge).
+pub async fn drop_schema(pool: &PgPool, schema: &str) -> Result<(), sqlx::Error> {
+    // The schema name was checked as a plain identifier by the settings.
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .execute(pool)
+        .await
+        .map(drop)
+}

@@ -1007,7 +1007,7 @@ async fn purge_removes_everything_of_a_namespace() {
     };
     let store = test_store(&prefix);
 
-    let kept = herald::app::purge(&nats, &store, true).await.unwrap();
+    let kept = herald::purge::purge(&nats, &store, true).await.unwrap();
     assert_eq!(kept.failures, Vec::<String>::new());
     // NOTIFY, HOLD, DLQ and EVENTS, and the streams behind the ATTEMPTS, DESTINATIONS
     // and CANCELS buckets.
@@ -1024,7 +1024,7 @@ async fn purge_removes_everything_of_a_namespace() {
         .unwrap();
     assert!(rows > 0, "--keep-schema keeps the tables");
 
-    let purged = herald::app::purge(&nats, &store, false).await.unwrap();
+    let purged = herald::purge::purge(&nats, &store, false).await.unwrap();
     assert_eq!(purged.failures, Vec::<String>::new());
     assert!(purged.streams.is_empty(), "already gone: {purged:?}");
     assert_eq!(purged.pg_schema.as_deref(), Some(prefix.as_str()));
@@ -1045,7 +1045,7 @@ async fn purge_removes_everything_of_a_namespace() {
     let js = async_nats::jetstream::new(async_nats::connect(&stack.server.nats_url).await.unwrap());
     assert!(js.get_stream(format!("{prefix}NOTIFY")).await.is_err());
     assert!(
-        herald::app::purge(&herald::config::NatsConfig::default(), &store, false)
+        herald::purge::purge(&herald::config::NatsConfig::default(), &store, false)
             .await
             .is_err(),
         "the empty prefix is refused"

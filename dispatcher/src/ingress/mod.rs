@@ -1,8 +1,9 @@
 //! The HTTP ingress (`dispatcher serve`): hyper 1.x, HTTP/1.1 and h2c on one port, no
 //! framework.
 //!
-//! [`Ingress::start`] wires the parts: NATS connection and readiness supervision, the
-//! scheduler, the publisher tasks and the accept loop. Shutdown runs in the order that
+//! [`Ingress::start`] serves with the parts `app.rs` built ([`Door`]: the NATS connection
+//! and its readiness, the stores, the scheduler, admission and the publisher) and runs the
+//! accept loop. Shutdown runs in the order that
 //! keeps the promise "202 means durable": stop accepting connections, let in-flight
 //! requests finish (their publishes are still being acknowledged), close the scheduler,
 //! let the publishers drain it and collect every ack, flush the NATS connection.
@@ -16,7 +17,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::context::ContextBuilder;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -29,8 +29,7 @@ use crate::admission::Admission;
 use crate::config::{AuthMode, ServeConfig};
 use crate::destination::DestinationPolicy;
 use crate::idempotency::Idempotency;
-use crate::jetstream::Readiness;
-use crate::jetstream::{self, Names};
+use crate::jetstream::{Names, Readiness};
 use crate::lifecycle::{Health, ReadyState, StartError};
 use crate::metrics::Metrics;
 use crate::publisher::{Envelope, Publisher};
@@ -79,6 +78,30 @@ pub struct State {
     pub spans: Spans,
 }
 
+/// What the ingress serves with, built by the composition root (`app.rs`): the NATS
+/// connection and its readiness, the stores the handlers read, the door's scheduler,
+/// admission and publisher, and the background tasks it stops last.
+pub struct Door {
+    pub client: async_nats::Client,
+    /// Publishes with the publisher's timeouts.
+    pub js: async_nats::jetstream::Context,
+    pub names: Names,
+    pub readiness: Arc<Readiness>,
+    pub redis: Arc<RedisStore>,
+    pub tenants: Arc<Directory>,
+    pub scheduler: Arc<Scheduler<Envelope>>,
+    pub admission: Arc<Admission>,
+    pub publisher: Publisher,
+    pub metrics: Arc<Metrics>,
+    pub spans: Spans,
+    /// NATS and the stores, listed on `/readyz`.
+    pub dependencies: Option<Arc<crate::dependencies::Dependencies>>,
+    /// Readiness supervision and admission control: cancelled with `stop_background` once
+    /// the publishes have drained and the connection is flushed.
+    pub background: Vec<JoinHandle<()>>,
+    pub stop_background: CancellationToken,
+}
+
 /// A running ingress.
 pub struct Ingress {
     local_addr: SocketAddr,
@@ -87,75 +110,45 @@ pub struct Ingress {
     task: JoinHandle<()>,
 }
 
-impl Ingress {
-    /// Binds the listener, connects to NATS (in the background if it is down) and starts
-    /// serving. Returns once the port is open.
-    pub async fn start(config: ServeConfig) -> Result<Self, StartError> {
-        Self::start_with(config, Arc::new(Metrics::new()), Spans::default(), None).await
-    }
+/// Binds `--listen` (first, so a port in use fails the start at once).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "--listen",
+            source,
+        })
+}
 
-    /// As [`Ingress::start`], recording into `metrics` (shared with delivery in `run`),
-    /// exporting to `spans`, and listing `dependencies` on `/readyz`.
-    pub async fn start_with(
+impl Ingress {
+    /// Starts serving on `listener` with `door`'s parts (NATS may still be coming: the
+    /// API answers 503 until it is).
+    pub fn start(
+        listener: TcpListener,
         config: ServeConfig,
-        metrics: Arc<Metrics>,
-        spans: Spans,
-        dependencies: Option<Arc<crate::dependencies::Dependencies>>,
+        door: Door,
     ) -> Result<Self, StartError> {
-        let bound = async {
-            let listener = TcpListener::bind(config.listen).await?;
-            let local_addr = listener.local_addr()?;
-            Ok((listener, local_addr))
-        };
-        let (listener, local_addr) = bound.await.map_err(|source| StartError::Bind {
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
             what: "--listen",
             source,
         })?;
-        let client = jetstream::connect(&config.nats).await?;
-        let js = ContextBuilder::new()
-            .timeout(config.publisher.publish_timeout)
-            .ack_timeout(config.publisher.publish_timeout)
-            // Herald bounds acks itself (publisher.rs); this only must not bind first.
-            .max_ack_inflight(config.publisher.max_inflight + 1)
-            .build(client.clone());
-        let names = Names::new(&config.nats.prefix);
+        let Door {
+            client,
+            js,
+            names,
+            readiness,
+            redis,
+            tenants,
+            scheduler,
+            admission,
+            publisher,
+            metrics,
+            spans,
+            dependencies,
+            background,
+            stop_background,
+        } = door;
         let shutdown = CancellationToken::new();
-        let readiness = Arc::new(Readiness::default());
-        let stop_supervisor = CancellationToken::new();
-        let supervisor = tokio::spawn(readiness.clone().supervise(
-            client.clone(),
-            js.clone(),
-            names.clone(),
-            config.nats.clone(),
-            stop_supervisor.clone(),
-        ));
-        let redis = Arc::new(
-            RedisStore::new(&config.store.redis_url, &config.nats.prefix)
-                .map_err(StartError::Settings)?,
-        );
-        let idempotency = Idempotency::new(redis.clone(), config.idempotency_ttl);
-        let pool = crate::postgres::pool(&config.store.pg)?;
-        if config.migrate {
-            crate::postgres::migrate(&pool, &config.store.pg.pg_schema).await?;
-        }
-        let tenants = Arc::new(Directory::new(pool, config.key_cache_ttl));
-        let scheduler = Arc::new(Scheduler::new(config.scheduler));
-        let admission = Arc::new(Admission::new(config.admission));
-        let stop_admission = CancellationToken::new();
-        let controller = tokio::spawn(
-            admission
-                .clone()
-                .run(metrics.clone(), stop_admission.clone()),
-        );
-        let publisher = Publisher::start(
-            js.clone(),
-            names.clone(),
-            scheduler.clone(),
-            admission.clone(),
-            metrics.clone(),
-            config.publisher.clone(),
-            spans.clone(),
-        );
         let health = Health {
             metrics: metrics.clone(),
             ready: {
@@ -189,7 +182,7 @@ impl Ingress {
             client: client.clone(),
             js,
             names,
-            idempotency,
+            idempotency: Idempotency::new(redis.clone(), config.idempotency_ttl),
             auth: config.auth,
             tenants,
             rate_limiter: RateLimiter::new(redis.clone()),
@@ -227,10 +220,10 @@ impl Ingress {
                     Err(_) => tracing::warn!("flushing the NATS connection did not finish in time"),
                 }
             }
-            stop_supervisor.cancel();
-            let _ = supervisor.await;
-            stop_admission.cancel();
-            let _ = controller.await;
+            stop_background.cancel();
+            for task in background {
+                let _ = task.await;
+            }
             tracing::info!("shutdown complete");
         });
         Ok(Ingress {

@@ -50,6 +50,16 @@ pub async fn client(url: &str) -> Result<mongodb::Client, mongodb::error::Error>
     mongodb::Client::with_options(options)
 }
 
+/// Drops the database `name` at `url` (a namespace's purge).
+pub async fn drop_database(url: &str, name: &str) -> Result<(), mongodb::error::Error> {
+    let client = client(url).await?;
+    let dropped = client.database(name).drop().await;
+    // Shut down before the process ends: a client merely dropped spawns a task to end its
+    // sessions, which panics inside the driver when the runtime is going away.
+    client.shutdown().await;
+    dropped
+}
+
 impl MongoSink {
     pub fn new(database: mongodb::Database, retention: Duration) -> Self {
         MongoSink {

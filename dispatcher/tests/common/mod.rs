@@ -251,7 +251,7 @@ pub async fn delete_streams(nats_url: &str, prefix: &str) {
         prefix: prefix.to_string(),
         ..Default::default()
     };
-    match herald::app::purge(&nats, &test_store(prefix), false).await {
+    match herald::purge::purge(&nats, &test_store(prefix), false).await {
         Ok(purged) if purged.failures.is_empty() => {}
         Ok(purged) => eprintln!("purging {prefix} left some behind: {:?}", purged.failures),
         Err(err) => eprintln!("purging {prefix} failed: {err}"),
