@@ -82,112 +82,154 @@ where
     }
 }
 
-/// An operation of the /v1 API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    ListNotifications,
-    SendNotification,
-    SendBatch,
-    GetNotification,
-    ListAttempts,
-    CancelNotification,
-    CancelByKey,
-    GetSummary,
-    ListDeadLetters,
-    ReplayDeadLetters,
-    DeleteDeadLetters,
-    ReplayDeadLetter,
-    DeleteDeadLetter,
-    ListDestinations,
-    GetDestinationDefaults,
-    SetDestinationDefaults,
-    GetDestination,
-    SetDestinationRate,
-    PauseDestination,
-    ResumeDestination,
+/// Declares the /v1 routes once. Each line names an operation, its handler's contract (the
+/// type its `utoipa::path` generates, which holds the method, the path and the OpenAPI
+/// operation) and how a request reaches the handler. The router's table ([`routes`]), its
+/// dispatch and the contract's /v1 paths all follow from this list, so neither the router
+/// nor the contract can have a route the other lacks.
+macro_rules! v1_routes {
+    (
+        |$state:ident, $caller:ident, $req:ident, $id:ident, $query:ident|
+        $($operation:ident: $contract:path => $handle:expr;)*
+    ) => {
+        /// An operation of the /v1 API.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Operation {
+            $($operation,)*
+        }
+
+        /// Every /v1 route: its method, its path (`{id}` standing for one segment) and
+        /// its operation.
+        pub fn routes() -> &'static [(Method, String, Operation)] {
+            static ROUTES: std::sync::OnceLock<Vec<(Method, String, Operation)>> =
+                std::sync::OnceLock::new();
+            ROUTES.get_or_init(|| {
+                let mut routes = Vec::new();
+                $(
+                    for method in <$contract as utoipa::Path>::methods() {
+                        let path = <$contract as utoipa::Path>::path();
+                        routes.push((http_method(&method), path, Operation::$operation));
+                    }
+                )*
+                routes
+            })
+        }
+
+        /// The contract's /v1 paths, and the schemas they refer to.
+        fn v1_contract() -> (
+            utoipa::openapi::path::Paths,
+            Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>,
+        ) {
+            // What `#[derive(OpenApi)]` does for each path it lists: the operation with
+            // its handler's tags, and the schemas it refers to.
+            let mut paths = utoipa::openapi::path::Paths::new();
+            let mut schemas = Vec::new();
+            $(
+                let mut operation = <$contract as utoipa::Path>::operation();
+                let tags = <$contract as utoipa::__dev::Tags>::tags();
+                operation.tags = Some(tags.into_iter().map(String::from).collect());
+                paths.add_path_operation(
+                    <$contract as utoipa::Path>::path(),
+                    <$contract as utoipa::Path>::methods(),
+                    operation,
+                );
+                <$contract as utoipa::__dev::SchemaReferences>::schemas(&mut schemas);
+            )*
+            (paths, schemas)
+        }
+
+        /// Answers an authenticated /v1 request.
+        async fn v1<B>(
+            $state: &State,
+            $caller: &Caller,
+            $req: Request<B>,
+        ) -> Result<HttpResponse, Rejection>
+        where
+            B: hyper::body::Body + Send,
+            B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        {
+            let $query = $req.uri().query().unwrap_or("");
+            let (operation, $id) = resolve($req.method(), $req.uri().path())?;
+            let $id = $id.unwrap_or_default();
+            match operation {
+                $(Operation::$operation => Ok($handle?),)*
+            }
+        }
+    };
 }
 
-/// Every /v1 route, `{id}` standing for one path segment. The router resolves requests
-/// from this table alone, and the API contract (`/openapi.json`) names exactly these
-/// routes (tested), so neither can have a route the other lacks.
-pub const ROUTES: [(Method, &str, Operation); 20] = [
-    (
-        Method::GET,
-        "/v1/notifications",
-        Operation::ListNotifications,
-    ),
-    (
-        Method::POST,
-        "/v1/notifications",
-        Operation::SendNotification,
-    ),
-    (
-        Method::POST,
-        "/v1/notifications/batch",
-        Operation::SendBatch,
-    ),
-    (
-        Method::GET,
-        "/v1/notifications/{id}",
-        Operation::GetNotification,
-    ),
-    (
-        Method::GET,
-        "/v1/notifications/{id}/attempts",
-        Operation::ListAttempts,
-    ),
-    (
-        Method::POST,
-        "/v1/notifications/{id}/cancel",
-        Operation::CancelNotification,
-    ),
-    (
-        Method::POST,
-        "/v1/notifications/cancel",
-        Operation::CancelByKey,
-    ),
-    (Method::GET, "/v1/summary", Operation::GetSummary),
-    (Method::GET, "/v1/dlq", Operation::ListDeadLetters),
-    (Method::POST, "/v1/dlq/replay", Operation::ReplayDeadLetters),
-    (Method::DELETE, "/v1/dlq", Operation::DeleteDeadLetters),
-    (
-        Method::POST,
-        "/v1/dlq/{id}/replay",
-        Operation::ReplayDeadLetter,
-    ),
-    (Method::DELETE, "/v1/dlq/{id}", Operation::DeleteDeadLetter),
-    (Method::GET, "/v1/destinations", Operation::ListDestinations),
-    (
-        Method::GET,
-        "/v1/destinations/defaults",
-        Operation::GetDestinationDefaults,
-    ),
-    (
-        Method::PUT,
-        "/v1/destinations/defaults",
-        Operation::SetDestinationDefaults,
-    ),
-    (
-        Method::GET,
-        "/v1/destinations/{id}",
-        Operation::GetDestination,
-    ),
-    (
-        Method::PUT,
-        "/v1/destinations/{id}",
-        Operation::SetDestinationRate,
-    ),
-    (
-        Method::POST,
-        "/v1/destinations/{id}/pause",
-        Operation::PauseDestination,
-    ),
-    (
-        Method::POST,
-        "/v1/destinations/{id}/resume",
-        Operation::ResumeDestination,
-    ),
-];
+v1_routes! {
+    |state, caller, req, id, query|
+    ListNotifications: status::__path_list_notifications =>
+        status::list_notifications(state, caller, query).await;
+    SendNotification: notifications::__path_single =>
+        traced(state, "herald.ingest", req, async |req, trace| {
+            notifications::single(state, caller, req, &trace).await
+        })
+        .await;
+    SendBatch: batch::__path_batch =>
+        traced(state, "herald.ingest.batch", req, async |req, trace| {
+            batch::batch(state, caller, req, &trace).await
+        })
+        .await;
+    GetNotification: status::__path_get_notification =>
+        status::get_notification(state, caller, id).await;
+    ListAttempts: status::__path_list_attempts => status::list_attempts(state, caller, id).await;
+    CancelNotification: cancel::__path_by_id => cancel::by_id(state, caller, id).await;
+    CancelByKey: cancel::__path_by_key => cancel::by_key(state, caller, req).await;
+    GetSummary: status::__path_summary => status::summary(state, caller, query).await;
+    ListDeadLetters: dlq::__path_list => dlq::list(state, caller, query).await;
+    ReplayDeadLetters: dlq::__path_replay_matching => dlq::replay_matching(state, caller, query).await;
+    DeleteDeadLetters: dlq::__path_delete_matching => dlq::delete_matching(state, caller, query).await;
+    ReplayDeadLetter: dlq::__path_replay => dlq::replay(state, caller, id).await;
+    DeleteDeadLetter: dlq::__path_delete => dlq::delete(state, caller, id).await;
+    ListDestinations: destinations::__path_list => destinations::list(state, caller).await;
+    GetDestinationDefaults: destinations::__path_get_defaults =>
+        destinations::get_defaults(state, caller).await;
+    SetDestinationDefaults: destinations::__path_set_defaults =>
+        destinations::set_defaults(state, caller, req).await;
+    GetDestination: destinations::__path_get => destinations::get(state, caller, id).await;
+    SetDestinationRate: destinations::__path_set_rate => {
+        let id = id.to_string();
+        destinations::set_rate(state, caller, &id, req).await
+    };
+    PauseDestination: destinations::__path_pause => destinations::pause(state, caller, id).await;
+    ResumeDestination: destinations::__path_resume => destinations::resume(state, caller, id).await;
+}
+
+/// The `http` method of a contract's method.
+fn http_method(method: &utoipa::openapi::path::HttpMethod) -> Method {
+    use utoipa::openapi::path::HttpMethod;
+    match method {
+        HttpMethod::Get => Method::GET,
+        HttpMethod::Post => Method::POST,
+        HttpMethod::Put => Method::PUT,
+        HttpMethod::Delete => Method::DELETE,
+        HttpMethod::Patch => Method::PATCH,
+        HttpMethod::Head => Method::HEAD,
+        HttpMethod::Options => Method::OPTIONS,
+        HttpMethod::Trace => Method::TRACE,
+    }
+}
+
+/// A send request (one or a batch) under its span: the request's `traceparent` is
+/// continued (or one started), and the span exported with the answer's status.
+async fn traced<B>(
+    state: &State,
+    name: &'static str,
+    req: Request<B>,
+    send: impl AsyncFnOnce(Request<B>, TraceParent) -> Result<HttpResponse, Rejection>,
+) -> Result<HttpResponse, Rejection> {
+    let trace = trace_of(state, &req);
+    let start = state.spans.clock_for(&trace.0);
+    let result = send(req, trace.0).await;
+    let status = match &result {
+        Ok(response) => response.status(),
+        Err(Rejection(_, err)) => err.status,
+    };
+    record_request(state, name, trace, start, status);
+    result
+}
 
 /// The operation for `method` on `path`, with the `{id}` segment if its route has one:
 /// 404 when no route has the path, 405 (naming the methods it has) when none has the
@@ -200,7 +242,7 @@ pub fn resolve<'p>(
     // Literal routes first; no allocation unless the answer is a 405.
     for literal in [true, false] {
         let fitting = || {
-            ROUTES.iter().filter_map(move |(m, template, op)| {
+            routes().iter().filter_map(move |(m, template, op)| {
                 let id = path_match(template, path)?;
                 (id.is_none() == literal).then_some((m, *op, id))
             })
@@ -232,59 +274,6 @@ fn path_match<'p>(template: &str, path: &'p str) -> Option<Option<&'p str>> {
         }
     }
     segments.next().is_none().then_some(id)
-}
-
-/// The /v1 routes, for an authenticated caller.
-async fn v1<B>(state: &State, caller: &Caller, req: Request<B>) -> Result<HttpResponse, Rejection>
-where
-    B: hyper::body::Body + Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let query = req.uri().query().unwrap_or("");
-    let (operation, id) = resolve(req.method(), req.uri().path())?;
-    let id = id.unwrap_or_default();
-    match operation {
-        Operation::SendNotification | Operation::SendBatch => {
-            let trace = trace_of(state, &req);
-            let start = state.spans.clock_for(&trace.0);
-            let (name, result) = if operation == Operation::SendBatch {
-                let result = batch::batch(state, caller, req, &trace.0).await;
-                ("herald.ingest.batch", result)
-            } else {
-                let result = notifications::single(state, caller, req, &trace.0).await;
-                ("herald.ingest", result)
-            };
-            let status = match &result {
-                Ok(response) => response.status(),
-                Err(Rejection(_, err)) => err.status,
-            };
-            record_request(state, name, trace, start, status);
-            result
-        }
-        Operation::ListNotifications => Ok(status::list_notifications(state, caller, query).await?),
-        Operation::GetNotification => Ok(status::get_notification(state, caller, id).await?),
-        Operation::ListAttempts => Ok(status::list_attempts(state, caller, id).await?),
-        Operation::CancelNotification => Ok(cancel::by_id(state, caller, id).await?),
-        Operation::CancelByKey => Ok(cancel::by_key(state, caller, req).await?),
-        Operation::GetSummary => Ok(status::summary(state, caller, query).await?),
-        Operation::ListDeadLetters => Ok(dlq::list(state, caller, query).await?),
-        Operation::ReplayDeadLetters => Ok(dlq::replay_matching(state, caller, query).await?),
-        Operation::DeleteDeadLetters => Ok(dlq::delete_matching(state, caller, query).await?),
-        Operation::ReplayDeadLetter => Ok(dlq::replay(state, caller, id).await?),
-        Operation::DeleteDeadLetter => Ok(dlq::delete(state, caller, id).await?),
-        Operation::ListDestinations => Ok(destinations::list(state, caller).await?),
-        Operation::GetDestinationDefaults => Ok(destinations::get_defaults(state, caller).await?),
-        Operation::SetDestinationDefaults => {
-            Ok(destinations::set_defaults(state, caller, req).await?)
-        }
-        Operation::GetDestination => Ok(destinations::get(state, caller, id).await?),
-        Operation::SetDestinationRate => {
-            let id = id.to_string();
-            Ok(destinations::set_rate(state, caller, &id, req).await?)
-        }
-        Operation::PauseDestination => Ok(destinations::pause(state, caller, id).await?),
-        Operation::ResumeDestination => Ok(destinations::resume(state, caller, id).await?),
-    }
 }
 
 /// Who is calling: a tenant, or the anonymous tenant when authentication is off.

@@ -1,5 +1,6 @@
 //! The API contract: an OpenAPI 3.1 document generated from the handlers' `utoipa::path`
-//! annotations and the request and response types themselves, served at `/openapi.json`.
+//! annotations (the /v1 ones as `v1_routes!` lists them) and the request and response types
+//! themselves, served at `/openapi.json`.
 //! The responses every /v1 route can give (401, 503) and every body-taking route can
 //! give (400, 408, 413, 415) are added here once instead of on each handler.
 
@@ -11,7 +12,6 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, Secur
 use utoipa::openapi::{ContentBuilder, Object, Ref, RefOr, ResponseBuilder, Type};
 use utoipa::{Modify, OpenApi};
 
-use super::{batch, cancel, destinations, dlq, notifications, status};
 use crate::error;
 use crate::model::{Channel, NotificationRequest, Priority};
 
@@ -26,27 +26,8 @@ pub const PATH: &str = "/openapi.json";
             accepted with a priority, answered 202 once JetStream has stored them, and \
             delivered with retries and a dead-letter queue.",
     ),
+    // The /v1 paths come from the routes' one declaration (`v1_routes!`).
     paths(
-        notifications::single,
-        batch::batch,
-        status::list_notifications,
-        status::get_notification,
-        status::list_attempts,
-        status::summary,
-        cancel::by_id,
-        cancel::by_key,
-        dlq::list,
-        dlq::replay_matching,
-        dlq::delete_matching,
-        dlq::replay,
-        dlq::delete,
-        destinations::list,
-        destinations::get_defaults,
-        destinations::set_defaults,
-        destinations::get,
-        destinations::set_rate,
-        destinations::pause,
-        destinations::resume,
         healthz,
         readyz,
         openapi_json,
@@ -62,7 +43,6 @@ pub const PATH: &str = "/openapi.json";
         crate::status::Summary,
         crate::status::PriorityCounts,
     )),
-    modifiers(&Contract),
     tags(
         (name = "notifications", description = "Sending notifications and reading them back"),
         (name = "dead letters", description = "What could not be delivered: browse, replay, delete"),
@@ -76,7 +56,15 @@ struct ApiDoc;
 pub fn document() -> &'static [u8] {
     static DOCUMENT: OnceLock<Vec<u8>> = OnceLock::new();
     DOCUMENT.get_or_init(|| {
-        ApiDoc::openapi()
+        let mut openapi = ApiDoc::openapi();
+        let (paths, schemas) = super::v1_contract();
+        openapi.paths.merge(paths);
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for (name, schema) in schemas {
+            components.schemas.entry(name).or_insert(schema);
+        }
+        Contract.modify(&mut openapi);
+        openapi
             .to_json()
             .expect("the generated document serializes")
             .into_bytes()
@@ -255,7 +243,7 @@ mod tests {
                     .map(move |method| (method.to_uppercase(), path.clone()))
             })
             .collect();
-        let routed: BTreeSet<(String, String)> = super::super::ROUTES
+        let routed: BTreeSet<(String, String)> = super::super::routes()
             .iter()
             .map(|(method, path, _)| (method.to_string(), path.to_string()))
             .chain(
