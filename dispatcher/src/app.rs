@@ -12,8 +12,8 @@ use async_nats::jetstream::context::ContextBuilder;
 
 use crate::admission::{Admission, Yielding};
 use crate::config::{
-    DeliverConfig, DeliveryConfig, DestinationConfig, NatsConfig, PgConfig, RecordConfig,
-    RecordStore, RecorderConfig, RunConfig, ServeConfig, StoreConfig,
+    DeliverConfig, DeliveryConfig, EgressConfig, NatsConfig, PgConfig, RecordConfig, RecordStore,
+    RecorderConfig, RunConfig, ServeConfig, StoreConfig,
 };
 use crate::delivery::{Delivery, Senders};
 use crate::dependencies::{self, Dependencies, Target, WhenDown};
@@ -108,7 +108,7 @@ impl App {
                 &js,
                 &names,
                 &config.delivery,
-                &config.destinations,
+                &config.egress,
                 &config.pg,
                 metrics,
                 Yielding::default(),
@@ -191,10 +191,10 @@ impl App {
             recorder,
         } = config;
         let metrics = Arc::new(Metrics::new());
-        let (nats, store, destinations) = (
+        let (nats, store, egress) = (
             serve.nats.clone(),
             serve.store.clone(),
-            serve.destinations.clone(),
+            serve.egress.clone(),
         );
         let mut targets = vec![
             dependencies::nats(&nats.nats_url, WhenDown::Unready),
@@ -225,7 +225,7 @@ impl App {
                 &js,
                 &names,
                 &delivery,
-                &destinations,
+                &egress,
                 &store.pg,
                 metrics.clone(),
                 yielding.clone(),
@@ -503,14 +503,14 @@ pub async fn start_delivery(
     js: &async_nats::jetstream::Context,
     names: &Names,
     config: &DeliveryConfig,
-    destinations: &DestinationConfig,
+    egress: &EgressConfig,
     pg: &PgConfig,
     metrics: Arc<Metrics>,
     yielding: Yielding,
     spans: Spans,
     stop: &CancellationToken,
 ) -> Result<Delivery, StartError> {
-    let policy = Arc::new(destinations.policy());
+    let policy = Arc::new(egress.policy());
     let directory = Arc::new(tenants::Directory::new(
         postgres::pool(pg)?,
         Duration::from_secs(60),

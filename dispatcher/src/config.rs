@@ -13,7 +13,7 @@ use std::time::Duration;
 
 pub use crate::admission::AdmissionConfig;
 pub use crate::delivery::{DeliveryConfig, PerChannel};
-pub use crate::destination::DestinationConfig;
+pub use crate::egress::EgressConfig;
 pub use crate::jetstream::NatsConfig;
 pub use crate::postgres::PgConfig;
 pub use crate::publisher::PublisherConfig;
@@ -37,7 +37,7 @@ pub struct ServeConfig {
     /// tenant's traffic, so they stay off the public API port.
     pub metrics_listen: SocketAddr,
     pub nats: NatsConfig,
-    pub destinations: DestinationConfig,
+    pub egress: EgressConfig,
     /// Largest request body, in bytes (413 above).
     pub max_body: usize,
     /// Open connections at most; more are answered 503 and closed at once.
@@ -90,7 +90,7 @@ impl Default for ServeConfig {
             // 9090 is Prometheus's own port, often on the same host.
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9089)),
             nats: NatsConfig::default(),
-            destinations: DestinationConfig::default(),
+            egress: EgressConfig::default(),
             max_body: 8 * 1024 * 1024,
             max_connections: 10_000,
             max_header_bytes: 16 * 1024,
@@ -123,7 +123,7 @@ impl Default for ServeConfig {
 pub struct DeliverConfig {
     pub nats: NatsConfig,
     pub delivery: DeliveryConfig,
-    pub destinations: DestinationConfig,
+    pub egress: EgressConfig,
     /// Tenants' webhook secrets live in PostgreSQL.
     pub pg: PgConfig,
     /// Address of /healthz, /readyz and /metrics.
@@ -141,7 +141,7 @@ impl Default for DeliverConfig {
         DeliverConfig {
             nats: NatsConfig::default(),
             delivery: DeliveryConfig::default(),
-            destinations: DestinationConfig::default(),
+            egress: EgressConfig::default(),
             pg: PgConfig::default(),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
             otlp: None,

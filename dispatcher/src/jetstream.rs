@@ -41,7 +41,7 @@ pub struct Names {
     /// `delivery::cancels`).
     pub cancels_bucket: String,
     /// `subjects[priority][channel]`, built once so publishing never formats a subject.
-    subjects: [[Subject; 4]; 3],
+    subjects: [[Subject; Channel::COUNT]; Priority::COUNT],
 }
 
 impl Names {

@@ -28,7 +28,7 @@
 //!
 //! Downstream of NATS, each role alone or all in `dispatcher run`:
 //! - [`delivery`]: pull consumers → per-channel schedulers → senders, retries by NAK with
-//!   backoff, [`dlq`] for what keeps failing, outcome [`events`]; [`destination`] is the
+//!   backoff, [`dlq`] for what keeps failing, outcome [`events`]; [`egress`] is the
 //!   SSRF policy every webhook address passes.
 //! - [`recorder`]: NOTIFY and EVENTS → PostgreSQL ([`postgres`]), MongoDB and the Redis
 //!   [`status`] cache, one statement per batch. Its batches and the outcome events' close
@@ -46,8 +46,8 @@ pub mod buckets;
 pub mod config;
 pub mod delivery;
 pub mod dependencies;
-pub mod destination;
 pub mod dlq;
+pub mod egress;
 pub mod error;
 pub mod events;
 #[doc(hidden)]

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::destination::DestinationPolicy;
+use crate::egress::EgressPolicy;
 
 /// Why a request body does not make a notification. The HTTP edge (error.rs) decides
 /// what a client is told: 400 for broken JSON, 413 for a batch over the limit, 422 for
@@ -64,7 +64,12 @@ pub enum Priority {
 }
 
 impl Priority {
-    pub const ALL: [Priority; 3] = [Priority::High, Priority::Medium, Priority::Low];
+    /// How many priorities there are; exhaustive, as [`Channel::COUNT`] is.
+    pub const COUNT: usize = match Priority::Low {
+        Priority::High | Priority::Medium | Priority::Low => Priority::Low as usize + 1,
+    };
+
+    pub const ALL: [Priority; Priority::COUNT] = [Priority::High, Priority::Medium, Priority::Low];
 
     pub const fn index(self) -> usize {
         self as usize
@@ -101,7 +106,15 @@ pub enum Channel {
 }
 
 impl Channel {
-    pub const ALL: [Channel; 4] = [
+    /// How many channels there are. The match is exhaustive, so a new variant does not
+    /// compile until it is counted here (and then sized into every per-channel array).
+    pub const COUNT: usize = match Channel::Push {
+        Channel::Webhook | Channel::Email | Channel::Sms | Channel::Push => {
+            Channel::Push as usize + 1
+        }
+    };
+
+    pub const ALL: [Channel; Channel::COUNT] = [
         Channel::Webhook,
         Channel::Email,
         Channel::Sms,
@@ -146,7 +159,7 @@ pub struct Limits<'p> {
     /// Maximum size of `payload` as sent, in bytes (the caller's tenant's, or the server's).
     pub max_payload: usize,
     /// Webhook URLs with an IP literal outside this policy are refused at the door.
-    pub destinations: &'p DestinationPolicy,
+    pub egress: &'p EgressPolicy,
     /// How far ahead `send_at` may be ([`schedule_horizon`]).
     pub schedule_horizon: Duration,
 }
@@ -157,7 +170,7 @@ impl Limits<'static> {
     pub fn public(max_payload: usize) -> Self {
         Limits {
             max_payload,
-            destinations: &crate::destination::PUBLIC_ONLY,
+            egress: &crate::egress::PUBLIC_ONLY,
             schedule_horizon: schedule_horizon(
                 crate::jetstream::NatsConfig::default().stream_max_age,
             ),
@@ -386,7 +399,7 @@ fn validate<'a>(
     let recipient = request
         .recipient
         .ok_or_else(|| Invalid::field("recipient", "missing field `recipient`"))?;
-    validate_recipient(channel, &recipient, limits.destinations)?;
+    validate_recipient(channel, &recipient, limits.egress)?;
     let payload = request
         .payload
         .ok_or_else(|| Invalid::field("payload", "missing field `payload`"))?;
@@ -463,7 +476,7 @@ fn validate<'a>(
 fn validate_recipient(
     channel: Channel,
     recipient: &str,
-    destinations: &DestinationPolicy,
+    egress: &EgressPolicy,
 ) -> Result<(), Invalid> {
     let fail = |why: &str| Err(Invalid::field("recipient", why));
     if recipient.trim().is_empty() {
@@ -478,7 +491,7 @@ fn validate_recipient(
                 if matches!(uri.scheme_str(), Some("http" | "https"))
                     && uri.authority().is_some() =>
             {
-                destinations
+                egress
                     .check_uri(&uri)
                     .map_err(|refused| Invalid::field("recipient", refused.to_string()))
             }
@@ -520,6 +533,29 @@ mod tests {
 
     fn limits() -> Limits<'static> {
         Limits::public(64)
+    }
+
+    /// SQL cannot read the enums, so the table's CHECK lists are held to them here.
+    #[test]
+    fn the_notifications_table_admits_exactly_the_channels_and_priorities() {
+        let sql = include_str!("../../migrations/20261126000002_notifications.sql");
+        let listed = |column: &str| -> Vec<String> {
+            let check = format!("CHECK ({column} IN (");
+            let start = sql.find(&check).expect("the column has a CHECK list") + check.len();
+            let end = start + sql[start..].find(')').unwrap();
+            sql[start..end]
+                .split(',')
+                .map(|v| v.trim().trim_matches('\'').to_string())
+                .collect()
+        };
+        assert_eq!(
+            listed("channel"),
+            Channel::ALL.map(|c| c.as_str().to_string())
+        );
+        assert_eq!(
+            listed("priority"),
+            Priority::ALL.map(|p| p.as_str().to_string())
+        );
     }
 
     /// Parses as the ingress does, and tells the error as a client would see it.

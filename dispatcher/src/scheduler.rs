@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 
 use crate::model::Priority;
 
-const CLASSES: usize = 3;
+const CLASSES: usize = Priority::COUNT;
 
 /// A value for each priority class, written `high:medium:low` (e.g. `8:4:1`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -676,12 +676,12 @@ async fn email_goes_through_smtp_and_5xx_is_permanent_4xx_retried() {
 async fn webhooks_to_internal_addresses_are_refused_unless_allow_listed() {
     use herald::delivery::senders::{client::client, webhook::WebhookSender};
     use herald::delivery::senders::{Attempt, SendOutcome, Sender};
-    use herald::destination::DestinationPolicy;
+    use herald::egress::EgressPolicy;
     use std::sync::Arc;
 
     let receiver = Receiver::start(|_| (200, Duration::ZERO)).await;
     let port = receiver.addr.port();
-    let send = |policy: DestinationPolicy, url: String| async move {
+    let send = |policy: EgressPolicy, url: String| async move {
         let policy = Arc::new(policy);
         let timeout = Duration::from_secs(5);
         let sender = WebhookSender::new(
@@ -695,9 +695,9 @@ async fn webhooks_to_internal_addresses_are_refused_unless_allow_listed() {
         );
         let body = webhook_to(&url, "high", 1);
         // The ingress would refuse the literals at the door; delivery must not rely on it.
-        let anywhere = DestinationPolicy::new(vec!["0.0.0.0/0".parse().unwrap()]);
+        let anywhere = EgressPolicy::new(vec!["0.0.0.0/0".parse().unwrap()]);
         let limits = herald::model::Limits {
-            destinations: &anywhere,
+            egress: &anywhere,
             ..herald::model::Limits::public(64 * 1024)
         };
         let validated =
@@ -724,7 +724,7 @@ async fn webhooks_to_internal_addresses_are_refused_unless_allow_listed() {
         format!("http://127.0.0.1:{port}/hook"),
         format!("http://[::ffff:127.0.0.1]:{port}/hook"),
     ] {
-        match send(DestinationPolicy::default(), url.clone()).await {
+        match send(EgressPolicy::default(), url.clone()).await {
             SendOutcome::Permanent {
                 error,
                 status: None,
@@ -740,7 +740,7 @@ async fn webhooks_to_internal_addresses_are_refused_unless_allow_listed() {
         "a refused destination was contacted"
     );
 
-    let loopback = DestinationPolicy::new(common::loopback_nets());
+    let loopback = EgressPolicy::new(common::loopback_nets());
     let outcome = send(loopback, format!("http://localhost:{port}/hook")).await;
     assert_eq!(outcome, SendOutcome::Delivered);
     assert_eq!(receiver.wait_for(1, Duration::from_secs(5)).await.len(), 1);

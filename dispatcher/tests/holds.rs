@@ -199,8 +199,8 @@ async fn delivery_with(prefix: &str, pg: &herald::config::PgConfig) -> herald::d
         &async_nats::jetstream::new(client),
         &herald::jetstream::Names::new(prefix),
         &common::test_delivery_config(),
-        &herald::config::DestinationConfig {
-            webhook_allow_nets: herald::destination::Nets(common::loopback_nets()),
+        &herald::config::EgressConfig {
+            webhook_allow_nets: herald::egress::Nets(common::loopback_nets()),
         },
         pg,
         Default::default(),

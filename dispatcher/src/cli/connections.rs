@@ -110,7 +110,7 @@ impl From<NatsArgs> for NatsConfig {
 /// Where webhooks may go (see destination.rs). The ingress refuses IP literals outside the
 /// policy at the door; delivery checks every resolved address.
 #[derive(Debug, Clone, Args)]
-pub struct DestinationArgs {
+pub struct EgressArgs {
     /// Networks webhooks may reach although they are internal (loopback, private,
     /// link-local, ...), comma-separated CIDRs or addresses, e.g. `127.0.0.0/8,::1`.
     /// Empty (the default): public addresses only.
@@ -118,9 +118,9 @@ pub struct DestinationArgs {
     webhook_allow_nets: Nets,
 }
 
-impl From<DestinationArgs> for DestinationConfig {
-    fn from(a: DestinationArgs) -> Self {
-        DestinationConfig {
+impl From<EgressArgs> for EgressConfig {
+    fn from(a: EgressArgs) -> Self {
+        EgressConfig {
             webhook_allow_nets: a.webhook_allow_nets,
         }
     }

@@ -20,11 +20,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use herald::admission::AdmissionConfig;
 use herald::config::{
     check_identifier, check_prefix, parse_weights, AuthMode, DeliverConfig, DeliveryConfig,
-    DestinationConfig, NatsConfig, OtlpConfig, PerChannel, PgConfig, PublisherConfig, RecordConfig,
+    EgressConfig, NatsConfig, OtlpConfig, PerChannel, PgConfig, PublisherConfig, RecordConfig,
     RecordStore, RecorderConfig, RunConfig, ServeConfig, StoreConfig,
 };
 use herald::delivery::retry::RetryPolicy;
-use herald::destination::{parse_nets, Nets};
+use herald::egress::{parse_nets, Nets};
 use herald::scheduler::{PerClass, SchedulerConfig};
 
 type Human = humantime::Duration;

@@ -16,7 +16,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     nats: NatsArgs,
     #[command(flatten)]
-    destinations: DestinationArgs,
+    egress: EgressArgs,
     #[command(flatten)]
     otlp: OtlpArgs,
     /// Largest request body accepted, in bytes (413 above).
@@ -138,7 +138,7 @@ impl ServeArgs {
             listen: self.listen,
             metrics_listen: self.metrics_listen,
             nats: self.nats.into(),
-            destinations: self.destinations.into(),
+            egress: self.egress.into(),
             otlp: self.otlp.into(),
             max_body: self.max_body,
             max_connections: self.max_connections,
@@ -381,7 +381,7 @@ pub struct DeliverArgs {
     #[command(flatten)]
     delivery: DeliveryArgs,
     #[command(flatten)]
-    destinations: DestinationArgs,
+    egress: EgressArgs,
     #[command(flatten)]
     pg: PgArgs,
     #[command(flatten)]
@@ -398,7 +398,7 @@ impl From<DeliverArgs> for DeliverConfig {
         DeliverConfig {
             nats: a.nats.into(),
             delivery: a.delivery.into(),
-            destinations: a.destinations.into(),
+            egress: a.egress.into(),
             pg: a.pg.into(),
             metrics_listen: a.metrics_listen,
             otlp: a.otlp.into(),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::health::HealthConfig;
 use super::retry::RetryPolicy;
+use crate::model::Channel;
 use crate::scheduler::{PerClass, SchedulerConfig};
 
 /// How notifications are delivered.
@@ -96,18 +97,19 @@ impl Default for DeliveryConfig {
 
 /// A value per channel, written `webhook:email:sms:push`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PerChannel(pub [usize; 4]);
+pub struct PerChannel(pub [usize; Channel::COUNT]);
 
 impl std::str::FromStr for PerChannel {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        crate::scheduler::parse_positive_list(s, "webhook:email:sms:push").map(PerChannel)
+        let shape = Channel::ALL.map(Channel::as_str).join(":");
+        crate::scheduler::parse_positive_list(s, &shape).map(PerChannel)
     }
 }
 
 impl std::fmt::Display for PerChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let [a, b, c, d] = self.0;
-        write!(f, "{a}:{b}:{c}:{d}")
+        let values = self.0.map(|v| v.to_string());
+        f.write_str(&values.join(":"))
     }
 }

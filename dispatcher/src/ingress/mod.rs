@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::Admission;
 use crate::config::{AuthMode, ServeConfig};
-use crate::destination::DestinationPolicy;
+use crate::egress::EgressPolicy;
 use crate::idempotency::Idempotency;
 use crate::jetstream::{Names, Readiness};
 use crate::lifecycle::{Health, ReadyState, StartError};
@@ -48,7 +48,7 @@ pub struct State {
     pub max_payload: usize,
     /// How far ahead `send_at` may be (from `--stream-max-age`).
     pub schedule_horizon: Duration,
-    pub destinations: DestinationPolicy,
+    pub egress: EgressPolicy,
     pub max_body: usize,
     pub max_batch: usize,
     pub body_timeout: Duration,
@@ -170,7 +170,7 @@ impl Ingress {
         let state = Arc::new(State {
             max_payload: config.max_payload,
             schedule_horizon: crate::model::schedule_horizon(config.nats.stream_max_age),
-            destinations: config.destinations.policy(),
+            egress: config.egress.policy(),
             max_body: config.max_body,
             max_batch: config.max_batch,
             body_timeout: config.body_timeout,

@@ -46,8 +46,8 @@ pub fn test_config(nats_url: &str) -> ServeConfig {
         // Tests of authentication turn it on; the others speak for the anonymous tenant.
         auth: AuthMode::Off,
         // Test receivers listen on loopback, which the default policy refuses.
-        destinations: herald::config::DestinationConfig {
-            webhook_allow_nets: herald::destination::Nets(loopback_nets()),
+        egress: herald::config::EgressConfig {
+            webhook_allow_nets: herald::egress::Nets(loopback_nets()),
         },
         // A shared 2-core machine running a suite of debug builds is overloaded by
         // admission's standard (5 ms of standing delay), and would shed low and medium in
@@ -847,8 +847,8 @@ impl Stack {
         let client = async_nats::connect(&self.server.nats_url).await.unwrap();
         let js = jetstream::new(client);
         let names = herald::jetstream::Names::new(&self.server.prefix);
-        let destinations = herald::config::DestinationConfig {
-            webhook_allow_nets: herald::destination::Nets(loopback_nets()),
+        let destinations = herald::config::EgressConfig {
+            webhook_allow_nets: herald::egress::Nets(loopback_nets()),
         };
         let delivery = herald::app::start_delivery(
             &js,

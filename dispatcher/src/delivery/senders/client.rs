@@ -14,7 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::{parse_retry_after, SendOutcome};
-use crate::destination::{refusal_in, DestinationPolicy, PolicyConnector};
+use crate::egress::{refusal_in, EgressPolicy, PolicyConnector};
 
 pub type HttpClient = Client<HttpsConnector<PolicyConnector>, Full<Bytes>>;
 
@@ -23,7 +23,7 @@ pub type HttpClient = Client<HttpsConnector<PolicyConnector>, Full<Bytes>>;
 pub fn client(
     timeout: Duration,
     max_idle_per_host: usize,
-    policy: Option<Arc<DestinationPolicy>>,
+    policy: Option<Arc<EgressPolicy>>,
 ) -> HttpClient {
     let http = PolicyConnector::new(policy, timeout);
     let https = hyper_rustls::HttpsConnectorBuilder::new()

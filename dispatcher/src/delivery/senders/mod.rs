@@ -151,7 +151,7 @@ pub struct Provider {
 
 /// Each channel's providers, in the order they are tried: on a retryable failure of one
 /// (or while its circuit is open) the next takes the same attempt.
-pub struct Senders(pub [Vec<Provider>; 4]);
+pub struct Senders(pub [Vec<Provider>; Channel::COUNT]);
 
 /// Builds the sender of a channel's `i`-th provider, at its URL.
 type MakeSender<'a> = dyn Fn(usize, &str) -> Result<Arc<dyn Sender>, String> + 'a;
@@ -178,18 +178,18 @@ impl Senders {
     /// may list several providers (commas), with their credentials listed in the same
     /// order (one value serves all).
     /// `tenants` gives each tenant's webhook secret; without it every webhook is signed
-    /// with `--webhook-secret`. `destinations`: where webhooks may go.
+    /// with `--webhook-secret`. `egress`: where webhooks may go.
     pub fn from_config(
         config: &DeliveryConfig,
         tenants: Option<Arc<crate::tenants::Directory>>,
-        destinations: Arc<crate::destination::DestinationPolicy>,
+        egress: Arc<crate::egress::EgressPolicy>,
     ) -> Result<Self, String> {
         let caps = config.channel_concurrency.0;
         let webhook = webhook::WebhookSender::new(
             client::client(
                 config.webhook_timeout,
                 caps[Channel::Webhook.index()],
-                Some(destinations),
+                Some(egress),
             ),
             &config.webhook_secret,
             tenants,

@@ -288,7 +288,7 @@ impl Caller {
     fn limits<'s>(&self, state: &'s State) -> Limits<'s> {
         Limits {
             max_payload: self.max_payload,
-            destinations: &state.destinations,
+            egress: &state.egress,
             schedule_horizon: state.schedule_horizon,
         }
     }

@@ -25,14 +25,15 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
 
-/// The webhook destination policy: public addresses, plus the allow-listed networks.
+/// The webhook egress policy (where webhooks may go): public addresses, plus the
+/// allow-listed networks.
 #[derive(Debug, Clone, Default)]
-pub struct DestinationPolicy {
+pub struct EgressPolicy {
     allow: Vec<IpNet>,
 }
 
 /// Allows public addresses only (the default).
-pub static PUBLIC_ONLY: DestinationPolicy = DestinationPolicy { allow: Vec::new() };
+pub static PUBLIC_ONLY: EgressPolicy = EgressPolicy { allow: Vec::new() };
 
 /// Why an address was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,9 +43,9 @@ pub struct Refused {
     pub class: &'static str,
 }
 
-impl DestinationPolicy {
+impl EgressPolicy {
     pub fn new(allow: Vec<IpNet>) -> Self {
-        DestinationPolicy { allow }
+        EgressPolicy { allow }
     }
 
     /// Whether delivery may connect to `ip`.
@@ -138,12 +139,12 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
 /// (inside an `io::Error`; see [`refusal_in`]).
 #[derive(Clone)]
 pub struct PolicyResolver {
-    policy: Option<Arc<DestinationPolicy>>,
+    policy: Option<Arc<EgressPolicy>>,
 }
 
 impl PolicyResolver {
     /// `None`: no policy (providers the operator configured).
-    pub fn new(policy: Option<Arc<DestinationPolicy>>) -> Self {
+    pub fn new(policy: Option<Arc<EgressPolicy>>) -> Self {
         PolicyResolver { policy }
     }
 }
@@ -193,7 +194,7 @@ impl tower_service::Service<Name> for PolicyResolver {
 #[derive(Clone)]
 pub struct PolicyConnector {
     inner: HttpConnector<PolicyResolver>,
-    policy: Option<Arc<DestinationPolicy>>,
+    policy: Option<Arc<EgressPolicy>>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -201,7 +202,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 impl PolicyConnector {
     /// TCP without Nagle, connecting within `connect_timeout`, for `http` and `https` URLs
     /// (TLS is layered on top by the caller).
-    pub fn new(policy: Option<Arc<DestinationPolicy>>, connect_timeout: Duration) -> Self {
+    pub fn new(policy: Option<Arc<EgressPolicy>>, connect_timeout: Duration) -> Self {
         let mut inner = HttpConnector::new_with_resolver(PolicyResolver::new(policy.clone()));
         inner.set_nodelay(true);
         inner.set_connect_timeout(Some(connect_timeout));
@@ -285,14 +286,14 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
 
 /// Where webhooks may go (see destination.rs).
 #[derive(Debug, Clone, Default)]
-pub struct DestinationConfig {
+pub struct EgressConfig {
     /// Internal networks webhooks may reach nonetheless (empty: public addresses only).
     pub webhook_allow_nets: Nets,
 }
 
-impl DestinationConfig {
-    pub fn policy(&self) -> DestinationPolicy {
-        DestinationPolicy::new(self.webhook_allow_nets.0.clone())
+impl EgressConfig {
+    pub fn policy(&self) -> EgressPolicy {
+        EgressPolicy::new(self.webhook_allow_nets.0.clone())
     }
 }
 
@@ -300,7 +301,7 @@ impl DestinationConfig {
 mod tests {
     use super::*;
 
-    fn refused(policy: &DestinationPolicy, ip: &str) -> bool {
+    fn refused(policy: &EgressPolicy, ip: &str) -> bool {
         policy.check(ip.parse().unwrap()).is_err()
     }
 
@@ -350,7 +351,7 @@ mod tests {
 
     #[test]
     fn allow_list_opens_exactly_its_networks() {
-        let p = DestinationPolicy::new(vec![
+        let p = EgressPolicy::new(vec![
             parse_net("127.0.0.0/8").unwrap(),
             parse_net("10.0.0.7").unwrap(),
         ]);
@@ -383,7 +384,7 @@ mod tests {
     #[tokio::test]
     async fn resolver_refuses_names_of_internal_addresses() {
         use tower_service::Service;
-        let mut strict = PolicyResolver::new(Some(Arc::new(DestinationPolicy::default())));
+        let mut strict = PolicyResolver::new(Some(Arc::new(EgressPolicy::default())));
         let err = strict
             .call("localhost".parse().unwrap())
             .await
@@ -392,7 +393,7 @@ mod tests {
         assert!(refused.ip.is_loopback());
         let mut open = PolicyResolver::new(None);
         assert!(open.call("localhost".parse().unwrap()).await.is_ok());
-        let mut allowed = PolicyResolver::new(Some(Arc::new(DestinationPolicy::new(vec![
+        let mut allowed = PolicyResolver::new(Some(Arc::new(EgressPolicy::new(vec![
             parse_net("127.0.0.0/8").unwrap(),
             parse_net("::1/128").unwrap(),
         ]))));
