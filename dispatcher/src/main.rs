@@ -9,6 +9,8 @@ use cli::{Cli, Command, KeyCommand, LogArgs, LogFormat, TenantCommand};
 use herald::app::{self, App};
 use herald::config::PgConfig;
 use herald::{postgres, tenants};
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
@@ -229,8 +231,12 @@ fn refuse_transparent_huge_pages() {
 fn init_tracing(args: &LogArgs) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&args.log).context("parsing --log")?;
     // stderr: stdout carries the commands' JSON (tenant and key creation), for pipes.
+    // Colour only for a person at a terminal: a file, a pipe or a log collector gets plain
+    // text (and NO_COLOR is honoured).
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Text => builder.init(),

@@ -27,9 +27,15 @@ struct Process {
 
 impl Process {
     fn start(args: &[&str]) -> Process {
+        Self::start_as("json", args)
+    }
+
+    /// With `--log-format format`; the lines `line` waits for are only the JSON ones.
+    fn start_as(format: &str, args: &[&str]) -> Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_dispatcher"))
-            .args(["--log-format", "json"])
+            .args(["--log-format", format])
             .args(args)
+            .env_remove("NO_COLOR")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -354,4 +360,38 @@ async fn commands_name_the_database_url_and_exit_non_zero_within_their_wait() {
         "{stderr}"
     );
     assert!(lines[0].contains("connection refused"), "{stderr}");
+}
+
+/// A log read from a pipe (a file, a collector) is plain text: no ANSI colour codes.
+#[tokio::test]
+async fn text_logs_to_a_pipe_carry_no_colour() {
+    let (nats_port, metrics) = (closed_port(), free_port());
+    let address = format!("nats://127.0.0.1:{nats_port}");
+    let mut serve = Process::start_as(
+        "text",
+        &[
+            "serve",
+            "--nats-url",
+            &address,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
+            "--prefix",
+            &unique_prefix(),
+        ],
+    );
+    let started = Instant::now();
+    while !serve.log().contains("--nats-url") && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    serve.signal("TERM");
+    let (exit, _) = serve.ended(Duration::from_secs(10)).await;
+    let log = serve.log();
+    assert!(exit.success(), "{exit:?}\n{log}");
+    assert!(log.contains("WARN") && log.contains("--nats-url"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "colour codes in a piped log:\n{log:?}"
+    );
 }

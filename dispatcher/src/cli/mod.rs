@@ -207,7 +207,7 @@ pub struct LogArgs {
     #[arg(
         long,
         env = "HERALD_LOG",
-        default_value = "info,async_nats=warn",
+        default_value = "info,async_nats=warn,sqlx::postgres::notice=warn",
         global = true
     )]
     pub log: String,

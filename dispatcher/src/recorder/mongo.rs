@@ -60,6 +60,17 @@ pub async fn drop_database(url: &str, name: &str) -> Result<(), mongodb::error::
     dropped
 }
 
+/// A server's refusal in one line, its message and code, without the driver's dump of
+/// the whole answer; other errors as the driver words them.
+pub fn refusal(err: &mongodb::error::Error) -> String {
+    match err.kind.as_ref() {
+        mongodb::error::ErrorKind::Command(e) => {
+            format!("{} (code {} {})", e.message, e.code, e.code_name)
+        }
+        kind => kind.to_string(),
+    }
+}
+
 impl MongoSink {
     pub fn new(database: mongodb::Database, retention: Duration) -> Self {
         MongoSink {
@@ -83,21 +94,30 @@ impl MongoSink {
                     doc! { "key": { "tenant": 1, "_id": -1 }, "name": "tenant_id" },
                 )
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| refusal(&e))?;
                 create(
                     DELIVERIES,
                     doc! { "key": { "notification_id": 1, "seq": 1 }, "name": "notification" },
                 )
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| refusal(&e))?;
                 let retention = self.retention.as_secs() as i64;
+                let mut refused = Vec::new();
                 for (collection, field) in [(COLLECTION, "accepted_at"), (DELIVERIES, "at")] {
                     let ttl = doc! {
                         "key": { field: 1 }, "name": "retention", "expireAfterSeconds": retention,
                     };
                     if let Err(err) = create(collection, ttl).await {
-                        tracing::warn!(collection, error = %err, "TTL index refused; documents are not expired by the server");
+                        refused.push((collection, refusal(&err)));
                     }
+                }
+                // One line at start, in words: FerretDB refuses TTL indexes at every start.
+                if let Some((_, why)) = refused.first() {
+                    let collections: Vec<&str> = refused.iter().map(|(c, _)| *c).collect();
+                    tracing::warn!(
+                        "the document store refused the retention TTL index on {}: {why}; documents are kept until removed",
+                        collections.join(" and ")
+                    );
                 }
                 Ok(())
             })
