@@ -353,10 +353,10 @@ async fn start_ingress(
         stop_background.clone(),
     ));
     // RedisStore's error already names --redis-url.
-    let redis = Arc::new(
-        RedisStore::new(&config.store.redis_url, &config.nats.prefix)
-            .map_err(StartError::Settings)?,
-    );
+    let redis = Arc::new(RedisStore::new(
+        &config.store.redis_url,
+        &config.nats.prefix,
+    )?);
     let pool = postgres::pool(&config.store.pg)?;
     if config.migrate {
         postgres::migrate(&pool, &config.store.pg.pg_schema).await?;
@@ -545,8 +545,7 @@ pub async fn sinks(
     if !config.record_skip.contains(&RecordStore::Postgres) {
         let pool = postgres::pool(&store.pg)?;
         // RedisStore's error already names --redis-url.
-        let redis =
-            Arc::new(RedisStore::new(&store.redis_url, prefix).map_err(StartError::Settings)?);
+        let redis = Arc::new(RedisStore::new(&store.redis_url, prefix)?);
         let cache = Arc::new(StatusCache::new(redis));
         sinks.push(Arc::new(recorder::postgres::PostgresSink::new(
             pool,

@@ -24,6 +24,12 @@ use crate::redis_store::RedisStore;
 #[error("idempotency store (Redis): {0}")]
 pub struct Unavailable(pub String);
 
+impl From<crate::redis_store::RedisError> for Unavailable {
+    fn from(err: crate::redis_store::RedisError) -> Self {
+        Unavailable(err.to_string())
+    }
+}
+
 /// What claiming a key found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -83,8 +89,11 @@ impl Idempotency {
                 .arg("PX")
                 .arg(ttl_ms);
         }
-        let previous: Vec<Option<String>> =
-            self.redis.query(&pipe, None).await.map_err(Unavailable)?;
+        let previous: Vec<Option<String>> = self
+            .redis
+            .query(&pipe, None)
+            .await
+            .map_err(Unavailable::from)?;
         Ok(requests
             .iter()
             .zip(previous)
@@ -113,8 +122,11 @@ impl Idempotency {
     pub async fn accepted_id(&self, tenant: &Uuid, key: &str) -> Result<Option<Uuid>, Unavailable> {
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(self.redis_key(tenant, key));
-        let (value,): (Option<String>,) =
-            self.redis.query(&pipe, None).await.map_err(Unavailable)?;
+        let (value,): (Option<String>,) = self
+            .redis
+            .query(&pipe, None)
+            .await
+            .map_err(Unavailable::from)?;
         Ok(value.and_then(|v| {
             let mut parts = v.splitn(3, ':');
             match (parts.next(), parts.next()) {

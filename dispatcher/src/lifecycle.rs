@@ -36,6 +36,9 @@ pub enum StartError {
     Mongo(#[from] mongodb::error::Error),
     #[error("NATS: {0}")]
     Nats(#[from] async_nats::ConnectError),
+    /// Names `--redis-url` itself.
+    #[error(transparent)]
+    Redis(#[from] crate::redis_store::RedisError),
     #[error("{0}")]
     Settings(String),
     #[error("stopped before it started")]

@@ -59,9 +59,9 @@ pub async fn purge(
             Ok(n) => purged.redis_keys = n,
             Err(err) => purged
                 .failures
-                .push(redis_failed(&dependencies::classify_text(&err))),
+                .push(redis_failed(&dependencies::cause(&err))),
         },
-        Err(err) => purged.failures.push(redis_failed(&err)),
+        Err(err) => purged.failures.push(redis_failed(&err.to_string())),
     }
     if keep_schema {
         return Ok(purged);

@@ -70,7 +70,12 @@ impl RateLimiter {
 
     /// Takes `cost` tokens from the tenant's bucket if it has them. `Err` when Redis could
     /// not be asked.
-    pub async fn take(&self, tenant: Uuid, limit: Limit, cost: u32) -> Result<Decision, String> {
+    pub async fn take(
+        &self,
+        tenant: Uuid,
+        limit: Limit,
+        cost: u32,
+    ) -> Result<Decision, crate::redis_store::RedisError> {
         let key = self.redis.key("rl", tenant.simple());
         let mut pipe = redis::pipe();
         self.script

@@ -8,6 +8,24 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use tokio::sync::OnceCell;
 
+/// Why Redis could not be used. Typed so that a caller can say why in an operator's words
+/// (`dependencies::cause` walks its sources), not only repeat the text.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    /// `--redis-url` does not parse.
+    #[error("--redis-url: {0}")]
+    Url(#[source] redis::RedisError),
+    /// No connection within [`CONNECT_PATIENCE`].
+    #[error("timed out: no connection within {} s", CONNECT_PATIENCE.as_secs())]
+    TimedOut,
+    /// Connecting or a command failed.
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+}
+
+/// How long the first use waits for a connection.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
+
 pub struct RedisStore {
     client: redis::Client,
     connection: OnceCell<ConnectionManager>,
@@ -16,8 +34,8 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    pub fn new(url: &str, prefix: &str) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("--redis-url: {e}"))?;
+    pub fn new(url: &str, prefix: &str) -> Result<Self, RedisError> {
+        let client = redis::Client::open(url).map_err(RedisError::Url)?;
         Ok(RedisStore {
             client,
             connection: OnceCell::new(),
@@ -27,7 +45,7 @@ impl RedisStore {
 
     /// Deletes every key under the prefix (SCAN, then DEL in batches: no KEYS on a shared
     /// server); returns how many were deleted.
-    pub async fn delete_prefixed(&self) -> Result<usize, String> {
+    pub async fn delete_prefixed(&self) -> Result<usize, RedisError> {
         let mut connection = self.connection().await?;
         let pattern = format!("{}*", self.prefix);
         let (mut cursor, mut deleted) = (0u64, 0usize);
@@ -39,14 +57,12 @@ impl RedisStore {
                 .arg("COUNT")
                 .arg(1000)
                 .query_async(&mut connection)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             if !keys.is_empty() {
                 deleted += redis::cmd("DEL")
                     .arg(&keys)
                     .query_async::<usize>(&mut connection)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
             }
             if next == 0 {
                 return Ok(deleted);
@@ -61,21 +77,31 @@ impl RedisStore {
     }
 
     /// The shared connection; an error when Redis cannot be reached within 2 s.
-    pub async fn connection(&self) -> Result<ConnectionManager, String> {
+    pub async fn connection(&self) -> Result<ConnectionManager, RedisError> {
         self.connection
             .get_or_try_init(|| async {
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(Duration::from_secs(2)))
                     .set_response_timeout(Some(Duration::from_secs(2)));
                 match tokio::time::timeout(
-                    Duration::from_secs(3),
+                    CONNECT_PATIENCE,
                     self.client.get_connection_manager_with_config(config),
                 )
                 .await
                 {
                     Ok(Ok(c)) => Ok(c),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(String::from("timed out")),
+                    Ok(Err(e)) => Err(RedisError::Redis(e)),
+                    // The manager retries within its patience, so say why one plain
+                    // connect fails (refused, unknown host, auth) when it does so fast.
+                    Err(_) => match tokio::time::timeout(
+                        Duration::from_secs(1),
+                        self.client.get_multiplexed_async_connection(),
+                    )
+                    .await
+                    {
+                        Ok(Err(e)) => Err(RedisError::Redis(e)),
+                        _ => Err(RedisError::TimedOut),
+                    },
                 }
             })
             .await
@@ -90,16 +116,14 @@ impl RedisStore {
         &self,
         pipe: &redis::Pipeline,
         script: Option<&Script>,
-    ) -> Result<T, String> {
+    ) -> Result<T, RedisError> {
         let mut connection = self.connection().await?;
         match run(&mut connection, pipe, script).await {
             Err(e) if e.is_connection_dropped() || e.is_io_error() => {
                 tracing::debug!(error = %e, "Redis connection broke; trying once more");
-                run(&mut connection, pipe, script)
-                    .await
-                    .map_err(|e| e.to_string())
+                Ok(run(&mut connection, pipe, script).await?)
             }
-            other => other.map_err(|e| e.to_string()),
+            other => Ok(other?),
         }
     }
 }

@@ -101,7 +101,10 @@ impl StatusCache {
                 .arg(ttl_ms)
                 .ignore();
         }
-        self.redis.query(&pipe, Some(&self.script)).await
+        self.redis
+            .query(&pipe, Some(&self.script))
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// `SET NX` of every row, in one pipeline: a state already cached is never put back.
@@ -122,7 +125,10 @@ impl StatusCache {
                 .arg(ttl_ms)
                 .ignore();
         }
-        self.redis.query(&pipe, None).await
+        self.redis
+            .query(&pipe, None)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// The cached state, if any (a Redis failure reads as a miss).

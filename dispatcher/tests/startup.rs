@@ -395,3 +395,45 @@ async fn text_logs_to_a_pipe_carry_no_colour() {
         "colour codes in a piped log:\n{log:?}"
     );
 }
+
+/// `dispatcher purge` with Redis away names it by flag and address with its real cause
+/// (the connection manager's own retries would say only "timed out"), and still purges
+/// the stores it can reach.
+#[tokio::test]
+async fn purge_names_an_unreachable_redis_with_its_cause_and_purges_the_rest() {
+    let (port, prefix) = (closed_port(), unique_prefix());
+    // Something to purge: the namespace's streams.
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: format!("{prefix}NOTIFY"),
+        subjects: vec![format!("{prefix}notify.>")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let url = format!("redis://127.0.0.1:{port}");
+    let out = Command::new(env!("CARGO_BIN_EXE_dispatcher"))
+        .args([
+            "--log-format",
+            "json",
+            "purge",
+            "--keep-schema",
+            "--nats-url",
+        ])
+        .arg(nats_url())
+        .args(["--prefix", &prefix, "--redis-url", &url])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let purged: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        purged["streams"],
+        serde_json::json!([format!("{prefix}NOTIFY")])
+    );
+    let failures = purged["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{purged}");
+    let failure = failures[0].as_str().unwrap();
+    assert!(failure.contains(&format!("--redis-url {url}")), "{failure}");
+    assert!(failure.contains("connection refused"), "{failure}");
+}
