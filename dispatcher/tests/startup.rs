@@ -138,23 +138,33 @@ fn dependency<'a>(body: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("{name} not listed in {body}"))
 }
 
-#[tokio::test]
-async fn serve_without_nats_names_it_stays_unready_and_stops_on_sigterm() {
+/// `dispatcher serve` logging as `format` with NATS at a closed port: the process, the
+/// NATS address and the operators' port.
+fn serve_without_nats(format: &str) -> (Process, String, u16) {
     let (nats_port, metrics) = (closed_port(), free_port());
     let address = format!("nats://127.0.0.1:{nats_port}");
-    let mut serve = Process::start(&[
-        "serve",
-        "--nats-url",
-        &address,
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        &format!("127.0.0.1:{metrics}"),
-        "--prefix",
-        &unique_prefix(),
-        "--shutdown-timeout",
-        "5s",
-    ]);
+    let serve = Process::start_as(
+        format,
+        &[
+            "serve",
+            "--nats-url",
+            &address,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
+            "--prefix",
+            &unique_prefix(),
+            "--shutdown-timeout",
+            "5s",
+        ],
+    );
+    (serve, address, metrics)
+}
+
+#[tokio::test]
+async fn serve_without_nats_names_it_stays_unready_and_stops_on_sigterm() {
+    let (mut serve, address, metrics) = serve_without_nats("json");
     let line = serve
         .line(Duration::from_secs(5), |l| names(l, "--nats-url", &address))
         .await;
@@ -365,22 +375,7 @@ async fn commands_name_the_database_url_and_exit_non_zero_within_their_wait() {
 /// A log read from a pipe (a file, a collector) is plain text: no ANSI colour codes.
 #[tokio::test]
 async fn text_logs_to_a_pipe_carry_no_colour() {
-    let (nats_port, metrics) = (closed_port(), free_port());
-    let address = format!("nats://127.0.0.1:{nats_port}");
-    let mut serve = Process::start_as(
-        "text",
-        &[
-            "serve",
-            "--nats-url",
-            &address,
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            &format!("127.0.0.1:{metrics}"),
-            "--prefix",
-            &unique_prefix(),
-        ],
-    );
+    let (mut serve, _, _) = serve_without_nats("text");
     let started = Instant::now();
     while !serve.log().contains("--nats-url") && started.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(50)).await;
