@@ -12,7 +12,7 @@ use async_nats::jetstream::context::ContextBuilder;
 
 use crate::admission::{Admission, Yielding};
 use crate::config::{
-    DeliverConfig, DeliveryConfig, EgressConfig, NatsConfig, PgConfig, RecordConfig, RecordStore,
+    AuthMode, DeliverConfig, DeliveryConfig, EgressConfig, NatsConfig, PgConfig, RecordConfig, RecordStore,
     RecorderConfig, RunConfig, ServeConfig, StoreConfig,
 };
 use crate::delivery::{Delivery, Senders};
@@ -190,6 +190,11 @@ impl App {
             delivery,
             recorder,
         } = config;
+        if serve.auth == AuthMode::Off && delivery.webhook_secret.is_none() {
+            return Err(StartError::Settings(String::from(
+                "--auth off: the webhooks of notifications without a tenant are signed with --webhook-secret, which is not set (make one with: echo whsec_$(openssl rand -base64 32))",
+            )));
+        }
         let metrics = Arc::new(Metrics::new());
         let (nats, store, egress) = (
             serve.nats.clone(),

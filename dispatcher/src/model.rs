@@ -229,11 +229,20 @@ pub struct NotificationRequest<'a> {
     #[serde(default)]
     #[schema(required = false)]
     pub expires_at: Option<DateTime<Utc>>,
-    /// Any JSON object the caller wants kept with the notification (at most 16 KiB).
+    /// Any JSON object the caller wants kept with the notification (at most 16 KiB). It
+    /// stays with Herald: receivers never see it.
     #[serde(borrow, default)]
     #[schema(value_type = Option<Object>, required = false)]
     pub metadata: Option<&'a RawValue>,
+    /// The event's type (`invoice.paid`), given to a webhook's receiver as the body's
+    /// `type`: 1 to 128 of `A-Z a-z 0-9 . _ - :`.
+    #[serde(borrow, default, rename = "type")]
+    #[schema(value_type = Option<String>, required = false, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")]
+    pub event_type: Option<std::borrow::Cow<'a, str>>,
 }
+
+/// Longest `type`, in bytes.
+pub const MAX_EVENT_TYPE_LEN: usize = 128;
 
 /// A validated notification, ready to be given an id and encoded.
 #[derive(Debug)]
@@ -246,6 +255,7 @@ pub struct Validated<'a> {
     pub send_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
     pub metadata: Option<&'a RawValue>,
+    pub event_type: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// Version of the wire document; bumped on any incompatible change.
@@ -278,6 +288,8 @@ pub struct WireNotification<'a> {
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<&'a RawValue>,
     pub accepted_at: DateTime<Utc>,
+    #[serde(borrow, default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<std::borrow::Cow<'a, str>>,
 }
 
 impl<'a> Validated<'a> {
@@ -296,6 +308,7 @@ impl<'a> Validated<'a> {
             expires_at: self.expires_at,
             metadata: self.metadata,
             accepted_at,
+            event_type: self.event_type.clone(),
         };
         let mut buf = Vec::with_capacity(self.payload.get().len() + self.recipient.len() + 192);
         serde_json::to_writer(&mut buf, &wire).expect("serializing owned JSON cannot fail");
@@ -424,6 +437,18 @@ fn validate<'a>(
             ));
         }
     }
+    if let Some(event_type) = &request.event_type {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':');
+        if event_type.is_empty()
+            || event_type.len() > MAX_EVENT_TYPE_LEN
+            || !event_type.chars().all(allowed)
+        {
+            return Err(Invalid::field(
+                "type",
+                format!("type must be 1 to {MAX_EVENT_TYPE_LEN} of A-Z a-z 0-9 . _ - :"),
+            ));
+        }
+    }
     if let Some(metadata) = request.metadata {
         if !metadata.get().starts_with('{') {
             return Err(Invalid::field("metadata", "metadata must be a JSON object"));
@@ -468,6 +493,7 @@ fn validate<'a>(
         send_at: request.send_at,
         expires_at: request.expires_at,
         metadata: request.metadata,
+        event_type: request.event_type,
     })
 }
 

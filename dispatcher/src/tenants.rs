@@ -85,7 +85,7 @@ pub async fn create_tenant(
     let tenant = Tenant {
         id: Uuid::now_v7(),
         name: name.to_string(),
-        webhook_secret: random_token("whsec_"),
+        webhook_secret: crate::signing::Secret::generate(),
         limits,
     };
     let as_int = |v: Option<u32>| v.map(|v| i32::try_from(v).unwrap_or(i32::MAX));

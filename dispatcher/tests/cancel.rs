@@ -24,7 +24,7 @@ async fn sent_once_due(receiver: &Receiver, due: chrono::DateTime<chrono::Utc>) 
     receiver
         .received()
         .iter()
-        .map(|r| r.header("herald-id"))
+        .map(|r| r.header("webhook-id"))
         .collect()
 }
 

@@ -7,9 +7,8 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{eventually, webhook_to, Receiver, Stack};
+use common::{eventually, webhook_to, Receiver, Stack, TEST_SECRET};
 
-const SECRET: &str = "herald-development-secret";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivered_on_first_try_signed_and_recorded() {
@@ -18,17 +17,24 @@ async fn delivered_on_first_try_signed_and_recorded() {
     let id = stack.accept(webhook_to(&receiver.url(), "high", 1)).await;
     let got = receiver.wait_for(1, Duration::from_secs(10)).await;
     let r = &got[0];
-    assert_eq!(r.header("herald-id"), id);
+    assert_eq!(r.header("webhook-id"), id);
     assert_eq!(r.header("herald-attempt"), "1");
     assert_eq!(r.header("herald-priority"), "high");
     assert_eq!(r.header("content-type"), "application/json");
-    let timestamp: u64 = r.header("herald-timestamp").parse().unwrap();
+    let timestamp: u64 = r.header("webhook-timestamp").parse().unwrap();
+    let secret = herald::signing::Secret::parse(TEST_SECRET).unwrap();
     assert_eq!(
-        r.header("herald-signature"),
-        herald::delivery::senders::webhook::signature(SECRET.as_bytes(), timestamp, &r.body)
+        r.header("webhook-signature"),
+        secret.sign(&id, timestamp, &r.body)
     );
+    assert!(r.header("herald-signature").is_empty());
     assert_eq!(r.json()["id"], id.as_str());
-    assert_eq!(r.json()["payload"]["n"], 1);
+    assert_eq!(r.json()["priority"], "high");
+    assert_eq!(r.json()["data"]["n"], 1);
+    // Nothing of Herald's own goes to the receiver.
+    let body = r.json();
+    let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["id", "timestamp", "priority", "data"], "{}", r.json());
 
     let events = stack.wait_events(1).await;
     // Nothing else comes: no second delivery, no second event.
@@ -47,7 +53,7 @@ async fn a_500_is_retried_after_a_backoff_within_bounds() {
     let got = receiver.wait_for(2, Duration::from_secs(10)).await;
     assert_eq!(got[0].header("herald-attempt"), "1");
     assert_eq!(got[1].header("herald-attempt"), "2");
-    assert_eq!(got[1].header("herald-id"), id);
+    assert_eq!(got[1].header("webhook-id"), id);
     // Full jitter: the wait is between 0 and the base (300 ms), plus scheduling slack.
     let gap = got[1].at - got[0].at;
     assert!(
@@ -99,7 +105,7 @@ async fn a_400_goes_to_the_dlq_at_once_and_replay_delivers_it() {
     let replay = stack.server.post(&format!("/v1/dlq/{id}/replay"), "").await;
     assert_eq!(replay.status, 202, "{:?}", replay.body);
     let got = receiver.wait_for(2, Duration::from_secs(10)).await;
-    assert_eq!(got[1].header("herald-id"), id);
+    assert_eq!(got[1].header("webhook-id"), id);
     assert_eq!(
         got[1].header("herald-attempt"),
         "1",
@@ -414,7 +420,7 @@ async fn a_send_lost_in_a_crash_is_redelivered() {
     stack.delivery.take().unwrap().abort();
     stack.start_delivery().await;
     let got = receiver.wait_for(2, Duration::from_secs(15)).await;
-    assert_eq!(got[1].header("herald-id"), id);
+    assert_eq!(got[1].header("webhook-id"), id);
     assert_eq!(got[1].header("herald-attempt"), "2");
     stack.finish().await;
 }
@@ -481,7 +487,7 @@ async fn shutdown_loses_nothing() {
         let ids: HashSet<String> = receiver
             .received()
             .iter()
-            .map(|r| r.header("herald-id"))
+            .map(|r| r.header("webhook-id"))
             .collect();
         (ids.len() >= accepted.len()).then_some(ids)
     })
@@ -686,7 +692,7 @@ async fn webhooks_to_internal_addresses_are_refused_unless_allow_listed() {
         let timeout = Duration::from_secs(5);
         let sender = WebhookSender::new(
             client(timeout, 4, Some(policy)),
-            SECRET,
+            Some(herald::signing::Secret::parse(TEST_SECRET).unwrap()),
             None,
             herald::delivery::senders::client::Bounds {
                 timeout,

@@ -28,10 +28,10 @@ fn delivered(receiver: &Receiver, ok: impl Fn(usize) -> bool) -> Vec<(String, u3
         .iter()
         .enumerate()
         .filter(|(n, _)| ok(*n))
-        .filter(|(_, r)| seen.insert(r.header("herald-id")))
+        .filter(|(_, r)| seen.insert(r.header("webhook-id")))
         .map(|(_, r)| {
             (
-                r.header("herald-id"),
+                r.header("webhook-id"),
                 r.header("herald-attempt").parse().unwrap(),
             )
         })
@@ -180,7 +180,7 @@ async fn a_paused_destination_holds_its_messages_and_they_go_at_attempt_one() {
     assert_eq!(resumed.body["paused"], false);
     let got = receiver.wait_for(3, Duration::from_secs(10)).await;
     for r in &got {
-        assert!(ids.contains(&r.header("herald-id")));
+        assert!(ids.contains(&r.header("webhook-id")));
         // Waiting spent no attempts, though JetStream delivered each message many times.
         assert_eq!(r.header("herald-attempt"), "1");
     }
@@ -212,9 +212,9 @@ async fn retry_after_holds_every_message_to_that_destination() {
         assert!(
             after >= Duration::from_millis(1900),
             "{} went {after:?} after a Retry-After of 2 s",
-            r.header("herald-id")
+            r.header("webhook-id")
         );
-        let expected = if r.header("herald-id") == first {
+        let expected = if r.header("webhook-id") == first {
             "2"
         } else {
             "1"

@@ -74,7 +74,7 @@ async fn scheduled_and_held_backlogs_do_not_block_their_priority() {
             healthy
                 .received()
                 .iter()
-                .any(|r| r.header("herald-id") == id)
+                .any(|r| r.header("webhook-id") == id)
                 .then_some(())
         })
         .await;
@@ -118,7 +118,7 @@ async fn a_held_message_comes_back_with_its_attempts_and_is_recorded_once() {
     let attempts: Vec<String> = got.iter().map(|r| r.header("herald-attempt")).collect();
     // The wait for send_at spent nothing; each retry came back from HOLD counting on.
     assert_eq!(attempts, ["1", "2", "3"]);
-    assert!(got.iter().all(|r| r.header("herald-id") == id));
+    assert!(got.iter().all(|r| r.header("webhook-id") == id));
     let first = got[0].at;
     assert!(
         chrono::Utc::now() - chrono::Duration::from_std(first.elapsed()).unwrap() >= due,
@@ -251,7 +251,7 @@ async fn a_store_herald_needs_being_down_makes_messages_wait_without_attempts() 
     // With the store back, it goes at its first attempt.
     let seeing = delivery_with(&prefix, &store.pg).await;
     let got = receiver.wait_for(1, Duration::from_secs(15)).await;
-    assert_eq!(got[0].header("herald-id"), id.to_string());
+    assert_eq!(got[0].header("webhook-id"), id.to_string());
     assert_eq!(got[0].header("herald-attempt"), "1");
     seeing.shutdown().await;
     server.finish().await;

@@ -286,7 +286,7 @@ async fn the_run_binary_accepts_and_delivers() {
     let r = post(&base, common::webhook_to(&receiver.url(), "high", 1)).await;
     assert_eq!(r.status, 202, "{:?}", r.body);
     let got = receiver.wait_for(1, Duration::from_secs(15)).await;
-    assert_eq!(got[0].header("herald-id"), id_of(&r));
+    assert_eq!(got[0].header("webhook-id"), id_of(&r));
     // The recorder runs in the same process: the status API comes to say delivered.
     let http = common::HttpClient::new(false);
     let url = format!("{base}/v1/notifications/{}", id_of(&r));

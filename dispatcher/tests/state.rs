@@ -160,7 +160,7 @@ async fn recorded_rows_and_documents_match_what_happened() {
             .collect();
     for delivery in receiver.received() {
         let sent = herald::trace::TraceParent::parse(&delivery.header("traceparent")).unwrap();
-        let recorded = traces[&delivery.header("herald-id")].as_deref();
+        let recorded = traces[&delivery.header("webhook-id")].as_deref();
         assert_eq!(recorded, Some(sent.trace_id_hex().as_str()));
     }
     for (id, status, attempts, priority, last_status, has_delivered_at, recipient) in &rows {

@@ -4,9 +4,11 @@
 //! accepted: **lost** (accepted, never delivered), **duplicated** (deliveries beyond the
 //! first), **unexpected** (delivered, never accepted by this run).
 //!
-//! A delivery is recognised by the notification id (`Herald-Id` header, else the body's
-//! `id`), its priority (`Herald-Priority` header, else the body's `priority`) and the
-//! `loadgen` marker in the payload (`payload.loadgen`, or `loadgen` at the top level).
+//! A delivery is recognised by the notification id (the Standard Webhooks `webhook-id`
+//! header, or an older Herald's `Herald-Id`, else the body's `id`), its priority
+//! (`Herald-Priority` header, else the body's `priority`) and the `loadgen` marker in the
+//! payload (`data.loadgen` as Herald delivers it, `payload.loadgen`, or `loadgen` at the
+//! top level).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -258,7 +260,7 @@ async fn receive(shared: &Shared, req: Request<hyper::body::Incoming>) -> Respon
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let header_id = header("herald-id");
+    let header_id = header("webhook-id").or_else(|| header("herald-id"));
     let header_priority = header("herald-priority");
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
@@ -269,11 +271,11 @@ async fn receive(shared: &Shared, req: Request<hyper::body::Incoming>) -> Respon
     let priority = header_priority
         .or_else(|| doc["priority"].as_str().map(str::to_string))
         .and_then(|p| p.parse::<Priority>().ok());
-    let marker = if doc["payload"]["loadgen"].is_object() {
-        &doc["payload"]["loadgen"]
-    } else {
-        &doc["loadgen"]
-    };
+    let marker = ["data", "payload"]
+        .iter()
+        .map(|field| &doc[field]["loadgen"])
+        .find(|m| m.is_object())
+        .unwrap_or(&doc["loadgen"]);
     let ours = marker["run"].as_str() == Some(shared.run.as_str());
     let mut deliveries = shared.deliveries.lock().unwrap();
     match id {

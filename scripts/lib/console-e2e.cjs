@@ -17,13 +17,13 @@ const shots = process.env.SHOTS;
 const TIMEOUT = 30_000;
 
 // /flaky answers 410 Gone (dead at once) until the destination "recovers"; /gone always
-// does; anything else answers 200. Every delivery's Herald-Id is kept, per path.
+// does; anything else answers 200. Every delivery's webhook-id is kept, per path.
 let flakyRecovered = false;
 const received = [];
 const receiver = http.createServer((req, res) => {
   req.resume();
   req.on("end", () => {
-    received.push({ path: req.url, id: req.headers["herald-id"] });
+    received.push({ path: req.url, id: req.headers["webhook-id"] });
     const gone = req.url === "/gone" || (req.url === "/flaky" && !flakyRecovered);
     res.writeHead(gone ? 410 : 200, { "content-length": 0 });
     res.end();

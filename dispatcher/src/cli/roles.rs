@@ -222,10 +222,11 @@ pub struct DeliveryArgs {
     /// Retry policy of low priority.
     #[arg(long, env = "HERALD_RETRY_LOW", default_value_t = delivery().retry_low)]
     retry_low: RetryPolicy,
-    /// Key of the webhook HMAC-SHA256 signature when the ingress runs without
-    /// authentication (tenants have their own secrets).
-    #[arg(long, env = "HERALD_WEBHOOK_SECRET", default_value_t = delivery().webhook_secret)]
-    webhook_secret: String,
+    /// Signs the webhooks of notifications accepted without authentication (`--auth off`;
+    /// tenants have their own secrets): `whsec_` and the standard base64 of 24 to 64 random
+    /// bytes, the same for every delivery process. No default.
+    #[arg(long, env = "HERALD_WEBHOOK_SECRET", value_parser = parse_secret, hide_env_values = true)]
+    webhook_secret: Option<Secret>,
     /// Timeout of one webhook request.
     #[arg(long, env = "HERALD_WEBHOOK_TIMEOUT", default_value_t = human(delivery().webhook_timeout))]
     webhook_timeout: Human,

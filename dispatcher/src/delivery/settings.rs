@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::health::HealthConfig;
 use super::retry::RetryPolicy;
 use crate::model::Channel;
+use crate::signing::Secret;
 use crate::scheduler::{PerClass, SchedulerConfig};
 
 /// How notifications are delivered.
@@ -35,8 +36,9 @@ pub struct DeliveryConfig {
     pub retry_high: RetryPolicy,
     pub retry_medium: RetryPolicy,
     pub retry_low: RetryPolicy,
-    /// Webhook signing key when authentication is off (tenants have their own).
-    pub webhook_secret: String,
+    /// Signs the webhooks of notifications accepted without authentication (tenants have
+    /// their own secrets). No default: every delivery process must share it.
+    pub webhook_secret: Option<Secret>,
     pub webhook_timeout: Duration,
     /// SMTP relay; without it email is dead-lettered as undeliverable here.
     pub smtp_url: Option<String>,
@@ -78,7 +80,7 @@ impl Default for DeliveryConfig {
             retry_high: policy(200, 30, 8),
             retry_medium: policy(1000, 300, 8),
             retry_low: policy(5000, 1800, 6),
-            webhook_secret: String::from("herald-development-secret"),
+            webhook_secret: None,
             webhook_timeout: Duration::from_secs(10),
             smtp_url: None,
             smtp_from: String::from("Herald <herald@localhost>"),

@@ -322,6 +322,7 @@ pub async fn publish_notification_of(
         expires_at: None,
         metadata: None,
         accepted_at: chrono::Utc::now(),
+        event_type: None,
     };
     js.publish(
         names.subject(wire.priority, wire.channel),
@@ -793,9 +794,13 @@ pub async fn start_recorder(
     .expect("recorder starts")
 }
 
+/// `--webhook-secret` of the tests' delivery (32 bytes).
+pub const TEST_SECRET: &str = "whsec_dGVzdHMtb2YtaGVyYWxkLXNpZ24td2l0aC10aGlzLWtleSE=";
+
 pub fn test_delivery_config() -> herald::config::DeliveryConfig {
     let quick: herald::delivery::retry::RetryPolicy = "100ms:400ms:4".parse().unwrap();
     herald::config::DeliveryConfig {
+        webhook_secret: Some(herald::signing::Secret::parse(TEST_SECRET).unwrap()),
         retry_high: quick,
         retry_medium: quick,
         retry_low: quick,

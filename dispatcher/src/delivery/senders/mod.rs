@@ -191,7 +191,7 @@ impl Senders {
                 caps[Channel::Webhook.index()],
                 Some(egress),
             ),
-            &config.webhook_secret,
+            config.webhook_secret.clone(),
             tenants,
             client::Bounds {
                 timeout: config.webhook_timeout,

@@ -1,47 +1,81 @@
-//! Webhook: an HTTP POST of the notification's wire document to the recipient URL.
+//! Webhook: an HTTP POST to the recipient URL, signed as Standard Webhooks defines, so a
+//! receiver verifies it with any of that spec's libraries (`standardwebhooks` on PyPI and
+//! npm, Svix's SDKs).
 //!
-//! Headers: `traceparent` (W3C; the trace of the request that sent the notification),
-//! `Herald-Id`, `Herald-Attempt`, `Herald-Timestamp` (Unix seconds) and
-//! `Herald-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`, where the secret
-//! is the sending tenant's (`dispatcher tenant create` prints it), or `--webhook-secret`
-//! for notifications accepted without authentication. A receiver
-//! recomputes the HMAC over the timestamp header, a dot and the raw body with the shared
-//! secret, compares in constant time, and rejects timestamps older than a few minutes
-//! (replay). 2xx is delivered; 408, 425, 429, 5xx, timeouts and connection errors are
-//! retried (honouring `Retry-After`); any other status is permanent. Redirects are not
-//! followed. Destinations outside the SSRF policy (destination.rs) are permanent failures.
+//! - Body: `{"id", "type" (when the sender gave one), "timestamp" (accepted, RFC 3339),
+//!   "priority", "data" (the sender's payload, byte for byte)}`. Nothing else of Herald's
+//!   goes out: not the tenant, the idempotency key or the metadata.
+//! - Headers: `webhook-id` (the notification id, the same on every attempt, which a
+//!   receiver deduplicates on), `webhook-timestamp` (this attempt's Unix seconds, so a late
+//!   retry is never older than a receiver's tolerance), `webhook-signature`
+//!   ([`crate::signing`]), `traceparent` (W3C), and `Herald-Attempt` and `Herald-Priority`
+//!   for a receiver's logs.
+//! - The key is the sending tenant's secret (`dispatcher tenant create` prints it), or
+//!   `--webhook-secret` for notifications accepted without authentication.
+//!
+//! 2xx is delivered; 408, 425, 429, 5xx, timeouts and connection errors are retried
+//! (honouring `Retry-After`); any other status is permanent. Redirects are not followed.
+//! Destinations outside the egress policy (`egress.rs`) are permanent failures.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
+use chrono::{DateTime, Utc};
 use http_body_util::Full;
-use sha2::Sha256;
+use serde::Serialize;
+use serde_json::value::RawValue;
 
 use super::client::{exchange, Bounds, HttpClient};
 use super::{Attempt, SendFuture, SendOutcome, Sender};
+use crate::model::{Priority, WireNotification};
+use crate::signing::{signature_header, Secret};
 use crate::tenants::{Directory, ANONYMOUS};
 
 pub struct WebhookSender {
     client: HttpClient,
-    /// The secret of notifications without a tenant.
-    secret: Vec<u8>,
+    /// The secret of notifications without a tenant (`--webhook-secret`).
+    secret: Option<Secret>,
     tenants: Option<Arc<Directory>>,
     bounds: Bounds,
 }
 
+/// What a receiver gets.
+#[derive(Serialize)]
+struct Body<'a> {
+    id: uuid::Uuid,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    event_type: Option<&'a str>,
+    timestamp: DateTime<Utc>,
+    priority: Priority,
+    data: &'a RawValue,
+}
+
+/// The body a receiver gets for `notification`.
+pub fn body(notification: &WireNotification<'_>) -> Vec<u8> {
+    let body = Body {
+        id: notification.id,
+        event_type: notification.event_type.as_deref(),
+        timestamp: notification.accepted_at,
+        priority: notification.priority,
+        data: notification.payload,
+    };
+    let mut out = Vec::with_capacity(notification.payload.get().len() + 160);
+    serde_json::to_writer(&mut out, &body).expect("serializing owned JSON cannot fail");
+    out
+}
+
 impl WebhookSender {
-    /// `client` carries the destination policy (see `client::client`).
+    /// `client` carries the egress policy (see `client::client`).
     pub fn new(
         client: HttpClient,
-        secret: &str,
+        secret: Option<Secret>,
         tenants: Option<Arc<Directory>>,
         bounds: Bounds,
     ) -> Self {
         WebhookSender {
             client,
-            secret: secret.as_bytes().to_vec(),
+            secret,
             tenants,
             bounds,
         }
@@ -49,12 +83,21 @@ impl WebhookSender {
 
     /// The signing key of a notification's tenant. A tenant that cannot be looked up now
     /// is a retry (PostgreSQL down); one that does not exist is permanent.
-    async fn secret_of(&self, tenant: uuid::Uuid) -> Result<Vec<u8>, SendOutcome> {
+    async fn secret_of(&self, tenant: uuid::Uuid) -> Result<Secret, SendOutcome> {
         let Some(directory) = self.tenants.as_ref().filter(|_| tenant != ANONYMOUS) else {
-            return Ok(self.secret.clone());
+            // Permanent: a replay delivers once the process has the secret.
+            return self.secret.clone().ok_or_else(|| SendOutcome::Permanent {
+                error: String::from(
+                    "accepted without authentication, and this delivery process has no --webhook-secret to sign it",
+                ),
+                status: None,
+            });
         };
         match directory.get(tenant).await {
-            Ok(Some(t)) => Ok(t.webhook_secret.as_bytes().to_vec()),
+            Ok(Some(t)) => Secret::parse(&t.webhook_secret).map_err(|e| SendOutcome::Permanent {
+                error: format!("tenant {tenant}: {e}"),
+                status: None,
+            }),
             Ok(None) => Err(SendOutcome::Permanent {
                 error: format!("tenant {tenant} does not exist"),
                 status: None,
@@ -64,15 +107,6 @@ impl WebhookSender {
             }),
         }
     }
-}
-
-/// `v1=<hex>` over `"<timestamp>.<body>"`.
-pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 impl Sender for WebhookSender {
@@ -86,18 +120,19 @@ impl Sender for WebhookSender {
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs();
-            let request = http::Request::post(attempt.notification.recipient.as_ref())
+            let notification = attempt.notification;
+            let id = notification.id.to_string();
+            let body = body(notification);
+            let signature = signature_header(std::slice::from_ref(&secret), &id, timestamp, &body);
+            let request = http::Request::post(notification.recipient.as_ref())
                 .header(http::header::CONTENT_TYPE, "application/json")
-                .header("Herald-Id", attempt.notification.id.to_string())
+                .header("webhook-id", &id)
+                .header("webhook-timestamp", timestamp.to_string())
+                .header("webhook-signature", signature)
                 .header("Herald-Attempt", attempt.number.to_string())
-                .header("Herald-Priority", attempt.notification.priority.as_str())
-                .header("Herald-Timestamp", timestamp.to_string())
+                .header("Herald-Priority", notification.priority.as_str())
                 .header(crate::trace::HEADER, attempt.trace.to_header())
-                .header(
-                    "Herald-Signature",
-                    signature(&secret, timestamp, attempt.raw),
-                )
-                .body(Full::new(Bytes::copy_from_slice(attempt.raw)));
+                .body(Full::new(Bytes::from(body)));
             let request = match request {
                 Ok(r) => r,
                 Err(e) => {
@@ -117,11 +152,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn signature_is_hmac_sha256_over_timestamp_dot_body() {
-        // Computed independently: printf '1700000000.{"a":1}' | openssl dgst -sha256 -hmac secret
+    fn the_body_carries_the_payload_and_nothing_of_herald_s_own() {
+        let payload = RawValue::from_string(String::from(r#"{"amount": 5}"#)).unwrap();
+        let metadata = RawValue::from_string(String::from(r#"{"internal":1}"#)).unwrap();
+        let wire = WireNotification {
+            v: 1,
+            id: uuid::Uuid::nil(),
+            tenant: uuid::Uuid::from_u128(7),
+            priority: Priority::High,
+            channel: crate::model::Channel::Webhook,
+            recipient: "https://example.com/hook".into(),
+            payload: &payload,
+            idempotency_key: Some("key-1".into()),
+            send_at: None,
+            expires_at: None,
+            metadata: Some(&metadata),
+            accepted_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            event_type: Some("invoice.paid".into()),
+        };
+        let text = String::from_utf8(body(&wire)).unwrap();
         assert_eq!(
-            signature(b"secret", 1_700_000_000, br#"{"a":1}"#),
-            "v1=49f24e537407743fa4a0242bb63b94b9a47ee99cbbe071ccd8a22550ae411686"
+            text,
+            r#"{"id":"00000000-0000-0000-0000-000000000000","type":"invoice.paid","timestamp":"2023-11-14T22:13:20Z","priority":"high","data":{"amount": 5}}"#
         );
     }
 }
