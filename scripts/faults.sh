@@ -160,7 +160,7 @@ if [ "${RESULTS:-0}" = 1 ]; then
     echo
     echo "- accepted: notifications answered 202 (warm-up included). delivered: of those, how many"
     echo "  reached the receiver. lost = accepted - delivered. duplicated: deliveries beyond the"
-    echo "  first of an id (at least once; receivers de-duplicate on Herald-Id)."
+    echo "  first of an id (at least once; receivers de-duplicate on webhook-id)."
     echo "- ingest errors: requests not answered 202 (connection refused while serve is down, 503"
     echo "  while NATS is down, timeouts). None of them was stored as accepted by the client."
     echo "- recorded delivered: the 202'd ids found in PostgreSQL with status delivered."

@@ -211,7 +211,7 @@ if [ "${RESULTS:-0}" = 1 ]; then
     echo
     echo "accepted: 202s the sinks expected. duplicated: deliveries repeated because the killed"
     echo "deliver had them in flight (redelivered after --ack-wait; receivers de-duplicate on"
-    echo "Herald-Id). ingest errors: the killed ingress's loadgen could not connect any more."
+    echo "webhook-id). ingest errors: the killed ingress's loadgen could not connect any more."
     echo "recorded: the 202'd ids (loadgen's accepted-ids.txt) found in PostgreSQL with status"
     echo "delivered."
   } >"$out/scale-out.md"

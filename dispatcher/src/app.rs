@@ -12,8 +12,8 @@ use async_nats::jetstream::context::ContextBuilder;
 
 use crate::admission::{Admission, Yielding};
 use crate::config::{
-    AuthMode, DeliverConfig, DeliveryConfig, EgressConfig, NatsConfig, PgConfig, RecordConfig, RecordStore,
-    RecorderConfig, RunConfig, ServeConfig, StoreConfig,
+    AuthMode, DeliverConfig, DeliveryConfig, EgressConfig, NatsConfig, PgConfig, RecordConfig,
+    RecordStore, RecorderConfig, RunConfig, ServeConfig, StoreConfig,
 };
 use crate::delivery::{Delivery, Senders};
 use crate::dependencies::{self, Dependencies, Target, WhenDown};

@@ -288,7 +288,12 @@ pub struct WireNotification<'a> {
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<&'a RawValue>,
     pub accepted_at: DateTime<Utc>,
-    #[serde(borrow, default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        borrow,
+        default,
+        rename = "type",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub event_type: Option<std::borrow::Cow<'a, str>>,
 }
 

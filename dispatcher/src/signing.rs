@@ -46,9 +46,7 @@ impl Secret {
     /// The key of a `whsec_…` text.
     pub fn parse(text: &str) -> Result<Secret, SecretError> {
         let encoded = text.strip_prefix(PREFIX).ok_or(SecretError::Prefix)?;
-        let key = STANDARD
-            .decode(encoded)
-            .map_err(|_| SecretError::Base64)?;
+        let key = STANDARD.decode(encoded).map_err(|_| SecretError::Base64)?;
         if !KEY_BYTES.contains(&key.len()) {
             return Err(SecretError::Length(key.len()));
         }
@@ -124,7 +122,10 @@ mod tests {
 
     #[test]
     fn texts_that_are_not_secrets_are_refused_with_the_reason() {
-        assert_eq!(Secret::parse("herald-development-secret"), Err(SecretError::Prefix));
+        assert_eq!(
+            Secret::parse("herald-development-secret"),
+            Err(SecretError::Prefix)
+        );
         assert_eq!(Secret::parse("whsec_not base64!"), Err(SecretError::Base64));
         let short = format!("{PREFIX}{}", STANDARD.encode([0u8; 16]));
         assert_eq!(Secret::parse(&short), Err(SecretError::Length(16)));

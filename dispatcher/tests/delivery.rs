@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::{eventually, webhook_to, Receiver, Stack, TEST_SECRET};
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivered_on_first_try_signed_and_recorded() {
     let receiver = Receiver::start(|_| (200, Duration::ZERO)).await;
@@ -34,7 +33,12 @@ async fn delivered_on_first_try_signed_and_recorded() {
     // Nothing of Herald's own goes to the receiver.
     let body = r.json();
     let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["id", "timestamp", "priority", "data"], "{}", r.json());
+    assert_eq!(
+        keys,
+        ["id", "timestamp", "priority", "data"],
+        "{}",
+        r.json()
+    );
 
     let events = stack.wait_events(1).await;
     // Nothing else comes: no second delivery, no second event.

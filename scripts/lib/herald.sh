@@ -1,5 +1,6 @@
 # The one bash library of scripts/: sourced by every script that starts Herald or writes
-# results. Functions:
+# results. Every role a script starts shares one --webhook-secret (HERALD_WEBHOOK_SECRET,
+# made here when unset). Functions:
 # results_dir                   prints results/<date>-<rev> (created)
 # results_row SCRIPT HEADLINE REPORT
 #                               adds a row to results/README.md (created with its header)
@@ -35,6 +36,7 @@
 #                               schema and MongoDB database (kept when $failed is set)
 # stop_roles                    TERMs every started role, waits, drops the prefixes and
 #                               the scratch directory (the EXIT trap of the bench scripts)
+export HERALD_WEBHOOK_SECRET=${HERALD_WEBHOOK_SECRET:-whsec_$(head -c 32 /dev/urandom | base64 -w0)}
 
 results_dir() {
   local dir

@@ -32,9 +32,8 @@ type Human = humantime::Duration;
 
 /// A `whsec_` secret; the refusal says what one looks like, never the value given.
 fn parse_secret(text: &str) -> Result<Secret, String> {
-    Secret::parse(text).map_err(|e| {
-        format!("{e}; make one with: echo whsec_$(openssl rand -base64 32)")
-    })
+    Secret::parse(text)
+        .map_err(|e| format!("{e}; make one with: echo whsec_$(openssl rand -base64 32)"))
 }
 
 fn human(d: Duration) -> Human {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::health::HealthConfig;
 use super::retry::RetryPolicy;
 use crate::model::Channel;
-use crate::signing::Secret;
 use crate::scheduler::{PerClass, SchedulerConfig};
+use crate::signing::Secret;
 
 /// How notifications are delivered.
 #[derive(Debug, Clone)]
