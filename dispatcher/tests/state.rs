@@ -1232,3 +1232,52 @@ async fn the_status_cache_holds_outcomes_and_acceptances_only_briefly() {
     pool.close().await;
     stack.finish().await;
 }
+
+/// The migration to Standard Webhooks secrets re-encodes a secret written before it
+/// (base64url without padding) as standard base64 of the same key: receivers' keys do not
+/// change, and the libraries can read it. It leaves new secrets as they are.
+#[tokio::test]
+async fn older_webhook_secrets_are_re_encoded_with_the_same_key() {
+    use base64::Engine;
+    let prefix = common::unique_prefix();
+    let store = test_store(&prefix);
+    let pool = migrated_pool(&store).await;
+    let key: Vec<u8> = (0u8..32)
+        .map(|b| b.wrapping_mul(37).wrapping_add(250))
+        .collect();
+    let older = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&key)
+    );
+    assert!(older.contains('-') || older.contains('_'), "{older}");
+    let newer = herald::signing::Secret::generate();
+    for (name, secret) in [("older", &older), ("newer", &newer)] {
+        sqlx::query("INSERT INTO tenants (id, name, webhook_secret) VALUES ($1, $2, $3)")
+            .bind(uuid::Uuid::now_v7())
+            .bind(name)
+            .bind(secret)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let migration = include_str!("../../migrations/20261203000009_standard_webhook_secrets.sql");
+    sqlx::raw_sql(migration).execute(&pool).await.unwrap();
+    let secret_of = |name: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT webhook_secret FROM tenants WHERE name = $1")
+                .bind(name)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let migrated = secret_of("older").await;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(migrated.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    assert_eq!(decoded, key, "{migrated}");
+    assert!(herald::signing::Secret::parse(&migrated).is_ok());
+    assert_eq!(secret_of("newer").await, newer);
+    common::delete_streams(&common::nats_url(), &prefix).await;
+}
