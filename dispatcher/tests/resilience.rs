@@ -207,9 +207,15 @@ async fn spawn_dispatcher(
             "--migrate",
         ])
         .args(["--pg-schema", prefix])
-        // Only `run` records, so only `run` takes MongoDB's flags.
+        // Only `run` records and delivers, so only `run` takes MongoDB's flags and the
+        // webhook secret (which `--auth off` requires).
         .args(if role == "run" {
-            vec!["--mongo-db", prefix]
+            vec![
+                "--mongo-db",
+                prefix,
+                "--webhook-secret",
+                common::TEST_SECRET,
+            ]
         } else {
             vec![]
         })

@@ -432,3 +432,25 @@ async fn purge_names_an_unreachable_redis_with_its_cause_and_purges_the_rest() {
     assert!(failure.contains(&format!("--redis-url {url}")), "{failure}");
     assert!(failure.contains("connection refused"), "{failure}");
 }
+
+/// `run --auth off` signs tenant-less webhooks with `--webhook-secret`, which has no
+/// default: without it the process says so and exits at once, before it accepts anything.
+#[tokio::test]
+async fn run_without_authentication_needs_a_webhook_secret() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dispatcher"))
+        .args(["--log-format", "json", "run", "--auth", "off", "--listen"])
+        .arg("127.0.0.1:0")
+        .args([
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--prefix",
+            &unique_prefix(),
+        ])
+        .env_remove("HERALD_WEBHOOK_SECRET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--webhook-secret"), "{stderr}");
+    assert!(stderr.contains("whsec_"), "{stderr}");
+}
