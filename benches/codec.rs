@@ -1,5 +1,7 @@
 //! The request codec per priority: parse + validate + encode the wire document, for one
-//! notification and for batch bodies of 1 to 1000. No I/O. Run: `cargo bench --bench codec`.
+//! notification and for batch bodies of 1 to 1000; and what a webhook delivery adds: the
+//! receiver's body from the wire document, and its Standard Webhooks signature. No I/O.
+//! Run: `cargo bench --bench codec`.
 
 use std::hint::black_box;
 
@@ -60,5 +62,25 @@ fn batch(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, single, batch);
+/// Per delivery attempt: decode the wire document, write the receiver's body, parse the
+/// tenant's `whsec_` secret and sign (what the webhook sender does before its request).
+fn webhook(c: &mut Criterion) {
+    let request = notification(Priority::High, 1);
+    let v = parse_notification(request.as_bytes(), &limits(), Utc::now()).unwrap();
+    let wire = v.encode(new_id(), uuid::Uuid::nil(), Utc::now());
+    let secret = herald::signing::Secret::generate();
+    let mut group = c.benchmark_group("webhook");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("body_and_signature", |b| {
+        b.iter(|| {
+            let n: herald::model::WireNotification<'_> = serde_json::from_slice(&wire).unwrap();
+            let body = herald::delivery::senders::webhook::body(&n);
+            let key = herald::signing::Secret::parse(&secret).unwrap();
+            black_box(key.sign(&n.id.to_string(), 1_700_000_000, &body))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, single, batch, webhook);
 criterion_main!(benches);
