@@ -3,7 +3,7 @@
 //! compositions (`ServeConfig`, `DeliverConfig`, `RecordConfig`, `RunConfig`), the stores
 //! several parts share (`StoreConfig`), the ingress's `AuthMode` (read by the routes and
 //! the CLI alike), and the start and stop timeouts of every role. The binary's command
-//! line (`cli.rs` beside `main.rs`) fills them from flags and `HERALD_*` variables; the
+//! line (`cli/` beside `main.rs`) fills them from flags and `HERALD_*` variables; the
 //! library, its tests and benchmarks never read either: they start from `Default` and
 //! change fields.
 

@@ -284,7 +284,7 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{s:?} is not a network like 10.0.0.0/8 or an address"))
 }
 
-/// Where webhooks may go (see destination.rs).
+/// Where webhooks may go: the settings of the [`EgressPolicy`].
 #[derive(Debug, Clone, Default)]
 pub struct EgressConfig {
     /// Internal networks webhooks may reach nonetheless (empty: public addresses only).

@@ -107,7 +107,7 @@ impl From<NatsArgs> for NatsConfig {
     }
 }
 
-/// Where webhooks may go (see destination.rs). The ingress refuses IP literals outside the
+/// Where webhooks may go (the egress policy, `herald::egress`). The ingress refuses IP literals outside the
 /// policy at the door; delivery checks every resolved address.
 #[derive(Debug, Clone, Args)]
 pub struct EgressArgs {
