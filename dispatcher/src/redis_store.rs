@@ -15,7 +15,7 @@ pub enum RedisError {
     /// `--redis-url` does not parse.
     #[error("--redis-url: {0}")]
     Url(#[source] redis::RedisError),
-    /// No connection within [`CONNECT_PATIENCE`].
+    /// No connection within `CONNECT_PATIENCE` (3 s).
     #[error("timed out: no connection within {} s", CONNECT_PATIENCE.as_secs())]
     TimedOut,
     /// Connecting or a command failed.
