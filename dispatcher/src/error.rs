@@ -236,6 +236,11 @@ impl ApiError {
         )
     }
 
+    /// A tenant's operation asked of the server's anonymous tenant (`--auth off`).
+    pub fn no_tenant(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "no_tenant", message)
+    }
+
     pub fn idempotency_in_progress() -> Self {
         let mut e = Self::new(
             StatusCode::CONFLICT,

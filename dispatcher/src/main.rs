@@ -162,6 +162,25 @@ async fn one_shot(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Tenant(TenantCommand::RotateSecret { name, overlap, pg }) => {
+            let pg = PgConfig::from(pg);
+            reach(&pg, COMMAND_PATIENCE).await?;
+            let pool = postgres::pool(&pg)?;
+            let id = tenants::id_of(&pool, &name).await?;
+            let rotated = tenants::rotate_secret(&pool, id, overlap.into())
+                .await?
+                .ok_or_else(|| tenants::TenantError::UnknownTenant(name.clone()))?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "id": id,
+                    "name": name,
+                    "webhook_secret": rotated.secret,
+                    "previous_expires_at": rotated.previous_expires_at,
+                })
+            );
+            Ok(())
+        }
         Command::Key(KeyCommand::Create { tenant, pg }) => {
             let pg = PgConfig::from(pg);
             reach(&pg, COMMAND_PATIENCE).await?;

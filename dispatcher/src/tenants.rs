@@ -25,7 +25,17 @@ pub struct Tenant {
     pub id: Uuid,
     pub name: String,
     pub webhook_secret: String,
+    /// The secret the last rotation replaced, while its overlap lasts (as read).
+    pub previous_webhook_secret: Option<String>,
     pub limits: TenantLimits,
+}
+
+impl Tenant {
+    /// The secrets a webhook of this tenant is signed with: the current one, and the one
+    /// it replaced while the rotation's overlap lasts.
+    pub fn signing_secrets(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.webhook_secret.as_str()).chain(self.previous_webhook_secret.as_deref())
+    }
 }
 
 /// Never prints the webhook secret (a `{:?}` in a log line must not leak it).
@@ -86,6 +96,7 @@ pub async fn create_tenant(
         id: Uuid::now_v7(),
         name: name.to_string(),
         webhook_secret: crate::signing::Secret::generate(),
+        previous_webhook_secret: None,
         limits,
     };
     let as_int = |v: Option<u32>| v.map(|v| i32::try_from(v).unwrap_or(i32::MAX));
@@ -105,6 +116,54 @@ pub async fn create_tenant(
         return Err(TenantError::Exists(name.to_string()));
     }
     Ok(tenant)
+}
+
+/// What a rotation of a tenant's webhook secret gives: the new secret (shown once) and
+/// when the one it replaced stops signing.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RotatedSecret {
+    /// `whsec_…`: give it to the tenant's receivers.
+    pub secret: String,
+    /// Until then every webhook carries a signature with the previous secret too.
+    pub previous_expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Gives tenant `id` a fresh webhook secret; the replaced one keeps signing beside it for
+/// `overlap`. A second rotation within the overlap drops the first secret at once.
+/// `None` when there is no such tenant.
+pub async fn rotate_secret(
+    pool: &PgPool,
+    id: Uuid,
+    overlap: Duration,
+) -> Result<Option<RotatedSecret>, TenantError> {
+    let secret = crate::signing::Secret::generate();
+    let overlap_ms = i64::try_from(overlap.as_millis()).unwrap_or(i64::MAX);
+    let expires: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+        "UPDATE tenants
+         SET previous_webhook_secret = webhook_secret,
+             previous_secret_expires_at = now() + make_interval(secs => $3::float8 / 1000),
+             webhook_secret = $2
+         WHERE id = $1
+         RETURNING previous_secret_expires_at",
+    )
+    .bind(id)
+    .bind(&secret)
+    .bind(overlap_ms)
+    .fetch_optional(pool)
+    .await?;
+    Ok(expires.map(|previous_expires_at| RotatedSecret {
+        secret,
+        previous_expires_at,
+    }))
+}
+
+/// The id of the tenant named `name`.
+pub async fn id_of(pool: &PgPool, name: &str) -> Result<Uuid, TenantError> {
+    sqlx::query_scalar("SELECT id FROM tenants WHERE name = $1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| TenantError::UnknownTenant(name.to_string()))
 }
 
 /// A new API key: its id and the key itself (shown once).
@@ -144,13 +203,26 @@ pub async fn revoke_key(pool: &PgPool, id: Uuid) -> Result<(), TenantError> {
     Ok(())
 }
 
-type TenantRow = (Uuid, String, String, Option<i32>, Option<i32>, Option<i32>);
+type TenantRow = (
+    Uuid,
+    String,
+    String,
+    Option<i32>,
+    Option<i32>,
+    Option<i32>,
+    Option<String>,
+);
+
+/// The previous secret of a row, only while its overlap lasts.
+const PREVIOUS_SECRET: &str =
+    "CASE WHEN previous_secret_expires_at > now() THEN previous_webhook_secret END";
 
 fn tenant_from(row: TenantRow) -> Tenant {
     Tenant {
         id: row.0,
         name: row.1,
         webhook_secret: row.2,
+        previous_webhook_secret: row.6,
         limits: TenantLimits {
             rate_per_sec: row.3.map(|r| r as u32),
             burst: row.4.map(|b| b as u32),
@@ -207,12 +279,12 @@ impl Directory {
         if let Some(found) = self.by_key.get(&hash).await {
             return Ok(found);
         }
-        let row: Option<TenantRow> = sqlx::query_as(
+        let row: Option<TenantRow> = sqlx::query_as(&format!(
             "SELECT t.id, t.name, t.webhook_secret, t.rate_per_sec, t.burst,
-                    t.max_payload_bytes
+                    t.max_payload_bytes, {PREVIOUS_SECRET}
              FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
-             WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
-        )
+             WHERE k.key_hash = $1 AND k.revoked_at IS NULL"
+        ))
         .bind(&hash[..])
         .fetch_optional(&self.pool)
         .await?;
@@ -226,10 +298,11 @@ impl Directory {
         if let Some(found) = self.by_id.get(&id).await {
             return Ok(Some(found));
         }
-        let row: Option<TenantRow> = sqlx::query_as(
-            "SELECT id, name, webhook_secret, rate_per_sec, burst, max_payload_bytes
-             FROM tenants WHERE id = $1",
-        )
+        let row: Option<TenantRow> = sqlx::query_as(&format!(
+            "SELECT id, name, webhook_secret, rate_per_sec, burst, max_payload_bytes,
+                    {PREVIOUS_SECRET}
+             FROM tenants WHERE id = $1"
+        ))
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;

@@ -11,7 +11,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{HttpClient, Stack, TEST_SECRET};
+use common::{migrated_pool, test_store, HttpClient, Stack, TestServer, TEST_SECRET};
 use herald::signing::Secret;
 use serde_json::Value;
 
@@ -197,4 +197,83 @@ fn generated_secrets_give_the_python_library_s_signature() {
         .unwrap()
         .sign("msg_2", 1_700_000_000, br#"{"a":1}"#);
     assert_eq!(theirs.trim(), ours);
+}
+
+/// A rotation through the API: the new secret is returned once, and while the overlap
+/// lasts every webhook carries a signature per secret, so a receiver still holding the
+/// old one and a receiver given the new one both verify, each with its own library.
+/// Once the overlap ends only the new secret signs.
+#[tokio::test]
+async fn during_a_rotation_the_old_and_the_new_secret_each_verify() {
+    let server = TestServer::start_with(|c| c.auth = herald::config::AuthMode::Required).await;
+    let pool = migrated_pool(&test_store(&server.prefix)).await;
+    let tenant = herald::tenants::create_tenant(&pool, "rotating", Default::default())
+        .await
+        .unwrap();
+    let key = herald::tenants::create_key(&pool, "rotating")
+        .await
+        .unwrap()
+        .key;
+    let stack = Stack::start_with(server, Default::default(), |_| {}).await;
+    let bearer = format!("Bearer {key}");
+    let call = |path: &str, body: String| {
+        let (url, bearer) = (stack.server.url(path), bearer.clone());
+        async move {
+            let headers = [("authorization", bearer.as_str())];
+            HttpClient::new(false)
+                .request_with(
+                    "POST",
+                    &url,
+                    Some("application/json"),
+                    &headers,
+                    body.into(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let refused = call(
+        "/v1/webhook-secret/rotate?overlap_seconds=9999999",
+        String::new(),
+    )
+    .await;
+    assert_eq!(refused.status, 422, "{:?}", refused.body);
+    assert_eq!(refused.body["error"]["field"], "overlap_seconds");
+    let rotated = call(
+        "/v1/webhook-secret/rotate?overlap_seconds=3600",
+        String::new(),
+    )
+    .await;
+    assert_eq!(rotated.status, 200, "{:?}", rotated.body);
+    let new = rotated.body["secret"].as_str().unwrap().to_string();
+    assert_ne!(new, tenant.webhook_secret);
+    assert!(Secret::parse(&new).is_ok());
+    assert!(rotated.body["previous_expires_at"].is_string());
+
+    let holds_old = Verifier::start("python", &tenant.webhook_secret);
+    let holds_new = Verifier::start("node", &new);
+    for (n, verifier) in [&holds_old, &holds_new].into_iter().enumerate() {
+        let body = format!(
+            r#"{{"priority":"high","channel":"webhook","recipient":"{}/ok","payload":{{"n":{n}}}}}"#,
+            verifier.url
+        );
+        let accepted = call("/v1/notifications", body).await;
+        assert_eq!(accepted.status, 202, "{:?}", accepted.body);
+    }
+    for verifier in [&holds_old, &holds_new] {
+        let lines = verifier.wait_for(1).await;
+        assert_eq!(lines[0]["verified"], true, "{lines:?}");
+    }
+
+    // Ended overlap: only the current secret is read back for signing.
+    herald::tenants::rotate_secret(&pool, tenant.id, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    let directory = herald::tenants::Directory::new(pool.clone(), Duration::ZERO);
+    let read = directory.get(tenant.id).await.unwrap().unwrap();
+    assert_eq!(read.signing_secrets().count(), 1);
+    assert_ne!(read.webhook_secret, new);
+    pool.close().await;
+    stack.finish().await;
 }

@@ -171,6 +171,26 @@ pub enum TenantCommand {
         #[command(flatten)]
         pg: PgArgs,
     },
+    /// Give a tenant a fresh webhook signing secret and print it (once). The secret it
+    /// replaces keeps signing beside it for --overlap, so receivers switch without a gap.
+    RotateSecret {
+        /// Name of the tenant.
+        name: String,
+        /// How long the replaced secret keeps signing (at most 7 days).
+        #[arg(long, default_value = "24h", value_parser = parse_overlap)]
+        overlap: Human,
+        #[command(flatten)]
+        pg: PgArgs,
+    },
+}
+
+/// A rotation's overlap: at most 7 days, as the API allows.
+fn parse_overlap(text: &str) -> Result<Human, String> {
+    let overlap: Human = text.parse().map_err(|e| format!("{e}"))?;
+    if Duration::from(overlap) > Duration::from_secs(7 * 24 * 3600) {
+        return Err(String::from("the overlap is at most 7 days"));
+    }
+    Ok(overlap)
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,7 +11,8 @@
 //!   ([`crate::signing`]), `traceparent` (W3C), and `Herald-Attempt` and `Herald-Priority`
 //!   for a receiver's logs.
 //! - The key is the sending tenant's secret (`dispatcher tenant create` prints it), or
-//!   `--webhook-secret` for notifications accepted without authentication.
+//!   `--webhook-secret` for notifications accepted without authentication. During a
+//!   rotation the replaced secret signs too: one signature per secret in the header.
 //!
 //! 2xx is delivered; 408, 425, 429, 5xx, timeouts and connection errors are retried
 //! (honouring `Retry-After`); any other status is permanent. Redirects are not followed.
@@ -81,12 +82,13 @@ impl WebhookSender {
         }
     }
 
-    /// The signing key of a notification's tenant. A tenant that cannot be looked up now
-    /// is a retry (PostgreSQL down); one that does not exist is permanent.
-    async fn secret_of(&self, tenant: uuid::Uuid) -> Result<Secret, SendOutcome> {
+    /// The signing keys of a notification's tenant: its secret, and during a rotation the
+    /// one it replaced. A tenant that cannot be looked up now is a retry (PostgreSQL
+    /// down); one that does not exist is permanent.
+    async fn secrets_of(&self, tenant: uuid::Uuid) -> Result<Vec<Secret>, SendOutcome> {
         let Some(directory) = self.tenants.as_ref().filter(|_| tenant != ANONYMOUS) else {
             // Permanent: a replay delivers once the process has the secret.
-            return self.secret.clone().ok_or_else(|| SendOutcome::Permanent {
+            return self.secret.clone().map(|s| vec![s]).ok_or_else(|| SendOutcome::Permanent {
                 error: String::from(
                     "accepted without authentication, and this delivery process has no --webhook-secret to sign it",
                 ),
@@ -94,10 +96,14 @@ impl WebhookSender {
             });
         };
         match directory.get(tenant).await {
-            Ok(Some(t)) => Secret::parse(&t.webhook_secret).map_err(|e| SendOutcome::Permanent {
-                error: format!("tenant {tenant}: {e}"),
-                status: None,
-            }),
+            Ok(Some(t)) => t
+                .signing_secrets()
+                .map(Secret::parse)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| SendOutcome::Permanent {
+                    error: format!("tenant {tenant}: {e}"),
+                    status: None,
+                }),
             Ok(None) => Err(SendOutcome::Permanent {
                 error: format!("tenant {tenant} does not exist"),
                 status: None,
@@ -112,8 +118,8 @@ impl WebhookSender {
 impl Sender for WebhookSender {
     fn send<'a>(&'a self, attempt: &'a Attempt<'a>) -> SendFuture<'a> {
         Box::pin(async move {
-            let secret = match self.secret_of(attempt.notification.tenant).await {
-                Ok(secret) => secret,
+            let secrets = match self.secrets_of(attempt.notification.tenant).await {
+                Ok(secrets) => secrets,
                 Err(outcome) => return outcome,
             };
             let timestamp = SystemTime::now()
@@ -123,7 +129,7 @@ impl Sender for WebhookSender {
             let notification = attempt.notification;
             let id = notification.id.to_string();
             let body = body(notification);
-            let signature = signature_header(std::slice::from_ref(&secret), &id, timestamp, &body);
+            let signature = signature_header(&secrets, &id, timestamp, &body);
             let request = http::Request::post(notification.recipient.as_ref())
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .header("webhook-id", &id)

@@ -11,6 +11,7 @@ mod notifications;
 pub mod openapi;
 mod query;
 mod status;
+mod webhook_secret;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -195,6 +196,8 @@ v1_routes! {
     };
     PauseDestination: destinations::__path_pause => destinations::pause(state, caller, id).await;
     ResumeDestination: destinations::__path_resume => destinations::resume(state, caller, id).await;
+    RotateWebhookSecret: webhook_secret::__path_rotate =>
+        webhook_secret::rotate(state, caller, query).await;
 }
 
 /// The `http` method of a contract's method.

@@ -47,6 +47,7 @@ pub const PATH: &str = "/openapi.json";
         (name = "notifications", description = "Sending notifications and reading them back"),
         (name = "dead letters", description = "What could not be delivered: browse, replay, delete"),
         (name = "destinations", description = "Where notifications go: health (circuit state), pause, resume and rate"),
+        (name = "webhooks", description = "How Herald signs webhooks (Standard Webhooks): rotating the signing secret"),
         (name = "operations", description = "Health, readiness and this contract (`/metrics` answers on `--metrics-listen`, not here)"),
     )
 )]
