@@ -21,6 +21,10 @@ use loadgen::stats::Stats;
 use loadgen::work::{run, LoadConfig, LoadModel};
 use tokio::net::TcpListener;
 
+/// These tests time a server's delay and a load's schedule on shared cores: one at a time,
+/// so no test measures another's load (their bounds hold for a run alone).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A server that answers 202 like Herald after `delay(now)`.
 async fn server(delay: impl Fn(Instant) -> Duration + Send + Sync + 'static) -> SocketAddr {
     server_reading(move |arrived, _| delay(arrived)).await
@@ -114,6 +118,7 @@ async fn measure(config: LoadConfig) -> Summary {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixed_delay_shows_as_the_median_and_the_rate_is_kept() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let addr = server(|_| Duration::from_millis(5)).await;
     let s = measure(config(addr, open(200.0, 3), 16)).await;
     let p50 = s.total.ingest.p50_ms;
@@ -135,6 +140,7 @@ async fn fixed_delay_shows_as_the_median_and_the_rate_is_kept() {
 /// hides the stall: the coordinated omission loadgen's open loop corrects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stall_shows_in_open_loop_percentiles_and_hides_in_closed_loop() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let stall_at = Instant::now() + Duration::from_millis(1500);
     let stall = move |now: Instant| {
         let until = stall_at + Duration::from_millis(200);
@@ -180,6 +186,7 @@ async fn a_stall_shows_in_open_loop_percentiles_and_hides_in_closed_loop() {
 
 #[tokio::test]
 async fn sink_counts_lost_duplicated_and_unexpected_exactly() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let sink = Sink::start("127.0.0.1:0".parse().unwrap(), "run-1".into(), None)
         .await
         .unwrap();
@@ -235,6 +242,7 @@ async fn sink_counts_lost_duplicated_and_unexpected_exactly() {
 /// sink answers late and counts; after the window, deliveries count again.
 #[tokio::test]
 async fn sink_faults_refuse_or_delay_only_inside_their_window() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     use loadgen::sink::{FaultKind, SinkFault};
     use std::time::{Duration, Instant};
     let post = |url: String, id: &'static str| async move {
@@ -316,6 +324,7 @@ fn bad_arguments_exit_2_and_name_the_problem() {
 /// writes every output file it promises.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_delivered_is_reported_plainly_and_fails_the_run() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let addr = server(|_| Duration::from_micros(100)).await;
     let out_dir = tempfile::tempdir().unwrap();
     let target = format!("http://{addr}");
@@ -362,6 +371,7 @@ async fn nothing_delivered_is_reported_plainly_and_fails_the_run() {
 /// connection (a prebuilt request would repeat one key, and Herald would answer replays).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_are_unique_across_threads_and_connections() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let keys = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = keys.clone();
     let addr = server_reading(move |_, body| {
@@ -440,6 +450,7 @@ async fn one_answer_per_connection() -> SocketAddr {
 /// apart from other io errors; the next request reconnects and succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_connection_found_closed_is_reported_as_stale() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let addr = one_answer_per_connection().await;
     let mut c = config(addr, open(40.0, 2), 1);
     c.threads = 1;
