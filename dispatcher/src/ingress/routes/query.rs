@@ -2,6 +2,17 @@
 
 use super::*;
 
+/// The 422 for a query key a route does not take, naming it and the keys it does.
+pub(super) fn unknown_parameter(key: &str, allowed: &[&str]) -> ApiError {
+    ApiError::invalid_field(
+        key,
+        format!(
+            "unknown query parameter {key:?}; allowed: {}",
+            allowed.join(", ")
+        ),
+    )
+}
+
 /// The query string of the read routes: `?priority=&channel=&status=&since=&cursor=&until=&limit=&window=`
 /// (each route says which keys it takes; any other key is a 422 naming it).
 pub(super) struct ListParams {
@@ -33,13 +44,7 @@ impl ListParams {
         };
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             if !allowed.contains(&key.as_ref()) {
-                return Err(ApiError::invalid_field(
-                    key.as_ref(),
-                    format!(
-                        "unknown query parameter {key:?}; allowed: {}",
-                        allowed.join(", ")
-                    ),
-                ));
+                return Err(unknown_parameter(&key, allowed));
             }
             let enum_value = || serde_json::Value::String(value.to_string());
             match key.as_ref() {

@@ -48,12 +48,7 @@ pub(super) async fn rotate(
                         )
                     })?
             }
-            other => {
-                return Err(ApiError::invalid_field(
-                    other,
-                    format!("unknown query parameter {other:?}; allowed: overlap_seconds"),
-                ))
-            }
+            other => return Err(super::query::unknown_parameter(other, &["overlap_seconds"])),
         }
     }
     if caller.tenant == tenants::ANONYMOUS {
