@@ -362,11 +362,16 @@ async fn start_ingress(
         &config.store.redis_url,
         &config.nats.prefix,
     )?);
+    let key = config
+        .store
+        .pg
+        .sealing_key()
+        .map_err(StartError::Settings)?;
     let pool = postgres::pool(&config.store.pg)?;
     if config.migrate {
-        postgres::migrate(&pool, &config.store.pg.pg_schema).await?;
+        migrate_on(&pool, &config.store.pg).await?;
     }
-    let tenants = Arc::new(tenants::Directory::new(pool, config.key_cache_ttl));
+    let tenants = Arc::new(tenants::Directory::new(pool, config.key_cache_ttl, key));
     let scheduler = Arc::new(Scheduler::new(config.scheduler));
     let admission = Arc::new(Admission::new(config.admission));
     let controller = tokio::spawn(
@@ -413,7 +418,23 @@ fn spans(otlp: Option<&OtlpConfig>) -> Result<Spans, StartError> {
 /// with Herald).
 pub async fn migrate(pg: &PgConfig) -> Result<(), StartError> {
     let pool = postgres::pool_waiting(pg, Duration::from_secs(60))?;
-    postgres::migrate(&pool, &pg.pg_schema).await?;
+    migrate_on(&pool, pg).await
+}
+
+/// Applies the migrations, then seals the webhook secrets an older release stored in
+/// plaintext, and checks that the sealing key opens the ones already sealed.
+async fn migrate_on(pool: &sqlx::PgPool, pg: &PgConfig) -> Result<(), StartError> {
+    let key = pg.sealing_key().map_err(StartError::Settings)?;
+    postgres::migrate(pool, &pg.pg_schema).await?;
+    let sealed = tenants::seal_stored_secrets(pool, &key)
+        .await
+        .map_err(|e| StartError::Settings(e.to_string()))?;
+    if sealed > 0 {
+        tracing::info!(
+            tenants = sealed,
+            "sealed webhook secrets stored in plaintext"
+        );
+    }
     Ok(())
 }
 
@@ -516,9 +537,11 @@ pub async fn start_delivery(
     stop: &CancellationToken,
 ) -> Result<Delivery, StartError> {
     let policy = Arc::new(egress.policy());
+    let key = pg.sealing_key().map_err(StartError::Settings)?;
     let directory = Arc::new(tenants::Directory::new(
         postgres::pool(pg)?,
         Duration::from_secs(60),
+        key,
     ));
     // Fail fast on a sender misconfiguration, before anything is consumed.
     Senders::from_config(config, None, policy.clone()).map_err(StartError::Settings)?;

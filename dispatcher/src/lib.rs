@@ -65,6 +65,7 @@ pub mod ratelimit;
 pub mod recorder;
 pub mod redis_store;
 pub mod scheduler;
+pub mod sealing;
 pub mod signing;
 pub mod status;
 pub mod tenants;

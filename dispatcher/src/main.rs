@@ -144,6 +144,7 @@ async fn one_shot(command: Command) -> anyhow::Result<()> {
             pg,
         }) => {
             let pg = PgConfig::from(pg);
+            let key = pg.sealing_key().map_err(anyhow::Error::msg)?;
             reach(&pg, COMMAND_PATIENCE).await?;
             let pool = postgres::pool(&pg)?;
             let limits = tenants::TenantLimits {
@@ -151,7 +152,7 @@ async fn one_shot(command: Command) -> anyhow::Result<()> {
                 burst,
                 max_payload,
             };
-            let tenant = tenants::create_tenant(&pool, &name, limits).await?;
+            let tenant = tenants::create_tenant(&pool, &key, &name, limits).await?;
             println!(
                 "{}",
                 serde_json::json!({
@@ -162,20 +163,43 @@ async fn one_shot(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Tenant(TenantCommand::RotateSecret { name, overlap, pg }) => {
+        Command::Tenant(TenantCommand::RotateSecret {
+            name,
+            overlap,
+            url,
+            ed25519,
+            pg,
+        }) => {
             let pg = PgConfig::from(pg);
+            let key = pg.sealing_key().map_err(anyhow::Error::msg)?;
             reach(&pg, COMMAND_PATIENCE).await?;
             let pool = postgres::pool(&pg)?;
             let id = tenants::id_of(&pool, &name).await?;
-            let rotated = tenants::rotate_secret(&pool, id, overlap.into())
-                .await?
-                .ok_or_else(|| tenants::TenantError::UnknownTenant(name.clone()))?;
+            let overlap = overlap.into();
+            let rotated = match (url.as_deref(), ed25519) {
+                (Some(url), _) => {
+                    tenants::rotate_endpoint_secret(&pool, &key, id, url, overlap).await?
+                }
+                (None, true) => {
+                    tenants::rotate_key(&pool, &key, id, tenants::KeyKind::Ed25519, overlap).await?
+                }
+                (None, false) => {
+                    tenants::rotate_key(&pool, &key, id, tenants::KeyKind::Secret, overlap).await?
+                }
+            }
+            .ok_or_else(|| tenants::TenantError::UnknownTenant(name.clone()))?;
+            let shown = if ed25519 {
+                "public_key"
+            } else {
+                "webhook_secret"
+            };
             println!(
                 "{}",
                 serde_json::json!({
                     "id": id,
                     "name": name,
-                    "webhook_secret": rotated.secret,
+                    "url": url,
+                    shown: rotated.secret,
                     "previous_expires_at": rotated.previous_expires_at,
                 })
             );

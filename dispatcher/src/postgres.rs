@@ -47,6 +47,21 @@ pub struct PgConfig {
     pub pg_schema: String,
     /// Most connections of this process.
     pub pg_max_connections: u32,
+    /// The key the webhook secrets stored here are sealed with (`crate::sealing`); the
+    /// roles that read or write them refuse to start without it.
+    pub secrets_key: Option<crate::sealing::SealingKey>,
+}
+
+impl PgConfig {
+    /// The sealing key, or why a role that needs it cannot start.
+    pub fn sealing_key(&self) -> Result<crate::sealing::SealingKey, String> {
+        self.secrets_key.clone().ok_or_else(|| {
+            format!(
+                "{} (--secrets-key) is not set: it seals the webhook secrets stored in PostgreSQL (make one with: openssl rand -base64 32, and keep it: secrets sealed with one key open with no other)",
+                crate::sealing::KEY_ENV
+            )
+        })
+    }
 }
 
 impl Default for PgConfig {
@@ -55,6 +70,7 @@ impl Default for PgConfig {
             database_url: String::from("postgres://root@127.0.0.1:5432/test"),
             pg_schema: String::from("herald"),
             pg_max_connections: 8,
+            secrets_key: None,
         }
     }
 }

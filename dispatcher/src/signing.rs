@@ -4,7 +4,9 @@
 //! - a secret is `whsec_` followed by the standard base64 of its key (24 to 64 random
 //!   bytes); the key is the decoded bytes, never the text;
 //! - `webhook-signature` is `v1,<base64 HMAC-SHA256(key, "<webhook-id>.<webhook-timestamp>.<body>")>`,
-//!   several of them separated by spaces while a secret is rotated.
+//!   several of them separated by spaces while a secret is rotated;
+//! - optionally, `v1a,<base64 ed25519 signature>` of the same content beside it, verified
+//!   with a `whpk_` public key.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -72,14 +74,79 @@ impl Secret {
     }
 }
 
-/// The `webhook-signature` header: one signature per secret, space-separated (a receiver
-/// holding any one of them verifies).
-pub fn signature_header(secrets: &[Secret], id: &str, timestamp: u64, body: &[u8]) -> String {
-    secrets
-        .iter()
-        .map(|s| s.sign(id, timestamp, body))
-        .collect::<Vec<_>>()
-        .join(" ")
+/// The prefix of an ed25519 signing key (kept by Herald, sealed at rest).
+pub const PRIVATE_PREFIX: &str = "whsk_";
+
+/// The prefix of an ed25519 public key (given to receivers).
+pub const PUBLIC_PREFIX: &str = "whpk_";
+
+/// An ed25519 signing key, for `v1a` signatures: a receiver verifies with the public key
+/// alone, so whoever can verify cannot forge. Its `Debug` shows only the public key.
+#[derive(Clone)]
+pub struct KeyPair(ed25519_dalek::SigningKey);
+
+impl std::fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyPair({})", self.public())
+    }
+}
+
+impl KeyPair {
+    /// The key of a `whsk_…` text: the standard base64 of its 32-byte seed.
+    pub fn parse(text: &str) -> Result<KeyPair, SecretError> {
+        let encoded = text
+            .strip_prefix(PRIVATE_PREFIX)
+            .ok_or(SecretError::Prefix)?;
+        let seed = STANDARD.decode(encoded).map_err(|_| SecretError::Base64)?;
+        let len = seed.len();
+        let seed: [u8; 32] = seed.try_into().map_err(|_| SecretError::Length(len))?;
+        Ok(KeyPair(ed25519_dalek::SigningKey::from_bytes(&seed)))
+    }
+
+    /// A fresh key's `whsk_…` text.
+    pub fn generate() -> String {
+        let mut seed = [0u8; 32];
+        rand::rng().fill_bytes(&mut seed);
+        format!("{PRIVATE_PREFIX}{}", STANDARD.encode(seed))
+    }
+
+    /// `whpk_` and the standard base64 of the 32-byte public key.
+    pub fn public(&self) -> String {
+        format!(
+            "{PUBLIC_PREFIX}{}",
+            STANDARD.encode(self.0.verifying_key().as_bytes())
+        )
+    }
+
+    /// `v1a,<base64 ed25519 signature>` of `"<id>.<timestamp>.<body>"`.
+    pub fn sign(&self, id: &str, timestamp: u64, body: &[u8]) -> String {
+        use ed25519_dalek::Signer;
+        let mut content = Vec::with_capacity(id.len() + body.len() + 24);
+        content.extend_from_slice(id.as_bytes());
+        content.push(b'.');
+        content.extend_from_slice(timestamp.to_string().as_bytes());
+        content.push(b'.');
+        content.extend_from_slice(body);
+        format!("v1a,{}", STANDARD.encode(self.0.sign(&content).to_bytes()))
+    }
+}
+
+/// Every key a webhook is signed with: HMAC secrets (`v1`) and ed25519 keys (`v1a`), the
+/// current ones first and, during a rotation, the ones they replace.
+#[derive(Debug, Clone, Default)]
+pub struct SigningKeys {
+    pub secrets: Vec<Secret>,
+    pub pairs: Vec<KeyPair>,
+}
+
+impl SigningKeys {
+    /// The `webhook-signature` header: one signature per key, space-separated (a receiver
+    /// holding any one of the keys verifies).
+    pub fn header(&self, id: &str, timestamp: u64, body: &[u8]) -> String {
+        let hmac = self.secrets.iter().map(|s| s.sign(id, timestamp, body));
+        let ed25519 = self.pairs.iter().map(|p| p.sign(id, timestamp, body));
+        hmac.chain(ed25519).collect::<Vec<_>>().join(" ")
+    }
 }
 
 #[cfg(test)]
@@ -101,15 +168,45 @@ mod tests {
     }
 
     #[test]
-    fn several_secrets_give_space_separated_signatures() {
+    fn several_keys_give_space_separated_signatures() {
         let (a, b) = (Secret::generate(), Secret::generate());
-        let secrets = [Secret::parse(&a).unwrap(), Secret::parse(&b).unwrap()];
-        let header = signature_header(&secrets, "id", 1, b"{}");
+        let keys = SigningKeys {
+            secrets: vec![Secret::parse(&a).unwrap(), Secret::parse(&b).unwrap()],
+            pairs: vec![KeyPair::parse(&KeyPair::generate()).unwrap()],
+        };
+        let header = keys.header("id", 1, b"{}");
         let parts: Vec<&str> = header.split(' ').collect();
-        assert_eq!(parts.len(), 2);
-        assert_eq!(parts[0], secrets[0].sign("id", 1, b"{}"));
-        assert_eq!(parts[1], secrets[1].sign("id", 1, b"{}"));
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[0], keys.secrets[0].sign("id", 1, b"{}"));
+        assert_eq!(parts[1], keys.secrets[1].sign("id", 1, b"{}"));
         assert_ne!(parts[0], parts[1]);
+        assert!(parts[2].starts_with("v1a,"));
+    }
+
+    /// RFC 8032's first ed25519 test vector (empty message), through `whsk_`/`whpk_`.
+    #[test]
+    fn ed25519_keys_follow_rfc_8032() {
+        let seed = hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+            .unwrap();
+        let pair = KeyPair::parse(&format!("{PRIVATE_PREFIX}{}", STANDARD.encode(&seed))).unwrap();
+        let public =
+            hex::decode("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
+                .unwrap();
+        assert_eq!(
+            pair.public(),
+            format!("{PUBLIC_PREFIX}{}", STANDARD.encode(public))
+        );
+        use ed25519_dalek::Signer;
+        let signature = hex::encode(pair.0.sign(b"").to_bytes());
+        assert_eq!(
+            signature,
+            "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+        );
+        assert!(format!("{pair:?}").contains(PUBLIC_PREFIX));
+        assert!(matches!(
+            KeyPair::parse("whsec_x"),
+            Err(SecretError::Prefix)
+        ));
     }
 
     #[test]

@@ -224,7 +224,7 @@ async fn a_store_herald_needs_being_down_makes_messages_wait_without_attempts() 
         burst: None,
         max_payload: None,
     };
-    let tenant = herald::tenants::create_tenant(&pool, "acme", limits)
+    let tenant = herald::tenants::create_tenant(&pool, &common::sealing_key(), "acme", limits)
         .await
         .unwrap();
     // A notification of that tenant, straight into NOTIFY.

@@ -199,6 +199,7 @@ async fn spawn_dispatcher(
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dispatcher"))
         .args([role, "--listen", &format!("127.0.0.1:{port}")])
         .args(["--nats-url", nats_url, "--prefix", prefix])
+        .env("HERALD_SECRETS_KEY", common::TEST_SEALING_KEY)
         .args([
             "--readiness-interval",
             "100ms",

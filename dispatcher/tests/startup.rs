@@ -35,6 +35,7 @@ impl Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_dispatcher"))
             .args(["--log-format", format])
             .args(args)
+            .env("HERALD_SECRETS_KEY", common::TEST_SEALING_KEY)
             .env_remove("NO_COLOR")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -354,6 +355,7 @@ async fn commands_name_the_database_url_and_exit_non_zero_within_their_wait() {
             "--database-url",
         ])
         .arg(format!("postgres://u:pw@127.0.0.1:{port}/db"))
+        .env("HERALD_SECRETS_KEY", common::TEST_SEALING_KEY)
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -447,10 +449,50 @@ async fn run_without_authentication_needs_a_webhook_secret() {
             &unique_prefix(),
         ])
         .env_remove("HERALD_WEBHOOK_SECRET")
+        .env("HERALD_SECRETS_KEY", common::TEST_SEALING_KEY)
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--webhook-secret"), "{stderr}");
     assert!(stderr.contains("whsec_"), "{stderr}");
+}
+
+/// The webhook secrets in PostgreSQL are sealed with HERALD_SECRETS_KEY, which has no
+/// default: a role that reads or writes them says so and exits at once without it, and a
+/// key that is not 32 bytes of base64 is refused by the parser.
+#[tokio::test]
+async fn roles_need_the_key_that_seals_stored_secrets() {
+    let serve = |key: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dispatcher"));
+        command
+            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+            .args([
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--prefix",
+                &unique_prefix(),
+            ])
+            .env_remove("HERALD_SECRETS_KEY");
+        if let Some(key) = key {
+            command.env("HERALD_SECRETS_KEY", key);
+        }
+        command.output().unwrap()
+    };
+    let out = serve(None);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("HERALD_SECRETS_KEY (--secrets-key) is not set"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("openssl rand -base64 32"), "{stderr}");
+    let out = serve(Some("c2hvcnQ="));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("base64 of 32 bytes"), "{stderr}");
+    assert!(
+        !stderr.contains("c2hvcnQ="),
+        "the key is not echoed: {stderr}"
+    );
 }

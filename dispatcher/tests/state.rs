@@ -83,6 +83,7 @@ async fn migrations_apply_on_an_empty_schema_and_again_change_nothing() {
             "api_keys",
             "dead_letters",
             "delivery_attempts",
+            "endpoint_secrets",
             "notifications",
             "tenants"
         ]
@@ -409,7 +410,7 @@ async fn tenant(pool: &PgPool, name: &str, rate: Option<u32>) -> (uuid::Uuid, St
         burst: rate,
         max_payload: None,
     };
-    let t = herald::tenants::create_tenant(pool, name, limits)
+    let t = herald::tenants::create_tenant(pool, &common::sealing_key(), name, limits)
         .await
         .unwrap();
     let key = herald::tenants::create_key(pool, name).await.unwrap();
@@ -702,7 +703,7 @@ async fn a_tenant_payload_limit_applies_to_that_tenant_only() {
         max_payload: Some(64),
         ..Default::default()
     };
-    herald::tenants::create_tenant(&pool, "tiny", small)
+    herald::tenants::create_tenant(&pool, &common::sealing_key(), "tiny", small)
         .await
         .unwrap();
     let tiny = herald::tenants::create_key(&pool, "tiny")
@@ -1279,5 +1280,67 @@ async fn older_webhook_secrets_are_re_encoded_with_the_same_key() {
     assert_eq!(decoded, key, "{migrated}");
     assert!(herald::signing::Secret::parse(&migrated).is_ok());
     assert_eq!(secret_of("newer").await, newer);
+    common::delete_streams(&common::nats_url(), &prefix).await;
+}
+
+/// Webhook secrets are stored sealed (AES-256-GCM under HERALD_SECRETS_KEY): the row does
+/// not hold the secret. A plaintext secret an older release stored is sealed by the
+/// migrate step and still signs as the same key; a migrate with another key, or with none,
+/// refuses and names HERALD_SECRETS_KEY.
+#[tokio::test]
+async fn webhook_secrets_are_stored_sealed_and_open_with_their_key_only() {
+    use herald::sealing::SealingKey;
+    use herald::signing::Secret;
+    let prefix = common::unique_prefix();
+    let store = test_store(&prefix);
+    let pool = migrated_pool(&store).await;
+    let key = common::sealing_key();
+    let created = herald::tenants::create_tenant(&pool, &key, "sealed", Default::default())
+        .await
+        .unwrap();
+    let stored_of = |name: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT webhook_secret FROM tenants WHERE name = $1")
+                .bind(name)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let stored = stored_of("sealed").await;
+    assert!(stored.starts_with("sealed1:"), "{stored}");
+    assert!(!stored.contains(&created.webhook_secret["whsec_".len()..]));
+
+    let plain = Secret::generate();
+    let plain_id = uuid::Uuid::now_v7();
+    sqlx::query("INSERT INTO tenants (id, name, webhook_secret) VALUES ($1, 'plain', $2)")
+        .bind(plain_id)
+        .bind(&plain)
+        .execute(&pool)
+        .await
+        .unwrap();
+    herald::app::migrate(&store.pg).await.unwrap();
+    let sealed = stored_of("plain").await;
+    assert!(sealed.starts_with("sealed1:"), "{sealed}");
+    assert_eq!(key.open(&sealed).unwrap(), plain);
+    let directory = herald::tenants::Directory::new(pool.clone(), Duration::ZERO, key);
+    let read = directory.get(plain_id).await.unwrap().unwrap();
+    assert_eq!(read.keys.secrets, vec![Secret::parse(&plain).unwrap()]);
+
+    let mut wrong = store.pg.clone();
+    wrong.secrets_key = Some(SealingKey::parse(&SealingKey::generate()).unwrap());
+    let refused = herald::app::migrate(&wrong).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("HERALD_SECRETS_KEY is not the key"),
+        "{refused}"
+    );
+    wrong.secrets_key = None;
+    let refused = herald::app::migrate(&wrong).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("HERALD_SECRETS_KEY (--secrets-key) is not set"),
+        "{refused}"
+    );
+    pool.close().await;
     common::delete_streams(&common::nats_url(), &prefix).await;
 }

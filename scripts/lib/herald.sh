@@ -1,6 +1,6 @@
 # The one bash library of scripts/: sourced by every script that starts Herald or writes
-# results. Every role a script starts shares one --webhook-secret (HERALD_WEBHOOK_SECRET,
-# made here when unset). Functions:
+# results. Every role a script starts shares one --webhook-secret (HERALD_WEBHOOK_SECRET)
+# and one sealing key (HERALD_SECRETS_KEY), made here when unset. Functions:
 # results_dir                   prints results/<date>-<rev> (created)
 # results_row SCRIPT HEADLINE REPORT
 #                               adds a row to results/README.md (created with its header)
@@ -37,6 +37,17 @@
 # stop_roles                    TERMs every started role, waits, drops the prefixes and
 #                               the scratch directory (the EXIT trap of the bench scripts)
 export HERALD_WEBHOOK_SECRET=${HERALD_WEBHOOK_SECRET:-whsec_$(head -c 32 /dev/urandom | base64 -w0)}
+# The key sealing the webhook secrets stored in PostgreSQL: one per checkout, kept in
+# .herald/secrets-key (git-ignored), since the quick start's schema outlives a run (a
+# deployment keeps one key for the life of its database).
+if [ -z "${HERALD_SECRETS_KEY:-}" ]; then
+  if [ ! -s .herald/secrets-key ]; then
+    mkdir -p .herald
+    (umask 077 && head -c 32 /dev/urandom | base64 -w0 >.herald/secrets-key)
+  fi
+  HERALD_SECRETS_KEY=$(cat .herald/secrets-key)
+fi
+export HERALD_SECRETS_KEY
 
 results_dir() {
   local dir

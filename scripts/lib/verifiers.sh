@@ -4,7 +4,7 @@
 # versions pinned there. Idempotent; sourced by scripts/test.sh.
 verifiers=dispatcher/tests/verifiers
 if [ ! -x "$verifiers/.venv/bin/python" ] ||
-  ! "$verifiers/.venv/bin/python" -c "import standardwebhooks" 2>/dev/null; then
+  ! "$verifiers/.venv/bin/python" -c "import standardwebhooks, cryptography" 2>/dev/null; then
   python3 -m venv "$verifiers/.venv"
   "$verifiers/.venv/bin/pip" install -q -r "$verifiers/requirements.txt"
 fi

@@ -2,6 +2,7 @@
 //! Redis, MongoDB, NATS, the webhook egress policy, OTLP and the publisher.
 
 use super::*;
+use herald::sealing::SealingKey;
 
 /// PostgreSQL: tenants, API keys and notification state.
 #[derive(Debug, Clone, Args)]
@@ -15,6 +16,38 @@ pub struct PgArgs {
     /// Most PostgreSQL connections of this process.
     #[arg(long, env = "HERALD_PG_MAX_CONNECTIONS", default_value_t = pg().pg_max_connections)]
     pg_max_connections: u32,
+    /// Key sealing the webhook secrets stored in PostgreSQL: the standard base64 of 32
+    /// random bytes (`openssl rand -base64 32`). Needed by serve, run, deliver, migrate
+    /// and tenant; set it in the environment rather than on the command line.
+    #[arg(long, env = "HERALD_SECRETS_KEY", value_parser = SealingKeyParser, hide_env_values = true)]
+    secrets_key: Option<SealingKey>,
+}
+
+/// Parses `--secrets-key` without echoing a refused value (clap's own error would print
+/// it, and a key one byte short is still most of a secret).
+#[derive(Clone)]
+struct SealingKeyParser;
+
+impl clap::builder::TypedValueParser for SealingKeyParser {
+    type Value = SealingKey;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<SealingKey, clap::Error> {
+        value
+            .to_str()
+            .ok_or(herald::sealing::SealError::Key)
+            .and_then(SealingKey::parse)
+            .map_err(|e| {
+                clap::Error::raw(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("--secrets-key: {e}\n"),
+                )
+            })
+    }
 }
 
 impl From<PgArgs> for PgConfig {
@@ -23,6 +56,7 @@ impl From<PgArgs> for PgConfig {
             database_url: a.database_url,
             pg_schema: a.pg_schema,
             pg_max_connections: a.pg_max_connections,
+            secrets_key: a.secrets_key,
         }
     }
 }

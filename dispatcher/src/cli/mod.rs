@@ -171,14 +171,23 @@ pub enum TenantCommand {
         #[command(flatten)]
         pg: PgArgs,
     },
-    /// Give a tenant a fresh webhook signing secret and print it (once). The secret it
-    /// replaces keeps signing beside it for --overlap, so receivers switch without a gap.
+    /// Give a tenant (or with --url one of its endpoints) a fresh webhook signing secret
+    /// and print it (once). The secret it replaces keeps signing beside it for --overlap,
+    /// so receivers switch without a gap.
     RotateSecret {
         /// Name of the tenant.
         name: String,
         /// How long the replaced secret keeps signing (at most 7 days).
         #[arg(long, default_value = "24h", value_parser = parse_overlap)]
         overlap: Human,
+        /// An endpoint: the exact webhook URL that gets a secret of its own (the tenant's
+        /// signs it beside the new one for --overlap).
+        #[arg(long, conflicts_with = "ed25519")]
+        url: Option<String>,
+        /// Create or replace the tenant's ed25519 key instead (`v1a` signatures); prints
+        /// its public key.
+        #[arg(long)]
+        ed25519: bool,
         #[command(flatten)]
         pg: PgArgs,
     },

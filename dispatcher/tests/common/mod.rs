@@ -749,6 +749,7 @@ pub fn test_store(prefix: &str) -> herald::config::StoreConfig {
         pg: herald::config::PgConfig {
             database_url: database_url(),
             pg_schema: prefix.to_string(),
+            secrets_key: Some(sealing_key()),
             ..Default::default()
         },
         mongo_url: mongo_url(),
@@ -795,6 +796,14 @@ pub async fn start_recorder(
 }
 
 /// `--webhook-secret` of the tests' delivery (32 bytes).
+/// The key tests seal stored webhook secrets with (`HERALD_SECRETS_KEY` of the binaries
+/// they start).
+pub const TEST_SEALING_KEY: &str = "dGVzdHMtc2VhbC1zZWNyZXRzLXdpdGgtdGhpcy1rZXk=";
+
+pub fn sealing_key() -> herald::sealing::SealingKey {
+    herald::sealing::SealingKey::parse(TEST_SEALING_KEY).unwrap()
+}
+
 pub const TEST_SECRET: &str = "whsec_dGVzdHMtb2YtaGVyYWxkLXNpZ24td2l0aC10aGlzLWtleSE=";
 
 pub fn test_delivery_config() -> herald::config::DeliveryConfig {

@@ -29,4 +29,4 @@ const server = http.createServer((req, res) => {
     res.end();
   });
 });
-server.listen(0, "127.0.0.1", () => process.stdout.write(server.address().port + "\n"));
+server.listen(Number(process.env.PORT ?? 0), "127.0.0.1", () => process.stdout.write(server.address().port + "\n"));

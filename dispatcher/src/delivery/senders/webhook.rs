@@ -10,9 +10,11 @@
 //!   retry is never older than a receiver's tolerance), `webhook-signature`
 //!   ([`crate::signing`]), `traceparent` (W3C), and `Herald-Attempt` and `Herald-Priority`
 //!   for a receiver's logs.
-//! - The key is the sending tenant's secret (`dispatcher tenant create` prints it), or
-//!   `--webhook-secret` for notifications accepted without authentication. During a
-//!   rotation the replaced secret signs too: one signature per secret in the header.
+//! - The key is the endpoint's own secret when the tenant gave the URL one, else the
+//!   sending tenant's secret (`dispatcher tenant create` prints it), or `--webhook-secret`
+//!   for notifications accepted without authentication. A tenant with an ed25519 key adds
+//!   a `v1a` signature. During a rotation the replaced key signs too: one signature per
+//!   key in the header.
 //!
 //! 2xx is delivered; 408, 425, 429, 5xx, timeouts and connection errors are retried
 //! (honouring `Retry-After`); any other status is permanent. Redirects are not followed.
@@ -30,7 +32,7 @@ use serde_json::value::RawValue;
 use super::client::{exchange, Bounds, HttpClient};
 use super::{Attempt, SendFuture, SendOutcome, Sender};
 use crate::model::{Priority, WireNotification};
-use crate::signing::{signature_header, Secret};
+use crate::signing::{Secret, SigningKeys};
 use crate::tenants::{Directory, ANONYMOUS};
 
 pub struct WebhookSender {
@@ -82,28 +84,29 @@ impl WebhookSender {
         }
     }
 
-    /// The signing keys of a notification's tenant: its secret, and during a rotation the
-    /// one it replaced. A tenant that cannot be looked up now is a retry (PostgreSQL
-    /// down); one that does not exist is permanent.
-    async fn secrets_of(&self, tenant: uuid::Uuid) -> Result<Vec<Secret>, SendOutcome> {
+    /// The keys a notification to `url` is signed with: its tenant's (the endpoint's own
+    /// secret when it has one, and during a rotation the key it replaced too). A tenant
+    /// that cannot be looked up now is a retry (PostgreSQL down); one that does not exist
+    /// is permanent.
+    async fn keys_of(&self, tenant: uuid::Uuid, url: &str) -> Result<SigningKeys, SendOutcome> {
         let Some(directory) = self.tenants.as_ref().filter(|_| tenant != ANONYMOUS) else {
             // Permanent: a replay delivers once the process has the secret.
-            return self.secret.clone().map(|s| vec![s]).ok_or_else(|| SendOutcome::Permanent {
-                error: String::from(
-                    "accepted without authentication, and this delivery process has no --webhook-secret to sign it",
-                ),
-                status: None,
-            });
-        };
-        match directory.get(tenant).await {
-            Ok(Some(t)) => t
-                .signing_secrets()
-                .map(Secret::parse)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| SendOutcome::Permanent {
-                    error: format!("tenant {tenant}: {e}"),
+            return self
+                .secret
+                .clone()
+                .map(|s| SigningKeys {
+                    secrets: vec![s],
+                    pairs: Vec::new(),
+                })
+                .ok_or_else(|| SendOutcome::Permanent {
+                    error: String::from(
+                        "accepted without authentication, and this delivery process has no --webhook-secret to sign it",
+                    ),
                     status: None,
-                }),
+                });
+        };
+        match directory.signing(tenant, url).await {
+            Ok(Some(keys)) => Ok(keys),
             Ok(None) => Err(SendOutcome::Permanent {
                 error: format!("tenant {tenant} does not exist"),
                 status: None,
@@ -118,18 +121,21 @@ impl WebhookSender {
 impl Sender for WebhookSender {
     fn send<'a>(&'a self, attempt: &'a Attempt<'a>) -> SendFuture<'a> {
         Box::pin(async move {
-            let secrets = match self.secrets_of(attempt.notification.tenant).await {
-                Ok(secrets) => secrets,
+            let notification = attempt.notification;
+            let keys = match self
+                .keys_of(notification.tenant, &notification.recipient)
+                .await
+            {
+                Ok(keys) => keys,
                 Err(outcome) => return outcome,
             };
             let timestamp = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs();
-            let notification = attempt.notification;
             let id = notification.id.to_string();
             let body = body(notification);
-            let signature = signature_header(&secrets, &id, timestamp, &body);
+            let signature = keys.header(&id, timestamp, &body);
             let request = http::Request::post(notification.recipient.as_ref())
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .header("webhook-id", &id)

@@ -248,9 +248,7 @@ pub(super) async fn delete(
     dlq::delete(&state.js, &state.names, &caller.tenant, &id)
         .await
         .map_err(dlq_error)?;
-    let mut response = json(StatusCode::NO_CONTENT, Vec::new());
-    response.headers_mut().remove(CONTENT_TYPE);
-    Ok(response)
+    Ok(no_content())
 }
 
 pub(super) fn dlq_error(err: dlq::DlqError) -> ApiError {

@@ -1,7 +1,8 @@
 //! Routing of the ingress API, and what every route shares: authentication, rate limits,
 //! shedding, body reading and error rendering. Each resource has a file of its own:
 //! [`notifications`] (one notification in), [`batch`], [`status`] (reading them back)
-//! [`dlq`] and [`destinations`]. Every failure is an [`ApiError`] rendered in one place.
+//! [`dlq`], [`destinations`], [`webhook_secret`] and [`webhook_keys`]. Every failure is
+//! an [`ApiError`] rendered in one place.
 
 mod batch;
 mod cancel;
@@ -11,6 +12,7 @@ mod notifications;
 pub mod openapi;
 mod query;
 mod status;
+mod webhook_keys;
 mod webhook_secret;
 
 use std::sync::Arc;
@@ -198,6 +200,10 @@ v1_routes! {
     ResumeDestination: destinations::__path_resume => destinations::resume(state, caller, id).await;
     RotateWebhookSecret: webhook_secret::__path_rotate =>
         webhook_secret::rotate(state, caller, query).await;
+    DropEndpointSecret: webhook_secret::__path_drop_endpoint =>
+        webhook_secret::drop_endpoint(state, caller, query).await;
+    RotateWebhookKey: webhook_keys::__path_rotate => webhook_keys::rotate(state, caller, query).await;
+    ListWebhookKeys: webhook_keys::__path_list => webhook_keys::list(state, caller).await;
 }
 
 /// The `http` method of a contract's method.
@@ -591,6 +597,13 @@ fn is_json(content_type: Option<&HeaderValue>) -> bool {
 }
 
 /// A JSON response with `body`, one of the contract's types.
+/// 204, with no body and so no content type.
+fn no_content() -> HttpResponse {
+    let mut response = json(StatusCode::NO_CONTENT, Vec::new());
+    response.headers_mut().remove(CONTENT_TYPE);
+    response
+}
+
 fn json_of(status: StatusCode, body: &impl Serialize) -> HttpResponse {
     json(
         status,
