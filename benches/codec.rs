@@ -62,23 +62,34 @@ fn batch(c: &mut Criterion) {
     group.finish();
 }
 
-/// Per delivery attempt: decode the wire document, write the receiver's body, parse the
-/// tenant's `whsec_` secret and sign (what the webhook sender does before its request).
+/// Per delivery attempt: decode the wire document, write the receiver's body and sign it
+/// with the keys the tenant directory holds already opened (what the webhook sender does
+/// before its request): `v1` alone (HMAC-SHA256), and `v1` with an ed25519 `v1a` beside it.
 fn webhook(c: &mut Criterion) {
+    use herald::signing::{KeyPair, Secret, SigningKeys};
     let request = notification(Priority::High, 1);
     let v = parse_notification(request.as_bytes(), &limits(), Utc::now()).unwrap();
     let wire = v.encode(new_id(), uuid::Uuid::nil(), Utc::now());
-    let secret = herald::signing::Secret::generate();
+    let hmac = SigningKeys {
+        secrets: vec![Secret::parse(&Secret::generate()).unwrap()],
+        pairs: Vec::new(),
+    };
+    let both = SigningKeys {
+        pairs: vec![KeyPair::parse(&KeyPair::generate()).unwrap()],
+        ..hmac.clone()
+    };
     let mut group = c.benchmark_group("webhook");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("body_and_signature", |b| {
-        b.iter(|| {
-            let n: herald::model::WireNotification<'_> = serde_json::from_slice(&wire).unwrap();
-            let body = herald::delivery::senders::webhook::body(&n);
-            let key = herald::signing::Secret::parse(&secret).unwrap();
-            black_box(key.sign(&n.id.to_string(), 1_700_000_000, &body))
-        })
-    });
+    for (name, keys) in [("body_and_signature", &hmac), ("body_and_v1_v1a", &both)] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let n: herald::model::WireNotification<'_> =
+                    serde_json::from_slice(&wire).unwrap();
+                let body = herald::delivery::senders::webhook::body(&n);
+                black_box(keys.clone().header(&n.id.to_string(), 1_700_000_000, &body))
+            })
+        });
+    }
     group.finish();
 }
 

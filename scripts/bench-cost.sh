@@ -16,6 +16,7 @@
 # "drained/s" is accepted notifications over the seconds from the first request until every
 # consumer settled: with RATES holding e.g. 8000/50 (8,000 notifications/s in batches of
 # 50), the highest rate the whole pipeline sustains, where the ingress is not the limit.
+# A rate given as e.g. 2000+ed25519 runs with the tenant's ed25519 key (v1a beside v1).
 # Knobs: RATES ("100 2000 8000/50"), DURATION (20s), PROFILE_SECONDS (5), SETTLE (120: seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,17 +78,23 @@ window_counts() {
 rows=()
 profiles=()
 for spec in $RATES; do
-  # RATE (notifications/s, one per request) or RATE/BATCH (through the batch endpoint).
-  rate=${spec%%/*}
+  # RATE (notifications/s, one per request) or RATE/BATCH (through the batch endpoint),
+  # either with +ed25519: the tenant has an ed25519 key, so every webhook is signed v1 and v1a.
+  signing=${spec#*+}
+  [ "$signing" != "$spec" ] || signing=""
+  load=${spec%+*}
+  rate=${load%%/*}
   batch=0
-  [ "$spec" = "$rate" ] || batch=${spec#*/}
+  [ "$load" = "$rate" ] || batch=${load#*/}
+  run=$rate${signing:++$signing}
   requests=$rate
   [ "$batch" -eq 0 ] || requests=$(awk -v r="$rate" -v b="$batch" 'BEGIN { print r / b }')
   new_prefix cost
   key=$(tenant_key "$prefix" cost)
-  role "cost-$rate" "http://$ADDR/readyz" run --listen "$ADDR" --prefix "$prefix" \
+  [ -z "$signing" ] || "$bin" tenant rotate-secret cost --ed25519 --pg-schema "$prefix" >/dev/null
+  role "cost-$run" "http://$ADDR/readyz" run --listen "$ADDR" --prefix "$prefix" \
     --pg-schema "$prefix" --mongo-db "$prefix"
-  dispatcher=$(cat "$work/cost-$rate.pid")
+  dispatcher=$(cat "$work/cost-$run.pid")
   nats=$(pgrep -f "nats-server -a 127.0.0.1 -p 4222" | awk 'NR == 1')
   ferret=$(pgrep -f ferretdb | awk 'NR == 1')
   redis=$(pgrep -x redis-server | awk 'NR == 1')
@@ -99,17 +106,17 @@ for spec in $RATES; do
   echo "bench-cost: $rate/s for $DURATION" >&2
   started=$(date +%s.%N)
   "$loadgen" --target "http://$ADDR" --api-key "$key" --rate "$requests" --batch "$batch" -d "$DURATION" --warmup 0s \
-    -c 64 --sink 127.0.0.1:0 --drain-timeout "${SETTLE}s" --out "$out/$rate" \
-    >"$out/$rate.txt" 2>"$out/$rate.progress" &
+    -c 64 --sink 127.0.0.1:0 --drain-timeout "${SETTLE}s" --out "$out/$run" \
+    >"$out/$run.txt" 2>"$out/$run.progress" &
   lg=$!
   sleep 5
   stats=()
   for p in dispatcher:$dispatcher nats:$nats; do
     perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "${p#*:}" \
-      -o "$work/stat-$rate-${p%%:*}.csv" -- sleep "$PROFILE_SECONDS" >/dev/null 2>&1 &
+      -o "$work/stat-$run-${p%%:*}.csv" -- sleep "$PROFILE_SECONDS" >/dev/null 2>&1 &
     stats+=($!)
   done
-  perf record -q -e cpu-clock -F 499 -g -p "$dispatcher" -o "$work/perf-$rate.data" \
+  perf record -q -e cpu-clock -F 499 -g -p "$dispatcher" -o "$work/perf-$run.data" \
     -- sleep "$PROFILE_SECONDS" >/dev/null 2>&1 || true
   for j in "${stats[@]}"; do wait "$j" || true; done
   lg_cpu=0
@@ -126,11 +133,11 @@ for spec in $RATES; do
   elapsed=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
   sleep 1 # PostgreSQL publishes its statistics about once a second
   new_deadlocks=$(($(deadlocks) - deadlocks_before))
-  n=$(jq '.total.notifications_accepted' "$out/$rate/summary.json")
-  refused=$(jq '.total.errors' "$out/$rate/summary.json")
-  lost=$(jq '.end_to_end.lost // "?"' "$out/$rate/summary.json")
-  p99=$(jq -r '[.priorities[] | .ingest.p99_ms] | max' "$out/$rate/summary.json" 2>/dev/null || echo "?")
-  e2e=$(jq -r '[.end_to_end.priorities[] | .p99_ms] | max' "$out/$rate/summary.json" 2>/dev/null || echo "?")
+  n=$(jq '.total.notifications_accepted' "$out/$run/summary.json")
+  refused=$(jq '.total.errors' "$out/$run/summary.json")
+  lost=$(jq '.end_to_end.lost // "?"' "$out/$run/summary.json")
+  p99=$(jq -r '[.priorities[] | .ingest.p99_ms] | max' "$out/$run/summary.json" 2>/dev/null || echo "?")
+  e2e=$(jq -r '[.end_to_end.priorities[] | .p99_ms] | max' "$out/$run/summary.json" 2>/dev/null || echo "?")
   total=0
   cells=""
   for g in dispatcher:$dispatcher nats:$nats postgres: ferretdb:$ferret redis:$redis; do
@@ -139,18 +146,18 @@ for spec in $RATES; do
     total=$(awk -v t="$total" -v u="$used" 'BEGIN { print t + u }')
     cells+=" $(awk -v u="$used" -v n="$n" 'BEGIN { printf "%.0f", u * 1e6 / n }') |"
   done
-  counts="$(window_counts "$work/stat-$rate-dispatcher.csv" "$rate") | $(window_counts "$work/stat-$rate-nats.csv" "$rate")"
+  counts="$(window_counts "$work/stat-$run-dispatcher.csv" "$rate") | $(window_counts "$work/stat-$run-nats.csv" "$rate")"
   drained=$(awk -v n="$n" -v e="$elapsed" 'BEGIN { printf "%.0f", n / e }')
   rows+=("| $spec | $n | $drained | $refused | $lost |$cells $(awk -v u="$total" -v n="$n" 'BEGIN { printf "%.0f", u * 1e6 / n }') | $(awk -v u="$lg_cpu" -v n="$n" 'BEGIN { printf "%.0f", u * 1e6 / n }') | $p99 | $e2e | $settled_note after ${waited}s | $new_deadlocks | $counts |")
-  if [ -s "$work/perf-$rate.data" ]; then
-    profiles+=("### $rate/s: dispatcher, ${PROFILE_SECONDS} s of cpu-clock samples, top symbols (self)")
+  if [ -s "$work/perf-$run.data" ]; then
+    profiles+=("### $run/s: dispatcher, ${PROFILE_SECONDS} s of cpu-clock samples, top symbols (self)")
     profiles+=('```')
-    profiles+=("$(perf report -q -i "$work/perf-$rate.data" --no-children --sort sym --stdio 2>/dev/null |
+    profiles+=("$(perf report -q -i "$work/perf-$run.data" --no-children --sort sym --stdio 2>/dev/null |
       grep -E '^ +[0-9.]+%' | awk 'NR <= 25' || true)")
     profiles+=('```')
   fi
   # Every accepted id, for checks by hand; megabytes that results/ need not keep.
-  rm -f "$out/$rate/accepted-ids.txt"
+  rm -f "$out/$run/accepted-ids.txt"
   kill -TERM "$dispatcher" 2>/dev/null || true
   wait "$dispatcher" 2>/dev/null || true
 done
