@@ -83,8 +83,7 @@ fn webhook(c: &mut Criterion) {
     for (name, keys) in [("body_and_signature", &hmac), ("body_and_v1_v1a", &both)] {
         group.bench_function(name, |b| {
             b.iter(|| {
-                let n: herald::model::WireNotification<'_> =
-                    serde_json::from_slice(&wire).unwrap();
+                let n: herald::model::WireNotification<'_> = serde_json::from_slice(&wire).unwrap();
                 let body = herald::delivery::senders::webhook::body(&n);
                 black_box(keys.clone().header(&n.id.to_string(), 1_700_000_000, &body))
             })

@@ -83,6 +83,10 @@ impl App {
     /// `config.metrics_listen`. Returns once started, or fails with the line naming what
     /// was not reached within `config.startup_timeout`.
     pub async fn deliver(config: DeliverConfig) -> Result<App, StartError> {
+        config
+            .delivery
+            .check_retention(config.nats.stream_max_age)
+            .map_err(StartError::Settings)?;
         let dependencies = Dependencies::watch(
             vec![
                 dependencies::nats(&config.nats.nats_url, WhenDown::Unready),
@@ -190,6 +194,9 @@ impl App {
             delivery,
             recorder,
         } = config;
+        delivery
+            .check_retention(serve.nats.stream_max_age)
+            .map_err(StartError::Settings)?;
         if serve.auth == AuthMode::Off && delivery.webhook_secret.is_none() {
             return Err(StartError::Settings(String::from(
                 "--auth off: the webhooks of notifications without a tenant are signed with --webhook-secret, which is not set (make one with: echo whsec_$(openssl rand -base64 32))",

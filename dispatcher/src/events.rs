@@ -34,6 +34,8 @@ pub enum EventKind {
     Dead,
     /// Canceled before it was sent (`POST /v1/notifications/{id}/cancel`).
     Canceled,
+    /// Its deadline (`expires_at`) passed before it was delivered; never dead-lettered.
+    Expired,
 }
 
 impl EventKind {
@@ -43,6 +45,7 @@ impl EventKind {
             EventKind::Retrying => "retrying",
             EventKind::Dead => "dead",
             EventKind::Canceled => "canceled",
+            EventKind::Expired => "expired",
         }
     }
 }

@@ -285,6 +285,8 @@ pub enum Outcome {
     Delivered,
     Dead,
     Canceled,
+    /// Its deadline (`expires_at`) passed before it was delivered.
+    Expired,
 }
 
 /// One delivery attempt's outcome, as `GET /v1/notifications/{id}/attempts` lists it.
@@ -292,7 +294,7 @@ pub enum Outcome {
 pub struct AttemptRecord {
     /// 1-based; a duplicate delivery (at-least-once) can repeat a number.
     pub attempt: i32,
-    /// `delivered`, `retrying`, `dead` or `canceled`.
+    /// `delivered`, `retrying`, `dead`, `canceled` or `expired`.
     #[schema(value_type = Outcome)]
     pub outcome: String,
     pub at: DateTime<Utc>,
@@ -421,6 +423,7 @@ pub struct PriorityCounts {
     pub delivered: u64,
     pub dead: u64,
     pub canceled: u64,
+    pub expired: u64,
 }
 
 impl PriorityCounts {
@@ -433,6 +436,7 @@ impl PriorityCounts {
             delivered: 0,
             dead: 0,
             canceled: 0,
+            expired: 0,
         }
     }
 }
@@ -478,6 +482,7 @@ pub async fn counts_since(
             "retrying" => c.retrying += n,
             "delivered" => c.delivered += n,
             "dead" => c.dead += n,
+            "expired" => c.expired += n,
             _ => c.canceled += n,
         }
     }

@@ -58,9 +58,9 @@ async fn a_failing_destination_opens_its_circuit_and_its_messages_wait_with_atte
     };
     let healthy = Receiver::start(|_| (200, Duration::ZERO)).await;
     let stack = Stack::start(|c| {
-        // Four attempts at most: without the breaker, retries 50-200 ms apart would
-        // exhaust them all within a second while the receiver is down.
-        let quick = "50ms:200ms:4".parse().unwrap();
+        // A one-second horizon: without the breaker, retries 50-200 ms apart would use
+        // it up while the receiver is down.
+        let quick = "50ms:200ms:1s".parse().unwrap();
         c.retry_high = quick;
         c.health.failures = 3;
         c.health.open_base = Duration::from_millis(500);
@@ -145,7 +145,12 @@ async fn a_failing_destination_opens_its_circuit_and_its_messages_wait_with_atte
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_destination_holds_its_messages_and_they_go_at_attempt_one() {
     let receiver = Receiver::start(|_| (200, Duration::ZERO)).await;
-    let stack = Stack::start(|c| c.health.paused_wait = Duration::from_millis(200)).await;
+    let stack = Stack::start(|c| {
+        c.health.paused_wait = Duration::from_millis(200);
+        // Longer than the pause: waiting must not use the horizon up here.
+        c.retry_medium = "100ms:400ms:1m".parse().unwrap();
+    })
+    .await;
     let paused = stack
         .server
         .post(&destination_path(&receiver, "/pause"), "")
@@ -188,6 +193,42 @@ async fn a_paused_destination_holds_its_messages_and_they_go_at_attempt_one() {
     assert!(events
         .iter()
         .all(|(kind, _, attempt)| kind == "delivered" && *attempt == 1));
+    stack.finish().await;
+}
+
+/// A pause is bounded by the retry horizon: a message its destination keeps waiting past
+/// the horizon is dead-lettered, with the reason, instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_paused_past_its_horizon_is_dead_lettered_with_the_reason() {
+    let receiver = Receiver::start(|_| (200, Duration::ZERO)).await;
+    let stack = Stack::start(|c| {
+        c.health.paused_wait = Duration::from_millis(200);
+        c.retry_low = "100ms:400ms:1s".parse().unwrap();
+    })
+    .await;
+    let paused = stack
+        .server
+        .post(&destination_path(&receiver, "/pause"), "")
+        .await;
+    assert_eq!(paused.status, 200, "{:?}", paused.body);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = stack.accept(webhook_to(&receiver.url(), "low", 1)).await;
+    let dead = eventually(Duration::from_secs(10), || async {
+        let list = stack.server.get("/v1/dlq").await;
+        list.body["items"]
+            .as_array()
+            .and_then(|items| items.first().cloned())
+    })
+    .await
+    .expect("dead-lettered");
+    assert_eq!(dead["id"], id.as_str());
+    let error = dead["error"].as_str().unwrap();
+    assert!(error.contains("kept it waiting (paused)"), "{error}");
+    assert!(error.contains("1s retry horizon"), "{error}");
+    assert!(
+        receiver.received().is_empty(),
+        "a paused destination got a request"
+    );
     stack.finish().await;
 }
 

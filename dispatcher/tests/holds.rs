@@ -102,7 +102,7 @@ async fn a_held_message_comes_back_with_its_attempts_and_is_recorded_once() {
         c.max_ack_pending = WINDOW;
         // Every wait is held, however short, and retries wait about a second.
         c.hold_after = Duration::ZERO;
-        c.retry_low = "500ms:1s:5".parse().unwrap();
+        c.retry_low = "500ms:1s:30s".parse().unwrap();
     })
     .await;
     stack.start_recording().await;

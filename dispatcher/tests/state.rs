@@ -106,7 +106,7 @@ async fn migrations_apply_on_an_empty_schema_and_again_change_nothing() {
 async fn recorded_rows_and_documents_match_what_happened() {
     let receiver = Receiver::checking(|_, req| match req.uri.path() {
         "/flaky" if req.header("herald-attempt") == "1" => (503, Duration::ZERO),
-        "/bad" => (400, Duration::ZERO),
+        "/bad" => (410, Duration::ZERO),
         _ => (200, Duration::ZERO),
     })
     .await;
@@ -175,7 +175,7 @@ async fn recorded_rows_and_documents_match_what_happened() {
             assert_eq!(*last_status, Some(503), "the retry's status is kept");
         }
         if recipient.ends_with("/bad") {
-            assert_eq!(*last_status, Some(400));
+            assert_eq!(*last_status, Some(410));
         }
     }
     assert_eq!(count(&pool, "SELECT count(*) FROM dead_letters").await, 10);
@@ -281,7 +281,7 @@ async fn recorded_rows_and_documents_match_what_happened() {
         let want: &[(i64, &str, Option<i64>)] = match n % 3 {
             0 => &[(1, "delivered", None)],
             1 => &[(1, "retrying", Some(503)), (2, "delivered", None)],
-            _ => &[(1, "dead", Some(400))],
+            _ => &[(1, "dead", Some(410))],
         };
         assert_eq!(summary, want, "{id}");
         for a in attempts {
@@ -294,7 +294,7 @@ async fn recorded_rows_and_documents_match_what_happened() {
                 let next: chrono::DateTime<chrono::Utc> =
                     a["next_attempt_at"].as_str().unwrap().parse().unwrap();
                 // Full jitter: the wait before attempt 2 is anywhere in [0, 100 ms) under
-                // the tests' policy (100ms:400ms:4), so it can round to 0 ms.
+                // the tests' policy (100ms:400ms:30s), so it can round to 0 ms.
                 let wait = next - at;
                 assert!(
                     wait >= chrono::Duration::zero() && wait < chrono::Duration::milliseconds(100),

@@ -213,7 +213,8 @@ pub struct DeliveryArgs {
     /// shorter ones wait in the consumer.
     #[arg(long, env = "HERALD_HOLD_AFTER", default_value_t = human(delivery().hold_after))]
     hold_after: Human,
-    /// Retry policy of high priority `base:cap:max_attempts` (full-jitter exponential).
+    /// Retry policy of high priority `base:cap:horizon` (full-jitter exponential waits up to
+    /// cap, retried for horizon after the notification was due, then dead-lettered).
     #[arg(long, env = "HERALD_RETRY_HIGH", default_value_t = delivery().retry_high)]
     retry_high: RetryPolicy,
     /// Retry policy of medium priority.

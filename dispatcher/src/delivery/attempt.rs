@@ -1,8 +1,10 @@
 //! One attempt at one message, from the worker's hand to its settlement: is it due (not
 //! canceled, not expired, its `send_at` passed), which provider takes it, then delivered →
-//! event and ack; retryable with attempts left → event and a wait for the backoff; else
-//! the DLQ. A wait spends no attempt: it goes to HOLD when long, else a NAK recorded in the
-//! ledger.
+//! event and ack; retryable within its priority's retry horizon → event and a wait for the
+//! backoff; past its `expires_at` → `expired` (an outcome of its own, never a dead letter);
+//! else the DLQ. A wait spends no attempt: it goes to HOLD when long, else a NAK recorded
+//! in the ledger. A destination that keeps a message waiting past its horizon (paused,
+//! circuit open) dead-letters it with that reason.
 
 use std::time::Duration;
 
@@ -43,11 +45,7 @@ pub(super) async fn deliver(shared: &Shared, job: Job) {
     };
     let now = Utc::now();
     if turn.notification.expires_at.is_some_and(|at| at <= now) {
-        let outcome = SendOutcome::Permanent {
-            error: String::from("expired before it could be delivered"),
-            status: None,
-        };
-        bury(shared, &turn, &outcome, None).await;
+        expire(shared, &turn, None).await;
         return;
     }
     if let Some(send_at) = turn.notification.send_at.filter(|at| *at > now) {
@@ -200,9 +198,20 @@ async fn settle(
                 .unwrap_or_default();
             shared.metrics.delivered(turn.priority, age);
         }
-        SendOutcome::Retryable { retry_after, .. } if !policy.exhausted(attempt) => {
-            let backoff = policy.delay(attempt + 1, fastrand::f64());
-            let wait = retry_after.map_or(backoff, |asked| asked.max(backoff));
+        SendOutcome::Retryable { retry_after, .. } => {
+            let since_due = since_due(notification, Utc::now());
+            let Some(backoff) = policy.next_wait(attempt + 1, since_due, fastrand::f64()) else {
+                let gave_up = past_horizon(outcome, policy.horizon);
+                bury(shared, turn, &gave_up, Some((took, provider))).await;
+                return;
+            };
+            // A receiver's Retry-After is honoured up to the horizon.
+            let left = policy.horizon.saturating_sub(since_due);
+            let wait = retry_after.map_or(backoff, |asked| asked.max(backoff).min(left));
+            if due_after_deadline(notification, wait) {
+                expire(shared, turn, Some((outcome, took, provider))).await;
+                return;
+            }
             let retrying = event(
                 notification,
                 EventKind::Retrying,
@@ -222,8 +231,27 @@ async fn settle(
 }
 
 /// Puts off the turn's message by `delay` without spending its attempt: into HOLD
-/// when the wait is long, else a NAK recorded in the ledger.
+/// when the wait is long, else a NAK recorded in the ledger. A message whose deadline
+/// comes first expires now; one that a destination (not Herald's own store, not its
+/// schedule) keeps waiting past its retry horizon is dead-lettered with the reason.
 async fn wait(shared: &Shared, turn: &Turn<'_>, delay: Duration, reason: &str) {
+    let notification = &turn.notification;
+    if due_after_deadline(notification, delay) {
+        expire(shared, turn, None).await;
+        return;
+    }
+    let policy = shared.retry[turn.priority.index()];
+    let destination_said = !matches!(reason, "scheduled" | "store");
+    if destination_said && policy.past_horizon(since_due(notification, Utc::now())) {
+        let waiting = SendOutcome::Retryable {
+            error: format!("its destination kept it waiting ({reason})"),
+            status: None,
+            retry_after: None,
+        };
+        let gave_up = past_horizon(&waiting, policy.horizon);
+        bury(shared, turn, &gave_up, None).await;
+        return;
+    }
     shared.metrics.delivery_waited(reason);
     let spent = turn.attempt - 1;
     if held(shared, turn.message, &turn.notification, spent, delay).await {
@@ -413,6 +441,69 @@ async fn bury(
                 .await;
         }
     }
+}
+
+/// When the notification became due: its `send_at`, or when it was accepted.
+fn since_due(n: &WireNotification<'_>, now: DateTime<Utc>) -> Duration {
+    let due = n.send_at.map_or(n.accepted_at, |at| at.max(n.accepted_at));
+    (now - due).to_std().unwrap_or_default()
+}
+
+/// Whether a try `wait` from now would come at or after the notification's deadline.
+fn due_after_deadline(n: &WireNotification<'_>, wait: Duration) -> bool {
+    let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::TimeDelta::MAX);
+    n.expires_at.is_some_and(|deadline| deadline <= next)
+}
+
+/// The dead letter's outcome of a notification whose retry horizon passed: `last`'s error
+/// (the receiver's answer first, as every attempt records it) and status, then why it
+/// stopped.
+fn past_horizon(last: &SendOutcome, horizon: Duration) -> SendOutcome {
+    SendOutcome::Permanent {
+        error: format!(
+            "{} (not delivered within its {} retry horizon)",
+            last.error().unwrap_or("unknown"),
+            humantime::format_duration(horizon),
+        ),
+        status: last.status(),
+    }
+}
+
+/// Ends a notification whose deadline (`expires_at`) passed, or would pass before its next
+/// try: an `expired` event (with the last attempt's answer, if one was just made), then
+/// the message is terminated. Not a dead letter: a late OTP is worse than none, so no
+/// replay brings it back. If the event cannot be stored the message comes back.
+async fn expire(
+    shared: &Shared,
+    turn: &Turn<'_>,
+    last: Option<(&SendOutcome, Duration, Option<&str>)>,
+) {
+    let (outcome, took, provider) = match last {
+        Some((outcome, took, provider)) => (Some(outcome), Some(took), provider),
+        None => (None, None, None),
+    };
+    let mut expired = event(
+        &turn.notification,
+        EventKind::Expired,
+        turn.attempt.saturating_sub(u32::from(last.is_none())),
+        outcome,
+        None,
+        took,
+    );
+    if outcome.is_none() {
+        expired.error = Some(std::borrow::Cow::Borrowed(
+            "its deadline (expires_at) passed before it could be delivered",
+        ));
+    }
+    if !store_event(shared, turn.message, expired.by(provider)).await {
+        let _ = turn
+            .message
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+            .await;
+        return;
+    }
+    let _ = turn.message.double_ack_with(AckKind::Term).await;
+    shared.metrics.delivery_waited("expired");
 }
 
 /// How long a message waits, at least, when a store Herald needs to send it is down.

@@ -153,8 +153,10 @@ enum Verdict {
 fn verdict(outcome: &SendOutcome) -> Option<Verdict> {
     Some(match outcome {
         SendOutcome::Delivered | SendOutcome::Permanent { .. } => Verdict::Up,
+        // A 4xx (a 429, or a 401 or 404 retried as Standard Webhooks asks) is an answer
+        // about one URL or one request: the host is up, and its other URLs are not held.
         SendOutcome::Retryable { status, .. } => match status {
-            Some(429) => Verdict::Up,
+            Some(400..=499) => Verdict::Up,
             _ => Verdict::Down,
         },
         SendOutcome::Unsent { .. } => return None,
@@ -680,9 +682,17 @@ mod tests {
     #[test]
     fn retry_after_holds_and_4xx_counts_as_up() {
         assert_eq!(verdict(&SendOutcome::Delivered), Some(Verdict::Up));
-        let answered = |status| SendOutcome::from_http_status(status, None, "x");
+        let answered = |status| {
+            SendOutcome::from_http_status(
+                status,
+                None,
+                "x",
+                crate::delivery::senders::Answers::Receiver,
+            )
+        };
         assert_eq!(verdict(&answered(410)), Some(Verdict::Up));
         assert_eq!(verdict(&answered(429)), Some(Verdict::Up));
+        assert_eq!(verdict(&answered(404)), Some(Verdict::Up));
         assert_eq!(verdict(&answered(503)), Some(Verdict::Down));
         assert_eq!(
             verdict(&SendOutcome::Retryable {

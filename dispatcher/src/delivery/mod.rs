@@ -13,9 +13,10 @@
 //!   HOLD stream ([`hold`]), out of the consumers' ack-pending window; a shorter one is a
 //!   NAK with a delay, recorded in the [`ledger`].
 //! - Otherwise it sends (with in-progress acks while a send is slow), then: delivered →
-//!   event, ack; retryable with attempts left → event, NAK with the backoff delay (the
-//!   attempt number is Herald's, from the ledger; the wait is kept by the server: a crash
-//!   loses no retry state); permanent or exhausted → DLQ, event, terminate.
+//!   event, ack; retryable within its priority's retry horizon → event, a wait for the
+//!   backoff (the attempt number is Herald's, from the ledger; the wait is kept by the
+//!   server: a crash loses no retry state); past its `expires_at` → `expired` event,
+//!   terminate; permanent or past the horizon → DLQ, event, terminate.
 //! - Shutdown: stop fetching, let every worker finish its send, NAK what is still queued so
 //!   another instance takes it at once.
 

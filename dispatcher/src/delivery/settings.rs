@@ -61,10 +61,10 @@ pub struct DeliveryConfig {
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
-        let policy = |base_ms, cap_s, max_attempts| RetryPolicy {
+        let policy = |base_ms, cap_s, horizon_h: u64| RetryPolicy {
             base: Duration::from_millis(base_ms),
             cap: Duration::from_secs(cap_s),
-            max_attempts,
+            horizon: Duration::from_secs(horizon_h * 3600),
         };
         DeliveryConfig {
             delivery_weights: SchedulerConfig::default().weights,
@@ -77,9 +77,10 @@ impl Default for DeliveryConfig {
             hold_after: Duration::from_secs(1),
             dlq_size_interval: Duration::from_secs(15),
             health: HealthConfig::default(),
-            retry_high: policy(200, 30, 8),
-            retry_medium: policy(1000, 300, 8),
-            retry_low: policy(5000, 1800, 6),
+            // Horizons: an OTP is worthless after an hour; a marketing blast keeps for days.
+            retry_high: policy(200, 300, 1),
+            retry_medium: policy(1000, 3600, 24),
+            retry_low: policy(5000, 3600, 72),
             webhook_secret: None,
             webhook_timeout: Duration::from_secs(10),
             smtp_url: None,
@@ -94,6 +95,29 @@ impl Default for DeliveryConfig {
             provider_timeout: Duration::from_secs(10),
             response_body_limit: 1024,
         }
+    }
+}
+
+impl DeliveryConfig {
+    /// Refuses retry policies whose waits cannot fit where messages wait: a long wait sits
+    /// in the HOLD stream, which keeps a message `stream_max_age` (`--stream-max-age`)
+    /// from when it was held, so a longer cap would let it age out unseen. Each wait is
+    /// held afresh, so the horizon itself may be longer than the retention.
+    pub fn check_retention(&self, stream_max_age: Duration) -> Result<(), String> {
+        let policies = [
+            ("--retry-high", self.retry_high),
+            ("--retry-medium", self.retry_medium),
+            ("--retry-low", self.retry_low),
+        ];
+        for (flag, policy) in policies {
+            if policy.cap >= stream_max_age {
+                return Err(format!(
+                    "{flag} {policy}: its cap must be below --stream-max-age ({}), which is how long a waiting message is kept",
+                    humantime::format_duration(stream_max_age)
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -807,7 +807,9 @@ pub fn sealing_key() -> herald::sealing::SealingKey {
 pub const TEST_SECRET: &str = "whsec_dGVzdHMtb2YtaGVyYWxkLXNpZ24td2l0aC10aGlzLWtleSE=";
 
 pub fn test_delivery_config() -> herald::config::DeliveryConfig {
-    let quick: herald::delivery::retry::RetryPolicy = "100ms:400ms:4".parse().unwrap();
+    // Quick waits, and a horizon longer than any test's holds (a test that needs one to
+    // pass sets its own).
+    let quick: herald::delivery::retry::RetryPolicy = "100ms:400ms:30s".parse().unwrap();
     herald::config::DeliveryConfig {
         webhook_secret: Some(herald::signing::Secret::parse(TEST_SECRET).unwrap()),
         retry_high: quick,

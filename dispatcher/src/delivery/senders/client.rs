@@ -45,11 +45,13 @@ pub struct Bounds {
     pub timeout: Duration,
     /// Bytes of the answer's body read at most, for the attempt's record.
     pub body_prefix: usize,
+    /// Which answers are retried.
+    pub answers: super::Answers,
 }
 
-/// Sends `request` and classifies the answer by its status alone: 2xx delivered; 408, 425,
-/// 429, 5xx, timeouts and connection errors retryable (with `Retry-After`); others
-/// permanent. The status must come within the timeout; of the body, at most
+/// Sends `request` and classifies the answer by its status alone ([`super::Answers`]):
+/// 2xx delivered; timeouts and connection errors retryable; the others by who answered
+/// (with `Retry-After`). The status must come within the timeout; of the body, at most
 /// `body_prefix` bytes are read in what is left of it, and a failure's error quotes them.
 /// `what` names the provider in errors.
 pub async fn exchange(
@@ -82,7 +84,7 @@ pub async fn exchange(
             let retry_after = parse_retry_after(response.headers().get(http::header::RETRY_AFTER));
             let left = timeout.saturating_sub(started.elapsed());
             let body = body_prefix(response.into_body(), bounds.body_prefix, left).await;
-            SendOutcome::from_http_status(status, retry_after, what).quoting(&body)
+            SendOutcome::from_http_status(status, retry_after, what, bounds.answers).quoting(&body)
         }
     }
 }

@@ -68,7 +68,6 @@ impl SendOutcome {
         }
     }
 
-    /// Classifies an HTTP status the way most providers mean it.
     /// A failure's error quoting the start of the answer's body (the receiver's reason),
     /// as text; a delivery is left as it is.
     pub fn quoting(mut self, body: &[u8]) -> Self {
@@ -85,10 +84,20 @@ impl SendOutcome {
         self
     }
 
-    pub fn from_http_status(status: u16, retry_after: Option<Duration>, what: &str) -> Self {
+    /// Classifies an HTTP status by who answered it (see [`Answers`]).
+    pub fn from_http_status(
+        status: u16,
+        retry_after: Option<Duration>,
+        what: &str,
+        answers: Answers,
+    ) -> Self {
+        let retried = match answers {
+            Answers::Receiver => status != 410,
+            Answers::Provider => matches!(status, 408 | 425 | 429 | 500..=599),
+        };
         match status {
             200..=299 => SendOutcome::Delivered,
-            408 | 425 | 429 | 500..=599 => SendOutcome::Retryable {
+            _ if retried => SendOutcome::Retryable {
                 error: format!("{what} answered {status}"),
                 status: Some(status),
                 retry_after,
@@ -99,6 +108,19 @@ impl SendOutcome {
             },
         }
     }
+}
+
+/// Which HTTP answers are worth another attempt. Timeouts and connection errors are
+/// retried either way; 2xx is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answers {
+    /// A webhook receiver, as Standard Webhooks recommends: every other answer is retried
+    /// (a 401 during a secret rotation, a 404 during a deploy, a 3xx: redirects are not
+    /// followed) except 410 Gone, which means "stop".
+    Receiver,
+    /// A provider's API (SMS, push): 408, 425, 429 and 5xx are retried; any other answer
+    /// says the request itself (a number, a token) is wrong, and will stay wrong.
+    Provider,
 }
 
 /// One attempt to deliver `notification`; `raw` is its wire document as stored.
@@ -196,12 +218,14 @@ impl Senders {
             client::Bounds {
                 timeout: config.webhook_timeout,
                 body_prefix: config.response_body_limit,
+                answers: Answers::Receiver,
             },
         );
         let timeout = config.provider_timeout;
         let bounds = client::Bounds {
             timeout,
             body_prefix: config.response_body_limit,
+            answers: Answers::Provider,
         };
         let providers = |channel: Channel,
                          urls: &Option<String>,
@@ -265,22 +289,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn http_statuses_are_classified_like_providers_mean_them() {
-        assert_eq!(
-            SendOutcome::from_http_status(204, None, "x"),
-            SendOutcome::Delivered
-        );
-        for s in [408, 429, 500, 502, 503] {
+    fn receivers_are_retried_on_every_answer_but_410_and_providers_on_transient_ones() {
+        let classify = |s, answers| SendOutcome::from_http_status(s, None, "x", answers);
+        for answers in [Answers::Receiver, Answers::Provider] {
+            assert_eq!(classify(204, answers), SendOutcome::Delivered);
+            for s in [408, 429, 500, 502, 503] {
+                assert!(matches!(
+                    classify(s, answers),
+                    SendOutcome::Retryable { .. }
+                ));
+            }
             assert!(matches!(
-                SendOutcome::from_http_status(s, None, "x"),
-                SendOutcome::Retryable { .. }
-            ));
-        }
-        for s in [301, 400, 401, 403, 404, 410, 422] {
-            assert!(matches!(
-                SendOutcome::from_http_status(s, None, "x"),
+                classify(410, answers),
                 SendOutcome::Permanent { .. }
             ));
+        }
+        for s in [301, 400, 401, 403, 404, 422] {
+            let receiver = classify(s, Answers::Receiver);
+            assert!(matches!(receiver, SendOutcome::Retryable { .. }), "{s}");
+            let provider = classify(s, Answers::Provider);
+            assert!(matches!(provider, SendOutcome::Permanent { .. }), "{s}");
         }
         assert_eq!(
             parse_retry_after(Some(&http::HeaderValue::from_static("7"))),

@@ -156,7 +156,7 @@ let live = null;
 const history = [];
 // Seconds the overview looks back; each poll reads that window's rows once.
 const WINDOW = 60;
-const FAMILIES = ["accepted", "pending", "retrying", "delivered", "dead", "canceled"];
+const FAMILIES = ["accepted", "pending", "retrying", "delivered", "dead", "canceled", "expired"];
 
 async function pollSummary() {
   const summary = await api("GET", "/v1/summary", { window: WINDOW });
