@@ -10,6 +10,12 @@
 #              healthy while BACKLOG (25,000: over 10x --max-ack-pending) low
 #              notifications scheduled an hour ahead, and BACKLOG more to a receiver that
 #              is down, wait beside them (issue 27: waiting must not take the work window)
+#   FAULT=quiet (issue 31) is a case of its own: one quiet receiver (QUIET_RATE, 0.3
+#              notifications/s, every priority alike) is down (connections reset) for
+#              OUTAGE (10m) from 5 s after its loadgen starts, with the default retry
+#              policies; reported: delivered after recovery, dead letters (want 0), lost,
+#              the time from recovery to the last delivery, and the CPU the dispatcher and
+#              nats-server spent while it was down.
 # Reported per run: the nine healthy destinations' end-to-end p99 per priority (the worst
 # of the nine), the failing destination's accepted, delivered and lost, dead letters,
 # the highest attempt recorded, waits by reason and circuit changes (from /metrics).
@@ -33,6 +39,73 @@ out=$(results_dir)/destinations-$FAULT
 mkdir -p "$out"
 trap stop_roles EXIT
 per=$(awk -v r="$RATE" 'BEGIN { print r / 10 }')
+
+# The quiet receiver down for OUTAGE: one run, its own report, then exit.
+quiet() {
+  local rate=${QUIET_RATE:-0.3} outage=${OUTAGE:-10m} outage_s started recovered_at ended
+  outage_s=$(awk -v d="$outage" 'BEGIN { n = d + 0; if (d ~ /m$/) n *= 60; if (d ~ /h$/) n *= 3600; print n }')
+  run_role destquiet
+  local dir=$out/quiet pid dispatcher_cpu nats_cpu
+  mkdir -p "$dir"
+  pid=$(cat "$work/destquiet.pid")
+  local nats
+  nats=$(pgrep -f "nats-server -a 127.0.0.1 -p 4222" | awk 'NR == 1')
+  started=$(date +%s)
+  "$loadgen" --target "http://127.0.0.1:$port" --api-key "$key" --rate "$rate" -c 4 --threads 1 \
+    --mix high=1,medium=1,low=1 -d "$((outage_s + 15))s" --warmup 0s --sink 127.0.0.1:0 \
+    --sink-fault "reset:5s:$((outage_s + 5))s" --drain-timeout "${DRAIN_QUIET:-2h}" \
+    --out "$dir/d0" >"$dir/d0.log" 2>&1 &
+  local load=$!
+  sleep 5
+  local d0 n0
+  d0=$(cpu_seconds "$pid") n0=$(cpu_seconds "$nats")
+  sleep "$outage_s"
+  dispatcher_cpu=$(awk -v a="$d0" -v b="$(cpu_seconds "$pid")" 'BEGIN { printf "%.2f", b - a }')
+  nats_cpu=$(awk -v a="$n0" -v b="$(cpu_seconds "$nats")" 'BEGIN { printf "%.2f", b - a }')
+  recovered_at=$(date +%s)
+  wait "$load" || true
+  ended=$(date +%s)
+  curl -s "$(metrics_url destquiet)" >"$dir/metrics.txt"
+  curl -s -H "Authorization: Bearer $key" "http://127.0.0.1:$port/v1/dlq?limit=1000" >"$dir/dlq.json"
+  sleep 3
+  psql -h 127.0.0.1 -U root -d test -Atc "SELECT priority, count(*), max(attempts) FROM \"$prefix\".notifications GROUP BY 1 ORDER BY 1" >"$dir/by_priority" 2>/dev/null || true
+  local f0=$dir/d0/summary.json dead
+  dead=$(jq '.items | length' "$dir/dlq.json" 2>/dev/null || echo "?")
+  {
+    echo "# A quiet receiver down for $outage, $(date -u +%Y-%m-%d)"
+    echo
+    echo "Machine: $(machine). Revision: $(git rev-parse --short HEAD)."
+    echo "Command: \`FAULT=quiet OUTAGE=$outage QUIET_RATE=$rate scripts/bench-destinations.sh\`."
+    echo "A release \`dispatcher run\` (auth, recorder) with the default retry policies"
+    echo "(high 200ms:5m:1h, medium 1s:1h:24h, low 5s:1h:72h) and circuit breaker. One loadgen"
+    echo "at $rate notifications/s (high, medium and low alike) for $((outage_s + 15)) s; its sink"
+    echo "resets every connection from 5 s to $((outage_s + 5)) s, then takes everything."
+    echo
+    echo "| accepted | delivered | lost | dead letters | recovery to last delivery | e2e max | dispatcher CPU while down | nats-server CPU while down |"
+    echo "|---|---|---|---|---|---|---|---|"
+    echo "| $(jq .end_to_end.accepted "$f0") | $(jq .end_to_end.delivered "$f0") | $(jq .end_to_end.lost "$f0") | $dead | $((ended - recovered_at)) s (loadgen's drain, 0.1 s polls) | $(jq '[.end_to_end.priorities[].max_ms] | max' "$f0") ms | $dispatcher_cpu s ($(awk -v c="$dispatcher_cpu" -v s="$outage_s" 'BEGIN { printf "%.2f", 100 * c / s }') % of a core) | $nats_cpu s |"
+    echo
+    echo "Recorded per priority (priority, notifications, highest attempt):"
+    echo
+    echo '```'
+    cat "$dir/by_priority"
+    echo '```'
+    echo
+    echo "Waits by reason and circuit changes (from /metrics):"
+    echo
+    echo '```'
+    grep -E '^herald_delivery_waits_total|^herald_destination_transitions_total' "$dir/metrics.txt" || true
+    echo '```'
+  } >"$out/../$report"
+  cat "$out/../$report"
+  find "$out" -name accepted-ids.txt -delete
+  rm -rf "$out"
+  results_row scripts/bench-destinations.sh "a quiet receiver down for $outage: lost $(jq .end_to_end.lost "$f0"), dead letters $dead, last delivery $((ended - recovered_at)) s after recovery" "$report"
+}
+if [ "$FAULT" = quiet ]; then
+  quiet
+  exit 0
+fi
 
 # backlog DIR: BACKLOG low notifications an hour ahead and BACKLOG to a receiver that is
 # down (nothing listens on port 1), 500 per batch request; then waits until the waiting
