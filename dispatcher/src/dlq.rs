@@ -12,7 +12,7 @@
 use async_nats::jetstream::{self, message::PublishMessage, stream::Stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -167,6 +167,11 @@ pub struct Selection<'a> {
     pub cursor: u64,
     /// The last; `None`: the stream's last as of this call.
     pub until: Option<u64>,
+    /// Only those that died at or after this time.
+    pub dead_after: Option<DateTime<Utc>>,
+    /// Only those that died before this time: the first later one ends the paging (the
+    /// stream is in the order they died).
+    pub dead_before: Option<DateTime<Utc>>,
     pub limit: usize,
 }
 
@@ -190,7 +195,14 @@ pub async fn list(
         {
             Ok(message) if message.sequence <= until => {
                 next = message.sequence + 1;
-                items.push(to_dead_letter(message));
+                let died = died_at(&message);
+                if selection.dead_before.is_some_and(|before| died >= before) {
+                    next = until + 1;
+                    break;
+                }
+                if selection.dead_after.is_none_or(|after| died >= after) {
+                    items.push(to_dead_letter(message));
+                }
             }
             Ok(_) => break,
             Err(e) if is_not_found(&e) => break,
@@ -225,6 +237,13 @@ pub async fn count(js: &jetstream::Context, names: &Names, tenant: &Uuid) -> Res
     let (pending, name) = (info.num_pending, info.name.clone());
     let _ = stream.delete_consumer(&name).await;
     Ok(pending)
+}
+
+/// When a dead letter died: its time in the DLQ stream.
+fn died_at(message: &jetstream::message::StreamMessage) -> DateTime<Utc> {
+    DateTime::from_timestamp_nanos(
+        i64::try_from(message.time.unix_timestamp_nanos()).unwrap_or(i64::MAX),
+    )
 }
 
 fn is_not_found(e: &jetstream::stream::DirectGetError) -> bool {

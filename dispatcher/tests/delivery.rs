@@ -407,6 +407,61 @@ async fn spans_of_one_trace_are_exported_over_otlp() {
 
 /// The bulk routes take one page of the dead letters matching a filter: a delete by
 /// priority removes those and only those, and a replay pages on with its cursor.
+/// Recover by time: `dead_after` and `dead_before` pick the dead letters of a window (an
+/// outage), for a list and a bulk replay alike; a bad time is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_of_a_time_window_are_listed_and_replayed() {
+    let receiver = Receiver::start(|n| (if n < 4 { 410 } else { 204 }, Duration::ZERO)).await;
+    let stack = Stack::start(|_| {}).await;
+    let count = |path: String| {
+        let stack = &stack;
+        async move {
+            stack.server.get(&path).await.body["items"]
+                .as_array()
+                .map_or(0, Vec::len)
+        }
+    };
+    let mut early = HashSet::new();
+    for n in 0..2 {
+        early.insert(stack.accept(webhook_to(&receiver.url(), "low", n)).await);
+    }
+    let dead = eventually(Duration::from_secs(10), || async {
+        (count("/v1/dlq".into()).await == 2).then_some(())
+    })
+    .await;
+    assert!(dead.is_some(), "two early dead letters");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let between = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for n in 2..4 {
+        stack.accept(webhook_to(&receiver.url(), "low", n)).await;
+    }
+    let dead = eventually(Duration::from_secs(10), || async {
+        (count("/v1/dlq".into()).await == 4).then_some(())
+    })
+    .await;
+    assert!(dead.is_some(), "four dead letters");
+    let at = form_urlencoded::byte_serialize(between.to_rfc3339().as_bytes()).collect::<String>();
+    assert_eq!(count(format!("/v1/dlq?dead_after={at}")).await, 2);
+    assert_eq!(count(format!("/v1/dlq?dead_before={at}")).await, 2);
+    let bad = stack.server.get("/v1/dlq?dead_after=yesterday").await;
+    assert_eq!(bad.status, 422);
+    assert_eq!(bad.body["error"]["field"], "dead_after");
+
+    let replayed = stack
+        .server
+        .post(&format!("/v1/dlq/replay?dead_before={at}"), "")
+        .await;
+    assert_eq!(replayed.status, 202, "{:?}", replayed.body);
+    assert_eq!(replayed.body["replayed"], 2);
+    // The receiver takes them now (its fifth answer on): the early two are delivered.
+    let got = receiver.wait_for(6, Duration::from_secs(10)).await;
+    let redelivered: HashSet<String> = got[4..].iter().map(|r| r.header("webhook-id")).collect();
+    assert_eq!(redelivered, early);
+    assert_eq!(count("/v1/dlq".into()).await, 2);
+    stack.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_deleted_and_replayed_by_filter() {
     let receiver = Receiver::start(|_| (410, Duration::ZERO)).await;

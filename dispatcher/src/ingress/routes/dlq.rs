@@ -18,6 +18,11 @@ pub(super) struct DeadLetterFilter {
     /// The first page's `until`: paging ends at the dead letters that existed when it
     /// began.
     until: Option<u64>,
+    /// Only dead letters that died at or after this time (RFC 3339): with `dead_before`,
+    /// the window of an outage to recover.
+    dead_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only dead letters that died before this time (RFC 3339).
+    dead_before: Option<chrono::DateTime<chrono::Utc>>,
     /// Page size (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
@@ -63,7 +68,18 @@ pub(super) struct Replayed {
 
 /// The tenant's dead letters matching the filter, a page of them.
 async fn page(state: &State, caller: &Caller, query: &str) -> Result<dlq::Page, ApiError> {
-    let filter = ListParams::parse(query, &["priority", "channel", "cursor", "until", "limit"])?;
+    let filter = ListParams::parse(
+        query,
+        &[
+            "priority",
+            "channel",
+            "cursor",
+            "until",
+            "limit",
+            "dead_after",
+            "dead_before",
+        ],
+    )?;
     let sequence = |name: &str, value: Option<&str>| match value {
         None => Ok(None),
         Some(v) => v
@@ -77,6 +93,8 @@ async fn page(state: &State, caller: &Caller, query: &str) -> Result<dlq::Page, 
         channel: filter.channel,
         cursor: sequence("cursor", filter.cursor.as_deref())?.unwrap_or(0),
         until: sequence("until", filter.until.as_deref())?,
+        dead_after: filter.dead_after,
+        dead_before: filter.dead_before,
         limit: filter.limit,
     };
     ensure_ready(state)?;

@@ -20,6 +20,9 @@ pub(super) struct ListParams {
     pub(super) channel: Option<Channel>,
     pub(super) status: Option<String>,
     pub(super) since: Option<chrono::DateTime<Utc>>,
+    /// Dead letters that died at or after / before these times.
+    pub(super) dead_after: Option<chrono::DateTime<Utc>>,
+    pub(super) dead_before: Option<chrono::DateTime<Utc>>,
     pub(super) cursor: Option<String>,
     pub(super) until: Option<String>,
     pub(super) limit: usize,
@@ -37,6 +40,8 @@ impl ListParams {
             channel: None,
             status: None,
             since: None,
+            dead_after: None,
+            dead_before: None,
             cursor: None,
             until: None,
             limit: 100,
@@ -67,24 +72,15 @@ impl ListParams {
                         |_| {
                             ApiError::invalid_field(
                                 "status",
-                                "status must be accepted, retrying, delivered, dead or canceled",
+                                "status must be accepted, retrying, delivered, dead, canceled or expired",
                             )
                         },
                     )?;
                     q.status = Some(value.to_string());
                 }
-                "since" => {
-                    q.since = Some(
-                        chrono::DateTime::parse_from_rfc3339(&value)
-                            .map_err(|_| {
-                                ApiError::invalid_field(
-                                    "since",
-                                    "since must be an RFC 3339 time like 2026-11-26T10:00:00Z",
-                                )
-                            })?
-                            .with_timezone(&Utc),
-                    )
-                }
+                "since" => q.since = Some(time(&key, &value)?),
+                "dead_after" => q.dead_after = Some(time(&key, &value)?),
+                "dead_before" => q.dead_before = Some(time(&key, &value)?),
                 "cursor" => q.cursor = Some(value.to_string()),
                 "until" => q.until = Some(value.to_string()),
                 "limit" => {
@@ -111,4 +107,16 @@ impl ListParams {
         }
         Ok(q)
     }
+}
+
+/// An RFC 3339 time in query parameter `name`.
+fn time(name: &str, value: &str) -> Result<chrono::DateTime<Utc>, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| {
+            ApiError::invalid_field(
+                name,
+                format!("{name} must be an RFC 3339 time like 2026-11-26T10:00:00Z"),
+            )
+        })
 }
