@@ -560,6 +560,7 @@ pub async fn start_delivery(
             names.clone(),
             config,
             senders,
+            Some(directory.clone()),
             metrics.clone(),
             yielding.clone(),
             spans.clone(),

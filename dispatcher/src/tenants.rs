@@ -32,6 +32,8 @@ pub struct Tenant {
     /// with a secret of its own is signed with that instead ([`Directory::signing`]).
     pub keys: SigningKeys,
     pub limits: TenantLimits,
+    /// Where operational events go (`PUT /v1/operations-endpoint`), if anywhere.
+    pub operations_url: Option<String>,
 }
 
 /// A tenant's own limits; `None` = the server's defaults.
@@ -226,6 +228,34 @@ pub async fn drop_endpoint_secret(pool: &PgPool, id: Uuid, url: &str) -> Result<
     Ok(deleted.rows_affected() > 0)
 }
 
+/// Sets (or with `None` clears) tenant `id`'s operations endpoint. Whether the tenant
+/// exists.
+pub async fn set_operations_url(
+    pool: &PgPool,
+    id: Uuid,
+    url: Option<&str>,
+) -> Result<bool, TenantError> {
+    let updated = sqlx::query("UPDATE tenants SET operations_url = $2 WHERE id = $1")
+        .bind(id)
+        .bind(url)
+        .execute(pool)
+        .await?;
+    Ok(updated.rows_affected() > 0)
+}
+
+/// Tenant `id`'s operations endpoint as stored; `None` when there is no such tenant.
+pub async fn operations_url(
+    pool: &PgPool,
+    id: Uuid,
+) -> Result<Option<Option<String>>, TenantError> {
+    Ok(
+        sqlx::query_scalar("SELECT operations_url FROM tenants WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
 /// An ed25519 public key a receiver verifies `v1a` signatures with.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct PublicKey {
@@ -385,6 +415,7 @@ struct TenantRow {
     previous_webhook_secret: Option<String>,
     signing_key: Option<String>,
     previous_signing_key: Option<String>,
+    operations_url: Option<String>,
 }
 
 /// The previous secret of a row, only while its overlap lasts.
@@ -399,7 +430,8 @@ const PREVIOUS_SIGNING_KEY: &str =
 fn tenant_columns() -> String {
     format!(
         "t.id, t.name, t.rate_per_sec, t.burst, t.max_payload_bytes, t.webhook_secret,
-         {} AS previous_webhook_secret, t.signing_key, {} AS previous_signing_key",
+         {} AS previous_webhook_secret, t.signing_key, {} AS previous_signing_key,
+         t.operations_url",
         PREVIOUS_SECRET.replace("previous_", "t.previous_"),
         PREVIOUS_SIGNING_KEY.replace("previous_", "t.previous_"),
     )
@@ -426,6 +458,7 @@ impl TenantRow {
                 burst: self.burst.map(|b| b as u32),
                 max_payload: self.max_payload_bytes.map(|b| b as u32),
             },
+            operations_url: self.operations_url,
         })
     }
 }

@@ -58,9 +58,9 @@ async fn a_failing_destination_opens_its_circuit_and_its_messages_wait_with_atte
     };
     let healthy = Receiver::start(|_| (200, Duration::ZERO)).await;
     let stack = Stack::start(|c| {
-        // A one-second horizon: without the breaker, retries 50-200 ms apart would use
-        // it up while the receiver is down.
-        let quick = "50ms:200ms:1s".parse().unwrap();
+        // Retries 50-200 ms apart: without the breaker each message would spend an
+        // attempt every few hundred milliseconds while the receiver is down.
+        let quick = "50ms:200ms:1m".parse().unwrap();
         c.retry_high = quick;
         c.health.failures = 3;
         c.health.open_base = Duration::from_millis(500);

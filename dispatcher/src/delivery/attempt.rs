@@ -433,6 +433,24 @@ async fn bury(
             }
             let _ = message.double_ack_with(AckKind::Term).await;
             shared.metrics.dead_lettered(notification.priority);
+            let data = serde_json::json!({
+                "id": notification.id,
+                "priority": notification.priority,
+                "channel": notification.channel,
+                "recipient": notification.recipient,
+                "attempts": attempt,
+                "error": death.error,
+                "status": death.status,
+                "dead_at": Utc::now(),
+            });
+            tell(
+                shared,
+                notification,
+                "notification.dead",
+                data,
+                turn.sequence,
+            )
+            .await;
         }
         Err(err) => {
             tracing::warn!(id = %notification.id, error = %err, "dead-lettering failed; will retry");
@@ -504,6 +522,35 @@ async fn expire(
     }
     let _ = turn.message.double_ack_with(AckKind::Term).await;
     shared.metrics.delivery_waited("expired");
+    let n = &turn.notification;
+    let data = serde_json::json!({
+        "id": n.id,
+        "priority": n.priority,
+        "channel": n.channel,
+        "recipient": n.recipient,
+        "attempts": turn.attempt.saturating_sub(u32::from(last.is_none())),
+        "expires_at": n.expires_at,
+        "error": outcome.and_then(SendOutcome::error),
+        "status": outcome.and_then(SendOutcome::status),
+    });
+    tell(shared, n, "notification.expired", data, turn.sequence).await;
+}
+
+/// Tells the tenant's operations endpoint what became of `n` (see `operations`); once per
+/// NOTIFY message, so a settlement done again tells it once.
+async fn tell(
+    shared: &Shared,
+    n: &WireNotification<'_>,
+    kind: &str,
+    data: serde_json::Value,
+    sequence: u64,
+) {
+    let about = super::operations::About::Notification(&n.recipient);
+    let dedupe = format!("{}-{sequence}", n.id);
+    shared
+        .operations
+        .tell(n.tenant, kind, about, data, &dedupe)
+        .await;
 }
 
 /// How long a message waits, at least, when a store Herald needs to send it is down.

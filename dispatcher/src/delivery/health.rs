@@ -177,6 +177,8 @@ pub struct Destinations {
     kv: kv::Store,
     names: Names,
     metrics: Arc<Metrics>,
+    /// Tells the tenant's operations endpoint when a circuit opens or closes.
+    operations: Arc<super::operations::Operations>,
 }
 
 impl Destinations {
@@ -186,6 +188,7 @@ impl Destinations {
         names: Names,
         config: HealthConfig,
         metrics: Arc<Metrics>,
+        operations: Arc<super::operations::Operations>,
         stop: CancellationToken,
         tasks: &mut tokio::task::JoinSet<()>,
     ) -> Result<Arc<Self>, async_nats::Error> {
@@ -205,6 +208,7 @@ impl Destinations {
             kv: kv.clone(),
             names,
             metrics,
+            operations,
         });
         // Every control in the bucket first, then each change.
         let watch = kv.watch_many_with_history(WATCHED).await?;
@@ -453,6 +457,7 @@ impl Destinations {
             error: error.clone(),
         };
         let (js, subject) = (self.js.clone(), self.names.destination_event_subject());
+        let operations = self.operations.clone();
         tokio::spawn(async move {
             let body = serde_json::to_vec(&event).expect("serializable");
             let stored = match js.publish(subject, body.into()).await {
@@ -462,6 +467,17 @@ impl Destinations {
             if let Err(err) = stored {
                 tracing::warn!(destination = %event.destination, error = %err, "destination event not stored");
             }
+            let dedupe = format!(
+                "{}-{}-{}",
+                event.tenant,
+                event.destination,
+                event.at.timestamp_micros()
+            );
+            let data = serde_json::to_value(&event).expect("serializable");
+            let about = super::operations::About::Destination(&event.destination);
+            operations
+                .tell(event.tenant, &event.event, about, data, &dedupe)
+                .await;
         });
         self.record(d, to, failures, error);
     }

@@ -25,6 +25,7 @@ pub mod cancels;
 pub mod health;
 pub mod hold;
 pub mod ledger;
+pub mod operations;
 pub mod retry;
 pub mod senders;
 mod settings;
@@ -73,6 +74,7 @@ struct Shared {
     destinations: Arc<Destinations>,
     cancels: Arc<cancels::Cancels>,
     hold: Hold,
+    operations: Arc<operations::Operations>,
 }
 
 /// The running delivery role.
@@ -83,16 +85,24 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Creates (or updates) the consumers and starts fetching and delivering.
+    /// Creates (or updates) the consumers and starts fetching and delivering. `tenants`
+    /// tells operational events where to go (none: no tenants, no events).
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         js: jetstream::Context,
         names: Names,
         config: &DeliveryConfig,
         senders: Senders,
+        tenants: Option<Arc<crate::tenants::Directory>>,
         metrics: Arc<Metrics>,
         yielding: Yielding,
         spans: Spans,
     ) -> Result<Self, async_nats::Error> {
+        let operations = Arc::new(operations::Operations::new(
+            js.clone(),
+            names.clone(),
+            tenants,
+        ));
         let stop = CancellationToken::new();
         let max_ack_pending = config.max_ack_pending.max(1);
         let schedulers: Vec<Arc<Scheduler<Job>>> = Channel::ALL
@@ -122,6 +132,7 @@ impl Delivery {
             names.clone(),
             config.health,
             metrics.clone(),
+            operations.clone(),
             stop.clone(),
             &mut tasks,
         )
@@ -141,6 +152,7 @@ impl Delivery {
             destinations,
             cancels,
             hold: Hold::new(js.clone(), names.clone(), config.hold_after),
+            operations,
         });
         let stream = js.get_stream(&names.notify_stream).await?;
         for priority in Priority::ALL {

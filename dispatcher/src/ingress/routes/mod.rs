@@ -1,8 +1,8 @@
 //! Routing of the ingress API, and what every route shares: authentication, rate limits,
 //! shedding, body reading and error rendering. Each resource has a file of its own:
 //! [`notifications`] (one notification in), [`batch`], [`status`] (reading them back)
-//! [`dlq`], [`destinations`], [`webhook_secret`] and [`webhook_keys`]. Every failure is
-//! an [`ApiError`] rendered in one place.
+//! [`dlq`], [`destinations`], [`webhook_secret`], [`webhook_keys`] and [`operations`].
+//! Every failure is an [`ApiError`] rendered in one place.
 
 mod batch;
 mod cancel;
@@ -10,6 +10,7 @@ mod destinations;
 mod dlq;
 mod notifications;
 pub mod openapi;
+mod operations;
 mod query;
 mod status;
 mod webhook_keys;
@@ -204,6 +205,8 @@ v1_routes! {
         webhook_secret::drop_endpoint(state, caller, query).await;
     RotateWebhookKey: webhook_keys::__path_rotate => webhook_keys::rotate(state, caller, query).await;
     ListWebhookKeys: webhook_keys::__path_list => webhook_keys::list(state, caller).await;
+    GetOperationsEndpoint: operations::__path_get => operations::get(state, caller).await;
+    SetOperationsEndpoint: operations::__path_set => operations::set(state, caller, req).await;
 }
 
 /// The `http` method of a contract's method.

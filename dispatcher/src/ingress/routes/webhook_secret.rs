@@ -132,7 +132,7 @@ pub(super) fn tenant_of(caller: &Caller) -> Result<Uuid, ApiError> {
 }
 
 /// An endpoint's URL: absolute http(s), as a webhook recipient.
-fn endpoint_url(value: &str) -> Result<String, ApiError> {
+pub(super) fn endpoint_url(value: &str) -> Result<String, ApiError> {
     let fail = || {
         ApiError::invalid_field(
             "url",
