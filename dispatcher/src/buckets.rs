@@ -1,6 +1,7 @@
 //! The records delivery processes and the API share through JetStream key-value buckets,
 //! with their keys: the `<prefix>DESTINATIONS` bucket (a destination's health as delivery
-//! last saw it, the operator's controls, a tenant's defaults) and the `<prefix>CANCELS`
+//! last saw it, the operator's controls, a tenant's defaults, disabled endpoints) and the
+//! `<prefix>CANCELS`
 //! bucket. Wire types beside [`crate::dlq`] and [`crate::events`]: delivery writes and
 //! follows them, the ingress's routes read and write them, neither imports the other.
 
@@ -28,6 +29,19 @@ pub struct Control {
     /// Sends per second; absent: the deployment's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_per_sec: Option<f64>,
+}
+
+/// An endpoint (one webhook URL, the unit Standard Webhooks disables) Herald stopped
+/// sending to (`disabled.<tenant>.<url>`): it answered 410 Gone. Its waiting and new
+/// notifications are dead-lettered with the reason until its destination is resumed
+/// (`POST /v1/destinations/{id}/resume`). Its neighbours on the same host are not touched.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DisabledEndpoint {
+    pub url: String,
+    /// Its destination (`webhook:<host>:<port>`), whose resume re-enables it.
+    pub destination: String,
+    pub since: DateTime<Utc>,
+    pub reason: String,
 }
 
 /// What a delivery process last saw of one destination (`health.<tenant>.<name>`).

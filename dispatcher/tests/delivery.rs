@@ -69,6 +69,18 @@ async fn a_500_is_retried_after_a_backoff_within_bounds() {
     stack.finish().await;
 }
 
+/// Resumes the destination of `receiver`, which also enables its endpoints a 410 disabled,
+/// and waits until delivery has followed (the bucket's watch).
+async fn resume(stack: &Stack, receiver: &Receiver) {
+    let path = format!(
+        "/v1/destinations/webhook%3A127.0.0.1%3A{}/resume",
+        receiver.addr.port()
+    );
+    let resumed = stack.server.post(&path, "").await;
+    assert_eq!(resumed.status, 200, "{:?}", resumed.body);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_410_goes_to_the_dlq_at_once_and_replay_delivers_it() {
     let receiver = Receiver::start(|n| (if n == 0 { 410 } else { 200 }, Duration::ZERO)).await;
@@ -106,6 +118,8 @@ async fn a_410_goes_to_the_dlq_at_once_and_replay_delivers_it() {
     assert_eq!(bad.status, 422);
     assert_eq!(bad.body["error"]["field"], "priority");
 
+    // A 410 disabled the endpoint: resuming its destination enables it again.
+    resume(&stack, &receiver).await;
     let replay = stack.server.post(&format!("/v1/dlq/{id}/replay"), "").await;
     assert_eq!(replay.status, 202, "{:?}", replay.body);
     let got = receiver.wait_for(2, Duration::from_secs(10)).await;
@@ -242,6 +256,16 @@ async fn the_request_trace_reaches_the_webhook_on_every_attempt() {
     let started = TraceParent::parse(&first[0].header("traceparent")).unwrap();
     assert_ne!(started.trace_id, caller.trace_id);
     assert_eq!(started.flags, 0, "a trace Herald starts is not sampled");
+    let dead = eventually(Duration::from_secs(5), || async {
+        let r = stack.server.get("/v1/dlq").await;
+        r.body["items"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+            .then_some(())
+    })
+    .await;
+    assert!(dead.is_some(), "dead-lettered");
+    resume(&stack, &receiver).await;
     let replay = eventually(Duration::from_secs(5), || async {
         let r = stack.server.post(&format!("/v1/dlq/{id}/replay"), "").await;
         (r.status == 202).then_some(r)
@@ -422,8 +446,10 @@ async fn dead_letters_of_a_time_window_are_listed_and_replayed() {
         }
     };
     let mut early = HashSet::new();
+    // An endpoint of its own each: a 410 disables the URL that answered it.
+    let url = |n| format!("{}/{n}", receiver.url());
     for n in 0..2 {
-        early.insert(stack.accept(webhook_to(&receiver.url(), "low", n)).await);
+        early.insert(stack.accept(webhook_to(&url(n), "low", n)).await);
     }
     let dead = eventually(Duration::from_secs(10), || async {
         (count("/v1/dlq".into()).await == 2).then_some(())
@@ -434,7 +460,7 @@ async fn dead_letters_of_a_time_window_are_listed_and_replayed() {
     let between = chrono::Utc::now();
     tokio::time::sleep(Duration::from_millis(200)).await;
     for n in 2..4 {
-        stack.accept(webhook_to(&receiver.url(), "low", n)).await;
+        stack.accept(webhook_to(&url(n), "low", n)).await;
     }
     let dead = eventually(Duration::from_secs(10), || async {
         (count("/v1/dlq".into()).await == 4).then_some(())
@@ -448,6 +474,7 @@ async fn dead_letters_of_a_time_window_are_listed_and_replayed() {
     assert_eq!(bad.status, 422);
     assert_eq!(bad.body["error"]["field"], "dead_after");
 
+    resume(&stack, &receiver).await;
     let replayed = stack
         .server
         .post(&format!("/v1/dlq/replay?dead_before={at}"), "")
@@ -468,8 +495,10 @@ async fn dead_letters_are_deleted_and_replayed_by_filter() {
     let stack = Stack::start(|_| {}).await;
     let mut low = HashSet::new();
     for n in 0..3 {
-        low.insert(stack.accept(webhook_to(&receiver.url(), "low", n)).await);
-        stack.accept(webhook_to(&receiver.url(), "high", n)).await;
+        // An endpoint of its own each: a 410 disables the URL that answered it.
+        let url = |class| format!("{}/{class}{n}", receiver.url());
+        low.insert(stack.accept(webhook_to(&url("low"), "low", n)).await);
+        stack.accept(webhook_to(&url("high"), "high", n)).await;
     }
     let dead_ids = |page: &serde_json::Value| -> Vec<String> {
         page["items"]
@@ -508,8 +537,9 @@ async fn dead_letters_are_deleted_and_replayed_by_filter() {
     assert_eq!(first.body["replayed"], 2);
     let cursor = first.body["next_cursor"].as_u64().expect("a next page");
     let until = first.body["until"].as_u64().unwrap();
-    // The first two die again at once (410) with newer sequences; `until` keeps the
-    // paging to the three that were there when it began.
+    // The first two die again at once (their endpoints are disabled since their 410)
+    // with newer sequences; `until` keeps the paging to the three that were there when it
+    // began.
     let redead = eventually(Duration::from_secs(10), || async {
         let page = stack.server.get(&format!("/v1/dlq?cursor={until}")).await;
         (dead_ids(&page.body).len() >= 2).then_some(())
@@ -525,20 +555,20 @@ async fn dead_letters_are_deleted_and_replayed_by_filter() {
         .await;
     assert_eq!(rest.body["replayed"], 1, "{:?}", rest.body);
     assert!(rest.body["next_cursor"].is_null());
-    // The receiver still answers 410: the replayed three die again, with a fresh budget.
+    // Their endpoints said 410 (stop): the replayed three die again without a request,
+    // naming why, until the destination is resumed.
     let again = eventually(Duration::from_secs(10), || async {
-        (dead_ids(&stack.server.get("/v1/dlq").await.body).len() == 3).then_some(())
+        let page = stack.server.get("/v1/dlq").await.body;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        (items.len() == 3).then_some(items)
     })
-    .await;
-    assert!(
-        again.is_some(),
-        "the replayed were delivered (and died) again"
-    );
-    assert_eq!(
-        receiver.received().len(),
-        9,
-        "six first attempts, three replays"
-    );
+    .await
+    .expect("the replayed died again");
+    for item in &again {
+        let error = item["error"].as_str().unwrap();
+        assert!(error.contains("endpoint disabled since"), "{error}");
+    }
+    assert_eq!(receiver.received().len(), 6, "six first attempts, no more");
 
     for (query, field) in [("priority=urgent", "priority"), ("until=-1", "until")] {
         let bad = stack.server.delete(&format!("/v1/dlq?{query}")).await;
@@ -1017,6 +1047,8 @@ async fn an_endless_answer_is_read_only_to_its_limit_and_its_status_decides() {
     let stack = Stack::start(|c| {
         c.response_body_limit = 64;
         c.retry_high = "100ms:200ms:300ms".parse().unwrap();
+        // The breaker stays closed: the last attempt's answer is what the dead letter says.
+        c.health.failures = 1_000;
     })
     .await;
     let before = peak_rss();

@@ -1,6 +1,6 @@
 //! Operational webhooks: a tenant's operations endpoint is told when one of its
-//! notifications dies, by a signed webhook Herald delivers itself; the endpoint is never
-//! told about its own failures.
+//! notifications dies and when an endpoint is disabled (a 410), by signed webhooks Herald
+//! delivers itself; the endpoint is never told about its own failures.
 
 mod common;
 
@@ -90,17 +90,24 @@ async fn the_operations_endpoint_is_told_when_a_notification_dies_but_not_about_
     .await;
     assert_eq!(accepted.status, 202, "{:?}", accepted.body);
     let id = accepted.body["id"].as_str().unwrap().to_string();
-    let told = ops.wait_for(1, Duration::from_secs(20)).await;
-    let event: serde_json::Value = serde_json::from_slice(&told[0].body).unwrap();
-    assert_eq!(event["type"], "notification.dead", "{event}");
-    assert_eq!(event["priority"], "high");
-    assert_eq!(event["data"]["id"], id.as_str());
-    assert_eq!(event["data"]["status"], 410);
-    assert_eq!(event["data"]["recipient"], gone.url().as_str());
-    assert!(
-        !told[0].header("webhook-signature").is_empty(),
-        "signed like every webhook"
-    );
+    // The 410 kills the notification and disables its endpoint: two events.
+    let told = ops.wait_for(2, Duration::from_secs(20)).await;
+    let events: Vec<serde_json::Value> = told
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    let of = |kind: &str| events.iter().find(|e| e["type"] == kind).cloned();
+    let dead = of("notification.dead").expect("a notification.dead event");
+    assert_eq!(dead["priority"], "high");
+    assert_eq!(dead["data"]["id"], id.as_str());
+    assert_eq!(dead["data"]["status"], 410);
+    assert_eq!(dead["data"]["recipient"], gone.url().as_str());
+    let disabled = of("destination.disabled").expect("a destination.disabled event");
+    assert_eq!(disabled["data"]["url"], gone.url().as_str());
+    let signed = told
+        .iter()
+        .all(|r| !r.header("webhook-signature").is_empty());
+    assert!(signed, "signed like every webhook");
 
     // The other tenant's notification to its own endpoint dies, and the endpoint is not
     // told about its own failure.
@@ -126,6 +133,6 @@ async fn the_operations_endpoint_is_told_when_a_notification_dies_but_not_about_
         2,
         "the endpoint was told about itself"
     );
-    assert_eq!(ops.received().len(), 1);
+    assert_eq!(ops.received().len(), 2);
     stack.finish().await;
 }

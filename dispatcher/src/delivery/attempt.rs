@@ -43,6 +43,21 @@ pub(super) async fn deliver(shared: &Shared, job: Job) {
     let Some(turn) = take(shared, &message, priority).await else {
         return;
     };
+    let n = &turn.notification;
+    if n.channel == Channel::Webhook {
+        if let Some(disabled) = shared.destinations.disabled(n.tenant, &n.recipient) {
+            let outcome = SendOutcome::Permanent {
+                error: format!(
+                    "endpoint disabled since {}: {}",
+                    disabled.since.to_rfc3339(),
+                    disabled.reason
+                ),
+                status: None,
+            };
+            bury(shared, &turn, &outcome, None).await;
+            return;
+        }
+    }
     let now = Utc::now();
     if turn.notification.expires_at.is_some_and(|at| at <= now) {
         expire(shared, &turn, None).await;
@@ -226,8 +241,42 @@ async fn settle(
                 let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
             }
         }
-        _ => bury(shared, turn, outcome, Some((took, provider))).await,
+        _ => {
+            // Disabled first: once the dead letter shows, so does the endpoint's state.
+            let gone = notification.channel == Channel::Webhook && outcome.status() == Some(410);
+            let disabled = if gone {
+                disable_endpoint(shared, turn).await
+            } else {
+                None
+            };
+            bury(shared, turn, outcome, Some((took, provider))).await;
+            if let Some(record) = disabled {
+                let data = serde_json::to_value(&record).expect("serializable");
+                tell(
+                    shared,
+                    notification,
+                    "destination.disabled",
+                    data,
+                    turn.sequence,
+                )
+                .await;
+            }
+        }
     }
+}
+
+/// A 410 Gone says "stop" (Standard Webhooks): its endpoint (this URL, not its host) is
+/// disabled in every delivery process until its destination is resumed (the tenant's
+/// operations endpoint is then told).
+async fn disable_endpoint(
+    shared: &Shared,
+    turn: &Turn<'_>,
+) -> Option<crate::buckets::DisabledEndpoint> {
+    let n = &turn.notification;
+    shared
+        .destinations
+        .disable(n.tenant, &n.recipient, "it answered 410 Gone")
+        .await
 }
 
 /// Puts off the turn's message by `delay` without spending its attempt: into HOLD

@@ -37,7 +37,8 @@ use uuid::Uuid;
 
 use super::senders::SendOutcome;
 use crate::buckets::{
-    bucket_key, CircuitState, Control, DestinationEvent, HealthRecord, TenantDefaults,
+    bucket_key, CircuitState, Control, DestinationEvent, DisabledEndpoint, HealthRecord,
+    TenantDefaults,
 };
 use crate::jetstream::Names;
 use crate::metrics::Metrics;
@@ -171,6 +172,10 @@ pub struct Destinations {
     controls: std::sync::RwLock<std::collections::HashMap<Key, Control>>,
     /// Each tenant's default rate (f64 bits), read when a destination is created.
     tenant_rates: std::sync::RwLock<std::collections::HashMap<Uuid, u64>>,
+    /// Endpoints that answered 410, per tenant then URL (as the bucket has them).
+    disabled: std::sync::RwLock<
+        std::collections::HashMap<Uuid, std::collections::HashMap<String, DisabledEndpoint>>,
+    >,
     config: HealthConfig,
     epoch: Instant,
     js: jetstream::Context,
@@ -202,6 +207,7 @@ impl Destinations {
                 .build(),
             controls: Default::default(),
             tenant_rates: Default::default(),
+            disabled: Default::default(),
             config,
             epoch: Instant::now(),
             js,
@@ -545,7 +551,7 @@ impl Destinations {
 }
 
 /// The keys every delivery process follows.
-const WATCHED: [&str; 2] = ["control.>", "defaults.>"];
+const WATCHED: [&str; 3] = ["control.>", "defaults.>", "disabled.>"];
 
 /// A control's rate as the bits of an f64; 0: the default.
 fn rate_bits(control: &Control) -> u64 {
@@ -557,6 +563,72 @@ fn rate_bits(control: &Control) -> u64 {
 }
 
 impl Destinations {
+    /// Why the endpoint `url` of `tenant` is disabled, if it is.
+    pub fn disabled(&self, tenant: Uuid, url: &str) -> Option<DisabledEndpoint> {
+        let disabled = self.disabled.read().expect("disabled lock");
+        disabled.get(&tenant)?.get(url).cloned()
+    }
+
+    /// Disables the endpoint `url` of `tenant` in every delivery process (the bucket),
+    /// because of `reason`.
+    pub async fn disable(&self, tenant: Uuid, url: &str, reason: &str) -> Option<DisabledEndpoint> {
+        let destination = destination_name(crate::model::Channel::Webhook, url)?;
+        let record = DisabledEndpoint {
+            url: url.to_string(),
+            destination,
+            since: Utc::now(),
+            reason: reason.to_string(),
+        };
+        let body = serde_json::to_vec(&record).expect("serializable");
+        let key = bucket_key("disabled", &tenant, url);
+        if let Err(err) = self.kv.put(&key, body.into()).await {
+            tracing::warn!(%tenant, url, error = %err, "endpoint not disabled");
+            return None;
+        }
+        // At once in this process too; the watch confirms it.
+        self.remember_disabled(tenant, record.clone());
+        Some(record)
+    }
+
+    fn remember_disabled(&self, tenant: Uuid, record: DisabledEndpoint) {
+        let mut disabled = self.disabled.write().expect("disabled lock");
+        disabled
+            .entry(tenant)
+            .or_default()
+            .insert(record.url.clone(), record);
+    }
+
+    fn follow_disabled(&self, tenant: Uuid, entry: &kv::Entry, put: bool) {
+        if put {
+            match serde_json::from_slice::<DisabledEndpoint>(&entry.value) {
+                Ok(record) => self.remember_disabled(tenant, record),
+                Err(err) => {
+                    tracing::warn!(key = %entry.key, error = %err, "unreadable disabled endpoint")
+                }
+            }
+            return;
+        }
+        let url = entry
+            .key
+            .rsplit('.')
+            .next()
+            .and_then(|n| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(n)
+                    .ok()
+            })
+            .and_then(|n| String::from_utf8(n).ok());
+        if let Some(url) = url {
+            let mut disabled = self.disabled.write().expect("disabled lock");
+            if let Some(urls) = disabled.get_mut(&tenant) {
+                urls.remove(&url);
+                if urls.is_empty() {
+                    disabled.remove(&tenant);
+                }
+            }
+        }
+    }
+
     /// Applies one operator control (or tenant default) from the bucket.
     fn follow(&self, entry: kv::Entry) {
         let Some(tenant) = entry
@@ -568,6 +640,10 @@ impl Destinations {
             return;
         };
         let put = entry.operation == kv::Operation::Put;
+        if entry.key.starts_with("disabled.") {
+            self.follow_disabled(tenant, &entry, put);
+            return;
+        }
         if entry.key.starts_with("defaults.") {
             let defaults = if put {
                 serde_json::from_slice::<TenantDefaults>(&entry.value).unwrap_or_else(|err| {

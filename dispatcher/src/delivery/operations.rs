@@ -2,8 +2,8 @@
 //! of its notifications dies or expires and when one of its destinations starts failing or
 //! recovers. Each event is a notification like any other (high priority, a webhook to the
 //! endpoint, signed like every webhook, retried by the same machinery), with `type`
-//! `notification.dead`, `notification.expired`, `destination.failing` or
-//! `destination.recovered`.
+//! `notification.dead`, `notification.expired`, `destination.failing`,
+//! `destination.recovered` or `destination.disabled` (an endpoint that answered 410).
 //!
 //! The endpoint's own failures never emit events to itself: nothing addressed to it, and
 //! no failure of its host, is reported to it (else a dead endpoint would feed itself).

@@ -15,7 +15,8 @@ use serde::Deserialize;
 
 use super::*;
 use crate::buckets::{
-    bucket_filter, bucket_key, defaults_key, CircuitState, Control, HealthRecord, TenantDefaults,
+    bucket_filter, bucket_key, defaults_key, CircuitState, Control, DisabledEndpoint, HealthRecord,
+    TenantDefaults,
 };
 
 /// One destination as the API shows it.
@@ -238,7 +239,34 @@ pub(super) async fn resume(
     caller: &Caller,
     destination: &str,
 ) -> Result<HttpResponse, ApiError> {
-    control(state, caller, destination, |c| c.paused = false).await
+    let answer = control(state, caller, destination, |c| c.paused = false).await?;
+    enable_endpoints(state, caller, &parse_destination(destination)?).await?;
+    Ok(answer)
+}
+
+/// Re-enables every endpoint of `destination` that was disabled (a 410).
+async fn enable_endpoints(
+    state: &State,
+    caller: &Caller,
+    destination: &str,
+) -> Result<(), ApiError> {
+    let kv = bucket(state).await?;
+    let keys: Vec<String> = kv
+        .keys()
+        .await
+        .map_err(unavailable)?
+        .try_collect()
+        .await
+        .map_err(unavailable)?;
+    let prefix = bucket_filter("disabled", &caller.tenant);
+    let prefix = prefix.trim_end_matches('*');
+    for key in keys.into_iter().filter(|k| k.starts_with(prefix)) {
+        let record: Option<DisabledEndpoint> = read(&kv, key.clone()).await?;
+        if record.is_some_and(|r| r.destination == destination) {
+            kv.delete(&key).await.map_err(unavailable)?;
+        }
+    }
+    Ok(())
 }
 
 /// `PUT /v1/destinations/{destination}`: sets or clears its rate.

@@ -1,6 +1,7 @@
 //! `/v1/operations-endpoint`: where the tenant is told, as webhooks, when a notification
 //! dies (`notification.dead`) or expires (`notification.expired`) and when a destination
-//! starts failing (`destination.failing`) or recovers (`destination.recovered`). The events
+//! starts failing (`destination.failing`), recovers (`destination.recovered`) or an
+//! endpoint is disabled by its 410 (`destination.disabled`). The events
 //! are signed and retried like every webhook (`delivery/operations.rs`).
 
 use super::webhook_secret::{endpoint_url, tenant_of};
