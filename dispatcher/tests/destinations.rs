@@ -196,6 +196,87 @@ async fn a_paused_destination_holds_its_messages_and_they_go_at_attempt_one() {
     stack.finish().await;
 }
 
+/// A destination that fails without a break for `--disable-after` has its endpoints
+/// disabled: the waiting message is dead-lettered naming why, and a new one to the same
+/// URL goes straight to the DLQ without a request; resuming enables it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_failing_for_disable_after_has_its_endpoint_disabled() {
+    let down = Arc::new(AtomicBool::new(true));
+    let receiver = {
+        let down = down.clone();
+        Receiver::start(move |_| {
+            let status = if down.load(Ordering::SeqCst) {
+                503
+            } else {
+                200
+            };
+            (status, Duration::ZERO)
+        })
+        .await
+    };
+    let stack = Stack::start(|c| {
+        c.retry_high = "50ms:100ms:1m".parse().unwrap();
+        c.health.failures = 1;
+        c.health.open_base = Duration::from_millis(100);
+        c.health.open_cap = Duration::from_millis(200);
+        c.health.disable_after = Duration::from_secs(1);
+    })
+    .await;
+    let first = stack.accept(webhook_to(&receiver.url(), "high", 1)).await;
+    let dead = eventually(Duration::from_secs(10), || async {
+        let list = stack.server.get("/v1/dlq").await;
+        list.body["items"]
+            .as_array()
+            .and_then(|a| a.first().cloned())
+    })
+    .await
+    .expect("dead-lettered once its destination failed for a second");
+    assert_eq!(dead["id"], first.as_str());
+    let error = dead["error"].as_str().unwrap();
+    assert!(
+        error.contains("endpoint disabled: its destination failed without a break"),
+        "{error}"
+    );
+    let requests = receiver.received().len();
+    let second = stack.accept(webhook_to(&receiver.url(), "high", 2)).await;
+    let both = eventually(Duration::from_secs(10), || async {
+        let list = stack.server.get("/v1/dlq").await;
+        (list.body["items"].as_array().map_or(0, Vec::len) == 2).then_some(())
+    })
+    .await;
+    assert!(
+        both.is_some(),
+        "a new one to the disabled endpoint goes to the DLQ"
+    );
+    assert_eq!(
+        receiver.received().len(),
+        requests,
+        "no request to a disabled endpoint"
+    );
+
+    down.store(false, Ordering::SeqCst);
+    let resumed = stack
+        .server
+        .post(&destination_path(&receiver, "/resume"), "")
+        .await;
+    assert_eq!(resumed.status, 200, "{:?}", resumed.body);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let replay = stack
+        .server
+        .post(&format!("/v1/dlq/{second}/replay"), "")
+        .await;
+    assert_eq!(replay.status, 202, "{:?}", replay.body);
+    let got = eventually(Duration::from_secs(10), || async {
+        let got = receiver.received();
+        got.iter()
+            .any(|r| r.header("webhook-id") == second)
+            .then_some(())
+    })
+    .await;
+    assert!(got.is_some(), "enabled again by the resume");
+    stack.finish().await;
+}
+
 /// A pause is bounded by the retry horizon: a message its destination keeps waiting past
 /// the horizon is dead-lettered, with the reason, instead of waiting forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -290,6 +290,10 @@ pub struct DeliveryArgs {
     /// (`PUT /v1/destinations/{destination}`); 0: no limit.
     #[arg(long, env = "HERALD_DESTINATION_RATE", default_value_t = 0.0)]
     destination_rate: f64,
+    /// A destination failing without a break this long has its endpoints disabled: their
+    /// notifications are dead-lettered with the reason until the destination is resumed.
+    #[arg(long, env = "HERALD_DISABLE_AFTER", default_value_t = human(delivery().health.disable_after))]
+    disable_after: Human,
 }
 
 impl From<DeliveryArgs> for DeliveryConfig {
@@ -310,6 +314,7 @@ impl From<DeliveryArgs> for DeliveryConfig {
                 open_cap: Duration::from(a.circuit_open_max).max(a.circuit_open.into()),
                 max_in_flight: a.destination_concurrency,
                 default_rate: (a.destination_rate > 0.0).then_some(a.destination_rate),
+                disable_after: a.disable_after.into(),
                 ..Default::default()
             },
             retry_high: a.retry_high,

@@ -149,6 +149,33 @@ async fn send(
             wait(shared, turn, delay, reason.as_str()).await;
             return None;
         }
+        Tried::Disabled(failing) => {
+            let reason = format!(
+                "its destination failed without a break for {}",
+                humantime::format_duration(Duration::from_secs(failing.as_secs()))
+            );
+            let record = shared
+                .destinations
+                .disable(notification.tenant, &notification.recipient, &reason)
+                .await;
+            let outcome = SendOutcome::Permanent {
+                error: format!("endpoint disabled: {reason}"),
+                status: None,
+            };
+            bury(shared, turn, &outcome, None).await;
+            if let Some(record) = record {
+                let data = serde_json::to_value(&record).expect("serializable");
+                tell(
+                    shared,
+                    notification,
+                    "destination.disabled",
+                    data,
+                    turn.sequence,
+                )
+                .await;
+            }
+            return None;
+        }
     };
     if turn.count.delivered == 1 && turn.carried.is_none() {
         // Taken at the worker, not at the fetch: a class whose ack-pending window is full
@@ -350,6 +377,8 @@ enum Tried {
     },
     /// No provider could take it now: wait this long (the shortest of their waits).
     Wait(Duration, WaitReason),
+    /// Its destination has failed without a break this long (`--disable-after`).
+    Disabled(Duration),
 }
 
 /// Sends `attempt` through its channel's providers in order: each one whose destination
@@ -371,6 +400,14 @@ async fn try_providers(shared: &Shared, message: &Message, attempt: &Attempt<'_>
                     if shortest.is_none_or(|(d, _)| delay < d) {
                         shortest = Some((delay, reason));
                     }
+                    continue;
+                }
+                Gate::Disabled(failing) if notification.channel == Channel::Webhook => {
+                    return Tried::Disabled(failing);
+                }
+                // A provider is not an endpoint to disable: it waits as an open circuit.
+                Gate::Disabled(_) => {
+                    shortest.get_or_insert((shared.ack_wait, WaitReason::Open));
                     continue;
                 }
             },

@@ -60,6 +60,8 @@ pub struct HealthConfig {
     pub default_rate: Option<f64>,
     /// How long a message to a paused destination waits before it looks again.
     pub paused_wait: Duration,
+    /// A destination failing without a break this long has its endpoints disabled.
+    pub disable_after: Duration,
 }
 
 impl Default for HealthConfig {
@@ -72,6 +74,7 @@ impl Default for HealthConfig {
             busy_patience: Duration::from_millis(100),
             default_rate: None,
             paused_wait: Duration::from_secs(5),
+            disable_after: Duration::from_secs(5 * 24 * 3600),
         }
     }
 }
@@ -104,6 +107,9 @@ impl WaitReason {
 pub enum Gate {
     Send(Permit),
     Wait(Duration, WaitReason),
+    /// It has failed without a break for `--disable-after`: its endpoints are disabled as
+    /// their messages come.
+    Disabled(Duration),
 }
 
 const CLOSED: u8 = 0;
@@ -135,6 +141,8 @@ struct Destination {
 #[derive(Default)]
 struct Circuit {
     open_until: Option<Instant>,
+    /// Since when it has been failing without a break (set when it opens from closed).
+    failing_since: Option<Instant>,
     /// Open periods in a row (the next one doubles).
     opened: u32,
     probing: bool,
@@ -284,6 +292,10 @@ impl Destinations {
         let mut probe = false;
         if d.mode.load(Ordering::Acquire) != CLOSED {
             let mut circuit = d.circuit.lock().expect("circuit lock");
+            let failing = circuit.failing_since.map(|since| since.elapsed());
+            if let Some(failing) = failing.filter(|f| *f >= self.config.disable_after) {
+                return Gate::Disabled(failing);
+            }
             match d.mode.load(Ordering::Acquire) {
                 OPEN => {
                     let left = circuit.open_until.map_or(Duration::ZERO, |t| {
@@ -428,6 +440,7 @@ impl Destinations {
                     return;
                 }
                 circuit.opened += 1;
+                circuit.failing_since.get_or_insert_with(Instant::now);
                 circuit.probing = false;
                 circuit.open_until = Some(Instant::now() + self.open_period(circuit.opened));
                 circuit.last_error = outcome.error().map(str::to_string);
@@ -619,12 +632,21 @@ impl Destinations {
             })
             .and_then(|n| String::from_utf8(n).ok());
         if let Some(url) = url {
-            let mut disabled = self.disabled.write().expect("disabled lock");
-            if let Some(urls) = disabled.get_mut(&tenant) {
-                urls.remove(&url);
-                if urls.is_empty() {
-                    disabled.remove(&tenant);
+            {
+                let mut disabled = self.disabled.write().expect("disabled lock");
+                if let Some(urls) = disabled.get_mut(&tenant) {
+                    urls.remove(&url);
+                    if urls.is_empty() {
+                        disabled.remove(&tenant);
+                    }
                 }
+            }
+            // Enabled again (a resume): its destination's failing time starts over, or
+            // the next message would disable it at once.
+            let name = destination_name(crate::model::Channel::Webhook, &url);
+            if let Some(d) = name.and_then(|name| self.map.get(&(tenant, Arc::from(name.as_str()))))
+            {
+                d.circuit.lock().expect("circuit lock").failing_since = None;
             }
         }
     }
