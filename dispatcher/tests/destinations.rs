@@ -277,6 +277,44 @@ async fn a_destination_failing_for_disable_after_has_its_endpoint_disabled() {
     stack.finish().await;
 }
 
+/// Circuits are shared through the bucket: once one delivery process saw a destination's
+/// circuit open, another (here one started afterwards, with no failures of its own)
+/// holds that destination's messages too, instead of failing them again one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_circuit_opened_by_one_delivery_process_holds_the_messages_of_another() {
+    let receiver = Receiver::start(|_| (503, Duration::ZERO)).await;
+    let mut stack = Stack::start(|c| {
+        c.retry_high = "50ms:100ms:1m".parse().unwrap();
+        c.health.failures = 2;
+        c.health.open_base = Duration::from_secs(5);
+        c.health.open_cap = Duration::from_secs(10);
+    })
+    .await;
+    for n in 0..2 {
+        stack.accept(webhook_to(&receiver.url(), "high", n)).await;
+    }
+    let open = eventually(Duration::from_secs(10), || async {
+        let r = stack.server.get(&destination_path(&receiver, "")).await;
+        (r.body["state"] == "open").then_some(())
+    })
+    .await;
+    assert!(open.is_some(), "the first process opens the circuit");
+    stack.stop_delivery().await;
+    let before = receiver.received().len();
+    // A fresh process: it has counted nothing itself.
+    stack.start_delivery().await;
+    for n in 2..8 {
+        stack.accept(webhook_to(&receiver.url(), "high", n)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        receiver.received().len(),
+        before,
+        "the second process sent to a destination whose circuit the first had opened"
+    );
+    stack.finish().await;
+}
+
 /// A pause is bounded by the retry horizon: a message its destination keeps waiting past
 /// the horizon is dead-lettered, with the reason, instead of waiting forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

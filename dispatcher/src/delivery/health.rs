@@ -20,10 +20,14 @@
 //! and every delivery process follows those keys. A 429 or 503 with `Retry-After` holds
 //! every message to that destination for that long, not only the one that got it.
 //!
-//! The state of a circuit lives in each delivery process: with several, each learns a
-//! destination's failure on its own, after `failures` sends of its own. The healthy path
-//! takes no lock: a few atomic loads and a semaphore permit for the destination's
-//! in-flight cap.
+//! Every process also follows the `health.` records ([`Destinations::adopt`]): once one
+//! process opens a circuit, the others hold that destination's messages too; once one
+//! sees it recover, they let them go; a Retry-After one process got is honoured by all.
+//! The failures are counted once, not once per process. Rates are still per process: with
+//! N processes a receiver may see N times a destination's rate. A 410 or a circuit open
+//! for `disable_after` disables endpoints (`disabled.<tenant>.<url>`), which every process
+//! follows too. The healthy path takes no lock and reads no bucket: a few atomic loads and
+//! a semaphore permit for the destination's in-flight cap.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -412,7 +416,17 @@ impl Destinations {
         } = outcome
         {
             let until = self.now_micros() + after.as_micros() as u64;
-            d.held_until.fetch_max(until, Ordering::Relaxed);
+            let before = d.held_until.fetch_max(until, Ordering::Relaxed);
+            // A hold a second or more longer than the one known is shared (the record
+            // carries `held_until`), so every process honours the receiver's Retry-After.
+            if until > before + 1_000_000 {
+                let state = match d.mode.load(Ordering::Acquire) {
+                    CLOSED => CircuitState::Closed,
+                    _ => CircuitState::Open,
+                };
+                let failures = d.failures.load(Ordering::Relaxed);
+                self.record(d, state, failures, outcome.error().map(str::to_string));
+            }
         }
         match verdict {
             Verdict::Up => {
@@ -564,7 +578,7 @@ impl Destinations {
 }
 
 /// The keys every delivery process follows.
-const WATCHED: [&str; 3] = ["control.>", "defaults.>", "disabled.>"];
+const WATCHED: [&str; 4] = ["control.>", "defaults.>", "disabled.>", "health.>"];
 
 /// A control's rate as the bits of an f64; 0: the default.
 fn rate_bits(control: &Control) -> u64 {
@@ -576,6 +590,49 @@ fn rate_bits(control: &Control) -> u64 {
 }
 
 impl Destinations {
+    /// Takes on what another delivery process (or this one, whose own records come back
+    /// unchanged) found of a destination, so that every process holds its messages once
+    /// one saw its circuit open, lets them go once one saw it recover, and honours its
+    /// Retry-After: the failures are counted once, not once per process. Nothing is
+    /// written back, so records do not echo; the healthy path reads no bucket.
+    fn adopt(&self, tenant: Uuid, record: &HealthRecord) {
+        let d = self.get(tenant, &record.destination);
+        match record.state {
+            CircuitState::Open | CircuitState::HalfOpen => {
+                if d.mode.load(Ordering::Acquire) == CLOSED {
+                    let mut circuit = d.circuit.lock().expect("circuit lock");
+                    if d.mode.load(Ordering::Acquire) == CLOSED {
+                        circuit.opened = circuit.opened.max(1);
+                        circuit.probing = false;
+                        circuit.open_until =
+                            Some(Instant::now() + self.open_period(circuit.opened));
+                        let failing = (Utc::now() - record.since).to_std().unwrap_or_default();
+                        let since = Instant::now().checked_sub(failing);
+                        circuit.failing_since = since.or(Some(Instant::now()));
+                        circuit.last_error = record.last_error.clone();
+                        d.mode.store(OPEN, Ordering::Release);
+                    }
+                }
+            }
+            CircuitState::Closed => {
+                if d.mode.load(Ordering::Acquire) != CLOSED {
+                    let mut circuit = d.circuit.lock().expect("circuit lock");
+                    if d.mode.swap(CLOSED, Ordering::AcqRel) != CLOSED {
+                        *circuit = Circuit::default();
+                        d.failures.store(0, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        if let Some(until) = record.held_until {
+            let left = (until - Utc::now()).to_std().unwrap_or_default();
+            if !left.is_zero() {
+                let until = self.now_micros() + left.as_micros() as u64;
+                d.held_until.fetch_max(until, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Why the endpoint `url` of `tenant` is disabled, if it is.
     pub fn disabled(&self, tenant: Uuid, url: &str) -> Option<DisabledEndpoint> {
         let disabled = self.disabled.read().expect("disabled lock");
@@ -662,6 +719,17 @@ impl Destinations {
             return;
         };
         let put = entry.operation == kv::Operation::Put;
+        if entry.key.starts_with("health.") {
+            if put {
+                match serde_json::from_slice::<HealthRecord>(&entry.value) {
+                    Ok(record) => self.adopt(tenant, &record),
+                    Err(err) => {
+                        tracing::warn!(key = %entry.key, error = %err, "unreadable health record")
+                    }
+                }
+            }
+            return;
+        }
         if entry.key.starts_with("disabled.") {
             self.follow_disabled(tenant, &entry, put);
             return;
