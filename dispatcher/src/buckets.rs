@@ -82,6 +82,15 @@ pub fn bucket_key(kind: &str, tenant: &Uuid, destination: &str) -> String {
     )
 }
 
+/// The destination (or URL) a [`bucket_key`] names, read back from the key.
+pub fn name_in_key(key: &str) -> Option<String> {
+    let encoded = key.rsplit('.').next()?;
+    let name = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .ok()?;
+    String::from_utf8(name).ok()
+}
+
 /// Every key of one kind for one tenant.
 pub fn bucket_filter(kind: &str, tenant: &Uuid) -> String {
     format!("{kind}.{}.*", tenant.simple())

@@ -16,8 +16,9 @@ const key = process.env.HERALD_KEY;
 const shots = process.env.SHOTS;
 const TIMEOUT = 30_000;
 
-// /flaky answers 410 Gone (dead at once) until the destination "recovers"; /gone always
-// does; anything else answers 200. Every delivery's webhook-id is kept, per path.
+// /flaky answers 410 Gone (dead at once, its endpoint disabled) until the destination
+// "recovers" and is resumed; /gone always does; anything else answers 200. Every
+// delivery's webhook-id is kept, per path.
 let flakyRecovered = false;
 const received = [];
 const receiver = http.createServer((req, res) => {
@@ -169,8 +170,18 @@ async function main() {
     assert.match(await traceId.textContent(), /^[0-9a-f]{32}$/);
     await shot("3-dead-notification");
 
-    // The destination recovers; a replay from the page is delivered, and the page follows.
+    // The destination recovers. Its 410 disabled the endpoint (Standard Webhooks: "stop"),
+    // so the operator resumes the destination (API), then a replay from the page is
+    // delivered, and the page follows.
     flakyRecovered = true;
+    const destination = encodeURIComponent(`webhook:127.0.0.1:${receiver.address().port}`);
+    const resumed = await fetch(`${base}/v1/destinations/${destination}/resume`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${key}` },
+    });
+    assert.equal(resumed.status, 200, await resumed.text());
+    // Delivery follows the bucket's watch within moments.
+    await new Promise((r) => setTimeout(r, 500));
     await page.click("#detail-replay");
     await page.locator("#flash.ok").waitFor();
     await page.locator("#detail-status:text-is('delivered')").waitFor();

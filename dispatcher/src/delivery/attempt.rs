@@ -154,26 +154,11 @@ async fn send(
                 "its destination failed without a break for {}",
                 humantime::format_duration(Duration::from_secs(failing.as_secs()))
             );
-            let record = shared
-                .destinations
-                .disable(notification.tenant, &notification.recipient, &reason)
-                .await;
             let outcome = SendOutcome::Permanent {
                 error: format!("endpoint disabled: {reason}"),
                 status: None,
             };
-            bury(shared, turn, &outcome, None).await;
-            if let Some(record) = record {
-                let data = serde_json::to_value(&record).expect("serializable");
-                tell(
-                    shared,
-                    notification,
-                    "destination.disabled",
-                    data,
-                    turn.sequence,
-                )
-                .await;
-            }
+            disable_and_bury(shared, turn, &reason, &outcome, None).await;
             return None;
         }
     };
@@ -268,42 +253,36 @@ async fn settle(
                 let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
             }
         }
-        _ => {
-            // Disabled first: once the dead letter shows, so does the endpoint's state.
-            let gone = notification.channel == Channel::Webhook && outcome.status() == Some(410);
-            let disabled = if gone {
-                disable_endpoint(shared, turn).await
-            } else {
-                None
-            };
-            bury(shared, turn, outcome, Some((took, provider))).await;
-            if let Some(record) = disabled {
-                let data = serde_json::to_value(&record).expect("serializable");
-                tell(
-                    shared,
-                    notification,
-                    "destination.disabled",
-                    data,
-                    turn.sequence,
-                )
-                .await;
-            }
+        _ if notification.channel == Channel::Webhook && outcome.status() == Some(410) => {
+            let sent = Some((took, provider));
+            disable_and_bury(shared, turn, "it answered 410 Gone", outcome, sent).await;
         }
+        _ => bury(shared, turn, outcome, Some((took, provider))).await,
     }
 }
 
-/// A 410 Gone says "stop" (Standard Webhooks): its endpoint (this URL, not its host) is
-/// disabled in every delivery process until its destination is resumed (the tenant's
-/// operations endpoint is then told).
-async fn disable_endpoint(
+/// Disables the turn's endpoint (this URL, not its host) in every delivery process until
+/// its destination is resumed, dead-letters the notification with `outcome`, then tells
+/// the tenant's operations endpoint. A 410 Gone says "stop" (Standard Webhooks); so does a
+/// destination failing for `--disable-after`. Disabled first: once the dead letter shows,
+/// so does the endpoint's state.
+async fn disable_and_bury(
     shared: &Shared,
     turn: &Turn<'_>,
-) -> Option<crate::buckets::DisabledEndpoint> {
+    reason: &str,
+    outcome: &SendOutcome,
+    sent: Option<(Duration, Option<&str>)>,
+) {
     let n = &turn.notification;
-    shared
+    let record = shared
         .destinations
-        .disable(n.tenant, &n.recipient, "it answered 410 Gone")
-        .await
+        .disable(n.tenant, &n.recipient, reason)
+        .await;
+    bury(shared, turn, outcome, sent).await;
+    if let Some(record) = record {
+        let data = serde_json::to_value(&record).expect("serializable");
+        tell(shared, n, "destination.disabled", data, turn.sequence).await;
+    }
 }
 
 /// Puts off the turn's message by `delay` without spending its attempt: into HOLD

@@ -34,15 +34,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
-use base64::Engine;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::senders::SendOutcome;
 use crate::buckets::{
-    bucket_key, CircuitState, Control, DestinationEvent, DisabledEndpoint, HealthRecord,
-    TenantDefaults,
+    bucket_key, name_in_key, CircuitState, Control, DestinationEvent, DisabledEndpoint,
+    HealthRecord, TenantDefaults,
 };
 use crate::jetstream::Names;
 use crate::metrics::Metrics;
@@ -678,17 +677,7 @@ impl Destinations {
             }
             return;
         }
-        let url = entry
-            .key
-            .rsplit('.')
-            .next()
-            .and_then(|n| {
-                base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .decode(n)
-                    .ok()
-            })
-            .and_then(|n| String::from_utf8(n).ok());
-        if let Some(url) = url {
+        if let Some(url) = name_in_key(&entry.key) {
             {
                 let mut disabled = self.disabled.write().expect("disabled lock");
                 if let Some(urls) = disabled.get_mut(&tenant) {
@@ -757,17 +746,7 @@ impl Destinations {
         } else {
             // A deleted control resumes the destination at the default rate; its name is
             // in the key.
-            let name = entry
-                .key
-                .rsplit('.')
-                .next()
-                .and_then(|n| {
-                    base64::engine::general_purpose::URL_SAFE_NO_PAD
-                        .decode(n)
-                        .ok()
-                })
-                .and_then(|n| String::from_utf8(n).ok());
-            match name {
+            match name_in_key(&entry.key) {
                 Some(destination) => Control::default_for(&destination),
                 None => return,
             }

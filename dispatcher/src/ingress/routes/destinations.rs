@@ -15,8 +15,8 @@ use serde::Deserialize;
 
 use super::*;
 use crate::buckets::{
-    bucket_filter, bucket_key, defaults_key, CircuitState, Control, DisabledEndpoint, HealthRecord,
-    TenantDefaults,
+    bucket_filter, bucket_key, defaults_key, name_in_key, CircuitState, Control, DisabledEndpoint,
+    HealthRecord, TenantDefaults,
 };
 
 /// One destination as the API shows it.
@@ -96,6 +96,17 @@ async fn read<T: serde::de::DeserializeOwned>(
     Ok(value.and_then(|v| serde_json::from_slice(&v).ok()))
 }
 
+/// Every key of the bucket (all tenants: keys hold no secrets, and each caller filters by
+/// its own prefix).
+async fn all_keys(kv: &kv::Store) -> Result<Vec<String>, ApiError> {
+    kv.keys()
+        .await
+        .map_err(unavailable)?
+        .try_collect()
+        .await
+        .map_err(unavailable)
+}
+
 async fn view(
     kv: &kv::Store,
     tenant: &Uuid,
@@ -125,24 +136,13 @@ async fn view(
 )]
 pub(super) async fn list(state: &State, caller: &Caller) -> Result<HttpResponse, ApiError> {
     let kv = bucket(state).await?;
-    let keys: Vec<String> = kv
-        .keys()
-        .await
-        .map_err(unavailable)?
-        .try_collect()
-        .await
-        .map_err(unavailable)?;
+    let keys = all_keys(&kv).await?;
     let mut names = std::collections::BTreeSet::new();
     for kind in ["health", "control"] {
         let prefix = bucket_filter(kind, &caller.tenant);
         let prefix = prefix.trim_end_matches('*');
-        for key in keys.iter().filter_map(|k| k.strip_prefix(prefix)) {
-            let decoded =
-                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, key);
-            if let Some(name) = decoded.ok().and_then(|n| String::from_utf8(n).ok()) {
-                names.insert(name);
-            }
-        }
+        let of_kind = keys.iter().filter(|k| k.starts_with(prefix));
+        names.extend(of_kind.filter_map(|k| name_in_key(k)));
     }
     let mut destinations = Vec::with_capacity(names.len());
     for name in &names {
@@ -251,13 +251,7 @@ async fn enable_endpoints(
     destination: &str,
 ) -> Result<(), ApiError> {
     let kv = bucket(state).await?;
-    let keys: Vec<String> = kv
-        .keys()
-        .await
-        .map_err(unavailable)?
-        .try_collect()
-        .await
-        .map_err(unavailable)?;
+    let keys = all_keys(&kv).await?;
     let prefix = bucket_filter("disabled", &caller.tenant);
     let prefix = prefix.trim_end_matches('*');
     for key in keys.into_iter().filter(|k| k.starts_with(prefix)) {
