@@ -71,10 +71,10 @@ one_case() {
   role "$case-record" "http://127.0.0.1:$record_port/readyz" record "${common[@]}" --mongo-db "$prefix" \
     --metrics-listen "127.0.0.1:$record_port" --record-ack-wait 10s
   p=$(free_port)
-  # Short retries and timeouts: the drain window is for loss, not for a 30-minute backoff.
+  # Short waits and timeouts: the drain window is for loss, not for an hour-long backoff.
   role "$case-deliver" "http://127.0.0.1:$p/readyz" deliver "${common[@]}" \
     --metrics-listen "127.0.0.1:$p" --ack-wait 5s --webhook-timeout 1s \
-    --retry-high 100ms:1s:60 --retry-medium 100ms:1s:60 --retry-low 100ms:1s:60
+    --retry-high 100ms:1s:1h --retry-medium 100ms:1s:1h --retry-low 100ms:1s:1h
   serve_port=$(free_port)
   role "$case-serve" "http://127.0.0.1:$serve_port/readyz" serve "${common[@]}" \
     --listen "127.0.0.1:$serve_port"

@@ -49,10 +49,10 @@ run() {
     role "$label-record-$i" "http://127.0.0.1:$p/readyz" record "${common[@]}" --mongo-db "$prefix" \
       --metrics-listen "127.0.0.1:$p" --record-ack-wait 10s
     p=$(free_port)
-    # Short retries: the drain window is for loss, not for waiting out a 30-minute backoff.
+    # Short waits: the drain window is for loss, not for waiting out an hour-long backoff.
     role "$label-deliver-$i" "http://127.0.0.1:$p/readyz" deliver "${common[@]}" \
       --metrics-listen "127.0.0.1:$p" --ack-wait 5s \
-      --retry-high 100ms:1s:30 --retry-medium 100ms:1s:30 --retry-low 100ms:1s:30
+      --retry-high 100ms:1s:1h --retry-medium 100ms:1s:1h --retry-low 100ms:1s:1h
     p=$(free_port)
     role "$label-serve-$i" "http://127.0.0.1:$p/readyz" serve "${common[@]}" --listen "127.0.0.1:$p"
     ports+=("$p")
