@@ -112,6 +112,17 @@ async fn reach(pg: &PgConfig, patience: std::time::Duration) -> anyhow::Result<(
 }
 
 /// The commands that do one thing and exit.
+/// The tenant commands' store: PostgreSQL reached, and the key its secrets are sealed with
+/// (checked first: without it nothing is touched).
+async fn tenant_store(
+    pg: cli::PgArgs,
+) -> anyhow::Result<(sqlx::PgPool, herald::sealing::SealingKey)> {
+    let pg = PgConfig::from(pg);
+    let key = pg.sealing_key().map_err(anyhow::Error::msg)?;
+    reach(&pg, COMMAND_PATIENCE).await?;
+    Ok((postgres::pool(&pg)?, key))
+}
+
 async fn one_shot(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(_) | Command::Deliver(_) | Command::Record(_) | Command::Run(_) => {
@@ -143,10 +154,7 @@ async fn one_shot(command: Command) -> anyhow::Result<()> {
             max_payload,
             pg,
         }) => {
-            let pg = PgConfig::from(pg);
-            let key = pg.sealing_key().map_err(anyhow::Error::msg)?;
-            reach(&pg, COMMAND_PATIENCE).await?;
-            let pool = postgres::pool(&pg)?;
+            let (pool, key) = tenant_store(pg).await?;
             let limits = tenants::TenantLimits {
                 rate_per_sec: rate,
                 burst,
@@ -170,10 +178,7 @@ async fn one_shot(command: Command) -> anyhow::Result<()> {
             ed25519,
             pg,
         }) => {
-            let pg = PgConfig::from(pg);
-            let key = pg.sealing_key().map_err(anyhow::Error::msg)?;
-            reach(&pg, COMMAND_PATIENCE).await?;
-            let pool = postgres::pool(&pg)?;
+            let (pool, key) = tenant_store(pg).await?;
             let id = tenants::id_of(&pool, &name).await?;
             let overlap = overlap.into();
             let rotated = match (url.as_deref(), ed25519) {

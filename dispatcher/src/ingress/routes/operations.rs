@@ -4,7 +4,7 @@
 //! endpoint is disabled by its 410 (`destination.disabled`). The events
 //! are signed and retried like every webhook (`delivery/operations.rs`).
 
-use super::webhook_secret::{endpoint_url, tenant_of};
+use super::webhook_secret::{endpoint_url, found, tenant_of};
 use super::*;
 
 /// The tenant's operations endpoint.
@@ -27,11 +27,8 @@ pub struct OperationsEndpoint {
 )]
 pub(super) async fn get(state: &State, caller: &Caller) -> Result<HttpResponse, ApiError> {
     let tenant = tenant_of(caller)?;
-    match tenants::operations_url(state.tenants.pool(), tenant).await {
-        Ok(Some(url)) => Ok(json_of(StatusCode::OK, &OperationsEndpoint { url })),
-        Ok(None) => Err(ApiError::not_found()),
-        Err(err) => Err(ApiError::unavailable(err.to_string())),
-    }
+    let url = tenants::operations_url(state.tenants.pool(), tenant).await;
+    found(url.map(|url| url.map(|url| OperationsEndpoint { url })))
 }
 
 /// `PUT /v1/operations-endpoint`: set it (`{"url": null}` clears it). Delivery processes

@@ -3,7 +3,7 @@
 //! whoever can verify cannot forge. `POST …/rotate` creates or replaces the key; `GET`
 //! lists the public keys.
 
-use super::webhook_secret::{overlap_seconds, tenant_of, DEFAULT_OVERLAP_SECONDS};
+use super::webhook_secret::{found, overlap_seconds, tenant_of, DEFAULT_OVERLAP_SECONDS};
 use super::*;
 
 /// The tenant's ed25519 public keys.
@@ -46,11 +46,7 @@ pub(super) async fn rotate(
     let tenant = tenant_of(caller)?;
     let overlap = std::time::Duration::from_secs(overlap);
     let (pool, key) = (state.tenants.pool(), state.tenants.sealing_key());
-    match tenants::rotate_key(pool, key, tenant, tenants::KeyKind::Ed25519, overlap).await {
-        Ok(Some(rotated)) => Ok(json_of(StatusCode::OK, &rotated)),
-        Ok(None) => Err(ApiError::not_found()),
-        Err(err) => Err(ApiError::unavailable(err.to_string())),
-    }
+    found(tenants::rotate_key(pool, key, tenant, tenants::KeyKind::Ed25519, overlap).await)
 }
 
 /// The tenant's ed25519 public keys, for receivers that verify `v1a` signatures.
@@ -67,9 +63,6 @@ pub(super) async fn rotate(
 pub(super) async fn list(state: &State, caller: &Caller) -> Result<HttpResponse, ApiError> {
     let tenant = tenant_of(caller)?;
     let (pool, key) = (state.tenants.pool(), state.tenants.sealing_key());
-    match tenants::public_keys(pool, key, tenant).await {
-        Ok(Some(keys)) => Ok(json_of(StatusCode::OK, &PublicKeys { keys })),
-        Ok(None) => Err(ApiError::not_found()),
-        Err(err) => Err(ApiError::unavailable(err.to_string())),
-    }
+    let keys = tenants::public_keys(pool, key, tenant).await;
+    found(keys.map(|keys| keys.map(|keys| PublicKeys { keys })))
 }

@@ -62,11 +62,7 @@ pub(super) async fn rotate(
         Some(url) => tenants::rotate_endpoint_secret(pool, key, tenant, &url, overlap).await,
         None => tenants::rotate_key(pool, key, tenant, tenants::KeyKind::Secret, overlap).await,
     };
-    match rotated {
-        Ok(Some(rotated)) => Ok(json_of(StatusCode::OK, &rotated)),
-        Ok(None) => Err(ApiError::not_found()),
-        Err(err) => Err(ApiError::unavailable(err.to_string())),
-    }
+    found(rotated)
 }
 
 /// Drop an endpoint's own secret: the tenant's secret signs its webhooks again, at once
@@ -103,6 +99,18 @@ pub(super) async fn drop_endpoint(
     match tenants::drop_endpoint_secret(state.tenants.pool(), tenant, &url).await {
         Ok(true) => Ok(no_content()),
         Ok(false) => Err(ApiError::not_found()),
+        Err(err) => Err(ApiError::unavailable(err.to_string())),
+    }
+}
+
+/// 200 with what the tenant store found, 404 when the tenant is gone, 503 when the store
+/// cannot be asked: the answer of every route on a tenant's keys.
+pub(super) fn found<T: Serialize>(
+    result: Result<Option<T>, tenants::TenantError>,
+) -> Result<HttpResponse, ApiError> {
+    match result {
+        Ok(Some(found)) => Ok(json_of(StatusCode::OK, &found)),
+        Ok(None) => Err(ApiError::not_found()),
         Err(err) => Err(ApiError::unavailable(err.to_string())),
     }
 }
