@@ -437,18 +437,27 @@ fn tenant_columns() -> String {
     )
 }
 
+/// Opens each sealed value and parses the key it holds, in order.
+fn open_all<T>(
+    key: &SealingKey,
+    sealed: impl IntoIterator<Item = String>,
+    parse: fn(&str) -> Result<T, SecretError>,
+) -> Result<Vec<T>, TenantError> {
+    sealed
+        .into_iter()
+        .map(|sealed| Ok(parse(&key.open(&sealed)?)?))
+        .collect()
+}
+
 impl TenantRow {
     fn open(self, key: &SealingKey) -> Result<Tenant, TenantError> {
-        let secrets = std::iter::once(self.webhook_secret)
-            .chain(self.previous_webhook_secret)
-            .map(|sealed| Ok(Secret::parse(&key.open(&sealed)?)?))
-            .collect::<Result<_, TenantError>>()?;
+        let secrets = std::iter::once(self.webhook_secret).chain(self.previous_webhook_secret);
+        let secrets = open_all(key, secrets, Secret::parse)?;
         let pairs = self
             .signing_key
             .into_iter()
-            .chain(self.previous_signing_key)
-            .map(|sealed| Ok(KeyPair::parse(&key.open(&sealed)?)?))
-            .collect::<Result<_, TenantError>>()?;
+            .chain(self.previous_signing_key);
+        let pairs = open_all(key, pairs, KeyPair::parse)?;
         Ok(Tenant {
             id: self.id,
             name: self.name,
@@ -589,11 +598,8 @@ impl Directory {
         .await?;
         let mut found = EndpointSecrets::with_capacity(rows.len());
         for (url, current, previous) in rows {
-            let secrets = std::iter::once(current)
-                .chain(previous)
-                .map(|sealed| Ok(Secret::parse(&self.key.open(&sealed)?)?))
-                .collect::<Result<_, TenantError>>()?;
-            found.insert(url, secrets);
+            let sealed = std::iter::once(current).chain(previous);
+            found.insert(url, open_all(&self.key, sealed, Secret::parse)?);
         }
         let found = Arc::new(found);
         self.endpoints.insert(id, found.clone()).await;

@@ -498,16 +498,8 @@ async fn bury(
             }
             let _ = message.double_ack_with(AckKind::Term).await;
             shared.metrics.dead_lettered(notification.priority);
-            let data = serde_json::json!({
-                "id": notification.id,
-                "priority": notification.priority,
-                "channel": notification.channel,
-                "recipient": notification.recipient,
-                "attempts": attempt,
-                "error": death.error,
-                "status": death.status,
-                "dead_at": Utc::now(),
-            });
+            let mut data = fate(notification, attempt, Some(outcome));
+            data["dead_at"] = serde_json::json!(Utc::now());
             tell(
                 shared,
                 notification,
@@ -565,10 +557,12 @@ async fn expire(
         Some((outcome, took, provider)) => (Some(outcome), Some(took), provider),
         None => (None, None, None),
     };
+    // Attempts made: this turn's only if it sent one.
+    let attempts = turn.attempt.saturating_sub(u32::from(last.is_none()));
     let mut expired = event(
         &turn.notification,
         EventKind::Expired,
-        turn.attempt.saturating_sub(u32::from(last.is_none())),
+        attempts,
         outcome,
         None,
         took,
@@ -588,17 +582,27 @@ async fn expire(
     let _ = turn.message.double_ack_with(AckKind::Term).await;
     shared.metrics.delivery_waited("expired");
     let n = &turn.notification;
-    let data = serde_json::json!({
+    let mut data = fate(n, attempts, outcome);
+    data["expires_at"] = serde_json::json!(n.expires_at);
+    tell(shared, n, "notification.expired", data, turn.sequence).await;
+}
+
+/// What an operational event says of a notification that ended: which one, its attempts,
+/// and the last answer (`outcome`), if there was one.
+fn fate(
+    n: &WireNotification<'_>,
+    attempts: u32,
+    outcome: Option<&SendOutcome>,
+) -> serde_json::Value {
+    serde_json::json!({
         "id": n.id,
         "priority": n.priority,
         "channel": n.channel,
         "recipient": n.recipient,
-        "attempts": turn.attempt.saturating_sub(u32::from(last.is_none())),
-        "expires_at": n.expires_at,
+        "attempts": attempts,
         "error": outcome.and_then(SendOutcome::error),
         "status": outcome.and_then(SendOutcome::status),
-    });
-    tell(shared, n, "notification.expired", data, turn.sequence).await;
+    })
 }
 
 /// Tells the tenant's operations endpoint what became of `n` (see `operations`); once per

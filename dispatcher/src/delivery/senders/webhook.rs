@@ -16,9 +16,10 @@
 //!   a `v1a` signature. During a rotation the replaced key signs too: one signature per
 //!   key in the header.
 //!
-//! 2xx is delivered; 408, 425, 429, 5xx, timeouts and connection errors are retried
-//! (honouring `Retry-After`); any other status is permanent. Redirects are not followed.
-//! Destinations outside the egress policy (`egress.rs`) are permanent failures.
+//! 2xx is delivered; 410 Gone is permanent; any other status, timeouts and connection
+//! errors are retried (honouring `Retry-After`), as Standard Webhooks recommends
+//! ([`super::Answers::Receiver`]). Redirects are not followed. Destinations outside the
+//! egress policy (`egress.rs`) are permanent failures.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
