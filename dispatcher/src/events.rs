@@ -76,6 +76,9 @@ pub struct Event<'a> {
     /// with providers.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<Cow<'a, str>>,
+    /// The start of the answer's body (`--response-body-limit` bytes, UTF-8 lossy).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<Cow<'a, str>>,
 }
 
 impl<'a> Event<'a> {
@@ -98,6 +101,7 @@ impl Event<'_> {
         Event {
             error: self.error.map(|e| Cow::Owned(e.into_owned())),
             provider: self.provider.map(|p| Cow::Owned(p.into_owned())),
+            response: self.response.map(|r| Cow::Owned(r.into_owned())),
             ..self
         }
     }
@@ -268,6 +272,7 @@ mod tests {
             retry_in_ms: Some(400),
             duration_ms: Some(12),
             provider: None,
+            response: Some(Cow::Owned(String::from("database down"))),
         }
     }
 
@@ -286,6 +291,7 @@ mod tests {
         assert_eq!(decoded.len(), 1);
         assert_eq!(decoded[0].retry_in_ms, Some(400));
         assert_eq!(decoded[0].duration_ms, Some(12));
+        assert_eq!(decoded[0].response.as_deref(), Some("database down"));
 
         assert!(decode(b" {\"id\": 1}").is_err());
     }

@@ -308,6 +308,9 @@ pub struct AttemptRecord {
     /// The provider the attempt went through (`<channel>:<host>:<port>`); none for
     /// webhooks.
     pub provider: Option<String>,
+    /// The start of the answer's body (at most `--response-body-limit` bytes, 1 KiB by
+    /// default; invalid UTF-8 replaced); none when nothing answered or the body was empty.
+    pub response: Option<String>,
 }
 
 /// The answer of `GET /v1/notifications/{id}/attempts`.
@@ -342,7 +345,8 @@ pub async fn attempts(
         return Ok(None);
     }
     let rows = sqlx::query_as(
-        "SELECT attempt, outcome, at, error, status_code, duration_ms, next_attempt_at, provider
+        "SELECT attempt, outcome, at, error, status_code, duration_ms, next_attempt_at, provider,
+                response
          FROM delivery_attempts WHERE notification_id = $1
          ORDER BY at, event_seq, event_index",
     )

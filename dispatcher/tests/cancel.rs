@@ -96,6 +96,7 @@ async fn a_notification_waiting_for_a_retry_is_canceled_and_bad_cancels_are_name
         status: if n == 0 { 503 } else { 200 },
         delay: Duration::ZERO,
         retry_after: (n == 0).then_some(3),
+        body: "",
     })
     .await;
     let mut stack = Stack::start(|_| {}).await;

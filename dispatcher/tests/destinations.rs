@@ -357,6 +357,7 @@ async fn retry_after_holds_every_message_to_that_destination() {
         status: if n == 0 { 429 } else { 200 },
         delay: Duration::ZERO,
         retry_after: (n == 0).then_some(2),
+        body: "",
     })
     .await;
     let stack = Stack::start(|_| {}).await;

@@ -8,8 +8,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::{
-    eventually, migrated_pool, start_recorder, test_store, webhook_to, Receiver, Stack, TcpProxy,
-    TestServer,
+    eventually, migrated_pool, start_recorder, test_store, webhook_to, Receiver, Reply, Stack,
+    TcpProxy, TestServer,
 };
 use herald::config::AuthMode;
 use mongodb::bson::{doc, Document};
@@ -104,11 +104,19 @@ async fn migrations_apply_on_an_empty_schema_and_again_change_nothing() {
 /// attempts, dead letters, documents and the status API all say exactly that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorded_rows_and_documents_match_what_happened() {
-    let receiver = Receiver::checking(|_, req| match req.uri.path() {
-        "/flaky" if req.header("herald-attempt") == "1" => (503, Duration::ZERO),
-        // An endpoint of its own each: a 410 disables the URL that answered it.
-        bad if bad.starts_with("/bad") => (410, Duration::ZERO),
-        _ => (200, Duration::ZERO),
+    let receiver = Receiver::replying(|_, req| {
+        let (status, body) = match req.uri.path() {
+            "/flaky" if req.header("herald-attempt") == "1" => (503, "busy"),
+            // An endpoint of its own each: a 410 disables the URL that answered it.
+            bad if bad.starts_with("/bad") => (410, "gone"),
+            _ => (200, "{\"ok\":true}"),
+        };
+        Reply {
+            status,
+            delay: Duration::ZERO,
+            retry_after: None,
+            body,
+        }
     })
     .await;
     let mut stack = Stack::start(|_| {}).await;
@@ -218,6 +226,12 @@ async fn recorded_rows_and_documents_match_what_happened() {
         let last = entries.last().unwrap();
         assert_eq!(last.get_str("event").unwrap(), *status);
         assert_eq!(last.get_i64("attempt").unwrap(), *attempts);
+        let answer = if *status == "delivered" {
+            "{\"ok\":true}"
+        } else {
+            "gone"
+        };
+        assert_eq!(last.get_str("response"), Ok(answer), "{id}");
     }
 
     // The status API, by id and as pages.
@@ -273,21 +287,26 @@ async fn recorded_rows_and_documents_match_what_happened() {
         assert_eq!(r.status, 200, "{:?}", r.body);
         assert_eq!(r.body["id"], id.as_str());
         let attempts = r.body["attempts"].as_array().unwrap();
-        let summary: Vec<(i64, &str, Option<i64>)> = attempts
+        // Each attempt's answer: its status code and body, apart from the error.
+        let summary: Vec<(i64, &str, Option<i64>, Option<&str>)> = attempts
             .iter()
             .map(|a| {
-                let code = a["status_code"].as_i64();
                 (
                     a["attempt"].as_i64().unwrap(),
                     a["outcome"].as_str().unwrap(),
-                    code,
+                    a["status_code"].as_i64(),
+                    a["response"].as_str(),
                 )
             })
             .collect();
-        let want: &[(i64, &str, Option<i64>)] = match n % 3 {
-            0 => &[(1, "delivered", None)],
-            1 => &[(1, "retrying", Some(503)), (2, "delivered", None)],
-            _ => &[(1, "dead", Some(410))],
+        let ok = Some("{\"ok\":true}");
+        let want: &[(i64, &str, Option<i64>, Option<&str>)] = match n % 3 {
+            0 => &[(1, "delivered", Some(200), ok)],
+            1 => &[
+                (1, "retrying", Some(503), Some("busy")),
+                (2, "delivered", Some(200), ok),
+            ],
+            _ => &[(1, "dead", Some(410), Some("gone"))],
         };
         assert_eq!(summary, want, "{id}");
         for a in attempts {
@@ -959,6 +978,7 @@ async fn a_failed_duplicate_does_not_undo_a_delivery() {
         retry_in_ms: None,
         duration_ms: None,
         provider: None,
+        response: None,
     };
     herald::events::publish(&js, &names, &[dead], "duplicate-dead")
         .await
@@ -1118,6 +1138,7 @@ async fn concurrent_recorder_statements_do_not_deadlock() {
                 retry_in_ms: None,
                 duration_ms: None,
                 provider: None,
+                response: None,
             })
             .collect();
         herald::events::publish(&js, &names, &events, &uuid::Uuid::now_v7().to_string())

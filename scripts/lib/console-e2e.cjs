@@ -17,17 +17,19 @@ const shots = process.env.SHOTS;
 const TIMEOUT = 30_000;
 
 // /flaky answers 410 Gone (dead at once, its endpoint disabled) until the destination
-// "recovers" and is resumed; /gone always does; anything else answers 200. Every
-// delivery's webhook-id is kept, per path.
+// "recovers" and is resumed; /gone always does; anything else answers 200. A 410 says why
+// in its body, which the attempts table shows. Every delivery's webhook-id is kept, per path.
 let flakyRecovered = false;
+const GONE_BODY = "endpoint removed by its owner";
 const received = [];
 const receiver = http.createServer((req, res) => {
   req.resume();
   req.on("end", () => {
     received.push({ path: req.url, id: req.headers["webhook-id"] });
     const gone = req.url === "/gone" || (req.url === "/flaky" && !flakyRecovered);
-    res.writeHead(gone ? 410 : 200, { "content-length": 0 });
-    res.end();
+    const body = gone ? GONE_BODY : "";
+    res.writeHead(gone ? 410 : 200, { "content-length": Buffer.byteLength(body) });
+    res.end(body);
   });
 });
 
@@ -165,6 +167,9 @@ async function main() {
     await page.locator("#view-detail").waitFor();
     await page.locator("#detail-status:text-is('dead')").waitFor();
     await page.locator("#attempts tbody tr td.status.dead").waitFor();
+    // What the receiver answered, apart from the error.
+    const answered = page.locator("#attempts tbody tr", { has: page.locator("td.status.dead") });
+    assert.equal((await answered.locator("td.response").textContent()).trim(), GONE_BODY);
     // The trace id the recorder kept, to find the notification's spans by.
     const traceId = page.locator("#detail-fields dt:text-is('trace id') + dd");
     assert.match(await traceId.textContent(), /^[0-9a-f]{32}$/);

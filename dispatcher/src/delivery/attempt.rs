@@ -46,14 +46,11 @@ pub(super) async fn deliver(shared: &Shared, job: Job) {
     let n = &turn.notification;
     if n.channel == Channel::Webhook {
         if let Some(disabled) = shared.destinations.disabled(n.tenant, &n.recipient) {
-            let outcome = SendOutcome::Permanent {
-                error: format!(
-                    "endpoint disabled since {}: {}",
-                    disabled.since.to_rfc3339(),
-                    disabled.reason
-                ),
-                status: None,
-            };
+            let outcome = SendOutcome::permanent(format!(
+                "endpoint disabled since {}: {}",
+                disabled.since.to_rfc3339(),
+                disabled.reason
+            ));
             bury(shared, &turn, &outcome, None).await;
             return;
         }
@@ -154,10 +151,7 @@ async fn send(
                 "its destination failed without a break for {}",
                 humantime::format_duration(Duration::from_secs(failing.as_secs()))
             );
-            let outcome = SendOutcome::Permanent {
-                error: format!("endpoint disabled: {reason}"),
-                status: None,
-            };
+            let outcome = SendOutcome::permanent(format!("endpoint disabled: {reason}"));
             disable_and_bury(shared, turn, &reason, &outcome, None).await;
             return None;
         }
@@ -200,12 +194,12 @@ async fn settle(
     let (message, notification, attempt) = (turn.message, &turn.notification, turn.attempt);
     let policy = shared.retry[turn.priority.index()];
     match outcome {
-        SendOutcome::Delivered => {
+        SendOutcome::Delivered { .. } => {
             let delivered = event(
                 notification,
                 EventKind::Delivered,
                 attempt,
-                None,
+                Some(outcome),
                 None,
                 Some(took),
             );
@@ -298,11 +292,7 @@ async fn wait(shared: &Shared, turn: &Turn<'_>, delay: Duration, reason: &str) {
     let policy = shared.retry[turn.priority.index()];
     let destination_said = !matches!(reason, "scheduled" | "store");
     if destination_said && policy.past_horizon(since_due(notification, Utc::now())) {
-        let waiting = SendOutcome::Retryable {
-            error: format!("its destination kept it waiting ({reason})"),
-            status: None,
-            retry_after: None,
-        };
+        let waiting = SendOutcome::retryable(format!("its destination kept it waiting ({reason})"));
         let gave_up = past_horizon(&waiting, policy.horizon);
         bury(shared, turn, &gave_up, None).await;
         return;
@@ -406,10 +396,7 @@ async fn try_providers(shared: &Shared, message: &Message, attempt: &Attempt<'_>
         (Some((outcome, provider)), _) => Tried::Sent { outcome, provider },
         (None, Some((delay, reason))) => Tried::Wait(delay, reason),
         (None, None) => Tried::Sent {
-            outcome: SendOutcome::Permanent {
-                error: format!("no {} provider", notification.channel),
-                status: None,
-            },
+            outcome: SendOutcome::permanent(format!("no {} provider", notification.channel)),
             provider: None,
         },
     }
@@ -541,6 +528,7 @@ fn past_horizon(last: &SendOutcome, horizon: Duration) -> SendOutcome {
             humantime::format_duration(horizon),
         ),
         status: last.status(),
+        response: last.response().map(str::to_owned),
     }
 }
 
@@ -602,6 +590,7 @@ fn fate(
         "attempts": attempts,
         "error": outcome.and_then(SendOutcome::error),
         "status": outcome.and_then(SendOutcome::status),
+        "response": outcome.and_then(SendOutcome::response),
     })
 }
 
@@ -673,6 +662,9 @@ fn event<'a>(
         retry_in_ms: retry_in.map(millis),
         duration_ms: took.map(millis),
         provider: None,
+        response: outcome
+            .and_then(SendOutcome::response)
+            .map(std::borrow::Cow::Borrowed),
     }
 }
 

@@ -164,7 +164,7 @@ enum Verdict {
 /// `None` when nothing was sent, so the destination showed nothing.
 fn verdict(outcome: &SendOutcome) -> Option<Verdict> {
     Some(match outcome {
-        SendOutcome::Delivered | SendOutcome::Permanent { .. } => Verdict::Up,
+        SendOutcome::Delivered { .. } | SendOutcome::Permanent { .. } => Verdict::Up,
         // A 4xx (a 429, or a 401 or 404 retried as Standard Webhooks asks) is an answer
         // about one URL or one request: the host is up, and its other URLs are not held.
         SendOutcome::Retryable { status, .. } => match status {
@@ -842,7 +842,7 @@ mod tests {
 
     #[test]
     fn retry_after_holds_and_4xx_counts_as_up() {
-        assert_eq!(verdict(&SendOutcome::Delivered), Some(Verdict::Up));
+        assert_eq!(verdict(&SendOutcome::DELIVERED), Some(Verdict::Up));
         let answered = |status| {
             SendOutcome::from_http_status(
                 status,
@@ -856,11 +856,7 @@ mod tests {
         assert_eq!(verdict(&answered(404)), Some(Verdict::Up));
         assert_eq!(verdict(&answered(503)), Some(Verdict::Down));
         assert_eq!(
-            verdict(&SendOutcome::Retryable {
-                error: "reset".into(),
-                status: None,
-                retry_after: None
-            }),
+            verdict(&SendOutcome::retryable("reset".into())),
             Some(Verdict::Down)
         );
         // A store of Herald's own was down: the destination showed nothing.

@@ -224,6 +224,9 @@ impl MongoSink {
             if let Some(provider) = &event.provider {
                 entry.insert("provider", provider.as_ref());
             }
+            if let Some(response) = &event.response {
+                entry.insert("response", response.as_ref());
+            }
             if let Some(ms) = event.duration_ms {
                 entry.insert("duration_ms", i64::try_from(ms).unwrap_or(i64::MAX));
             }

@@ -107,14 +107,15 @@ impl PostgresSink {
                  SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::int[], $4::text[],
                                       $5::timestamptz[], $6::text[], $7::int[], $8::uuid[],
                                       $9::text[], $10::text[], $11::timestamptz[], $12::int[],
-                                      $13::int[], $14::text[])
+                                      $13::int[], $14::text[], $15::text[])
                      AS t(id, seq, attempt, outcome, at, error, code, tenant, priority, channel, next_at, idx,
-                          duration_ms, provider)
+                          duration_ms, provider, response)
              ),
              attempts AS (
                  INSERT INTO delivery_attempts (notification_id, event_seq, event_index, attempt, outcome, at, error, status_code,
-                                                duration_ms, next_attempt_at, provider)
-                 SELECT id, seq, idx, attempt, outcome, at, error, code, duration_ms, next_at, provider FROM ev
+                                                duration_ms, next_attempt_at, provider, response)
+                 SELECT id, seq, idx, attempt, outcome, at, error, code, duration_ms, next_at, provider, response
+                 FROM ev
                  ORDER BY id, seq, idx
                  ON CONFLICT DO NOTHING
              ),
@@ -133,10 +134,11 @@ impl PostgresSink {
                  ORDER BY id, (outcome = 'delivered') DESC, (outcome = 'canceled') DESC,
                           at DESC, seq DESC, idx DESC
              ),
-             -- The newest error of the batch, even when a later event (delivered) has none.
+             -- The newest failure of the batch, even when a later event (delivered, whose
+             -- 2xx is no failure) has none.
              errors AS (
                  SELECT DISTINCT ON (id) id, error, code FROM ev
-                 WHERE error IS NOT NULL OR code IS NOT NULL
+                 WHERE error IS NOT NULL
                  ORDER BY id, at DESC, seq DESC, idx DESC
              )
              INSERT INTO notifications AS n
@@ -176,6 +178,7 @@ impl PostgresSink {
         .bind(&rows.indexes)
         .bind(&rows.durations)
         .bind(&rows.providers)
+        .bind(&rows.responses)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| e.to_string())
@@ -199,6 +202,7 @@ struct EventColumns {
     indexes: Vec<i32>,
     durations: Vec<Option<i32>>,
     providers: Vec<Option<String>>,
+    responses: Vec<Option<String>>,
 }
 
 impl EventColumns {
@@ -221,6 +225,8 @@ impl EventColumns {
         self.next_at.push(e.next_attempt_at());
         self.providers
             .push(e.provider.as_ref().map(|p| p.to_string()));
+        self.responses
+            .push(e.response.as_ref().map(|r| r.to_string()));
     }
 }
 

@@ -611,6 +611,7 @@ pub struct Reply {
     pub delay: Duration,
     /// Sent as `Retry-After` (seconds).
     pub retry_after: Option<u64>,
+    pub body: &'static str,
 }
 
 type Answer = Box<dyn Fn(usize, &Received) -> Reply + Send + Sync>;
@@ -640,6 +641,7 @@ impl Receiver {
                 status,
                 delay,
                 retry_after: None,
+                body: "",
             }
         })
         .await
@@ -679,7 +681,9 @@ impl Receiver {
                             answer(log.len() - 1, &received)
                         };
                         tokio::time::sleep(reply.delay).await;
-                        let mut resp = http::Response::new(Full::new(Bytes::new()));
+                        let mut resp = http::Response::new(Full::new(Bytes::from_static(
+                            reply.body.as_bytes(),
+                        )));
                         *resp.status_mut() = http::StatusCode::from_u16(reply.status).unwrap();
                         if let Some(seconds) = reply.retry_after {
                             resp.headers_mut()

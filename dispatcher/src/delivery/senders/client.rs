@@ -52,7 +52,7 @@ pub struct Bounds {
 /// Sends `request` and classifies the answer by its status alone ([`super::Answers`]):
 /// 2xx delivered; timeouts and connection errors retryable; the others by who answered
 /// (with `Retry-After`). The status must come within the timeout; of the body, at most
-/// `body_prefix` bytes are read in what is left of it, and a failure's error quotes them.
+/// `body_prefix` bytes are read in what is left of it, and recorded as its response.
 /// `what` names the provider in errors.
 pub async fn exchange(
     client: &HttpClient,
@@ -63,28 +63,17 @@ pub async fn exchange(
     let started = tokio::time::Instant::now();
     let timeout = bounds.timeout;
     match tokio::time::timeout(timeout, client.request(request)).await {
-        Err(_) => SendOutcome::Retryable {
-            error: format!("{what} timed out after {timeout:?}"),
-            status: None,
-            retry_after: None,
-        },
+        Err(_) => SendOutcome::retryable(format!("{what} timed out after {timeout:?}")),
         Ok(Err(e)) => match refusal_in(&e) {
-            Some(refused) => SendOutcome::Permanent {
-                error: refused.to_string(),
-                status: None,
-            },
-            None => SendOutcome::Retryable {
-                error: format!("{what} request failed: {e}"),
-                status: None,
-                retry_after: None,
-            },
+            Some(refused) => SendOutcome::permanent(refused.to_string()),
+            None => SendOutcome::retryable(format!("{what} request failed: {e}")),
         },
         Ok(Ok(response)) => {
             let status = response.status().as_u16();
             let retry_after = parse_retry_after(response.headers().get(http::header::RETRY_AFTER));
             let left = timeout.saturating_sub(started.elapsed());
             let body = body_prefix(response.into_body(), bounds.body_prefix, left).await;
-            SendOutcome::from_http_status(status, retry_after, what, bounds.answers).quoting(&body)
+            SendOutcome::from_http_status(status, retry_after, what, bounds.answers).answered(&body)
         }
     }
 }

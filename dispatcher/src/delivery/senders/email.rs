@@ -38,24 +38,17 @@ struct Content<'a> {
     html: Option<std::borrow::Cow<'a, str>>,
 }
 
-fn permanent(error: String) -> SendOutcome {
-    SendOutcome::Permanent {
-        error,
-        status: None,
-    }
-}
-
 impl Sender for EmailSender {
     fn send<'a>(&'a self, attempt: &'a Attempt<'a>) -> SendFuture<'a> {
         Box::pin(async move {
             let n = attempt.notification;
             let content: Content<'_> = match serde_json::from_str(n.payload.get()) {
                 Ok(c) => c,
-                Err(e) => return permanent(format!("email payload: {e}")),
+                Err(e) => return SendOutcome::permanent(format!("email payload: {e}")),
             };
             let to: Mailbox = match n.recipient.parse() {
                 Ok(m) => m,
-                Err(e) => return permanent(format!("email recipient: {e}")),
+                Err(e) => return SendOutcome::permanent(format!("email recipient: {e}")),
             };
             let text = content.text.as_deref().unwrap_or_default().to_string();
             let builder = Message::builder()
@@ -75,22 +68,24 @@ impl Sender for EmailSender {
             };
             let message = match message {
                 Ok(m) => m,
-                Err(e) => return permanent(format!("email message: {e}")),
+                Err(e) => return SendOutcome::permanent(format!("email message: {e}")),
             };
             match self.transport.send(message).await {
-                Ok(_) => SendOutcome::Delivered,
+                Ok(_) => SendOutcome::DELIVERED,
                 Err(e) => {
                     let status = e.status().map(u16::from);
                     if e.is_permanent() {
                         SendOutcome::Permanent {
                             error: format!("smtp: {e}"),
                             status,
+                            response: None,
                         }
                     } else {
                         SendOutcome::Retryable {
                             error: format!("smtp: {e}"),
                             status,
                             retry_after: None,
+                            response: None,
                         }
                     }
                 }

@@ -19,31 +19,60 @@ use crate::model::{Channel, WireNotification};
 /// How one delivery attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendOutcome {
-    Delivered,
+    Delivered {
+        status: Option<u16>,
+        /// The start of what the receiver answered (see [`SendOutcome::answered`]).
+        response: Option<String>,
+    },
     /// Worth trying again later (timeouts, connection errors, 408, 429, 5xx).
     Retryable {
         error: String,
         status: Option<u16>,
         /// The provider's own wish (`Retry-After`), honoured over the backoff.
         retry_after: Option<Duration>,
+        response: Option<String>,
     },
     /// Will fail the same way every time (other 4xx, invalid recipient).
     Permanent {
         error: String,
         status: Option<u16>,
+        response: Option<String>,
     },
     /// Nothing was sent: Herald itself lacks what it needs (a store it reads is down). The
     /// message waits without spending an attempt, and the destination is not judged.
-    Unsent {
-        error: String,
-    },
+    Unsent { error: String },
 }
 
 impl SendOutcome {
+    /// Delivered, with no answer to record (SMTP's is its status line, not a body).
+    pub const DELIVERED: SendOutcome = SendOutcome::Delivered {
+        status: None,
+        response: None,
+    };
+
+    /// A retryable failure that got no answer (a timeout, a connection error).
+    pub fn retryable(error: String) -> Self {
+        SendOutcome::Retryable {
+            error,
+            status: None,
+            retry_after: None,
+            response: None,
+        }
+    }
+
+    /// A permanent failure that got no answer (Herald refused to send it).
+    pub fn permanent(error: String) -> Self {
+        SendOutcome::Permanent {
+            error,
+            status: None,
+            response: None,
+        }
+    }
+
     /// The `outcome` label of the attempts metric.
     pub fn label(&self) -> &'static str {
         match self {
-            SendOutcome::Delivered => "delivered",
+            SendOutcome::Delivered { .. } => "delivered",
             SendOutcome::Retryable { .. } => "retryable",
             SendOutcome::Permanent { .. } => "permanent",
             SendOutcome::Unsent { .. } => "unsent",
@@ -52,7 +81,7 @@ impl SendOutcome {
 
     pub fn error(&self) -> Option<&str> {
         match self {
-            SendOutcome::Delivered => None,
+            SendOutcome::Delivered { .. } => None,
             SendOutcome::Retryable { error, .. }
             | SendOutcome::Permanent { error, .. }
             | SendOutcome::Unsent { error } => Some(error),
@@ -61,25 +90,31 @@ impl SendOutcome {
 
     pub fn status(&self) -> Option<u16> {
         match self {
-            SendOutcome::Delivered | SendOutcome::Unsent { .. } => None,
-            SendOutcome::Retryable { status, .. } | SendOutcome::Permanent { status, .. } => {
-                *status
-            }
+            SendOutcome::Unsent { .. } => None,
+            SendOutcome::Delivered { status, .. }
+            | SendOutcome::Retryable { status, .. }
+            | SendOutcome::Permanent { status, .. } => *status,
         }
     }
 
-    /// A failure's error quoting the start of the answer's body (the receiver's reason),
-    /// as text; a delivery is left as it is.
-    pub fn quoting(mut self, body: &[u8]) -> Self {
-        if let SendOutcome::Retryable { error, .. } | SendOutcome::Permanent { error, .. } =
-            &mut self
+    /// The start of the answer's body, as the receiver or provider sent it.
+    pub fn response(&self) -> Option<&str> {
+        match self {
+            SendOutcome::Unsent { .. } => None,
+            SendOutcome::Delivered { response, .. }
+            | SendOutcome::Retryable { response, .. }
+            | SendOutcome::Permanent { response, .. } => response.as_deref(),
+        }
+    }
+
+    /// The outcome recording the start of the answer's `body` (already cut at the bound),
+    /// as UTF-8 text with invalid bytes replaced; an empty body records nothing.
+    pub fn answered(mut self, body: &[u8]) -> Self {
+        if let SendOutcome::Delivered { response, .. }
+        | SendOutcome::Retryable { response, .. }
+        | SendOutcome::Permanent { response, .. } = &mut self
         {
-            let text = String::from_utf8_lossy(body);
-            let text = text.trim();
-            if !text.is_empty() {
-                error.push_str(": ");
-                error.push_str(text);
-            }
+            *response = (!body.is_empty()).then(|| String::from_utf8_lossy(body).into_owned());
         }
         self
     }
@@ -96,15 +131,20 @@ impl SendOutcome {
             Answers::Provider => matches!(status, 408 | 425 | 429 | 500..=599),
         };
         match status {
-            200..=299 => SendOutcome::Delivered,
+            200..=299 => SendOutcome::Delivered {
+                status: Some(status),
+                response: None,
+            },
             _ if retried => SendOutcome::Retryable {
                 error: format!("{what} answered {status}"),
                 status: Some(status),
                 retry_after,
+                response: None,
             },
             _ => SendOutcome::Permanent {
                 error: format!("{what} answered {status}"),
                 status: Some(status),
+                response: None,
             },
         }
     }
@@ -147,12 +187,7 @@ pub struct Unavailable(pub crate::model::Channel);
 
 impl Sender for Unavailable {
     fn send<'a>(&'a self, _attempt: &'a Attempt<'a>) -> SendFuture<'a> {
-        Box::pin(async move {
-            SendOutcome::Permanent {
-                error: format!("no {} sender configured", self.0),
-                status: None,
-            }
-        })
+        Box::pin(async move { SendOutcome::permanent(format!("no {} sender configured", self.0)) })
     }
 }
 
@@ -292,7 +327,13 @@ mod tests {
     fn receivers_are_retried_on_every_answer_but_410_and_providers_on_transient_ones() {
         let classify = |s, answers| SendOutcome::from_http_status(s, None, "x", answers);
         for answers in [Answers::Receiver, Answers::Provider] {
-            assert_eq!(classify(204, answers), SendOutcome::Delivered);
+            assert_eq!(
+                classify(204, answers),
+                SendOutcome::Delivered {
+                    status: Some(204),
+                    response: None
+                }
+            );
             for s in [408, 429, 500, 502, 503] {
                 assert!(matches!(
                     classify(s, answers),
@@ -314,5 +355,20 @@ mod tests {
             parse_retry_after(Some(&http::HeaderValue::from_static("7"))),
             Some(Duration::from_secs(7))
         );
+    }
+
+    #[test]
+    fn an_answer_is_recorded_as_lossy_text_apart_from_the_error() {
+        let answered = |s, body: &[u8]| {
+            SendOutcome::from_http_status(s, None, "webhook", Answers::Receiver).answered(body)
+        };
+        let failed = answered(503, b"db down \xff");
+        assert_eq!(failed.error(), Some("webhook answered 503"));
+        assert_eq!(failed.status(), Some(503));
+        assert_eq!(failed.response(), Some("db down \u{fffd}"));
+        let delivered = answered(200, b"{\"ok\":true}");
+        assert_eq!(delivered.response(), Some("{\"ok\":true}"));
+        assert_eq!(answered(204, b"").response(), None);
+        assert_eq!(SendOutcome::retryable("timed out".into()).response(), None);
     }
 }

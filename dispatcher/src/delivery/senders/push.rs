@@ -79,18 +79,12 @@ impl Sender for PushSender {
             let content: Content<'_> =
                 match serde_json::from_str(attempt.notification.payload.get()) {
                     Ok(c) => c,
-                    Err(e) => {
-                        return SendOutcome::Permanent {
-                            error: format!("push payload: {e}"),
-                            status: None,
-                        }
-                    }
+                    Err(e) => return SendOutcome::permanent(format!("push payload: {e}")),
                 };
             if content.title.is_none() && content.body.is_none() && content.data.is_none() {
-                return SendOutcome::Permanent {
-                    error: String::from("push payload has none of title, body, data"),
-                    status: None,
-                };
+                return SendOutcome::permanent(String::from(
+                    "push payload has none of title, body, data",
+                ));
             }
             let notification =
                 (content.title.is_some() || content.body.is_some()).then_some(Notification {
@@ -112,10 +106,7 @@ impl Sender for PushSender {
                 .body(Full::new(Bytes::from(body)));
             match request {
                 Ok(request) => exchange(&self.client, request, self.bounds, "push provider").await,
-                Err(e) => SendOutcome::Permanent {
-                    error: format!("invalid push request: {e}"),
-                    status: None,
-                },
+                Err(e) => SendOutcome::permanent(format!("invalid push request: {e}")),
             }
         })
     }

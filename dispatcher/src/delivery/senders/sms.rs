@@ -57,10 +57,7 @@ impl Sender for SmsSender {
                 .ok()
                 .and_then(|t| t.text.or(t.body));
             let Some(text) = text else {
-                return SendOutcome::Permanent {
-                    error: String::from("sms payload has no text"),
-                    status: None,
-                };
+                return SendOutcome::permanent(String::from("sms payload has no text"));
             };
             let form = form_urlencoded::Serializer::new(String::new())
                 .append_pair("To", &attempt.notification.recipient)
@@ -78,10 +75,7 @@ impl Sender for SmsSender {
                 .body(Full::new(Bytes::from(form)));
             match request {
                 Ok(request) => exchange(&self.client, request, self.bounds, "sms provider").await,
-                Err(e) => SendOutcome::Permanent {
-                    error: format!("invalid sms request: {e}"),
-                    status: None,
-                },
+                Err(e) => SendOutcome::permanent(format!("invalid sms request: {e}")),
             }
         })
     }

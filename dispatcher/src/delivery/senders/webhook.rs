@@ -99,19 +99,15 @@ impl WebhookSender {
                     secrets: vec![s],
                     pairs: Vec::new(),
                 })
-                .ok_or_else(|| SendOutcome::Permanent {
-                    error: String::from(
+                .ok_or_else(|| SendOutcome::permanent(String::from(
                         "accepted without authentication, and this delivery process has no --webhook-secret to sign it",
-                    ),
-                    status: None,
-                });
+                    )));
         };
         match directory.signing(tenant, url).await {
             Ok(Some(keys)) => Ok(keys),
-            Ok(None) => Err(SendOutcome::Permanent {
-                error: format!("tenant {tenant} does not exist"),
-                status: None,
-            }),
+            Ok(None) => Err(SendOutcome::permanent(format!(
+                "tenant {tenant} does not exist"
+            ))),
             Err(e) => Err(SendOutcome::Unsent {
                 error: format!("webhook secret unavailable: {e}"),
             }),
@@ -148,12 +144,7 @@ impl Sender for WebhookSender {
                 .body(Full::new(Bytes::from(body)));
             let request = match request {
                 Ok(r) => r,
-                Err(e) => {
-                    return SendOutcome::Permanent {
-                        error: format!("invalid webhook request: {e}"),
-                        status: None,
-                    }
-                }
+                Err(e) => return SendOutcome::permanent(format!("invalid webhook request: {e}")),
             };
             exchange(&self.client, request, self.bounds, "webhook").await
         })

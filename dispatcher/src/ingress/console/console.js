@@ -288,9 +288,10 @@ async function loadDetail(id) {
     cell(row, a.status_code, "number");
     cell(row, a.duration_ms == null ? "" : `${a.duration_ms} ms`, "number");
     cell(row, a.error, "error");
+    cell(row, a.response, "response");
     cell(row, time(a.next_attempt_at));
   }
-  if (attempts.attempts.length === 0) cell(rows.insertRow(), "No attempt recorded yet.", "empty").colSpan = 7;
+  if (attempts.attempts.length === 0) cell(rows.insertRow(), "No attempt recorded yet.", "empty").colSpan = 8;
 }
 
 function currentDetailId() {

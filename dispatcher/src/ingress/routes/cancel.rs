@@ -149,5 +149,6 @@ fn canceled_event(found: &NotificationStatus, tenant: Uuid) -> Result<Event<'sta
         retry_in_ms: None,
         duration_ms: None,
         provider: None,
+        response: None,
     })
 }
