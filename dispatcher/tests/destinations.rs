@@ -446,6 +446,48 @@ async fn a_destination_rate_and_the_tenant_default_spread_sends() {
     stack.finish().await;
 }
 
+/// A destination's rate is split between the delivery processes that are alive: two of
+/// them together send at its rate, not twice it; once one stops, the other takes it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_rate_is_shared_by_every_delivery_process() {
+    let receiver = Receiver::start(|_| (200, Duration::ZERO)).await;
+    let stack = Stack::start(|_| {}).await;
+    let second = stack.another_delivery().await;
+    let set = stack
+        .server
+        .put(&destination_path(&receiver, ""), r#"{"rate_per_sec": 4}"#)
+        .await;
+    assert_eq!(set.status, 200, "{:?}", set.body);
+    // Each process beats at once when it starts; the other follows within moments.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in 0..20 {
+        stack.accept(webhook_to(&receiver.url(), "low", n)).await;
+    }
+    let got = receiver.wait_for(20, Duration::from_secs(30)).await;
+    // 4/s in all, with a second's burst: the 20th about 4 s after the first. Each process
+    // at the whole rate would have sent them all within 1.5 s.
+    let span = got[19].at - got[0].at;
+    assert!(
+        span >= Duration::from_millis(3000),
+        "20 sends at 4/s from two processes took {span:?}"
+    );
+
+    // The second leaves (its key goes): the first sends at the whole rate again, 12 in
+    // about 2 s where half the rate would take 5 s.
+    second.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in 20..32 {
+        stack.accept(webhook_to(&receiver.url(), "low", n)).await;
+    }
+    let got = receiver.wait_for(32, Duration::from_secs(30)).await;
+    let span = got[31].at - got[20].at;
+    assert!(
+        span >= Duration::from_millis(1500) && span < Duration::from_millis(4500),
+        "12 sends at 4/s from one process took {span:?}"
+    );
+    stack.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_destinations_api_names_what_is_wrong() {
     let stack = Stack::start(|_| {}).await;

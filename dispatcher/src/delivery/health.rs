@@ -23,8 +23,9 @@
 //! Every process also follows the `health.` records ([`Destinations::adopt`]): once one
 //! process opens a circuit, the others hold that destination's messages too; once one
 //! sees it recover, they let them go; a Retry-After one process got is honoured by all.
-//! The failures are counted once, not once per process. Rates are still per process: with
-//! N processes a receiver may see N times a destination's rate. A 410 or a circuit open
+//! The failures are counted once, not once per process. A destination's rate is split
+//! between the live delivery processes ([`super::peers`]), so N processes together send at
+//! its rate, not N times it. The in-flight cap stays per process. A 410 or a circuit open
 //! for `disable_after` disables endpoints (`disabled.<tenant>.<url>`), which every process
 //! follows too. The healthy path takes no lock and reads no bucket: a few atomic loads and
 //! a semaphore permit for the destination's in-flight cap.
@@ -193,6 +194,8 @@ pub struct Destinations {
     kv: kv::Store,
     names: Names,
     metrics: Arc<Metrics>,
+    /// The delivery processes a destination's rate is split between.
+    peers: Arc<super::peers::Peers>,
     /// Tells the tenant's operations endpoint when a circuit opens or closes.
     operations: Arc<super::operations::Operations>,
 }
@@ -225,8 +228,10 @@ impl Destinations {
             kv: kv.clone(),
             names,
             metrics,
+            peers: Arc::new(super::peers::Peers::new()),
             operations,
         });
+        tasks.spawn(destinations.peers.clone().beat(kv.clone(), stop.clone()));
         // Every control in the bucket first, then each change.
         let watch = kv.watch_many_with_history(WATCHED).await?;
         let following = destinations.clone();
@@ -365,13 +370,15 @@ impl Destinations {
         })
     }
 
-    /// GCRA: the wait before the next send if the destination's rate is used up.
+    /// GCRA: the wait before the next send if this process's share of the destination's
+    /// rate is used up.
     fn throttle(&self, d: &Destination, now: u64) -> Option<Duration> {
         let rate = [&d.rate, &d.tenant_rate]
             .into_iter()
             .map(|bits| f64::from_bits(bits.load(Ordering::Relaxed)))
             .find(|r| *r > 0.0)
             .or(self.config.default_rate.filter(|r| *r > 0.0))?;
+        let rate = rate / f64::from(self.peers.live());
         let interval = (1e6 / rate).max(1.0) as u64;
         // A burst of one second's sends is allowed.
         let tolerance = (1e6 as u64).max(interval);
@@ -577,7 +584,13 @@ impl Destinations {
 }
 
 /// The keys every delivery process follows.
-const WATCHED: [&str; 4] = ["control.>", "defaults.>", "disabled.>", "health.>"];
+const WATCHED: [&str; 5] = [
+    "control.>",
+    "defaults.>",
+    "disabled.>",
+    "health.>",
+    super::peers::KEYS,
+];
 
 /// A control's rate as the bits of an f64; 0: the default.
 fn rate_bits(control: &Control) -> u64 {
@@ -699,6 +712,10 @@ impl Destinations {
 
     /// Applies one operator control (or tenant default) from the bucket.
     fn follow(&self, entry: kv::Entry) {
+        if entry.key.starts_with("members.") {
+            self.peers.follow(&entry);
+            return;
+        }
         let Some(tenant) = entry
             .key
             .split('.')

@@ -26,6 +26,7 @@ pub mod health;
 pub mod hold;
 pub mod ledger;
 pub mod operations;
+pub mod peers;
 pub mod retry;
 pub mod senders;
 mod settings;

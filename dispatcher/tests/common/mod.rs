@@ -864,13 +864,18 @@ impl Stack {
     }
 
     pub async fn start_delivery(&mut self) {
+        self.delivery = Some(self.another_delivery().await);
+    }
+
+    /// One more delivery process on the same streams and buckets, as `deliver` scaled out.
+    pub async fn another_delivery(&self) -> herald::delivery::Delivery {
         let client = async_nats::connect(&self.server.nats_url).await.unwrap();
         let js = jetstream::new(client);
         let names = herald::jetstream::Names::new(&self.server.prefix);
         let destinations = herald::config::EgressConfig {
             webhook_allow_nets: herald::egress::Nets(loopback_nets()),
         };
-        let delivery = herald::app::start_delivery(
+        herald::app::start_delivery(
             &js,
             &names,
             &self.delivery_config,
@@ -882,8 +887,7 @@ impl Stack {
             &tokio_util::sync::CancellationToken::new(),
         )
         .await
-        .expect("delivery starts");
-        self.delivery = Some(delivery);
+        .expect("delivery starts")
     }
 
     /// Posts one notification and returns its id, asserting the 202.
