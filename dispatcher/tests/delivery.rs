@@ -70,8 +70,9 @@ async fn a_500_is_retried_after_a_backoff_within_bounds() {
 }
 
 /// Resumes the destination of `receiver`, which also enables its endpoints a 410 disabled,
-/// and waits until delivery has followed (the bucket's watch).
-async fn resume(stack: &Stack, receiver: &Receiver) {
+/// and waits until delivery has followed (the bucket's watch); the destination as the
+/// resume answered it.
+async fn resume(stack: &Stack, receiver: &Receiver) -> serde_json::Value {
     let path = format!(
         "/v1/destinations/webhook%3A127.0.0.1%3A{}/resume",
         receiver.addr.port()
@@ -79,6 +80,7 @@ async fn resume(stack: &Stack, receiver: &Receiver) {
     let resumed = stack.server.post(&path, "").await;
     assert_eq!(resumed.status, 200, "{:?}", resumed.body);
     tokio::time::sleep(Duration::from_millis(300)).await;
+    resumed.body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,8 +120,25 @@ async fn a_410_goes_to_the_dlq_at_once_and_replay_delivers_it() {
     assert_eq!(bad.status, 422);
     assert_eq!(bad.body["error"]["field"], "priority");
 
-    // A 410 disabled the endpoint: resuming its destination enables it again.
-    resume(&stack, &receiver).await;
+    // A 410 disabled the endpoint, as its destination shows; resuming the destination
+    // enables it again.
+    let destination = format!(
+        "/v1/destinations/webhook%3A127.0.0.1%3A{}",
+        receiver.addr.port()
+    );
+    let shown = stack.server.get(&destination).await;
+    assert_eq!(shown.status, 200, "{:?}", shown.body);
+    let disabled = shown.body["disabled"].as_array().unwrap();
+    assert_eq!(disabled.len(), 1, "{:?}", shown.body);
+    assert_eq!(disabled[0]["url"], receiver.url());
+    assert_eq!(disabled[0]["reason"], "it answered 410 Gone");
+    let listed = stack.server.get("/v1/destinations").await;
+    assert_eq!(
+        listed.body["destinations"][0]["disabled"][0]["url"],
+        receiver.url()
+    );
+    let resumed = resume(&stack, &receiver).await;
+    assert_eq!(resumed["disabled"], serde_json::json!([]));
     let replay = stack.server.post(&format!("/v1/dlq/{id}/replay"), "").await;
     assert_eq!(replay.status, 202, "{:?}", replay.body);
     let got = receiver.wait_for(2, Duration::from_secs(10)).await;

@@ -33,6 +33,9 @@ pub(super) struct DestinationView {
     rate_per_sec: Option<f64>,
     /// The last report of a delivery process, if any.
     health: Option<HealthRecord>,
+    /// Its endpoints (URLs) that are disabled, by a 410 or by failing for
+    /// `--disable-after`: their notifications are dead-lettered until `resume`.
+    disabled: Vec<DisabledEndpoint>,
 }
 
 /// The answer of `GET /v1/destinations`.
@@ -107,10 +110,28 @@ async fn all_keys(kv: &kv::Store) -> Result<Vec<String>, ApiError> {
         .map_err(unavailable)
 }
 
+/// Every disabled endpoint of the tenant, from the bucket.
+async fn disabled_endpoints(
+    kv: &kv::Store,
+    keys: &[String],
+    tenant: &Uuid,
+) -> Result<Vec<(String, DisabledEndpoint)>, ApiError> {
+    let prefix = bucket_filter("disabled", tenant);
+    let prefix = prefix.trim_end_matches('*');
+    let mut found = Vec::new();
+    for key in keys.iter().filter(|k| k.starts_with(prefix)) {
+        if let Some(record) = read::<DisabledEndpoint>(kv, key.clone()).await? {
+            found.push((key.clone(), record));
+        }
+    }
+    Ok(found)
+}
+
 async fn view(
     kv: &kv::Store,
     tenant: &Uuid,
     destination: &str,
+    disabled: &[(String, DisabledEndpoint)],
 ) -> Result<DestinationView, ApiError> {
     let health: Option<HealthRecord> = read(kv, bucket_key("health", tenant, destination)).await?;
     let control: Option<Control> = read(kv, bucket_key("control", tenant, destination)).await?;
@@ -121,6 +142,11 @@ async fn view(
         paused: control.paused,
         rate_per_sec: control.rate_per_sec,
         health,
+        disabled: disabled
+            .iter()
+            .filter(|(_, d)| d.destination == destination)
+            .map(|(_, d)| d.clone())
+            .collect(),
     })
 }
 
@@ -144,9 +170,11 @@ pub(super) async fn list(state: &State, caller: &Caller) -> Result<HttpResponse,
         let of_kind = keys.iter().filter(|k| k.starts_with(prefix));
         names.extend(of_kind.filter_map(|k| name_in_key(k)));
     }
+    let disabled = disabled_endpoints(&kv, &keys, &caller.tenant).await?;
+    names.extend(disabled.iter().map(|(_, d)| d.destination.clone()));
     let mut destinations = Vec::with_capacity(names.len());
     for name in &names {
-        destinations.push(view(&kv, &caller.tenant, name).await?);
+        destinations.push(view(&kv, &caller.tenant, name, &disabled).await?);
     }
     Ok(json_of(StatusCode::OK, &DestinationList { destinations }))
 }
@@ -171,8 +199,13 @@ pub(super) async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let destination = parse_destination(destination)?;
     let kv = bucket(state).await?;
-    let view = view(&kv, &caller.tenant, &destination).await?;
-    if view.health.is_none() && !view.paused && view.rate_per_sec.is_none() {
+    let disabled = disabled_endpoints(&kv, &all_keys(&kv).await?, &caller.tenant).await?;
+    let view = view(&kv, &caller.tenant, &destination, &disabled).await?;
+    if view.health.is_none()
+        && !view.paused
+        && view.rate_per_sec.is_none()
+        && view.disabled.is_empty()
+    {
         return Err(ApiError::no_such("destination"));
     }
     Ok(json_of(StatusCode::OK, &view))
@@ -198,7 +231,8 @@ async fn control(
         let body = serde_json::to_vec(&control).expect("serializable");
         kv.put(&key, body.into()).await.map_err(unavailable)?;
     }
-    let view = view(&kv, &caller.tenant, &destination).await?;
+    let disabled = disabled_endpoints(&kv, &all_keys(&kv).await?, &caller.tenant).await?;
+    let view = view(&kv, &caller.tenant, &destination, &disabled).await?;
     Ok(json_of(StatusCode::OK, &view))
 }
 
@@ -239,9 +273,8 @@ pub(super) async fn resume(
     caller: &Caller,
     destination: &str,
 ) -> Result<HttpResponse, ApiError> {
-    let answer = control(state, caller, destination, |c| c.paused = false).await?;
     enable_endpoints(state, caller, &parse_destination(destination)?).await?;
-    Ok(answer)
+    control(state, caller, destination, |c| c.paused = false).await
 }
 
 /// Re-enables every endpoint of `destination` that was disabled (a 410).
@@ -252,11 +285,8 @@ async fn enable_endpoints(
 ) -> Result<(), ApiError> {
     let kv = bucket(state).await?;
     let keys = all_keys(&kv).await?;
-    let prefix = bucket_filter("disabled", &caller.tenant);
-    let prefix = prefix.trim_end_matches('*');
-    for key in keys.into_iter().filter(|k| k.starts_with(prefix)) {
-        let record: Option<DisabledEndpoint> = read(&kv, key.clone()).await?;
-        if record.is_some_and(|r| r.destination == destination) {
+    for (key, record) in disabled_endpoints(&kv, &keys, &caller.tenant).await? {
+        if record.destination == destination {
             kv.delete(&key).await.map_err(unavailable)?;
         }
     }
