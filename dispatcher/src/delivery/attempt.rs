@@ -63,7 +63,7 @@ pub(super) async fn deliver(shared: &Shared, job: Job) {
     if let Some(send_at) = turn.notification.send_at.filter(|at| *at > now) {
         // Not due yet: come back at send_at.
         let delay = (send_at - now).to_std().unwrap_or_default();
-        wait(shared, &turn, delay, "scheduled").await;
+        wait(shared, &turn, delay, Waiting::Scheduled).await;
         return;
     }
     if let Some((outcome, provider, took)) = send(shared, &turn, now).await {
@@ -138,12 +138,12 @@ async fn send(
             // Herald's own store is down: nothing was sent, so no attempt was spent.
             tracing::debug!(id = %notification.id, %error, "not sent; waiting for the store");
             let delay = STORE_WAIT.mul_f64(1.0 + fastrand::f64());
-            wait(shared, turn, delay, "store").await;
+            wait(shared, turn, delay, Waiting::Store).await;
             return None;
         }
         Tried::Sent { outcome, provider } => (outcome, provider),
         Tried::Wait(delay, reason) => {
-            wait(shared, turn, delay, reason.as_str()).await;
+            wait(shared, turn, delay, Waiting::Destination(reason)).await;
             return None;
         }
         Tried::Disabled(failing) => {
@@ -279,18 +279,41 @@ async fn disable_and_bury(
     }
 }
 
+/// Why a message waits without spending an attempt.
+#[derive(Debug, Clone, Copy)]
+enum Waiting {
+    /// Its `send_at` is still to come.
+    Scheduled,
+    /// A store of Herald's own it needs to send is down.
+    Store,
+    /// Its destination holds it (paused, open, throttled…): the only wait bounded by the
+    /// retry horizon.
+    Destination(super::health::WaitReason),
+}
+
+impl Waiting {
+    fn as_str(self) -> &'static str {
+        match self {
+            Waiting::Scheduled => "scheduled",
+            Waiting::Store => "store",
+            Waiting::Destination(reason) => reason.as_str(),
+        }
+    }
+}
+
 /// Puts off the turn's message by `delay` without spending its attempt: into HOLD
 /// when the wait is long, else a NAK recorded in the ledger. A message whose deadline
 /// comes first expires now; one that a destination (not Herald's own store, not its
 /// schedule) keeps waiting past its retry horizon is dead-lettered with the reason.
-async fn wait(shared: &Shared, turn: &Turn<'_>, delay: Duration, reason: &str) {
+async fn wait(shared: &Shared, turn: &Turn<'_>, delay: Duration, why: Waiting) {
     let notification = &turn.notification;
     if due_after_deadline(notification, delay) {
         expire(shared, turn, None).await;
         return;
     }
     let policy = shared.retry[turn.priority.index()];
-    let destination_said = !matches!(reason, "scheduled" | "store");
+    let reason = why.as_str();
+    let destination_said = matches!(why, Waiting::Destination(_));
     if destination_said && policy.past_horizon(since_due(notification, Utc::now())) {
         let waiting = SendOutcome::retryable(format!("its destination kept it waiting ({reason})"));
         let gave_up = past_horizon(&waiting, policy.horizon);
