@@ -11,11 +11,16 @@
 //! - Door (target `target`, 5 ms): the larger of
 //!   - the minimum publish sojourn: from a notification entering the scheduler to its
 //!     PubAck (the scheduler, the publisher, NATS);
-//!   - the mean run-queue delay: every 10 ms a probe task yields and times how long the
+//!   - the median run-queue delay: every 10 ms a probe task yields and times how long the
 //!     ingress runtime takes to poll it again, which is how long a ready connection task
 //!     waits for a thread: the queueing in hyper that the publish sojourn does not see.
-//!     Its mean, not its minimum: ten samples of a saturated runtime include idle
-//!     moments, and the minimum let the CPU run full while high's requests queued.
+//!     Its median, not its minimum: ten samples of a saturated runtime include idle
+//!     moments, and the minimum let the CPU run full while high's requests queued. Not its
+//!     mean either: one stall of 60 ms among ten samples is a hiccup, not a queue.
+//!
+//!   The door counts as overloaded only once its delay has stood over the target for
+//!   [`DOOR_PERSIST`] intervals in a row: a store's checkpoint or a disk flush far below
+//!   capacity stalls publishes for an interval or so, and refusing work does not cure it.
 //! - Pipeline (target `backlog_target`, 1 s; only where delivery runs in the door's
 //!   process, i.e. `dispatcher run`): per class, how long after acceptance its first
 //!   delivery attempts start. A class counts only while it is admitted at all, so a backlog
@@ -54,6 +59,8 @@ const FLOOR: u32 = ONE / 64;
 const STEP: u32 = ONE / 16;
 /// No delay sample in this interval.
 const NO_SAMPLE: u64 = u64::MAX;
+/// Intervals in a row the door's delay must stand over its target to count as overload.
+pub const DOOR_PERSIST: u32 = 2;
 
 /// The controller's settings.
 #[derive(Debug, Clone, Copy)]
@@ -102,6 +109,8 @@ pub struct Admission {
     /// The door itself was overloaded in the last interval (not only the pipeline): only
     /// then does background work yield, since a pipeline that is behind must work.
     door_overloaded: AtomicBool,
+    /// Intervals in a row the door's delay stood over its target.
+    door_streak: AtomicU32,
 }
 
 /// How a request fared at the door.
@@ -123,6 +132,7 @@ impl Admission {
             lag_samples: AtomicU64::new(0),
             backlog_min_us: std::array::from_fn(|_| AtomicU64::new(NO_SAMPLE)),
             door_overloaded: AtomicBool::new(false),
+            door_streak: AtomicU32::new(0),
         }
     }
 
@@ -203,7 +213,14 @@ impl Admission {
         if !self.config.enabled {
             return standing;
         }
-        let door_overloaded = door.is_some_and(|d| d > self.config.target);
+        let door_over = door.is_some_and(|d| d > self.config.target);
+        let streak = if door_over {
+            self.door_streak.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.door_streak.store(0, Ordering::Relaxed);
+            0
+        };
+        let door_overloaded = streak >= DOOR_PERSIST;
         self.door_overloaded
             .store(door_overloaded, Ordering::Relaxed);
         let overloaded = door_overloaded || backlog.is_some_and(|d| d > self.config.backlog_target);
@@ -218,8 +235,9 @@ impl Admission {
                     break;
                 }
             }
-        } else {
-            // Highest class not wholly admitted gets some back.
+        } else if !door_over {
+            // Highest class not wholly admitted gets some back (not in a stall that has
+            // not stood long enough to count: it is no evidence of calm either).
             for class in [medium, low] {
                 let f = class.load(Ordering::Relaxed);
                 if f < ONE {
@@ -236,6 +254,7 @@ impl Admission {
     pub async fn run(self: Arc<Self>, metrics: Arc<Metrics>, stop: CancellationToken) {
         const PROBE: Duration = Duration::from_millis(10);
         let mut next_adjust = tokio::time::Instant::now() + self.config.interval;
+        let mut lags = Vec::with_capacity(32);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -245,10 +264,15 @@ impl Admission {
             // runs again is what a connection task woken now would wait.
             let yielded = std::time::Instant::now();
             tokio::task::yield_now().await;
-            self.runtime_lag(yielded.elapsed());
+            lags.push(yielded.elapsed());
             let now = tokio::time::Instant::now();
             if now >= next_adjust {
                 next_adjust = now + self.config.interval;
+                lags.sort_unstable();
+                if let Some(median) = lags.get(lags.len() / 2) {
+                    self.runtime_lag(*median);
+                }
+                lags.clear();
                 let standing = self.adjust();
                 let seconds = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64());
                 metrics.admission(
@@ -318,6 +342,7 @@ mod tests {
         Admission::new(AdmissionConfig::default())
     }
 
+    /// One interval whose standing publish delay is `delay_ms`.
     fn interval(a: &Admission, delay_ms: u64) {
         a.publish_delay(Duration::from_millis(delay_ms));
         a.runtime_lag(Duration::from_micros(100));
@@ -390,9 +415,11 @@ mod tests {
     #[test]
     fn the_runtime_lag_alone_is_evidence_of_overload() {
         let a = admission();
-        a.publish_delay(Duration::from_micros(300));
-        a.runtime_lag(Duration::from_millis(40));
-        assert_eq!(a.adjust().door, Some(Duration::from_millis(40)));
+        for _ in 0..DOOR_PERSIST {
+            a.publish_delay(Duration::from_micros(300));
+            a.runtime_lag(Duration::from_millis(40));
+            assert_eq!(a.adjust().door, Some(Duration::from_millis(40)));
+        }
         assert!(a.shedding(Priority::Low));
         assert!(
             a.yield_for(Priority::Low),
@@ -424,6 +451,25 @@ mod tests {
         a.backlog_age(Priority::High, Duration::from_secs(2));
         assert_eq!(a.adjust().backlog, Some(Duration::from_secs(2)));
         assert!(a.shedding(Priority::Low));
+    }
+
+    #[test]
+    fn a_stall_of_one_interval_is_not_overload_but_one_that_stands_is() {
+        let a = admission();
+        // Calm, one stalled interval, calm again: nothing is refused.
+        for delay in [1, 1, 80, 1, 1, 120, 1] {
+            interval(&a, delay);
+            assert!(
+                !a.shedding(Priority::Low),
+                "shed after a {delay} ms interval"
+            );
+        }
+        interval(&a, 80);
+        interval(&a, 80);
+        assert!(
+            a.shedding(Priority::Low),
+            "a delay standing two intervals sheds"
+        );
     }
 
     #[test]
