@@ -37,16 +37,28 @@
 //! back in 1.6 s. High is refused only by its own queue bound (`queue_full`), that is when
 //! high alone exceeds capacity.
 //!
-//! **Admission** of a fraction `f` is deterministic: the n-th arrival of a class is
-//! admitted when `floor((n+1)·f) > floor(n·f)`, so admitted requests are spread evenly
-//! (no bursts of refusals) and every tenant of the class sees the same fraction admitted:
-//! a flooding tenant cannot push another tenant's traffic out ahead of its own.
+//! **Admission** of a fraction `f` is deterministic: the n-th arrival is admitted when
+//! `floor((n+1)·f) > floor(n·f)`, so admitted requests are spread evenly (no bursts of
+//! refusals).
+//!
+//! **Fairness between tenants.** While a class is partly admitted, its fraction is a
+//! budget: `f` times what the class was offered in the last interval, split max-min fair
+//! between the tenants that offered it (water-filling: a tenant offering less than an equal
+//! share is admitted in full, and what it leaves is split between the others). Each tenant
+//! is then admitted at its own fraction, by the even spread over its own arrivals. So a
+//! tenant flooding low takes only what the others leave, and a tenant sending little is
+//! not refused because another floods. A tenant first seen in an interval is admitted at
+//! the class's fraction until the next adjustment knows its rate. Arrivals are counted per
+//! tenant only while the class is partly admitted: a calm door pays nothing for it. The
+//! split is per `serve` process.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::metrics::Metrics;
 use crate::model::Priority;
@@ -111,6 +123,44 @@ pub struct Admission {
     door_overloaded: AtomicBool,
     /// Intervals in a row the door's delay stood over its target.
     door_streak: AtomicU32,
+    /// Per class, the tenants seen while it was partly admitted.
+    tenants: [RwLock<HashMap<Uuid, Arc<TenantShare>>>; 3],
+}
+
+/// One tenant's share of a partly admitted class.
+struct TenantShare {
+    /// Arrivals in this interval.
+    offered: AtomicU64,
+    /// Arrivals ever, for the even spread.
+    arrivals: AtomicU64,
+    /// Its admitted fraction, in 1/65536; [`UNSET`] until an adjustment has set it.
+    admitted: AtomicU32,
+}
+
+/// A tenant's fraction not computed yet: the class's applies.
+const UNSET: u32 = u32::MAX;
+
+/// Whether the n-th arrival (0-based) is admitted at `fraction` (in 1/65536): the even
+/// spread.
+fn spread(n: u64, fraction: u32) -> bool {
+    let f = u64::from(fraction);
+    ((n + 1) * f) >> 16 > (n * f) >> 16
+}
+
+/// Max-min fair split of `budget` between `offers`: each gets what it offers or the level
+/// the budget fills to, whichever is less. Returns that level (`f64::INFINITY` when every
+/// offer fits).
+fn water_level(offers: &mut [f64], budget: f64) -> f64 {
+    offers.sort_unstable_by(f64::total_cmp);
+    let mut left = budget;
+    for (i, offer) in offers.iter().enumerate() {
+        let share = left / (offers.len() - i) as f64;
+        if *offer > share {
+            return share;
+        }
+        left -= offer;
+    }
+    f64::INFINITY
 }
 
 /// How a request fared at the door.
@@ -133,12 +183,14 @@ impl Admission {
             backlog_min_us: std::array::from_fn(|_| AtomicU64::new(NO_SAMPLE)),
             door_overloaded: AtomicBool::new(false),
             door_streak: AtomicU32::new(0),
+            tenants: Default::default(),
         }
     }
 
-    /// Whether a request of `priority` is admitted now. Cheap: one load while a class is
-    /// wholly admitted or shed, one `fetch_add` while it is partly.
-    pub fn admit(&self, priority: Priority) -> Decision {
+    /// Whether a request of `tenant` at `priority` is admitted now. Cheap: one load while a
+    /// class is wholly admitted or shed; while it is partly, a shared-lock lookup of the
+    /// tenant and two `fetch_add`s.
+    pub fn admit(&self, tenant: Uuid, priority: Priority) -> Decision {
         let c = priority.index();
         let fraction = self.admitted[c].load(Ordering::Relaxed);
         if fraction >= ONE {
@@ -147,12 +199,66 @@ impl Admission {
         if fraction == 0 {
             return Decision::Shed;
         }
-        let n = self.arrivals[c].fetch_add(1, Ordering::Relaxed);
-        let f = u64::from(fraction);
-        if ((n + 1) * f) >> 16 > (n * f) >> 16 {
+        let share = self.share(c, tenant);
+        share.offered.fetch_add(1, Ordering::Relaxed);
+        let (n, fraction) = match share.admitted.load(Ordering::Relaxed) {
+            UNSET => (self.arrivals[c].fetch_add(1, Ordering::Relaxed), fraction),
+            own => (share.arrivals.fetch_add(1, Ordering::Relaxed), own),
+        };
+        if spread(n, fraction) {
             Decision::Admit
         } else {
             Decision::Shed
+        }
+    }
+
+    fn share(&self, class: usize, tenant: Uuid) -> Arc<TenantShare> {
+        if let Some(share) = self.tenants[class]
+            .read()
+            .expect("shares lock")
+            .get(&tenant)
+        {
+            return share.clone();
+        }
+        let mut shares = self.tenants[class].write().expect("shares lock");
+        shares
+            .entry(tenant)
+            .or_insert_with(|| {
+                Arc::new(TenantShare {
+                    offered: AtomicU64::new(0),
+                    arrivals: AtomicU64::new(0),
+                    admitted: AtomicU32::new(UNSET),
+                })
+            })
+            .clone()
+    }
+
+    /// Splits each partly admitted class's budget between its tenants (max-min fair); a
+    /// class wholly admitted or shed forgets them.
+    fn share_out(&self) {
+        for (c, tenants) in self.tenants.iter().enumerate() {
+            let fraction = self.admitted[c].load(Ordering::Relaxed);
+            let mut shares = tenants.write().expect("shares lock");
+            if fraction >= ONE || fraction == 0 {
+                shares.clear();
+                continue;
+            }
+            // A tenant that offered nothing this interval is forgotten.
+            shares.retain(|_, s| s.offered.load(Ordering::Relaxed) > 0);
+            let offers: Vec<f64> = shares
+                .values()
+                .map(|s| s.offered.swap(0, Ordering::Relaxed) as f64)
+                .collect();
+            let budget = offers.iter().sum::<f64>() * f64::from(fraction) / f64::from(ONE);
+            let level = water_level(&mut offers.clone(), budget);
+            for (share, offer) in shares.values().zip(offers) {
+                let own = if offer <= level {
+                    ONE
+                } else {
+                    ((level / offer) * f64::from(ONE)) as u32
+                };
+                share.admitted.store(own.min(ONE), Ordering::Relaxed);
+            }
         }
     }
 
@@ -213,6 +319,7 @@ impl Admission {
         if !self.config.enabled {
             return standing;
         }
+
         let door_over = door.is_some_and(|d| d > self.config.target);
         let streak = if door_over {
             self.door_streak.fetch_add(1, Ordering::Relaxed) + 1
@@ -246,6 +353,8 @@ impl Admission {
                 }
             }
         }
+        // The budget of the fractions just set, split by the arrivals of the interval.
+        self.share_out();
         standing
     }
 
@@ -351,8 +460,43 @@ mod tests {
 
     fn admitted_of(a: &Admission, priority: Priority, n: usize) -> usize {
         (0..n)
-            .filter(|_| a.admit(priority) == Decision::Admit)
+            .filter(|_| a.admit(Uuid::nil(), priority) == Decision::Admit)
             .count()
+    }
+
+    #[test]
+    fn the_water_level_gives_small_offers_in_full_and_splits_the_rest() {
+        assert_eq!(water_level(&mut [10.0, 1000.0], 500.0), 490.0);
+        assert_eq!(water_level(&mut [100.0, 100.0, 1000.0], 600.0), 400.0);
+        assert_eq!(water_level(&mut [300.0, 300.0], 400.0), 200.0);
+        assert_eq!(water_level(&mut [1.0, 2.0], 10.0), f64::INFINITY);
+    }
+
+    #[test]
+    fn a_flooding_tenant_takes_only_what_a_small_one_leaves() {
+        let a = admission();
+        let (flood, small) = (Uuid::now_v7(), Uuid::now_v7());
+        // Low at a tenth: the class's budget is a tenth of what it is offered.
+        a.admitted[Priority::Low.index()].store(ONE / 10, Ordering::Relaxed);
+        let mut admitted = HashMap::<Uuid, usize>::new();
+        for round in 0..5 {
+            let mut took = HashMap::<Uuid, usize>::new();
+            // Per interval the flood offers 2,000, the small tenant 20, interleaved.
+            for i in 0..2_020 {
+                let tenant = if i % 101 == 100 { small } else { flood };
+                if a.admit(tenant, Priority::Low) == Decision::Admit {
+                    *took.entry(tenant).or_default() += 1;
+                }
+            }
+            a.share_out();
+            if round > 0 {
+                admitted = took;
+            }
+        }
+        // The budget is 202 a round: the small tenant's 20 in full, the flood the rest.
+        assert_eq!(admitted[&small], 20, "{admitted:?}");
+        let flood_took = admitted[&flood] as f64;
+        assert!((181.0..=183.0).contains(&flood_took), "{admitted:?}");
     }
 
     #[test]

@@ -89,7 +89,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     // A batch that declares one priority for all its items can be shed unread.
-    if let Some(refusal) = priority_header(&req)?.and_then(|p| shed(state, p)) {
+    if let Some(refusal) = priority_header(&req)?.and_then(|p| shed(state, caller, p)) {
         return Err(refusal);
     }
     let body = read_json_body(state, req).await?;
@@ -163,7 +163,7 @@ where
                 Some(v.priority),
                 ApiError::idempotency_in_progress(),
             )),
-            (Ok(v), _) => match shed(state, v.priority) {
+            (Ok(v), _) => match shed(state, caller, v.priority) {
                 Some(Rejection(priority, e)) => Slot::Failed(reject(state, priority, e)),
                 None => match schedule(state, caller, &v, now, id, trace) {
                     Ok(rx) => {

@@ -422,8 +422,8 @@ const PRIORITY_HEADER: &str = "herald-priority";
 
 /// Admission at the door (admission.rs): the 429 `overloaded` to answer while the class is
 /// shed.
-fn shed(state: &State, priority: Priority) -> Option<Rejection> {
-    match state.admission.admit(priority) {
+fn shed(state: &State, caller: &Caller, priority: Priority) -> Option<Rejection> {
+    match state.admission.admit(caller.tenant, priority) {
         Decision::Admit => None,
         Decision::Shed => Some(Rejection(Some(priority), ApiError::overloaded(priority))),
     }

@@ -52,7 +52,7 @@ where
     let header_key = idempotency_header(&req)?;
     // Shed before the body costs a read and a parse, when the client says its priority.
     let hinted = priority_header(&req)?;
-    if let Some(refusal) = hinted.and_then(|p| shed(state, p)) {
+    if let Some(refusal) = hinted.and_then(|p| shed(state, caller, p)) {
         return Err(refusal);
     }
     let body = read_json_body(state, req).await?;
@@ -60,7 +60,7 @@ where
     let mut validated = parse_notification(&body, &caller.limits(state), now)?;
     match hinted {
         None => {
-            if let Some(refusal) = shed(state, validated.priority) {
+            if let Some(refusal) = shed(state, caller, validated.priority) {
                 return Err(refusal);
             }
         }
