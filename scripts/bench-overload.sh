@@ -8,11 +8,17 @@
 #              floods low at N x C from a second loadgen (N in FLOODS: 3 5 10), sending
 #              Herald-Priority so that shed requests are refused before their body is read
 #   mix        the quick start's mix (10/30/60) offered at MIX_RATE (20,000/s)
+#   fair       tenant "app" sends low at FAIR_SHARE (5 %) of C, alone (baseline-low), then
+#              while tenant "bulk" floods low at FAIR_FLOOD (10) x C: app's low is to be
+#              accepted in full, its p99 within 3x of alone
+#   steady     the quick start's mix at STEADY_RATE (2,000/s, about a third of C) for STEADY
+#              (5 min): a user far below capacity should see no 429
 # For each run and priority: offered and achieved rate, accepted, 429s, ingest and
 # end-to-end p50/p99, lost; goodput (accepted and delivered per second, all priorities)
 # against C; the targets' verdicts. Writes overload.md under results/<date>-<rev>/ (the
 # loadgen summaries beside it) and a row to results/README.md.
 # Knobs: DURATION (20s per run), HIGH_RATE (200), FLOODS ("3 5 10"), MIX_RATE (20000),
+# FAIR_SHARE (0.05), FAIR_FLOOD (10), STEADY_RATE (2000), STEADY (300s; 0 skips it),
 # CAPACITY (skip the capacity run), DRAIN (300s: longest wait for deliveries after a run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +27,10 @@ DURATION=${DURATION:-20s}
 HIGH_RATE=${HIGH_RATE:-200}
 FLOODS=${FLOODS:-3 5 10}
 MIX_RATE=${MIX_RATE:-20000}
+export FAIR_SHARE=${FAIR_SHARE:-0.05}
+FAIR_FLOOD=${FAIR_FLOOD:-10}
+STEADY_RATE=${STEADY_RATE:-2000}
+STEADY=${STEADY:-300s}
 DRAIN=${DRAIN:-300s}
 TOOLS=${HERALD_TOOLS:-/opt/herald-tools/bin}
 ADDR=127.0.0.1:18095
@@ -105,6 +115,24 @@ fresh_run mix
 echo "bench-overload: quick-start mix at $MIX_RATE/s" >&2
 load mix "$app_key" --rate "$MIX_RATE" -c 128 --priority-header
 
+fair_rate=$(python3 -c "print(max(1, round($CAPACITY * $FAIR_SHARE)))")
+fresh_run fair-alone
+echo "bench-overload: tenant app's low alone at $fair_rate/s" >&2
+load fair-alone "$app_key" --rate "$fair_rate" --mix low=1 -c 16 --priority-header
+fresh_run fair
+echo "bench-overload: app's low at $fair_rate/s beside bulk's low flood at ${FAIR_FLOOD}x" >&2
+load fair-flood "$bulk_key" --rate $((CAPACITY * FAIR_FLOOD)) --mix low=1 -c 256 --priority-header &
+flooder=$!
+sleep 1
+load fair-app "$app_key" --rate "$fair_rate" --mix low=1 -c 16 --priority-header
+wait "$flooder"
+
+if [ "$STEADY" != 0 ]; then
+  fresh_run steady
+  echo "bench-overload: quick-start mix at $STEADY_RATE/s for $STEADY" >&2
+  DURATION=$STEADY load steady "$app_key" --rate "$STEADY_RATE" -c 64
+fi
+
 # What a refusal costs against an acceptance: every low request refused (a zero target
 # makes any delay count as overload, so low is shed wholly after 1.5 s), then every high
 # request accepted, closed loop; dispatcher and nats-server CPU per request.
@@ -117,9 +145,9 @@ fresh_run cost-accept
 echo "bench-overload: cost of an acceptance" >&2
 cost cost-accept "$app_key" -c 64 --mix high=1
 
-python3 - "$out" "$CAPACITY" "$HIGH_RATE" "$MIX_RATE" "$FLOODS" "$(machine)" "$(git rev-parse --short HEAD)" "$DURATION" <<'PY' >"$out/../overload.md"
+python3 - "$out" "$CAPACITY" "$HIGH_RATE" "$MIX_RATE" "$FLOODS" "$(machine)" "$(git rev-parse --short HEAD)" "$DURATION" "$STEADY" "$STEADY_RATE" <<'PY' >"$out/../overload.md"
 import json, os, sys
-out, capacity, high_rate, mix_rate, floods, machine, rev, duration = sys.argv[1:]
+out, capacity, high_rate, mix_rate, floods, machine, rev, duration, steady, steady_rate = sys.argv[1:]
 capacity, high_rate, mix_rate = float(capacity), float(high_rate), float(mix_rate)
 floods = floods.split()
 
@@ -176,9 +204,9 @@ for n in floods:
         e2e = ((high.get("end_to_end") or {}).get("priorities") or {}).get("high", {}).get("p99_ms", float("nan"))
         verdicts.append(
             f"| {run} | {100 * share:.2f} % {'ok' if share >= 0.999 else 'MISSED'} "
-            f"| {h['ingest']['p99_ms']:.1f} ms vs {max(2 * base_ingest, 10):.1f} {'ok' if h['ingest']['p99_ms'] <= max(2 * base_ingest, 10) else 'MISSED'} "
-            f"| {e2e:.1f} ms vs {max(2 * base_e2e, 50):.1f} {'ok' if e2e <= max(2 * base_e2e, 50) else 'MISSED'} "
-            f"| {100 * goodput / capacity:.0f} % {'ok' if goodput >= 0.8 * capacity else 'MISSED'} "
+            f"| {h['ingest']['p99_ms']:.1f} ms {'ok' if h['ingest']['p99_ms'] <= 25 else 'MISSED'} "
+            f"| {e2e:.1f} ms {'ok' if e2e <= 40 else 'MISSED'} "
+            f"| {100 * goodput / capacity:.0f} % {'ok' if goodput >= 0.75 * capacity else 'MISSED'} "
             f"| {lost} {'ok' if lost == 0 else 'MISSED'} |")
 flood_high = [(n, summary(f"flood-{n}x-high")) for n in floods]
 flood_high = [(n, h) for n, h in flood_high if h]
@@ -194,6 +222,31 @@ with open(os.path.join(out, "headline.txt"), "w") as f:
 lines, mix = rows("mix", "mix", {"high": mix_rate * 0.1, "medium": mix_rate * 0.3, "low": mix_rate * 0.6})
 table += lines
 account("mix", [mix])
+
+fair_lines = []
+alone, app, flood = summary("fair-alone"), summary("fair-app"), summary("fair-flood")
+if alone and app:
+    a_low, f_low = alone["priorities"]["low"], app["priorities"]["low"]
+    share = f_low["accepted"] / max(f_low["requests"], 1)
+    flood_low = (flood or {}).get("priorities", {}).get("low", {})
+    ratio = f_low["ingest"]["p99_ms"] / max(a_low["ingest"]["p99_ms"], 0.001)
+    fair_lines.append(
+        f"| app's low, {a_low['requests_per_sec']:,.0f}/s | {a_low['accepted']:,} of {a_low['requests']:,} "
+        f"| {a_low['ingest']['p99_ms']:.1f} | {f_low['accepted']:,} of {f_low['requests']:,} ({100 * share:.2f} % {'ok' if share >= 0.999 else 'MISSED'}) "
+        f"| {f_low['ingest']['p99_ms']:.1f} ({ratio:.1f}x {'ok' if ratio <= 3 else 'MISSED'}) "
+        f"| {flood_low.get('accepted', 0):,} of {flood_low.get('requests', 0):,} |")
+    _, fair_goodput = account("fair", [app, flood])
+
+steady_lines = []
+st = summary("steady")
+if st:
+    t = st["total"]
+    refused = sum(c["errors_by_status"].get("429", 0) for c in st["priorities"].values())
+    e2e = st.get("end_to_end") or {}
+    steady_lines.append(
+        f"| {steady} at {float(steady_rate):,.0f}/s | {t['requests']:,} | {refused:,} {'ok' if refused == 0 else 'MISSED'} "
+        f"| {t['ingest']['p99_ms']:.1f} | {t['ingest'].get('p999_ms', float('nan')):.1f} | {e2e.get('lost', 0):,} |")
+    account("steady", [st])
 
 cost_rows = []
 if os.path.exists(os.path.join(out, "cost.txt")):
@@ -226,6 +279,22 @@ Goodput: notifications accepted and delivered to the sinks, per second of the ru
 |---|---:|---:|---:|---:|
 {chr(10).join(losses)}
 
+## Fairness between tenants
+
+Tenant app sends low at {100 * float(os.environ.get('FAIR_SHARE', '0.05')):.0f} % of C, alone, then while tenant bulk floods low.
+
+| traffic | accepted alone | ingest p99 alone ms | accepted beside the flood (100 %) | ingest p99 beside it ms (≤ 3x) | the flood's accepted |
+|---|---:|---:|---:|---:|---:|
+{chr(10).join(fair_lines)}
+
+## Far below capacity
+
+The quick start's mix, open loop; no request should be refused.
+
+| run | requests | 429 (0) | ingest p99 ms | ingest p99.9 ms | lost |
+|---|---:|---:|---:|---:|---:|
+{chr(10).join(steady_lines)}
+
 ## What a refusal costs
 
 CPU per request from /proc (user + system), closed loop, from the start of the load until
@@ -241,7 +310,7 @@ recording included).
 
 Unloaded high: ingest p99 {base_ingest:.1f} ms, end-to-end p99 {base_e2e:.1f} ms.
 
-| run | high accepted (≥ 99.9 %) | high ingest p99 (≤ 2x, floor 10 ms) | high e2e p99 (≤ 2x, floor 50 ms) | goodput (≥ 80 % of C) | lost (0) |
+| run | high accepted (≥ 99.9 %) | high ingest p99 (≤ 25 ms) | high e2e p99 (≤ 40 ms) | goodput (≥ 75 % of C) | lost (0) |
 |---|---|---|---|---|---|
 {chr(10).join(verdicts)}
 """)
