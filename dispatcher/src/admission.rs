@@ -48,7 +48,8 @@
 //! is then admitted at its own fraction, by the even spread over its own arrivals. So a
 //! tenant flooding low takes only what the others leave, and a tenant sending little is
 //! not refused because another floods. A tenant first seen in an interval is admitted at
-//! the class's fraction until the next adjustment knows its rate. Arrivals are counted per
+//! the class's fraction until the next adjustment knows its rate; the split is kept while
+//! the class is wholly admitted, for the next time it is not. Arrivals are counted per
 //! tenant only while the class is partly admitted: a calm door pays nothing for it. The
 //! split is per `serve` process.
 
@@ -233,16 +234,17 @@ impl Admission {
             .clone()
     }
 
-    /// Splits each partly admitted class's budget between its tenants (max-min fair); a
-    /// class wholly admitted or shed forgets them.
+    /// Splits each partly admitted class's budget between its tenants (max-min fair). A
+    /// class wholly admitted or shed keeps the last split: when shedding starts again, a
+    /// small tenant is not refused for an interval at the class's fraction, nor a flood let
+    /// in at it, while their rates are counted anew.
     fn share_out(&self) {
         for (c, tenants) in self.tenants.iter().enumerate() {
             let fraction = self.admitted[c].load(Ordering::Relaxed);
-            let mut shares = tenants.write().expect("shares lock");
             if fraction >= ONE || fraction == 0 {
-                shares.clear();
                 continue;
             }
+            let mut shares = tenants.write().expect("shares lock");
             // A tenant that offered nothing this interval is forgotten.
             shares.retain(|_, s| s.offered.load(Ordering::Relaxed) > 0);
             let offers: Vec<f64> = shares
@@ -497,6 +499,25 @@ mod tests {
         assert_eq!(admitted[&small], 20, "{admitted:?}");
         let flood_took = admitted[&flood] as f64;
         assert!((181.0..=183.0).contains(&flood_took), "{admitted:?}");
+
+        // A calm spell, then shedding again: the split is remembered, so the small tenant
+        // is admitted in full from the first interval on, and the flood is held at once.
+        a.admitted[Priority::Low.index()].store(ONE, Ordering::Relaxed);
+        a.share_out();
+        a.admitted[Priority::Low.index()].store(ONE / 10, Ordering::Relaxed);
+        let (mut small_took, mut flood_took) = (0, 0);
+        for i in 0..2_020 {
+            let tenant = if i % 101 == 100 { small } else { flood };
+            if a.admit(tenant, Priority::Low) == Decision::Admit {
+                if tenant == small {
+                    small_took += 1;
+                } else {
+                    flood_took += 1;
+                }
+            }
+        }
+        assert_eq!(small_took, 20);
+        assert!(flood_took <= 183, "{flood_took}");
     }
 
     #[test]
