@@ -245,6 +245,14 @@ impl Admission {
                 continue;
             }
             let mut shares = tenants.write().expect("shares lock");
+            // Nothing was counted: the class was wholly admitted (or shed) in the interval
+            // that just ended, and the split it had before is the best guess.
+            if shares
+                .values()
+                .all(|s| s.offered.load(Ordering::Relaxed) == 0)
+            {
+                continue;
+            }
             // A tenant that offered nothing this interval is forgotten.
             shares.retain(|_, s| s.offered.load(Ordering::Relaxed) > 0);
             let offers: Vec<f64> = shares
@@ -502,9 +510,12 @@ mod tests {
 
         // A calm spell, then shedding again: the split is remembered, so the small tenant
         // is admitted in full from the first interval on, and the flood is held at once.
+        // As `adjust` does it: the split after the calm interval, and again once the class
+        // is cut, before any arrival of the new interval is counted.
         a.admitted[Priority::Low.index()].store(ONE, Ordering::Relaxed);
         a.share_out();
         a.admitted[Priority::Low.index()].store(ONE / 10, Ordering::Relaxed);
+        a.share_out();
         let (mut small_took, mut flood_took) = (0, 0);
         for i in 0..2_020 {
             let tenant = if i % 101 == 100 { small } else { flood };
