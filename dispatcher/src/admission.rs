@@ -114,9 +114,8 @@ pub struct Admission {
     arrivals: [AtomicU64; 3],
     /// Minimum publish sojourn of this interval, µs.
     publish_min_us: AtomicU64,
-    /// Run-queue delay samples of this interval: their sum (µs) and count.
-    lag_sum_us: AtomicU64,
-    lag_samples: AtomicU64,
+    /// The median run-queue delay of this interval, µs ([`NO_SAMPLE`] until one).
+    lag_us: AtomicU64,
     /// Minimum age of first delivery attempts of this interval per class, µs.
     backlog_min_us: [AtomicU64; 3],
     /// The door itself was overloaded in the last interval (not only the pipeline): only
@@ -179,8 +178,7 @@ impl Admission {
             admitted: std::array::from_fn(|_| AtomicU32::new(ONE)),
             arrivals: std::array::from_fn(|_| AtomicU64::new(0)),
             publish_min_us: AtomicU64::new(NO_SAMPLE),
-            lag_sum_us: AtomicU64::new(0),
-            lag_samples: AtomicU64::new(0),
+            lag_us: AtomicU64::new(NO_SAMPLE),
             backlog_min_us: std::array::from_fn(|_| AtomicU64::new(NO_SAMPLE)),
             door_overloaded: AtomicBool::new(false),
             door_streak: AtomicU32::new(0),
@@ -294,10 +292,9 @@ impl Admission {
             .fetch_min(delay.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// The interval's median run-queue delay (the probe in [`Admission::run`]).
     fn runtime_lag(&self, lag: Duration) {
-        self.lag_sum_us
-            .fetch_add(lag.as_micros() as u64, Ordering::Relaxed);
-        self.lag_samples.fetch_add(1, Ordering::Relaxed);
+        self.lag_us.store(lag.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// How long after its acceptance a first delivery attempt of `priority` starts.
@@ -309,11 +306,7 @@ impl Admission {
     /// standing delays it judged by: the door's and the pipeline's.
     pub fn adjust(&self) -> Standing {
         let publish = self.publish_min_us.swap(NO_SAMPLE, Ordering::Relaxed);
-        let lag_sum = self.lag_sum_us.swap(0, Ordering::Relaxed);
-        let lag = match self.lag_samples.swap(0, Ordering::Relaxed) {
-            0 => NO_SAMPLE,
-            n => lag_sum / n,
-        };
+        let lag = self.lag_us.swap(NO_SAMPLE, Ordering::Relaxed);
         // The worse of the two standing delays; no sample of either: no evidence.
         let door = worst([publish, lag]);
         // Classes shed entirely do not count: their backlog is what is left from before.
