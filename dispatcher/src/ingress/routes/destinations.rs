@@ -150,6 +150,16 @@ async fn view(
     })
 }
 
+/// One destination's view, its disabled endpoints read from the bucket for it alone.
+async fn view_alone(
+    kv: &kv::Store,
+    tenant: &Uuid,
+    destination: &str,
+) -> Result<DestinationView, ApiError> {
+    let disabled = disabled_endpoints(kv, &all_keys(kv).await?, tenant).await?;
+    view(kv, tenant, destination, &disabled).await
+}
+
 /// `GET /v1/destinations`: the tenant's destinations with a report or a control.
 #[utoipa::path(
     get,
@@ -199,8 +209,7 @@ pub(super) async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let destination = parse_destination(destination)?;
     let kv = bucket(state).await?;
-    let disabled = disabled_endpoints(&kv, &all_keys(&kv).await?, &caller.tenant).await?;
-    let view = view(&kv, &caller.tenant, &destination, &disabled).await?;
+    let view = view_alone(&kv, &caller.tenant, &destination).await?;
     if view.health.is_none()
         && !view.paused
         && view.rate_per_sec.is_none()
@@ -231,8 +240,7 @@ async fn control(
         let body = serde_json::to_vec(&control).expect("serializable");
         kv.put(&key, body.into()).await.map_err(unavailable)?;
     }
-    let disabled = disabled_endpoints(&kv, &all_keys(&kv).await?, &caller.tenant).await?;
-    let view = view(&kv, &caller.tenant, &destination, &disabled).await?;
+    let view = view_alone(&kv, &caller.tenant, &destination).await?;
     Ok(json_of(StatusCode::OK, &view))
 }
 
