@@ -11,15 +11,20 @@
 #   fair       tenant "app" sends low at FAIR_SHARE (5 %) of C, alone (baseline-low), then
 #              while tenant "bulk" floods low at FAIR_FLOOD (10) x C: app's low is to be
 #              accepted in full, its p99 within 3x of alone
-#   steady     the quick start's mix at STEADY_RATE (2,000/s, about a third of C) for STEADY
+#   honour     the largest flood again, from a client that honours Retry-After (loadgen
+#              --honor-retry-after): the flood's goodput with and without
+#   floor      high beside the largest flood with every low refused: no law can do better
+#   steady     the quick start's mix at STEADY_RATE (a third of C) for STEADY
 #              (5 min): a user far below capacity should see no 429
 # For each run and priority: offered and achieved rate, accepted, 429s, ingest and
 # end-to-end p50/p99, lost; goodput (accepted and delivered per second, all priorities)
 # against C; the targets' verdicts. Writes overload.md under results/<date>-<rev>/ (the
 # loadgen summaries beside it) and a row to results/README.md.
 # Knobs: DURATION (20s per run), HIGH_RATE (200), FLOODS ("3 5 10"), MIX_RATE (20000),
-# FAIR_SHARE (0.05), FAIR_FLOOD (10), STEADY_RATE (2000), STEADY (300s; 0 skips it),
-# CAPACITY (skip the capacity run), DRAIN (300s: longest wait for deliveries after a run).
+# FAIR_SHARE (0.05), FAIR_FLOOD (10), STEADY_RATE (C/3), STEADY (300s), CAPACITY (skip
+# the capacity run), DRAIN (300s: longest wait for deliveries after a run); MIX_RATE,
+# FAIR_FLOOD, STEADY, HONOUR, FLOOR or COST at 0 skips that run. ARGS: more arguments for
+# every `dispatcher run` (e.g. "--overload-headroom 0").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HERALD_WEBHOOK_ALLOW_NETS=${HERALD_WEBHOOK_ALLOW_NETS:-127.0.0.0/8,::1}
@@ -29,7 +34,6 @@ FLOODS=${FLOODS:-3 5 10}
 MIX_RATE=${MIX_RATE:-20000}
 export FAIR_SHARE=${FAIR_SHARE:-0.05}
 FAIR_FLOOD=${FAIR_FLOOD:-10}
-STEADY_RATE=${STEADY_RATE:-2000}
 STEADY=${STEADY:-300s}
 DRAIN=${DRAIN:-300s}
 TOOLS=${HERALD_TOOLS:-/opt/herald-tools/bin}
@@ -55,8 +59,9 @@ fresh_run() {
   bulk_key=$("$bin" key create --tenant bulk --pg-schema "$prefix" |
     sed -E 's/.*"key":"([^"]+)".*/\1/')
   local name=$1; shift
+  # shellcheck disable=SC2086
   role "run-$name" "http://$ADDR/readyz" run --listen "$ADDR" --prefix "$prefix" \
-    --pg-schema "$prefix" --mongo-db "$prefix" "$@"
+    --pg-schema "$prefix" --mongo-db "$prefix" ${ARGS:-} "$@"
   dispatcher=$(cat "$work/run-$name.pid")
 }
 
@@ -95,6 +100,7 @@ if [ -z "${CAPACITY:-}" ]; then
 fi
 echo "bench-overload: capacity $CAPACITY req/s" >&2
 echo "$CAPACITY" >"$out/capacity.txt"
+STEADY_RATE=${STEADY_RATE:-$((CAPACITY / 3))}
 
 fresh_run baseline
 echo "bench-overload: high alone at $HIGH_RATE/s" >&2
@@ -111,21 +117,51 @@ for n in $FLOODS; do
   wait "$flooder"
 done
 
-fresh_run mix
-echo "bench-overload: quick-start mix at $MIX_RATE/s" >&2
-load mix "$app_key" --rate "$MIX_RATE" -c 128 --priority-header
+if [ "${HONOUR:-1}" != 0 ]; then
+  n=${FLOODS##* }
+  fresh_run honour
+  echo "bench-overload: high beside a ${n}x flood that honours Retry-After" >&2
+  load honour-low "$bulk_key" --rate $((CAPACITY * n)) --mix low=1 -c 256 --priority-header \
+    --honor-retry-after &
+  flooder=$!
+  sleep 1
+  load honour-high "$app_key" --rate "$HIGH_RATE" --mix high=1 -c 16
+  wait "$flooder"
+fi
 
-fair_rate=$(python3 -c "print(max(1, round($CAPACITY * $FAIR_SHARE)))")
-fresh_run fair-alone
-echo "bench-overload: tenant app's low alone at $fair_rate/s" >&2
-load fair-alone "$app_key" --rate "$fair_rate" --mix low=1 -c 16 --priority-header
-fresh_run fair
-echo "bench-overload: app's low at $fair_rate/s beside bulk's low flood at ${FAIR_FLOOD}x" >&2
-load fair-flood "$bulk_key" --rate $((CAPACITY * FAIR_FLOOD)) --mix low=1 -c 256 --priority-header &
-flooder=$!
-sleep 1
-load fair-app "$app_key" --rate "$fair_rate" --mix low=1 -c 16 --priority-header
-wait "$flooder"
+# The floor: the same high beside the largest flood with every low request refused (a zero
+# target keeps low shed wholly), so no admission law can make high faster than this here.
+if [ "${FLOOR:-1}" != 0 ]; then
+  n=${FLOODS##* }
+  fresh_run floor --overload-target 0s
+  sleep 3
+  echo "bench-overload: the floor: high beside a ${n}x flood refused wholly" >&2
+  load floor-low "$bulk_key" --rate $((CAPACITY * n)) --mix low=1 -c 256 --priority-header &
+  flooder=$!
+  sleep 1
+  load floor-high "$app_key" --rate "$HIGH_RATE" --mix high=1 -c 16
+  wait "$flooder"
+fi
+
+if [ "$MIX_RATE" != 0 ]; then
+  fresh_run mix
+  echo "bench-overload: quick-start mix at $MIX_RATE/s" >&2
+  load mix "$app_key" --rate "$MIX_RATE" -c 128 --priority-header
+fi
+
+if [ "$FAIR_FLOOD" != 0 ]; then
+  fair_rate=$(python3 -c "print(max(1, round($CAPACITY * $FAIR_SHARE)))")
+  fresh_run fair-alone
+  echo "bench-overload: tenant app's low alone at $fair_rate/s" >&2
+  load fair-alone "$app_key" --rate "$fair_rate" --mix low=1 -c 16 --priority-header
+  fresh_run fair
+  echo "bench-overload: app's low at $fair_rate/s beside bulk's low flood at ${FAIR_FLOOD}x" >&2
+  load fair-flood "$bulk_key" --rate $((CAPACITY * FAIR_FLOOD)) --mix low=1 -c 256 --priority-header &
+  flooder=$!
+  sleep 1
+  load fair-app "$app_key" --rate "$fair_rate" --mix low=1 -c 16 --priority-header
+  wait "$flooder"
+fi
 
 if [ "$STEADY" != 0 ]; then
   fresh_run steady
@@ -137,13 +173,15 @@ fi
 # makes any delay count as overload, so low is shed wholly after 1.5 s), then every high
 # request accepted, closed loop; dispatcher and nats-server CPU per request.
 : >"$out/cost.txt"
-fresh_run cost-refuse --overload-target 0s
-sleep 3
-echo "bench-overload: cost of a refusal" >&2
-cost cost-refuse "$bulk_key" -c 256 --mix low=1 --priority-header
-fresh_run cost-accept
-echo "bench-overload: cost of an acceptance" >&2
-cost cost-accept "$app_key" -c 64 --mix high=1
+if [ "${COST:-1}" != 0 ]; then
+  fresh_run cost-refuse --overload-target 0s
+  sleep 3
+  echo "bench-overload: cost of a refusal" >&2
+  cost cost-refuse "$bulk_key" -c 256 --mix low=1 --priority-header
+  fresh_run cost-accept
+  echo "bench-overload: cost of an acceptance" >&2
+  cost cost-accept "$app_key" -c 64 --mix high=1
+fi
 
 python3 - "$out" "$CAPACITY" "$HIGH_RATE" "$MIX_RATE" "$FLOODS" "$(machine)" "$(git rev-parse --short HEAD)" "$DURATION" "$STEADY" "$STEADY_RATE" <<'PY' >"$out/../overload.md"
 import json, os, sys
@@ -208,6 +246,34 @@ for n in floods:
             f"| {e2e:.1f} ms {'ok' if e2e <= 40 else 'MISSED'} "
             f"| {100 * goodput / capacity:.0f} % {'ok' if goodput >= 0.75 * capacity else 'MISSED'} "
             f"| {lost} {'ok' if lost == 0 else 'MISSED'} |")
+l1, honour_low = rows(f"flood {floods[-1]}x, honouring Retry-After", "honour-low", {"low": capacity * int(floods[-1])})
+l2, honour_high = rows(f"flood {floods[-1]}x, honouring Retry-After", "honour-high", {"high": high_rate})
+table += l2 + l1
+honour_lines = []
+if honour_low:
+    account("honour", [honour_low, honour_high])
+    def flood_goodput(s):
+        if not s:
+            return float("nan")
+        secs = s["measured_seconds"] + s["warmup_seconds"]
+        return (s.get("end_to_end") or {}).get("delivered", 0) / secs
+    plain = summary(f"flood-{floods[-1]}x-low")
+    hl = honour_low["priorities"]["low"]
+    for label, s in (("ignores Retry-After (resends at once)", plain), ("honours Retry-After", honour_low)):
+        if s:
+            c = s["priorities"]["low"]
+            h = summary("honour-high" if s is honour_low else f"flood-{floods[-1]}x-high")
+            hp = h["priorities"]["high"]["ingest"]["p99_ms"] if h else float("nan")
+            honour_lines.append(
+                f"| {label} | {c['requests']:,} | {c.get('deferred', 0):,} | {c['accepted']:,} "
+                f"| {c['errors_by_status'].get('429', 0):,} | {flood_goodput(s):,.0f} | {hp:.1f} |")
+l1, floor_low = rows("floor", "floor-low", {"low": capacity * int(floods[-1])})
+l2, floor_high = rows("floor", "floor-high", {"high": high_rate})
+table += l2 + l1
+if floor_high:
+    account("floor", [floor_low, floor_high])
+floor_ingest = floor_high["priorities"]["high"]["ingest"]["p99_ms"] if floor_high else float("nan")
+floor_e2e = ((floor_high or {}).get("end_to_end") or {}).get("priorities", {}).get("high", {}).get("p99_ms", float("nan"))
 flood_high = [(n, summary(f"flood-{n}x-high")) for n in floods]
 flood_high = [(n, h) for n, h in flood_high if h]
 def e2e_p99(s):
@@ -279,6 +345,16 @@ Goodput: notifications accepted and delivered to the sinks, per second of the ru
 |---|---:|---:|---:|---:|
 {chr(10).join(losses)}
 
+## The flood's own view
+
+The {floods[-1]}x flood from a client that resends at once, and from one that honours Retry-After
+(sends nothing of low until it has passed; the sends due meanwhile are deferred). Goodput:
+the flood's notifications delivered per second of its run.
+
+| flood client | requests sent | deferred | accepted | 429 | goodput/s | high's ingest p99 beside it ms |
+|---|---:|---:|---:|---:|---:|---:|
+{chr(10).join(honour_lines)}
+
 ## Fairness between tenants
 
 Tenant app sends low at {100 * float(os.environ.get('FAIR_SHARE', '0.05')):.0f} % of C, alone, then while tenant bulk floods low.
@@ -308,7 +384,9 @@ recording included).
 
 ## Targets
 
-Unloaded high: ingest p99 {base_ingest:.1f} ms, end-to-end p99 {base_e2e:.1f} ms.
+Unloaded high: ingest p99 {base_ingest:.1f} ms, end-to-end p99 {base_e2e:.1f} ms. The floor, high
+beside the {floods[-1]}x flood with every low refused: ingest p99 {floor_ingest:.1f} ms, end-to-end p99
+{floor_e2e:.1f} ms.
 
 | run | high accepted (≥ 99.9 %) | high ingest p99 (≤ 25 ms) | high e2e p99 (≤ 40 ms) | goodput (≥ 75 % of C) | lost (0) |
 |---|---|---|---|---|---|

@@ -386,6 +386,12 @@ async fn start_ingress(
             .clone()
             .run(metrics.clone(), stop_background.clone()),
     );
+    let due = tokio::spawn(poll_due_backlog(
+        js.clone(),
+        names.clone(),
+        admission.clone(),
+        stop_background.clone(),
+    ));
     let publisher = Publisher::start(
         js.clone(),
         names.clone(),
@@ -408,10 +414,37 @@ async fn start_ingress(
         metrics,
         spans,
         dependencies: Some(dependencies.clone()),
-        background: vec![supervisor, controller],
+        background: vec![supervisor, controller, due],
         stop_background,
     };
     Ingress::start(listener, config, door)
+}
+
+/// Feeds admission the delivery consumers' due backlog, once a second while requests
+/// arrive: the pipeline's signal where delivery runs elsewhere (`serve` alone). An idle
+/// door asks nothing.
+async fn poll_due_backlog(
+    js: async_nats::jetstream::Context,
+    names: Names,
+    admission: Arc<Admission>,
+    stop: CancellationToken,
+) {
+    const EVERY: Duration = Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(EVERY) => {}
+        }
+        if !admission.busy() {
+            continue;
+        }
+        let due = jetstream::due_backlog(&js, &names).await;
+        for priority in crate::model::Priority::ALL {
+            if let Some(messages) = due[priority.index()] {
+                admission.due_backlog(priority, messages);
+            }
+        }
+    }
 }
 
 /// The span export `otlp` asks for, or none.

@@ -201,7 +201,7 @@ impl ApiError {
 
     /// The door sheds this class to keep higher ones fast (admission.rs); its code is
     /// [`OVERLOADED`].
-    pub fn overloaded(priority: crate::model::Priority) -> Self {
+    pub fn overloaded(priority: crate::model::Priority, retry_after: u32) -> Self {
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             OVERLOADED,
@@ -209,7 +209,7 @@ impl ApiError {
                 "Herald is overloaded and sheds {priority} priority first; retry after Retry-After, with jitter"
             ),
         );
-        e.retry_after = Some(1);
+        e.retry_after = Some(retry_after);
         e
     }
 

@@ -551,6 +551,25 @@ impl Default for NatsConfig {
 /// Deletes every stream of `names` (with their consumers and key-value buckets): the
 /// names deleted, and one line per stream NATS refused to delete. A stream that is not
 /// there is neither.
+/// Per priority, the messages its delivery consumer has not handed to any worker yet: due
+/// work. A scheduled or held message was handed out already (it waits NAKed or in HOLD), so
+/// it never counts. `None` for a priority whose consumer does not exist yet.
+pub async fn due_backlog(js: &jetstream::Context, names: &Names) -> [Option<u64>; 3] {
+    let Ok(stream) = js.get_stream_no_info(&names.notify_stream).await else {
+        return [None; 3];
+    };
+    let mut due = [None; 3];
+    for priority in Priority::ALL {
+        if let Ok(info) = stream
+            .consumer_info(names.delivery_consumer(priority))
+            .await
+        {
+            due[priority.index()] = Some(info.num_pending);
+        }
+    }
+    due
+}
+
 pub async fn delete_streams(js: &jetstream::Context, names: &Names) -> (Vec<String>, Vec<String>) {
     let buckets = names.buckets().map(|b| format!("KV_{b}"));
     let streams = [

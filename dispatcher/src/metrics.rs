@@ -35,6 +35,7 @@ pub struct Metrics {
     pub connections_closed_idle: IntCounter,
     pub connections_closed_header_timeout: IntCounter,
     admission_delay: Gauge,
+    admission_ceiling: Gauge,
     admission_backlog: Gauge,
     admission_fraction: [Gauge; 3],
     record_lag: IntGaugeVec,
@@ -240,15 +241,20 @@ impl Metrics {
             "Standing delay of the last interval (the larger of the minimum publish sojourn and the minimum runtime lag) that admission judges overload by",
         )
         .expect("valid metric");
+        let admission_ceiling = Gauge::new(
+            "herald_admission_ceiling_per_second",
+            "The door's ceiling on the admitted rate of all priorities together (0: none, nothing is shed)",
+        )
+        .expect("valid metric");
         let admission_backlog = Gauge::new(
             "herald_admission_backlog_seconds",
-            "Standing delivery backlog of the last interval (the largest per-class minimum age of first attempts; dispatcher run only)",
+            "Standing delivery backlog of the last interval: per class the larger of the minimum age of first attempts (dispatcher run) and the due messages over the admitted rate; the largest class",
         )
         .expect("valid metric");
         let admission_fraction = GaugeVec::new(
             Opts::new(
                 "herald_admission_fraction",
-                "Share of each priority's requests the door admits now (1: all; below 1: shedding)",
+                "Share of each priority's requests the door admitted in the last interval (1: all; below 1: shedding)",
             ),
             &["priority"],
         )
@@ -295,6 +301,7 @@ impl Metrics {
             Box::new(connections_refused.clone()),
             Box::new(connections_closed.clone()),
             Box::new(admission_delay.clone()),
+            Box::new(admission_ceiling.clone()),
             Box::new(admission_backlog.clone()),
             Box::new(admission_fraction.clone()),
         ];
@@ -357,6 +364,7 @@ impl Metrics {
             connections_closed_header_timeout: connections_closed
                 .with_label_values(&["header_timeout"]),
             admission_delay,
+            admission_ceiling,
             admission_backlog,
             admission_fraction: per_priority(|p| {
                 admission_fraction.with_label_values(&[p.as_str()])
@@ -402,7 +410,14 @@ impl Metrics {
     }
 
     /// The admission controller's last judgement: standing delays and admitted fractions.
-    pub fn admission(&self, door_seconds: f64, backlog_seconds: f64, fractions: [f64; 3]) {
+    pub fn admission(
+        &self,
+        door_seconds: f64,
+        backlog_seconds: f64,
+        fractions: [f64; 3],
+        ceiling: f64,
+    ) {
+        self.admission_ceiling.set(ceiling);
         self.admission_delay.set(door_seconds);
         self.admission_backlog.set(backlog_seconds);
         for (gauge, fraction) in self.admission_fraction.iter().zip(fractions) {

@@ -69,6 +69,11 @@ pub struct Cli {
     /// Herald can refuse it before reading the body.
     #[arg(long)]
     pub priority_header: bool,
+    /// Behave as a client that honours `Retry-After`: after a 429 that carries one, send
+    /// nothing of that priority until it has passed. Open loop: the sends due meanwhile
+    /// are reported as `deferred`, not made.
+    #[arg(long)]
+    pub honor_retry_after: bool,
     /// `steady`, `overload` (needs --capacity), `burst`, or a TOML file of phases.
     #[arg(long)]
     pub scenario: Option<String>,

@@ -85,6 +85,7 @@ async fn run(cli: Cli, model: LoadModel) -> anyhow::Result<bool> {
         h2: cli.h2,
         api_key: cli.api_key.clone(),
         priority_header: cli.priority_header,
+        honor_retry_after: cli.honor_retry_after,
         body: BodyBuilder {
             run: run_id,
             channel: cli.channel,

@@ -46,6 +46,10 @@ pub struct ClassSummary {
     pub ok: u64,
     /// Notifications accepted (202) by the target.
     pub accepted: u64,
+    /// Sends not made while a 429's Retry-After ran (`--honor-retry-after`).
+    pub deferred: u64,
+    /// Sends loadgen could not make before its schedule ended (it could not offer the rate).
+    pub unsent: u64,
     pub errors: u64,
     pub errors_by_status: BTreeMap<String, u64>,
     pub errors_by_transport: BTreeMap<String, u64>,
@@ -153,6 +157,8 @@ pub fn summarize(
                 requests_per_sec: t.requests as f64 / secs,
                 ok: t.ok,
                 accepted: t.accepted,
+                deferred: t.deferred,
+                unsent: t.unsent,
                 errors: t.errors(),
                 errors_by_status: t
                     .by_status

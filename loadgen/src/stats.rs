@@ -60,6 +60,10 @@ struct Class {
     requests: AtomicU64,
     ok: AtomicU64,
     accepted: AtomicU64,
+    /// Sends not made: the target's Retry-After was still running.
+    deferred: AtomicU64,
+    /// Sends not made: loadgen could not make them before its schedule ended.
+    unsent: AtomicU64,
     errors: Mutex<Errors>,
 }
 
@@ -71,6 +75,8 @@ impl Class {
             requests: AtomicU64::new(0),
             ok: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
+            deferred: AtomicU64::new(0),
+            unsent: AtomicU64::new(0),
             errors: Mutex::new(Errors::default()),
         }
     }
@@ -95,6 +101,8 @@ pub struct ClassTotals {
     pub requests: u64,
     pub ok: u64,
     pub accepted: u64,
+    pub deferred: u64,
+    pub unsent: u64,
     pub by_status: BTreeMap<u16, u64>,
     pub by_transport: BTreeMap<&'static str, u64>,
 }
@@ -141,6 +149,20 @@ impl Stats {
         }
     }
 
+    /// A send not made because the target asked to wait (`--honor-retry-after`).
+    pub fn deferred(&self, priority: Priority) {
+        self.classes[priority.index()]
+            .deferred
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A send loadgen could not make before its schedule ended.
+    pub fn unsent(&self, priority: Priority) {
+        self.classes[priority.index()]
+            .unsent
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The latency histogram of the whole run.
     pub fn histogram(&self, priority: Priority) -> Histogram<u64> {
         self.classes[priority.index()]
@@ -165,6 +187,8 @@ impl Stats {
             requests: class.requests.load(Ordering::Relaxed),
             ok: class.ok.load(Ordering::Relaxed),
             accepted: class.accepted.load(Ordering::Relaxed),
+            deferred: class.deferred.load(Ordering::Relaxed),
+            unsent: class.unsent.load(Ordering::Relaxed),
             by_status: errors.by_status.clone(),
             by_transport: errors
                 .by_transport

@@ -57,6 +57,9 @@ pub struct LoadConfig {
     pub api_key: Option<String>,
     /// Send `Herald-Priority` with every request (early shedding).
     pub priority_header: bool,
+    /// After a 429 with `Retry-After`, make no send of that priority until it has passed
+    /// (open loop: the sends due meanwhile are counted as deferred, not made).
+    pub honor_retry_after: bool,
     pub body: BodyBuilder,
     /// Keep the ids Herald accepted (for the sink's accounting).
     pub track_ids: bool,
@@ -109,6 +112,8 @@ struct Shared {
     /// Unix time (ns) of `origin`, to stamp payloads with wall-clock send times.
     origin: Instant,
     origin_unix_ns: u128,
+    /// Per priority, ns since `origin` before which nothing is sent (`honor_retry_after`).
+    paused_until: [AtomicU64; 3],
 }
 
 /// Runs the load to completion, recording into `stats` (which a monitor may read meanwhile).
@@ -151,6 +156,7 @@ pub async fn run(config: LoadConfig, stats: Arc<Stats>) -> anyhow::Result<RunRes
         seq: AtomicU64::new(0),
         origin,
         origin_unix_ns,
+        paused_until: Default::default(),
         config,
     });
     // Without a sink (send times) or idempotency keys (one per notification) every request
@@ -210,6 +216,11 @@ async fn open_loop(shared: &Arc<Shared>, phases: Vec<Phase>) {
         }
     }
     schedule.extend(phases.into_iter().map(|p| (p, true)));
+    // A send still queued a second after the schedule's end is not made: a loadgen that
+    // cannot offer its rate would otherwise flood on long after the run it measures (and
+    // after every other loadgen beside it has stopped). Those are counted as unsent.
+    let send_until =
+        start + schedule.iter().map(|(p, _)| p.duration).sum::<Duration>() + Duration::from_secs(1);
     let generator = std::thread::spawn(move || {
         let mut phase_start = start;
         for (phase, record) in schedule {
@@ -255,6 +266,18 @@ async fn open_loop(shared: &Arc<Shared>, phases: Vec<Phase>) {
         async move {
             let mut transport = Transport::new(&shared);
             while let Ok(event) = rx.recv().await {
+                if Instant::now() > send_until {
+                    if event.record {
+                        shared.stats.unsent(event.priority);
+                    }
+                    continue;
+                }
+                if shared.paused(event.priority) {
+                    if event.record {
+                        shared.stats.deferred(event.priority);
+                    }
+                    continue;
+                }
                 let outcome = send(&shared, &mut transport, event.priority, event.intended).await;
                 if event.record {
                     shared
@@ -362,6 +385,32 @@ pub fn priority_sequence(mix: Mix, len: usize) -> Vec<Priority> {
         .collect()
 }
 
+/// One HTTP answer.
+struct Answer {
+    status: u16,
+    /// `Retry-After` in seconds (the delay form; an HTTP date is not sent by Herald).
+    retry_after: Option<u32>,
+    body: Bytes,
+}
+
+fn seconds(value: &[u8]) -> Option<u32> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
+}
+
+impl Shared {
+    /// Whether sends of `priority` wait for a Retry-After now.
+    fn paused(&self, priority: Priority) -> bool {
+        let until = self.paused_until[priority.index()].load(Ordering::Relaxed);
+        until > 0 && (self.origin.elapsed().as_nanos() as u64) < until
+    }
+
+    /// No send of `priority` for `wait` from now (a later pause is kept).
+    fn pause(&self, priority: Priority, wait: Duration) {
+        let until = (self.origin.elapsed() + wait).as_nanos() as u64;
+        self.paused_until[priority.index()].fetch_max(until, Ordering::Relaxed);
+    }
+}
+
 /// How one worker reaches the target: its own HTTP/1.1 connection spoken directly (a
 /// request written in one call, the answer parsed with httparse, as wrk does: no pool, no
 /// hand-off to a connection task), or an h2 client of the worker's thread.
@@ -380,7 +429,7 @@ struct H1 {
 
 impl H1 {
     /// Writes one request and reads one answer (`Content-Length` framed).
-    async fn exchange(&mut self, request: &[u8]) -> Result<(u16, Bytes), TransportError> {
+    async fn exchange(&mut self, request: &[u8]) -> Result<Answer, TransportError> {
         let answer = self.exchange_once(request).await;
         match answer {
             Ok(_) => self.exchanges += 1,
@@ -392,7 +441,7 @@ impl H1 {
         answer
     }
 
-    async fn exchange_once(&mut self, request: &[u8]) -> Result<(u16, Bytes), TransportError> {
+    async fn exchange_once(&mut self, request: &[u8]) -> Result<Answer, TransportError> {
         use tokio::io::AsyncWriteExt;
         self.buf.clear();
         self.stream
@@ -405,6 +454,11 @@ impl H1 {
             match response.parse(&self.buf) {
                 Ok(httparse::Status::Complete(head)) => {
                     let status = response.code.unwrap_or(0);
+                    let retry_after = response
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("retry-after"))
+                        .and_then(|h| seconds(h.value));
                     let length = response
                         .headers
                         .iter()
@@ -421,7 +475,11 @@ impl H1 {
                         self.read_more().await?;
                     }
                     let body = Bytes::copy_from_slice(&self.buf[head..head + length]);
-                    return Ok((status, body));
+                    return Ok(Answer {
+                        status,
+                        retry_after,
+                        body,
+                    });
                 }
                 Ok(httparse::Status::Partial) => self.read_more().await?,
                 Err(_) => return Err(TransportError::Io),
@@ -462,7 +520,7 @@ impl Transport {
         shared: &Shared,
         priority: Priority,
         body: Bytes,
-    ) -> Result<(u16, Bytes), TransportError> {
+    ) -> Result<Answer, TransportError> {
         match self {
             Transport::H2(client) => {
                 let mut request = http::Request::post(shared.uri.clone())
@@ -488,12 +546,20 @@ impl Transport {
                     }
                 })?;
                 let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| seconds(v.as_bytes()));
                 let body = response
                     .into_body()
                     .collect()
                     .await
                     .map_err(|_| TransportError::Io)?;
-                Ok((status, body.to_bytes()))
+                Ok(Answer {
+                    status,
+                    retry_after,
+                    body: body.to_bytes(),
+                })
             }
             Transport::H1(slot) => {
                 if slot.is_none() {
@@ -577,7 +643,7 @@ async fn send(
     let keep =
         (config.resend_every > 0 && config.body.batch == 0 && seq % config.resend_every == 0)
             .then(|| body.clone());
-    let (status, body) = match tokio::time::timeout(
+    let answer = match tokio::time::timeout(
         config.timeout,
         transport.exchange(shared, priority, body),
     )
@@ -593,6 +659,14 @@ async fn send(
         Ok(Err(kind)) => return Outcome::Failed(kind),
         Ok(Ok(answer)) => answer,
     };
+    let Answer {
+        status,
+        retry_after,
+        body,
+    } = answer;
+    if let (true, 429, Some(wait)) = (config.honor_retry_after, status, retry_after) {
+        shared.pause(priority, Duration::from_secs(u64::from(wait)));
+    }
     let batch = config.body.batch > 0;
     if let (Some(sent), 202) = (keep, status) {
         if let Some(id) = accepted_ids(&body, false).into_iter().next() {

@@ -75,6 +75,7 @@ fn config(addr: SocketAddr, model: LoadModel, connections: usize) -> LoadConfig 
         h2: false,
         api_key: None,
         priority_header: false,
+        honor_retry_after: false,
         body: BodyBuilder {
             run: "test".into(),
             channel: Channel::Webhook,

@@ -12,8 +12,9 @@
 #                               polls URL (a /readyz) every 0.1 s until it answers 2xx;
 #                               fails after SECONDS (10) or as soon as PID has exited
 # prepare_roles                 services up, dispatcher and loadgen built for $PROFILE
-#                               (debug|release); sets bin ($BIN when set: another
-#                               build, for A/B runs), loadgen, work (a scratch directory)
+#                               (debug|release; NO_BUILD=1 skips the build); sets bin
+#                               ($BIN when set: another build, for A/B runs), loadgen
+#                               ($LOADGEN when set), work (a scratch directory)
 #                               and empty arrays pids and prefixes
 # role NAME HEALTH_URL ARGS...  starts `dispatcher ARGS`, waits for HEALTH_URL; pid in
 #                               $work/NAME.pid, log in $work/NAME.log; a serve or run
@@ -91,9 +92,10 @@ prepare_roles() {
   bash scripts/services.sh >/dev/null
   local flag=()
   [ "$PROFILE" = release ] && flag=(--release)
-  cargo build "${flag[@]}" --locked -p dispatcher -p loadgen --bin dispatcher --bin loadgen 2>&1 | tail -1
+  [ -n "${NO_BUILD:-}" ] ||
+    cargo build "${flag[@]}" --locked -p dispatcher -p loadgen --bin dispatcher --bin loadgen 2>&1 | tail -1
   bin=${BIN:-$PWD/target/$PROFILE/dispatcher}
-  loadgen=$PWD/target/$PROFILE/loadgen
+  loadgen=${LOADGEN:-$PWD/target/$PROFILE/loadgen}
   work=$(mktemp -d)
   pids=()
   prefixes=()

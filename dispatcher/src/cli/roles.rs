@@ -74,11 +74,16 @@ pub struct ServeArgs {
     /// which the door is overloaded.
     #[arg(long, env = "HERALD_OVERLOAD_TARGET", default_value_t = human(admission().target))]
     overload_target: Human,
-    /// Standing delivery backlog (age of first attempts, per class) above which the
-    /// pipeline counts as overloaded; only `dispatcher run`, where delivery shares the
-    /// door's process.
+    /// Standing delivery backlog above which the pipeline counts as overloaded: per class,
+    /// the age of first attempts (`dispatcher run`) or the due messages over the admitted
+    /// rate (polled from JetStream every second).
     #[arg(long, env = "HERALD_OVERLOAD_BACKLOG", default_value_t = human(admission().backlog_target))]
     overload_backlog: Human,
+    /// Share of the capacity measured when overload began that the door keeps free while
+    /// it sheds (0 to 0.9): queues stay short and high stays fast. 0: admit up to
+    /// capacity, goodput first.
+    #[arg(long, env = "HERALD_OVERLOAD_HEADROOM", default_value_t = admission().headroom, value_parser = parse_headroom)]
+    overload_headroom: f64,
     /// How long a request refused as `overloaded` waits for its 429: a flood that resends
     /// at once is paced to one request per hold per connection, so refusing it stays
     /// cheap (0: answer at once).
@@ -161,6 +166,7 @@ impl ServeArgs {
                 backlog_target: self.overload_backlog.into(),
                 interval: self.overload_interval.into(),
                 refusal_hold: self.overload_refusal_hold.into(),
+                headroom: self.overload_headroom,
             },
             store: store_of(self.pg, self.redis, mongo),
             migrate: self.migrate,
@@ -473,5 +479,12 @@ impl From<RunArgs> for RunConfig {
             delivery: a.delivery.into(),
             recorder: a.recorder.into(),
         }
+    }
+}
+
+fn parse_headroom(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(share) if (0.0..=0.9).contains(&share) => Ok(share),
+        _ => Err(format!("{text:?} is not a share from 0 to 0.9")),
     }
 }

@@ -425,7 +425,10 @@ const PRIORITY_HEADER: &str = "herald-priority";
 fn shed(state: &State, caller: &Caller, priority: Priority) -> Option<Rejection> {
     match state.admission.admit(caller.tenant, priority) {
         Decision::Admit => None,
-        Decision::Shed => Some(Rejection(Some(priority), ApiError::overloaded(priority))),
+        Decision::Shed { retry_after } => Some(Rejection(
+            Some(priority),
+            ApiError::overloaded(priority, retry_after),
+        )),
     }
 }
 
