@@ -13,6 +13,7 @@
 #              accepted in full, its p99 within 3x of alone
 #   honour     the largest flood again, from a client that honours Retry-After (loadgen
 #              --honor-retry-after): the flood's goodput with and without
+#   sweep-H    the SWEEP_FLOOD (3) x flood at each --overload-headroom H of HEADROOMS
 #   floor      high beside the largest flood with every low refused: no law can do better
 #   steady     the quick start's mix at STEADY_RATE (a third of C) for STEADY
 #              (5 min): a user far below capacity should see no 429
@@ -23,7 +24,8 @@
 # Knobs: DURATION (20s per run), HIGH_RATE (200), FLOODS ("3 5 10"), MIX_RATE (20000),
 # FAIR_SHARE (0.05), FAIR_FLOOD (10), STEADY_RATE (C/3), STEADY (300s), CAPACITY (skip
 # the capacity run), DRAIN (300s: longest wait for deliveries after a run); MIX_RATE,
-# FAIR_FLOOD, STEADY, HONOUR, FLOOR or COST at 0 skips that run. ARGS: more arguments for
+# FAIR_FLOOD, STEADY, HONOUR, FLOOR or COST at 0 skips that run. HEADROOMS ("0 0.2 0.4
+# 0.6"; empty skips) and SWEEP_FLOOD (3): the sweep of --overload-headroom. ARGS: more arguments for
 # every `dispatcher run` (e.g. "--overload-headroom 0").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +35,8 @@ HIGH_RATE=${HIGH_RATE:-200}
 FLOODS=${FLOODS:-3 5 10}
 MIX_RATE=${MIX_RATE:-20000}
 export FAIR_SHARE=${FAIR_SHARE:-0.05}
+export HEADROOMS=${HEADROOMS-0 0.2 0.4 0.6}
+export SWEEP_FLOOD=${SWEEP_FLOOD:-3}
 FAIR_FLOOD=${FAIR_FLOOD:-10}
 STEADY=${STEADY:-300s}
 DRAIN=${DRAIN:-300s}
@@ -142,6 +146,19 @@ if [ "${FLOOR:-1}" != 0 ]; then
   load floor-high "$app_key" --rate "$HIGH_RATE" --mix high=1 -c 16
   wait "$flooder"
 fi
+
+# The trade between high's latency and goodput: the 3x flood again at each headroom of
+# HEADROOMS ("0 0.2 0.4 0.6"; empty skips it).
+for h in $HEADROOMS; do
+  n=$SWEEP_FLOOD
+  fresh_run "sweep-$h" --overload-headroom "$h"
+  echo "bench-overload: headroom $h, high beside a ${n}x flood" >&2
+  load "sweep-$h-low" "$bulk_key" --rate $((CAPACITY * n)) --mix low=1 -c 256 --priority-header &
+  flooder=$!
+  sleep 1
+  load "sweep-$h-high" "$app_key" --rate "$HIGH_RATE" --mix high=1 -c 16
+  wait "$flooder"
+done
 
 if [ "$MIX_RATE" != 0 ]; then
   fresh_run mix
@@ -285,6 +302,19 @@ with open(os.path.join(out, "headline.txt"), "w") as f:
     f.write(f"C {capacity:,.0f}/s; under low floods of {'/'.join(n for n, _ in flood_high)}x C: "
             f"high accepted {accepted_min:.1f} % or more, ingest p99 {ingest_p99s} ms (alone {base_ingest:.1f}), "
             f"e2e p99 {e2e_p99s} ms (alone {base_e2e:.1f})")
+sweep_lines = []
+for h in os.environ.get("HEADROOMS", "0 0.2 0.4 0.6").split():
+    high, low = summary(f"sweep-{h}-high"), summary(f"sweep-{h}-low")
+    if not (high and low):
+        continue
+    hp = high["priorities"]["high"]
+    secs = max(s["measured_seconds"] + s["warmup_seconds"] for s in (high, low))
+    delivered = sum((s.get("end_to_end") or {}).get("delivered", 0) for s in (high, low))
+    lc = low["priorities"]["low"]
+    sweep_lines.append(
+        f"| {h} | {hp['ingest']['p50_ms']:.1f} | {hp['ingest']['p99_ms']:.1f} | {e2e_p99(high):.1f} "
+        f"| {lc['requests_per_sec']:,.0f} | {lc['accepted'] / low['measured_seconds']:,.0f} "
+        f"| {delivered / secs:,.0f} ({100 * delivered / secs / capacity:.0f} % of C) |")
 lines, mix = rows("mix", "mix", {"high": mix_rate * 0.1, "medium": mix_rate * 0.3, "low": mix_rate * 0.6})
 table += lines
 account("mix", [mix])
@@ -344,6 +374,15 @@ Goodput: notifications accepted and delivered to the sinks, per second of the ru
 | run | delivered | lost | goodput/s | of C |
 |---|---:|---:|---:|---:|
 {chr(10).join(losses)}
+
+## High's latency against goodput
+
+The {os.environ.get("SWEEP_FLOOD", "3")}x flood again at each `--overload-headroom`. Unloaded high: ingest p99 {base_ingest:.1f} ms; the
+floor (every low refused): {floor_ingest:.1f} ms.
+
+| headroom | high ingest p50 ms | high ingest p99 ms | high e2e p99 ms | flood sent/s | flood accepted/s | goodput/s |
+|---|---:|---:|---:|---:|---:|---:|
+{chr(10).join(sweep_lines)}
 
 ## The flood's own view
 
