@@ -34,10 +34,11 @@
 //!
 //! **Law**: a ceiling on the admitted rate of all classes together, in requests/s. There
 //! is none until the door is first overloaded; then:
-//! - overloaded (either signal): the *knee*, the rate admitted when overload began, is
-//!   taken as the capacity of the moment, and the ceiling is cut to three quarters of what
-//!   was admitted. After a cut the law waits [`DOOR_PERSIST`] intervals before it judges
-//!   again, as long as a queue takes to drain.
+//! - overloaded (either signal): the *knee*, the highest rate admitted in the 5 s before
+//!   overload began, is taken as the capacity of the moment, and the ceiling is cut to
+//!   three quarters of the highest rate admitted in the last second (not the last
+//!   interval's alone: clients that pause offer in bursts). After a cut the law waits
+//!   [`DOOR_PERSIST`] intervals before it judges again, as long as a queue takes to drain.
 //! - calm: the ceiling climbs back by a sixteenth of the knee an interval, but only up to
 //!   `(1 - headroom)` of the knee: the headroom is capacity kept free, so that the queues
 //!   high meets stay short. Above that it creeps, a hundredth of the headroom an interval
@@ -65,7 +66,7 @@
 //! for Retry-After after each refusal then gets its share in bursts and converges to it;
 //! one that resends at once is refused each time its bucket is empty, at the same rate.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -85,6 +86,10 @@ pub const DOOR_PERSIST: u32 = 2;
 const CUT: f64 = 0.75;
 /// Calm intervals with everything offered under the ceiling before it is lifted.
 const LIFT_AFTER: u32 = 10;
+/// Intervals of admitted rates kept: the knee is the highest of them (5 s at 100 ms).
+const RECENT: usize = 50;
+/// Intervals a cut looks back over for the rate it cuts from (1 s at 100 ms).
+const CUT_BASE: usize = 10;
 /// The least knee, requests/s: a door overloaded while almost nothing arrived (a stalled
 /// store) must still climb back.
 const MIN_KNEE: f64 = 64.0;
@@ -151,6 +156,23 @@ struct Law {
     hold: u32,
     /// Calm intervals in a row with everything offered under the ceiling.
     fitting: u32,
+    /// The admitted rate of the last [`RECENT`] intervals, newest last.
+    recent: VecDeque<f64>,
+}
+
+impl Law {
+    /// The highest rate admitted in the last `intervals`: what the pipeline carried before
+    /// it overloaded. Not the last interval's alone: clients that pause (for Retry-After,
+    /// or held by refusals) offer in bursts, and an interval between bursts would take
+    /// the knee, and with it the ceiling, towards nothing.
+    fn carried(&self, intervals: usize) -> f64 {
+        self.recent
+            .iter()
+            .rev()
+            .take(intervals)
+            .copied()
+            .fold(0.0, f64::max)
+    }
 }
 
 /// The door's admission state, shared by the request handlers (read), the publisher
@@ -519,15 +541,20 @@ impl Admission {
         let protected: f64 = offered[..spared].iter().sum();
         let mut law = self.law.lock().expect("law lock");
         let total: f64 = admitted.iter().sum();
+        if law.recent.len() == RECENT {
+            law.recent.pop_front();
+        }
+        law.recent.push_back(total);
         if law.hold > 0 {
             law.hold -= 1;
         } else if door_overloaded || backlog_over {
             if !law.overloaded {
-                law.knee = total.max(MIN_KNEE);
+                law.knee = law.carried(RECENT).max(MIN_KNEE);
             }
             law.overloaded = true;
             let was = law.ceiling.unwrap_or(f64::INFINITY);
-            law.ceiling = Some((CUT * was.min(total)).max(protected));
+            let carried = law.carried(CUT_BASE);
+            law.ceiling = Some((CUT * was.min(carried)).max(protected));
             law.hold = DOOR_PERSIST;
             law.fitting = 0;
             self.door_streak.store(0, Ordering::Relaxed);
