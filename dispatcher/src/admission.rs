@@ -34,10 +34,10 @@
 //!
 //! **Law**: a ceiling on the admitted rate of all classes together, in requests/s. There
 //! is none until the door is first overloaded; then:
-//! - overloaded (either signal): the *knee*, the highest rate admitted in the 5 s before
+//! - overloaded (either signal): the *knee*, the mean rate admitted in the second before
 //!   overload began, is taken as the capacity of the moment, and the ceiling is cut to
-//!   three quarters of the highest rate admitted in the last second (not the last
-//!   interval's alone: clients that pause offer in bursts). After a cut the law waits
+//!   three quarters of the mean rate admitted in the last second (not the last interval's
+//!   alone: clients that pause offer in bursts). After a cut the law waits
 //!   [`DOOR_PERSIST`] intervals before it judges again, as long as a queue takes to drain.
 //! - calm: the ceiling climbs back by a sixteenth of the knee an interval, but only up to
 //!   `(1 - headroom)` of the knee: the headroom is capacity kept free, so that the queues
@@ -86,10 +86,9 @@ pub const DOOR_PERSIST: u32 = 2;
 const CUT: f64 = 0.75;
 /// Calm intervals with everything offered under the ceiling before it is lifted.
 const LIFT_AFTER: u32 = 10;
-/// Intervals of admitted rates kept: the knee is the highest of them (5 s at 100 ms).
-const RECENT: usize = 50;
-/// Intervals a cut looks back over for the rate it cuts from (1 s at 100 ms).
-const CUT_BASE: usize = 10;
+/// Intervals of admitted rates kept, and over which the knee and a cut's base are the
+/// mean (1 s at 100 ms).
+const RECENT: usize = 10;
 /// The least knee, requests/s: a door overloaded while almost nothing arrived (a stalled
 /// store) must still climb back.
 const MIN_KNEE: f64 = 64.0;
@@ -161,17 +160,15 @@ struct Law {
 }
 
 impl Law {
-    /// The highest rate admitted in the last `intervals`: what the pipeline carried before
-    /// it overloaded. Not the last interval's alone: clients that pause (for Retry-After,
-    /// or held by refusals) offer in bursts, and an interval between bursts would take
-    /// the knee, and with it the ceiling, towards nothing.
+    /// The mean rate admitted over the last `intervals`: what the pipeline carried. Not
+    /// the last interval's alone: clients that pause (for Retry-After, or held by
+    /// refusals) offer in bursts, and one interval between bursts would take the knee,
+    /// and with it the ceiling, towards nothing. Not the highest either: one burst's
+    /// interval overstates capacity tenfold, and the ceiling then never binds.
     fn carried(&self, intervals: usize) -> f64 {
-        self.recent
-            .iter()
-            .rev()
-            .take(intervals)
-            .copied()
-            .fold(0.0, f64::max)
+        let recent = self.recent.iter().rev().take(intervals);
+        let n = recent.len().max(1) as f64;
+        recent.sum::<f64>() / n
     }
 }
 
@@ -553,7 +550,7 @@ impl Admission {
             }
             law.overloaded = true;
             let was = law.ceiling.unwrap_or(f64::INFINITY);
-            let carried = law.carried(CUT_BASE);
+            let carried = law.carried(RECENT);
             law.ceiling = Some((CUT * was.min(carried)).max(protected));
             law.hold = DOOR_PERSIST;
             law.fitting = 0;
@@ -598,7 +595,9 @@ impl Admission {
         for priority in [Priority::Medium, Priority::Low] {
             let c = priority.index();
             match left {
-                Some(room) if room >= offered[c] => {
+                // No room at all sheds even a class that offered nothing yet: its first
+                // requests would not fit either.
+                Some(room) if room > 0.0 && room >= offered[c] => {
                     self.budget[c].set(f64::INFINITY);
                     left = Some(room - offered[c]);
                 }
