@@ -13,7 +13,7 @@
 #              accepted in full, its p99 within 3x of alone
 #   honour     the largest flood again, from a client that honours Retry-After (loadgen
 #              --honor-retry-after): the flood's goodput with and without
-#   sweep-H    the SWEEP_FLOOD (3) x flood at each --overload-headroom H of HEADROOMS
+#   sweep-H    the SWEEP_FLOOD (3) x flood at each SWEEP_FLAG value H of HEADROOMS
 #   floor      high beside the largest flood with every low refused: no law can do better
 #   steady     the quick start's mix at STEADY_RATE (a third of C) for STEADY
 #              (5 min): a user far below capacity should see no 429
@@ -25,7 +25,8 @@
 # FAIR_SHARE (0.05), FAIR_FLOOD (10), STEADY_RATE (C/3), STEADY (300s), CAPACITY (skip
 # the capacity run), DRAIN (300s: longest wait for deliveries after a run); MIX_RATE,
 # FAIR_FLOOD, STEADY, HONOUR, FLOOR or COST at 0 skips that run. HEADROOMS ("0 0.2 0.4
-# 0.6"; empty skips) and SWEEP_FLOOD (3): the sweep of --overload-headroom. ARGS: more arguments for
+# 0.6"; empty skips) and SWEEP_FLOOD (3): the sweep of SWEEP_FLAG (--overload-headroom; or
+# --overload-goodput-floor). ARGS: more arguments for
 # every `dispatcher run` (e.g. "--overload-headroom 0").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,7 @@ MIX_RATE=${MIX_RATE:-20000}
 export FAIR_SHARE=${FAIR_SHARE:-0.05}
 export HEADROOMS=${HEADROOMS-0 0.2 0.4 0.6}
 export SWEEP_FLOOD=${SWEEP_FLOOD:-3}
+export SWEEP_FLAG=${SWEEP_FLAG:---overload-headroom}
 FAIR_FLOOD=${FAIR_FLOOD:-10}
 STEADY=${STEADY:-300s}
 DRAIN=${DRAIN:-300s}
@@ -147,12 +149,12 @@ if [ "${FLOOR:-1}" != 0 ]; then
   wait "$flooder"
 fi
 
-# The trade between high's latency and goodput: the 3x flood again at each headroom of
-# HEADROOMS ("0 0.2 0.4 0.6"; empty skips it).
+# The trade between high's latency and goodput: the 3x flood again at each value of
+# SWEEP_FLAG in HEADROOMS ("0 0.2 0.4 0.6"; empty skips it).
 for h in $HEADROOMS; do
   n=$SWEEP_FLOOD
-  fresh_run "sweep-$h" --overload-headroom "$h"
-  echo "bench-overload: headroom $h, high beside a ${n}x flood" >&2
+  fresh_run "sweep-$h" "$SWEEP_FLAG" "$h"
+  echo "bench-overload: $SWEEP_FLAG $h, high beside a ${n}x flood" >&2
   load "sweep-$h-low" "$bulk_key" --rate $((CAPACITY * n)) --mix low=1 -c 256 --priority-header &
   flooder=$!
   sleep 1
@@ -377,10 +379,10 @@ Goodput: notifications accepted and delivered to the sinks, per second of the ru
 
 ## High's latency against goodput
 
-The {os.environ.get("SWEEP_FLOOD", "3")}x flood again at each `--overload-headroom`. Unloaded high: ingest p99 {base_ingest:.1f} ms; the
+The {os.environ.get("SWEEP_FLOOD", "3")}x flood again at each `{os.environ.get("SWEEP_FLAG", "--overload-headroom")}`. Unloaded high: ingest p99 {base_ingest:.1f} ms; the
 floor (every low refused): {floor_ingest:.1f} ms.
 
-| headroom | high ingest p50 ms | high ingest p99 ms | high e2e p99 ms | flood sent/s | flood accepted/s | goodput/s |
+| {os.environ.get("SWEEP_FLAG", "--overload-headroom").removeprefix("--overload-")} | high ingest p50 ms | high ingest p99 ms | high e2e p99 ms | flood sent/s | flood accepted/s | goodput/s |
 |---|---:|---:|---:|---:|---:|---:|
 {chr(10).join(sweep_lines)}
 

@@ -37,8 +37,11 @@
 //! - overloaded (either signal): the *knee*, the mean rate admitted in the second before
 //!   overload began, is taken as the capacity of the moment, and the ceiling is cut to
 //!   three quarters of the mean rate admitted in the last second (not the last interval's
-//!   alone: clients that pause offer in bursts). After a cut the law waits
-//!   [`DOOR_PERSIST`] intervals before it judges again, as long as a queue takes to drain.
+//!   alone: clients that pause offer in bursts), but never below `goodput_floor` of the
+//!   knee. While a ceiling is set the knee only grows: what passes under a ceiling is what
+//!   it let through, not capacity, and a knee re-taken from it ratchets down. After a cut
+//!   the law waits [`DOOR_PERSIST`] intervals before it judges again, as long as a queue
+//!   takes to drain.
 //! - calm: the ceiling climbs back by a sixteenth of the knee an interval, but only up to
 //!   `(1 - headroom)` of the knee: the headroom is capacity kept free, so that the queues
 //!   high meets stay short. Above that it creeps, a hundredth of the headroom an interval
@@ -111,6 +114,9 @@ pub struct AdmissionConfig {
     /// Share of the knee (the capacity measured when overload began) kept free while
     /// shedding: 0.0 admits up to the knee (goodput first), 0.2 keeps a fifth free.
     pub headroom: f64,
+    /// Share of the knee a cut never goes below (0 to 1): the goodput promised while
+    /// shedding, paid for in high's latency. 0: cut as far as the signals say.
+    pub goodput_floor: f64,
 }
 
 impl Default for AdmissionConfig {
@@ -122,6 +128,7 @@ impl Default for AdmissionConfig {
             interval: Duration::from_millis(100),
             refusal_hold: Duration::from_millis(100),
             headroom: 0.2,
+            goodput_floor: 0.0,
         }
     }
 }
@@ -546,12 +553,19 @@ impl Admission {
             law.hold -= 1;
         } else if door_overloaded || backlog_over {
             if !law.overloaded {
-                law.knee = law.carried(RECENT).max(MIN_KNEE);
+                // Within one shedding regime (a ceiling set) the knee only grows: the rate
+                // carried under a ceiling is what the ceiling let through, not capacity.
+                let carried = law.carried(RECENT).max(MIN_KNEE);
+                law.knee = match law.ceiling {
+                    Some(_) => law.knee.max(carried),
+                    None => carried,
+                };
             }
             law.overloaded = true;
             let was = law.ceiling.unwrap_or(f64::INFINITY);
             let carried = law.carried(RECENT);
-            law.ceiling = Some((CUT * was.min(carried)).max(protected));
+            let floor = self.config.goodput_floor * law.knee;
+            law.ceiling = Some((CUT * was.min(carried)).max(protected).max(floor));
             law.hold = DOOR_PERSIST;
             law.fitting = 0;
             self.door_streak.store(0, Ordering::Relaxed);
@@ -786,6 +800,37 @@ mod tests {
         }
         assert_eq!(a.ceiling(), None);
         assert_eq!(interval(&a, 1, arrivals, &mut clock), arrivals);
+    }
+
+    #[test]
+    fn a_goodput_floor_bounds_the_cuts_and_a_second_overload_keeps_the_knee() {
+        let a = Admission::new(AdmissionConfig {
+            goodput_floor: 0.5,
+            ..AdmissionConfig::default()
+        });
+        let mut clock = 0.0;
+        let arrivals = [20, 60, 120];
+        // The delay stands for long: each cut takes three quarters of what passed, but
+        // never below half the 2,000/s knee.
+        for _ in 0..40 {
+            interval(&a, 50, arrivals, &mut clock);
+        }
+        assert_eq!(a.ceiling(), Some(1000.0));
+        // Calm, then overload again under the ceiling: the knee is still 2,000/s, not the
+        // rate the ceiling let through, so the floor is still 1,000/s.
+        for _ in 0..5 {
+            interval(&a, 1, arrivals, &mut clock);
+        }
+        for _ in 0..40 {
+            interval(&a, 50, arrivals, &mut clock);
+        }
+        assert_eq!(a.ceiling(), Some(1000.0));
+        // Without a floor the same delays cut to what high offers.
+        let b = admission();
+        for _ in 0..40 {
+            interval(&b, 50, arrivals, &mut clock);
+        }
+        assert_eq!(b.ceiling(), Some(200.0));
     }
 
     #[test]

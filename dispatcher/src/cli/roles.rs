@@ -84,6 +84,11 @@ pub struct ServeArgs {
     /// capacity, goodput first.
     #[arg(long, env = "HERALD_OVERLOAD_HEADROOM", default_value_t = admission().headroom, value_parser = parse_headroom)]
     overload_headroom: f64,
+    /// Share of the capacity measured when overload began that shedding never cuts below
+    /// (0 to 1): goodput promised under a flood, paid for in high's latency. 0: cut as far
+    /// as the delays say (high fastest).
+    #[arg(long, env = "HERALD_OVERLOAD_GOODPUT_FLOOR", default_value_t = admission().goodput_floor, value_parser = parse_goodput_floor)]
+    overload_goodput_floor: f64,
     /// How long a request refused as `overloaded` waits for its 429: a flood that resends
     /// at once is paced to one request per hold per connection, so refusing it stays
     /// cheap (0: answer at once).
@@ -167,6 +172,7 @@ impl ServeArgs {
                 interval: self.overload_interval.into(),
                 refusal_hold: self.overload_refusal_hold.into(),
                 headroom: self.overload_headroom,
+                goodput_floor: self.overload_goodput_floor,
             },
             store: store_of(self.pg, self.redis, mongo),
             migrate: self.migrate,
@@ -482,9 +488,17 @@ impl From<RunArgs> for RunConfig {
     }
 }
 
+fn parse_goodput_floor(text: &str) -> Result<f64, String> {
+    parse_share(text, 1.0)
+}
+
 fn parse_headroom(text: &str) -> Result<f64, String> {
+    parse_share(text, 0.9)
+}
+
+fn parse_share(text: &str, most: f64) -> Result<f64, String> {
     match text.parse::<f64>() {
-        Ok(share) if (0.0..=0.9).contains(&share) => Ok(share),
-        _ => Err(format!("{text:?} is not a share from 0 to 0.9")),
+        Ok(share) if (0.0..=most).contains(&share) => Ok(share),
+        _ => Err(format!("{text:?} is not a share from 0 to {most}")),
     }
 }
