@@ -11,10 +11,12 @@
 //! - [`stats`]: HdrHistograms per priority and error counts.
 //! - [`sink`]: the HTTP server notifications are addressed to, for end-to-end latency and
 //!   loss accounting.
+//! - [`clock`]: send and receipt stamps, both off the monotonic clock.
 //! - [`monitor`]: live progress. [`report`]: table, summary.json, percentile files, SVG.
 //!   [`slo`]: objectives that set the exit status.
 
 pub mod cli;
+pub mod clock;
 pub mod monitor;
 pub mod report;
 pub mod request;

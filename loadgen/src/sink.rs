@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -284,10 +284,7 @@ async fn receive(shared: &Shared, req: Request<hyper::body::Incoming>) -> Respon
             *count += 1;
             if *count == 1 {
                 if let (Some(p), Some(sent)) = (priority, marker["sent_ns"].as_u64()) {
-                    let now = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_nanos() as u64;
+                    let now = crate::clock::unix_ns(Instant::now()) as u64;
                     let us = (now.saturating_sub(sent) / 1000).clamp(1, MAX_LATENCY_US);
                     shared.latency[p.index()]
                         .lock()

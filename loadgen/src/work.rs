@@ -16,7 +16,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
@@ -109,9 +109,7 @@ struct Shared {
     ids: Mutex<HashSet<String>>,
     kept: Mutex<Vec<crate::resend::Kept>>,
     seq: AtomicU64,
-    /// Unix time (ns) of `origin`, to stamp payloads with wall-clock send times.
     origin: Instant,
-    origin_unix_ns: u128,
     /// Per priority, ns since `origin` before which nothing is sent (`honor_retry_after`).
     paused_until: [AtomicU64; 3],
 }
@@ -141,7 +139,6 @@ pub async fn run(config: LoadConfig, stats: Arc<Stats>) -> anyhow::Result<RunRes
         None => None,
     };
     let origin = Instant::now();
-    let origin_unix_ns = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
     let shared = Arc::new(Shared {
         h2: config.h2,
         uri,
@@ -155,7 +152,6 @@ pub async fn run(config: LoadConfig, stats: Arc<Stats>) -> anyhow::Result<RunRes
         kept: Mutex::default(),
         seq: AtomicU64::new(0),
         origin,
-        origin_unix_ns,
         paused_until: Default::default(),
         config,
     });
@@ -636,7 +632,7 @@ async fn send(
         Some(_) => (Bytes::new(), 0),
         None => {
             let seq = shared.seq.fetch_add(1, Ordering::Relaxed);
-            let sent_ns = shared.origin_unix_ns + (intended - shared.origin).as_nanos();
+            let sent_ns = crate::clock::unix_ns(intended);
             (config.body.body(priority, seq, sent_ns), seq)
         }
     };
