@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{eventually, webhook_to, Receiver, Stack, TEST_SECRET};
 
@@ -198,6 +198,8 @@ async fn a_notification_past_its_deadline_expires_and_is_not_dead_lettered() {
     .await;
     stack.start_recording().await;
     let deadline = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    // The same deadline on the monotonic clock: the wall clock may be slewed or stepped.
+    let deadline_at = Instant::now() + Duration::from_millis(1500);
     let body = format!(
         r#"{{"priority":"high","channel":"webhook","recipient":"{}","payload":{{}},"expires_at":"{}"}}"#,
         receiver.url(),
@@ -221,9 +223,14 @@ async fn a_notification_past_its_deadline_expires_and_is_not_dead_lettered() {
     assert_eq!(dlq.body["items"], serde_json::json!([]));
     let got = receiver.received();
     assert!(!got.is_empty());
-    let sent_after =
-        chrono::Utc::now() - chrono::Duration::from_std(got.last().unwrap().at.elapsed()).unwrap();
-    assert!(sent_after < deadline, "an attempt after the deadline");
+    // The receiver stamps an attempt when it arrives: one started just before the deadline
+    // lands a moment after it. The next try would come a backoff (≥ 200 ms) later.
+    let last_arrival = got.last().unwrap().at;
+    assert!(
+        last_arrival < deadline_at + Duration::from_millis(100),
+        "an attempt {:?} after the deadline",
+        last_arrival.saturating_duration_since(deadline_at)
+    );
     // Recorded as a status of its own.
     let path = format!("/v1/notifications/{id}");
     let status = eventually(Duration::from_secs(10), || async {
