@@ -2,7 +2,7 @@
 # Compares two dispatcher builds by CPU per request, the steadier figure on these shared
 # cores: `serve --auth off` at a fixed open-loop rate (so both batch alike), ROUNDS
 # alternating rounds of 20 s after a 3 s warm-up, CPU of the dispatcher and nats-server
-# from /proc. For "did this change make the ingress slower" (an old build: a git worktree
+# and redis-server from /proc. For "did this change make the ingress slower" (an old build: a git worktree
 # built with `cargo build --release`). ROLE=run compares the whole pipeline instead:
 # `dispatcher run` with auth and the recorder, loadgen with its sink (the CPU then
 # includes delivery and recording until the sink has every notification).
@@ -18,12 +18,13 @@ ROLE=${ROLE:-serve}
 bash scripts/services.sh >/dev/null
 cargo build --release --locked -p loadgen --bin loadgen 2>&1 | tail -1
 nats_pid=$(pgrep -f "nats-server -a 127.0.0.1 -p 4222" | head -1)
+redis_pid=$(pgrep -x redis-server | head -1)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# one BIN: prints "dispatcher_us nats_us accepted"
+# one BIN: prints "dispatcher_us nats_us redis_us accepted"
 one() {
-  local port prefix pid d0 n0 d1 n1 key=""
+  local port prefix pid d0 n0 r0 d1 n1 r1 key=""
   bin=$1
   port=$(free_port)
   prefix="cmp$(date +%s%N | tail -c 8)_"
@@ -38,17 +39,19 @@ one() {
   pid=$!
   wait_ready "http://127.0.0.1:$port/readyz" 10 "$pid" || { echo "$bin not ready" >&2; exit 1; }
   target/release/loadgen --target "http://127.0.0.1:$port" --rate 2000 -d 3s -c 64 "${load[@]}" >/dev/null 2>&1
-  d0=$(cpu_seconds "$pid"); n0=$(cpu_seconds "$nats_pid")
+  d0=$(cpu_seconds "$pid"); n0=$(cpu_seconds "$nats_pid"); r0=$(cpu_seconds "$redis_pid")
   target/release/loadgen --target "http://127.0.0.1:$port" --rate "$rate" -d 20s -c 64 "${load[@]}" \
     --out "$work/run" >/dev/null 2>&1
-  d1=$(cpu_seconds "$pid"); n1=$(cpu_seconds "$nats_pid")
+  d1=$(cpu_seconds "$pid"); n1=$(cpu_seconds "$nats_pid"); r1=$(cpu_seconds "$redis_pid")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   local store=(--keep-schema)
   [ "$ROLE" = run ] && store=(--pg-schema "$prefix" --mongo-db "$prefix")
   "$bin" --log warn purge --prefix "$prefix" "${store[@]}" >/dev/null || true
   jq -r --arg d "$(awk -v a="$d0" -v b="$d1" 'BEGIN { print b - a }')" \
     --arg n "$(awk -v a="$n0" -v b="$n1" 'BEGIN { print b - a }')" \
-    '.total | "\(($d | tonumber) * 1e6 / .requests | . * 10 | round / 10) \(($n | tonumber) * 1e6 / .requests | . * 10 | round / 10) \(.notifications_accepted)/\(.requests)"' \
+    --arg r "$(awk -v a="$r0" -v b="$r1" 'BEGIN { print b - a }')" \
+    '.total | def us($s): ($s | tonumber) * 1e6 / .requests | . * 10 | round / 10;
+      "\(us($d)) \(us($n)) \(us($r)) \(.notifications_accepted)/\(.requests)"' \
     "$work/run/summary.json"
 }
 
@@ -64,15 +67,15 @@ out=$(results_dir)
     echo "Command: \`scripts/compare-cpu.sh $before $after $rate $rounds\`: \`dispatcher serve --auth off\`,"
   fi
   echo "loadgen open loop at $rate/s for 20 s (64 connections, default mix) after 3 s at 2000/s;"
-  echo "CPU (user + system) of the dispatcher and nats-server from /proc over the 20 s."
+  echo "CPU (user + system) of the dispatcher, nats-server and redis-server from /proc over the 20 s."
   echo
-  echo "| round | build | dispatcher µs/request | nats-server µs/request | accepted |"
-  echo "|---|---|---|---|---|"
+  echo "| round | build | dispatcher µs/request | nats-server µs/request | redis-server µs/request | accepted |"
+  echo "|---|---|---|---|---|---|"
   for r in $(seq 1 "$rounds"); do
     for which in before after; do
       bin=$before; [ "$which" = after ] && bin=$after
-      read -r d n acc < <(one "$bin")
-      echo "| $r | $which | $d | $n | $acc |"
+      read -r d n rd acc < <(one "$bin")
+      echo "| $r | $which | $d | $n | $rd | $acc |"
     done
   done
 } | tee "$out/compare-cpu.md"

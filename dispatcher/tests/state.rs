@@ -1371,3 +1371,66 @@ async fn webhook_secrets_are_stored_sealed_and_open_with_their_key_only() {
     pool.close().await;
     common::delete_streams(&common::nats_url(), &prefix).await;
 }
+
+/// The status cache writes a batch in few script calls and still never goes back: within
+/// one batch and across batches, a row older than the cached state of its key is skipped,
+/// a newer one replaces it, and a batch larger than one call's rows is written whole.
+#[tokio::test]
+async fn the_status_cache_keeps_the_newest_state_of_each_row_of_a_batch() {
+    use herald::status::{NotificationStatus, StatusCache};
+    let prefix = common::unique_prefix();
+    let redis = std::sync::Arc::new(
+        herald::redis_store::RedisStore::new(&common::redis_url(), &prefix).unwrap(),
+    );
+    let cache = StatusCache::new(redis.clone());
+    let row = |id: uuid::Uuid, status: &str, version: i64| NotificationStatus {
+        id,
+        tenant: uuid::Uuid::nil(),
+        priority: "high".into(),
+        channel: "webhook".into(),
+        recipient: Some("https://example.test/hook".into()),
+        status: status.into(),
+        attempts: version as i32,
+        accepted_at: None,
+        updated_at: chrono::Utc::now(),
+        delivered_at: None,
+        last_error: None,
+        last_status: None,
+        next_attempt_at: None,
+        trace_id: None,
+        version,
+    };
+    let ttl = Duration::from_secs(60);
+    let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    // Within one batch: a's newer state first, its older one after it.
+    cache
+        .write(
+            &[
+                row(a, "delivered", 3),
+                row(b, "accepted", 1),
+                row(a, "retrying", 2),
+            ],
+            ttl,
+        )
+        .await
+        .unwrap();
+    cache
+        .write(&[row(b, "delivered", 2), row(a, "failed", 1)], ttl)
+        .await
+        .unwrap();
+    let read = |id| {
+        let cache = &cache;
+        async move { cache.read(id).await.map(|s| (s.status, s.version)) }
+    };
+    assert_eq!(read(a).await, Some(("delivered".to_string(), 3)));
+    assert_eq!(read(b).await, Some(("delivered".to_string(), 2)));
+
+    let many: Vec<_> = (0..300).map(|_| uuid::Uuid::now_v7()).collect();
+    let rows: Vec<_> = many.iter().map(|&id| row(id, "delivered", 1)).collect();
+    cache.write(&rows, ttl).await.unwrap();
+    for &id in [many[0], many[127], many[128], many[299]].iter() {
+        assert_eq!(read(id).await, Some(("delivered".to_string(), 1)), "{id}");
+    }
+    assert_eq!(common::redis_keys(&prefix).await.len(), 302);
+    assert_eq!(redis.delete_prefixed().await.unwrap(), 302);
+}
