@@ -107,6 +107,8 @@ async fn a_held_message_comes_back_with_its_attempts_and_is_recorded_once() {
     .await;
     stack.start_recording().await;
     let due = chrono::Utc::now() + chrono::Duration::seconds(2);
+    // The same moment on the monotonic clock: the wall clock may be slewed or stepped.
+    let due_at = std::time::Instant::now() + Duration::from_secs(2);
     let body = format!(
         r#"{{"priority":"low","channel":"webhook","recipient":"{}","payload":{{}},"send_at":"{}"}}"#,
         receiver.url(),
@@ -120,9 +122,11 @@ async fn a_held_message_comes_back_with_its_attempts_and_is_recorded_once() {
     assert_eq!(attempts, ["1", "2", "3"]);
     assert!(got.iter().all(|r| r.header("webhook-id") == id));
     let first = got[0].at;
+    // Sent early it would arrive about two seconds early; 100 ms is the clocks' slack.
     assert!(
-        chrono::Utc::now() - chrono::Duration::from_std(first.elapsed()).unwrap() >= due,
-        "sent before it was due"
+        first + Duration::from_millis(100) >= due_at,
+        "sent {:?} before it was due",
+        due_at.saturating_duration_since(first)
     );
 
     // Recorded as accepted once, and delivered at attempt 3.
