@@ -15,6 +15,9 @@
 #              --honor-retry-after): the flood's goodput with and without
 #   sweep-H    the SWEEP_FLOOD (3) x flood at each SWEEP_FLAG value H of HEADROOMS
 #   floor      high beside the largest flood with every low refused: no law can do better
+#   load-F     high beside low offered at F x C (F in LOADS: 0.5 0.65 0.8 0.9) with
+#              shedding off, so all of it is admitted: high's latency at the goodput F x C,
+#              the best any admission law that admits that much can give it here
 #   steady     the quick start's mix at STEADY_RATE (a third of C) for STEADY
 #              (5 min): a user far below capacity should see no 429
 # For each run and priority: offered and achieved rate, accepted, 429s, ingest and
@@ -26,7 +29,7 @@
 # the capacity run), DRAIN (300s: longest wait for deliveries after a run); MIX_RATE,
 # FAIR_FLOOD, STEADY, HONOUR, FLOOR or COST at 0 skips that run. HEADROOMS ("0 0.2 0.4
 # 0.6"; empty skips) and SWEEP_FLOOD (3): the sweep of SWEEP_FLAG (--overload-headroom; or
-# --overload-goodput-floor). ARGS: more arguments for
+# --overload-goodput-floor). LOADS ("0.5 0.65 0.8 0.9"; empty skips). ARGS: more arguments for
 # every `dispatcher run` (e.g. "--overload-headroom 0").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +42,7 @@ export FAIR_SHARE=${FAIR_SHARE:-0.05}
 export HEADROOMS=${HEADROOMS-0 0.2 0.4 0.6}
 export SWEEP_FLOOD=${SWEEP_FLOOD:-3}
 export SWEEP_FLAG=${SWEEP_FLAG:---overload-headroom}
+export LOADS=${LOADS-0.5 0.65 0.8 0.9}
 FAIR_FLOOD=${FAIR_FLOOD:-10}
 STEADY=${STEADY:-300s}
 DRAIN=${DRAIN:-300s}
@@ -159,6 +163,18 @@ for h in $HEADROOMS; do
   flooder=$!
   sleep 1
   load "sweep-$h-high" "$app_key" --rate "$HIGH_RATE" --mix high=1 -c 16
+  wait "$flooder"
+done
+
+# What admitting a share of C costs high, whatever the law: low at F x C, shedding off.
+for f in $LOADS; do
+  rate=$(python3 -c "print(round($CAPACITY * $f))")
+  fresh_run "load-$f" --overload-shedding false
+  echo "bench-overload: high beside low at $rate/s ($f x C), shedding off" >&2
+  load "load-$f-low" "$bulk_key" --rate "$rate" --mix low=1 -c 256 --priority-header &
+  flooder=$!
+  sleep 1
+  load "load-$f-high" "$app_key" --rate "$HIGH_RATE" --mix high=1 -c 16
   wait "$flooder"
 done
 
@@ -317,6 +333,19 @@ for h in os.environ.get("HEADROOMS", "0 0.2 0.4 0.6").split():
         f"| {h} | {hp['ingest']['p50_ms']:.1f} | {hp['ingest']['p99_ms']:.1f} | {e2e_p99(high):.1f} "
         f"| {lc['requests_per_sec']:,.0f} | {lc['accepted'] / low['measured_seconds']:,.0f} "
         f"| {delivered / secs:,.0f} ({100 * delivered / secs / capacity:.0f} % of C) |")
+load_lines = []
+for f in os.environ.get("LOADS", "").split():
+    high, low = summary(f"load-{f}-high"), summary(f"load-{f}-low")
+    if not (high and low):
+        continue
+    hp, lc = high["priorities"]["high"], low["priorities"]["low"]
+    secs = max(s["measured_seconds"] + s["warmup_seconds"] for s in (high, low))
+    delivered = sum((s.get("end_to_end") or {}).get("delivered", 0) for s in (high, low))
+    ok = hp["ingest"]["p99_ms"] <= 25 and delivered / secs >= 0.75 * capacity
+    load_lines.append(
+        f"| {f} | {lc['requests_per_sec']:,.0f} | {lc['accepted']:,} | {hp['ingest']['p50_ms']:.1f} "
+        f"| {hp['ingest']['p99_ms']:.1f} | {e2e_p99(high):.1f} "
+        f"| {delivered / secs:,.0f} ({100 * delivered / secs / capacity:.0f} % of C) | {'both met' if ok else 'not both'} |")
 lines, mix = rows("mix", "mix", {"high": mix_rate * 0.1, "medium": mix_rate * 0.3, "low": mix_rate * 0.6})
 table += lines
 account("mix", [mix])
@@ -385,6 +414,16 @@ floor (every low refused): {floor_ingest:.1f} ms.
 | {os.environ.get("SWEEP_FLAG", "--overload-headroom").removeprefix("--overload-")} | high ingest p50 ms | high ingest p99 ms | high e2e p99 ms | flood sent/s | flood accepted/s | goodput/s |
 |---|---:|---:|---:|---:|---:|---:|
 {chr(10).join(sweep_lines)}
+
+## What admitting a share of C costs high
+
+No flood and no shedding: low offered at a share of C (tenant bulk) beside the same high,
+all of it admitted. High's latency at that goodput is the best any admission law that
+admits as much can give it on this machine.
+
+| share of C | low sent/s | low accepted | high ingest p50 ms | high ingest p99 ms (≤ 25) | high e2e p99 ms | goodput/s (≥ 75 % of C) | targets |
+|---|---:|---:|---:|---:|---:|---:|---|
+{chr(10).join(load_lines)}
 
 ## The flood's own view
 
