@@ -77,6 +77,12 @@ cpu_seconds() {
   awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"
 }
 
+# Busy and total jiffies of the whole machine so far ("busy total"): idle and iowait are
+# the only states not busy.
+machine_jiffies() {
+  awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+}
+
 wait_ready() {
   local url=$1 tries=$((${2:-10} * 10)) pid=${3:-}
   for _ in $(seq 1 "$tries"); do
