@@ -38,10 +38,14 @@
 //!   overload began, is taken as the capacity of the moment, and the ceiling is cut to
 //!   three quarters of the mean rate admitted in the last second (not the last interval's
 //!   alone: clients that pause offer in bursts), but never below `goodput_floor` of the
-//!   knee. While a ceiling is set the knee only grows: what passes under a ceiling is what
-//!   it let through, not capacity, and a knee re-taken from it ratchets down. After a cut
-//!   the law waits [`DOOR_PERSIST`] intervals before it judges again, as long as a queue
-//!   takes to drain.
+//!   *peak*, the highest knee since the ceiling was set. The knee is re-taken at each
+//!   overload and may fall, so cuts can go as far as the delays say (high first); the
+//!   peak only grows while a ceiling stands, because what passes under a ceiling is what
+//!   it let through, not capacity, and a floor on a re-taken knee would ratchet down with
+//!   it. (At 5bb8ec5 the knee itself only grew; a knee taken while a flood's first burst
+//!   filled the queues then held the ceiling over capacity, and high's ingest p99 beside
+//!   a 3x flood read 1.7 s.) After a cut the law waits [`DOOR_PERSIST`] intervals before it
+//!   judges again, as long as a queue takes to drain.
 //! - calm: the ceiling climbs back by a sixteenth of the knee an interval, but only up to
 //!   `(1 - headroom)` of the knee: the headroom is capacity kept free, so that the queues
 //!   high meets stay short. Above that it creeps, a hundredth of the headroom an interval
@@ -156,6 +160,8 @@ struct Law {
     ceiling: Option<f64>,
     /// The rate admitted when overload last began.
     knee: f64,
+    /// The highest knee since the ceiling was set: what `goodput_floor` is a share of.
+    peak: f64,
     /// Overloaded in the last judged interval: the knee is taken only when overload begins.
     overloaded: bool,
     /// Intervals still to wait after a cut.
@@ -553,18 +559,18 @@ impl Admission {
             law.hold -= 1;
         } else if door_overloaded || backlog_over {
             if !law.overloaded {
-                // Within one shedding regime (a ceiling set) the knee only grows: the rate
+                law.knee = law.carried(RECENT).max(MIN_KNEE);
+                // Within one shedding regime (a ceiling set) the peak only grows: the rate
                 // carried under a ceiling is what the ceiling let through, not capacity.
-                let carried = law.carried(RECENT).max(MIN_KNEE);
-                law.knee = match law.ceiling {
-                    Some(_) => law.knee.max(carried),
-                    None => carried,
+                law.peak = match law.ceiling {
+                    Some(_) => law.peak.max(law.knee),
+                    None => law.knee,
                 };
             }
             law.overloaded = true;
             let was = law.ceiling.unwrap_or(f64::INFINITY);
             let carried = law.carried(RECENT);
-            let floor = self.config.goodput_floor * law.knee;
+            let floor = self.config.goodput_floor * law.peak;
             law.ceiling = Some((CUT * was.min(carried)).max(protected).max(floor));
             law.hold = DOOR_PERSIST;
             law.fitting = 0;
@@ -803,7 +809,7 @@ mod tests {
     }
 
     #[test]
-    fn a_goodput_floor_bounds_the_cuts_and_a_second_overload_keeps_the_knee() {
+    fn a_goodput_floor_bounds_the_cuts_and_a_second_overload_keeps_its_base() {
         let a = Admission::new(AdmissionConfig {
             goodput_floor: 0.5,
             ..AdmissionConfig::default()
@@ -816,7 +822,7 @@ mod tests {
             interval(&a, 50, arrivals, &mut clock);
         }
         assert_eq!(a.ceiling(), Some(1000.0));
-        // Calm, then overload again under the ceiling: the knee is still 2,000/s, not the
+        // Calm, then overload again under the ceiling: the peak is still 2,000/s, not the
         // rate the ceiling let through, so the floor is still 1,000/s.
         for _ in 0..5 {
             interval(&a, 1, arrivals, &mut clock);
@@ -831,6 +837,31 @@ mod tests {
             interval(&b, 50, arrivals, &mut clock);
         }
         assert_eq!(b.ceiling(), Some(200.0));
+    }
+
+    #[test]
+    fn a_second_overload_retakes_the_knee_from_what_was_carried() {
+        let a = admission();
+        let mut clock = 0.0;
+        let arrivals = [20, 60, 120];
+        for _ in 0..40 {
+            interval(&a, 50, arrivals, &mut clock);
+        }
+        assert_eq!(a.ceiling(), Some(200.0));
+        // A short calm climbs part of the way back; overload again takes the knee from the
+        // rate carried meanwhile, not the 2,000/s of the first overload...
+        for _ in 0..3 {
+            interval(&a, 1, arrivals, &mut clock);
+        }
+        for _ in 0..6 {
+            interval(&a, 50, arrivals, &mut clock);
+        }
+        // ...so a long calm climbs back only towards (1 - headroom) of that knee.
+        for _ in 0..20 {
+            interval(&a, 1, arrivals, &mut clock);
+        }
+        let ceiling = a.ceiling().expect("still shedding");
+        assert!(ceiling < 0.8 * 2000.0 / 2.0, "{ceiling}");
     }
 
     #[test]
