@@ -8,7 +8,9 @@
 # includes delivery and recording until the sink has every notification).
 # Usage: scripts/compare-cpu.sh BEFORE_BIN AFTER_BIN [RATE (8000)] [ROUNDS (3)]
 # Writes results/<date>-<rev>/compare-cpu.md and a row in results/README.md; BEFORE and
-# AFTER (environment) name the builds in the report.
+# AFTER (environment) name the builds in the report. NATS_GOMAXPROCS_BEFORE / _AFTER: when
+# either is set, nats-server is restarted before each run with GOMAXPROCS at that side's
+# value (empty: Go's default), for an A/B of nats-server itself (pass one binary twice).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/herald.sh
@@ -21,6 +23,19 @@ nats_pid=$(pgrep -f "nats-server -a 127.0.0.1 -p 4222" | head -1)
 redis_pid=$(pgrep -x redis-server | head -1)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+
+# nats_side GOMAXPROCS: restarts nats-server with it (empty: unset), if the A/B asks for it.
+nats_side() {
+  [ -n "${NATS_GOMAXPROCS_BEFORE:-}${NATS_GOMAXPROCS_AFTER:-}" ] || return 0
+  kill "$nats_pid"
+  while kill -0 "$nats_pid" 2>/dev/null; do sleep 0.2; done
+  if [ -n "$1" ]; then
+    GOMAXPROCS=$1 bash scripts/services.sh >/dev/null
+  else
+    env -u GOMAXPROCS bash scripts/services.sh >/dev/null
+  fi
+  nats_pid=$(pgrep -f "nats-server -a 127.0.0.1 -p 4222" | head -1)
+}
 
 # one BIN: prints "dispatcher_us nats_us redis_us accepted"
 one() {
@@ -68,15 +83,21 @@ out=$(results_dir)
   fi
   echo "loadgen open loop at $rate/s for 20 s (64 connections, default mix) after 3 s at 2000/s;"
   echo "CPU (user + system) of the dispatcher, nats-server and redis-server from /proc over the 20 s."
+  if [ -n "${NATS_GOMAXPROCS_BEFORE:-}${NATS_GOMAXPROCS_AFTER:-}" ]; then
+    echo "nats-server restarted before each run with GOMAXPROCS=${NATS_GOMAXPROCS_BEFORE:-(default)} (before)"
+    echo "and GOMAXPROCS=${NATS_GOMAXPROCS_AFTER:-(default)} (after)."
+  fi
   echo
   echo "| round | build | dispatcher µs/request | nats-server µs/request | redis-server µs/request | accepted |"
   echo "|---|---|---|---|---|---|"
   for r in $(seq 1 "$rounds"); do
     for which in before after; do
       bin=$before; [ "$which" = after ] && bin=$after
+      if [ "$which" = before ]; then nats_side "${NATS_GOMAXPROCS_BEFORE:-}"; else nats_side "${NATS_GOMAXPROCS_AFTER:-}"; fi
       read -r d n rd acc < <(one "$bin")
       echo "| $r | $which | $d | $n | $rd | $acc |"
     done
   done
+  nats_side ""
 } | tee "$out/compare-cpu.md"
 results_row scripts/compare-cpu.sh "CPU per request ($ROLE) at $rate/s, ${BEFORE:-before} vs ${AFTER:-after}" compare-cpu.md
