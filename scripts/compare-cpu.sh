@@ -37,7 +37,7 @@ nats_side() {
   nats_pid=$(pgrep -f "nats-server -a 127.0.0.1 -p 4222" | head -1)
 }
 
-# one BIN: prints "dispatcher_us nats_us redis_us accepted"
+# one BIN: prints "dispatcher_us nats_us redis_us accepted ingest_p99_ms e2e_p99_ms"
 one() {
   local port prefix pid d0 n0 r0 d1 n1 r1 key=""
   bin=$1
@@ -65,8 +65,10 @@ one() {
   jq -r --arg d "$(awk -v a="$d0" -v b="$d1" 'BEGIN { print b - a }')" \
     --arg n "$(awk -v a="$n0" -v b="$n1" 'BEGIN { print b - a }')" \
     --arg r "$(awk -v a="$r0" -v b="$r1" 'BEGIN { print b - a }')" \
-    '.total | def us($s): ($s | tonumber) * 1e6 / .requests | . * 10 | round / 10;
-      "\(us($d)) \(us($n)) \(us($r)) \(.notifications_accepted)/\(.requests)"' \
+    'def one_decimal: . * 10 | round / 10;
+      ([.end_to_end.priorities[]?.p99_ms] | max // "-" | if type == "number" then one_decimal else . end) as $e2e
+      | .total | def us($s): ($s | tonumber) * 1e6 / .requests | one_decimal;
+      "\(us($d)) \(us($n)) \(us($r)) \(.notifications_accepted)/\(.requests) \(.ingest.p99_ms | one_decimal) \($e2e)"' \
     "$work/run/summary.json"
 }
 
@@ -88,14 +90,14 @@ out=$(results_dir)
     echo "and GOMAXPROCS=${NATS_GOMAXPROCS_AFTER:-(default)} (after)."
   fi
   echo
-  echo "| round | build | dispatcher µs/request | nats-server µs/request | redis-server µs/request | accepted |"
-  echo "|---|---|---|---|---|---|"
+  echo "| round | build | dispatcher µs/request | nats-server µs/request | redis-server µs/request | accepted | ingest p99 ms | e2e p99 ms (worst class) |"
+  echo "|---|---|---|---|---|---|---|---|"
   for r in $(seq 1 "$rounds"); do
     for which in before after; do
       bin=$before; [ "$which" = after ] && bin=$after
       if [ "$which" = before ]; then nats_side "${NATS_GOMAXPROCS_BEFORE:-}"; else nats_side "${NATS_GOMAXPROCS_AFTER:-}"; fi
-      read -r d n rd acc < <(one "$bin")
-      echo "| $r | $which | $d | $n | $rd | $acc |"
+      read -r d n rd acc p99 e2e < <(one "$bin")
+      echo "| $r | $which | $d | $n | $rd | $acc | $p99 | $e2e |"
     done
   done
   nats_side ""
