@@ -24,16 +24,12 @@ redis_pid=$(pgrep -x redis-server | head -1)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# nats_side GOMAXPROCS: restarts nats-server with it (empty: unset), if the A/B asks for it.
+# nats_side GOMAXPROCS: restarts nats-server with it (empty: Go's default), if the A/B asks.
 nats_side() {
   [ -n "${NATS_GOMAXPROCS_BEFORE:-}${NATS_GOMAXPROCS_AFTER:-}" ] || return 0
   kill "$nats_pid"
   while kill -0 "$nats_pid" 2>/dev/null; do sleep 0.2; done
-  if [ -n "$1" ]; then
-    GOMAXPROCS=$1 bash scripts/services.sh >/dev/null
-  else
-    env -u GOMAXPROCS bash scripts/services.sh >/dev/null
-  fi
+  NATS_GOMAXPROCS=$1 bash scripts/services.sh >/dev/null
   nats_pid=$(pgrep -f "nats-server -a 127.0.0.1 -p 4222" | head -1)
 }
 
@@ -100,6 +96,6 @@ out=$(results_dir)
       echo "| $r | $which | $d | $n | $rd | $acc | $p99 | $e2e |"
     done
   done
-  nats_side ""
+  nats_side 1
 } | tee "$out/compare-cpu.md"
 results_row scripts/compare-cpu.sh "CPU per request ($ROLE) at $rate/s, ${BEFORE:-before} vs ${AFTER:-after}" compare-cpu.md
