@@ -102,6 +102,21 @@ load() {
     >"$out/$name.txt" 2>"$out/$name.progress" || true
 }
 
+# beside NAME RATE [ARGS...]: tenant bulk sends low at RATE (ARGS: more of its loadgen's
+# flags) while, from a second later, tenant app sends high at HIGH_RATE; summaries in
+# NAME-low and NAME-high; NAME.busy: both cores' busy % over high's run (/proc/stat).
+beside() {
+  local name=$1 rate=$2 flooder b0 t0 b1 t1; shift 2
+  load "$name-low" "$bulk_key" --rate "$rate" --mix low=1 -c 256 --priority-header "$@" &
+  flooder=$!
+  sleep 1
+  read -r b0 t0 < <(machine_jiffies)
+  load "$name-high" "$app_key" --rate "$HIGH_RATE" --mix high=1 -c 16
+  read -r b1 t1 < <(machine_jiffies)
+  echo "$(((b1 - b0) * 100 / (t1 - t0)))" >"$out/$name.busy"
+  wait "$flooder"
+}
+
 if [ -z "${CAPACITY:-}" ]; then
   fresh_run capacity
   echo "bench-overload: capacity (closed loop, 64 connections, $DURATION)" >&2
@@ -120,23 +135,14 @@ for n in $FLOODS; do
   flood=$((CAPACITY * n))
   fresh_run "flood-${n}x"
   echo "bench-overload: high $HIGH_RATE/s + low flood $flood/s (${n}x)" >&2
-  load "flood-${n}x-low" "$bulk_key" --rate "$flood" --mix low=1 -c 256 --priority-header &
-  flooder=$!
-  sleep 1
-  load "flood-${n}x-high" "$app_key" --rate "$HIGH_RATE" --mix high=1 -c 16
-  wait "$flooder"
+  beside "flood-${n}x" "$flood"
 done
 
 if [ "${HONOUR:-1}" != 0 ]; then
   n=${FLOODS##* }
   fresh_run honour
   echo "bench-overload: high beside a ${n}x flood that honours Retry-After" >&2
-  load honour-low "$bulk_key" --rate $((CAPACITY * n)) --mix low=1 -c 256 --priority-header \
-    --honor-retry-after &
-  flooder=$!
-  sleep 1
-  load honour-high "$app_key" --rate "$HIGH_RATE" --mix high=1 -c 16
-  wait "$flooder"
+  beside honour $((CAPACITY * n)) --honor-retry-after
 fi
 
 # The floor: the same high beside the largest flood with every low request refused (a zero
@@ -146,11 +152,7 @@ if [ "${FLOOR:-1}" != 0 ]; then
   fresh_run floor --overload-target 0s
   sleep 3
   echo "bench-overload: the floor: high beside a ${n}x flood refused wholly" >&2
-  load floor-low "$bulk_key" --rate $((CAPACITY * n)) --mix low=1 -c 256 --priority-header &
-  flooder=$!
-  sleep 1
-  load floor-high "$app_key" --rate "$HIGH_RATE" --mix high=1 -c 16
-  wait "$flooder"
+  beside floor $((CAPACITY * n))
 fi
 
 # The trade between high's latency and goodput: the 3x flood again at each value of
@@ -159,11 +161,7 @@ for h in $HEADROOMS; do
   n=$SWEEP_FLOOD
   fresh_run "sweep-$h" "$SWEEP_FLAG" "$h"
   echo "bench-overload: $SWEEP_FLAG $h, high beside a ${n}x flood" >&2
-  load "sweep-$h-low" "$bulk_key" --rate $((CAPACITY * n)) --mix low=1 -c 256 --priority-header &
-  flooder=$!
-  sleep 1
-  load "sweep-$h-high" "$app_key" --rate "$HIGH_RATE" --mix high=1 -c 16
-  wait "$flooder"
+  beside "sweep-$h" $((CAPACITY * n))
 done
 
 # What admitting a share of C costs high, whatever the law: low at F x C, shedding off.
@@ -171,14 +169,7 @@ for f in $LOADS; do
   rate=$(python3 -c "print(round($CAPACITY * $f))")
   fresh_run "load-$f" --overload-shedding false
   echo "bench-overload: high beside low at $rate/s ($f x C), shedding off" >&2
-  load "load-$f-low" "$bulk_key" --rate "$rate" --mix low=1 -c 256 --priority-header &
-  flooder=$!
-  sleep 1
-  read -r b0 t0 < <(machine_jiffies)
-  load "load-$f-high" "$app_key" --rate "$HIGH_RATE" --mix high=1 -c 16
-  read -r b1 t1 < <(machine_jiffies)
-  echo "$(((b1 - b0) * 100 / (t1 - t0)))" >"$out/load-$f.busy"
-  wait "$flooder"
+  beside "load-$f" "$rate"
 done
 
 if [ "$MIX_RATE" != 0 ]; then
