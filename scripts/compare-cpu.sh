@@ -24,12 +24,17 @@ redis_pid=$(pgrep -x redis-server | head -1)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# nats_side GOMAXPROCS: restarts nats-server with it (empty: Go's default), if the A/B asks.
+# nats_side [GOMAXPROCS]: restarts nats-server with it (empty: Go's default; none:
+# services.sh's own default), if the A/B asks.
 nats_side() {
   [ -n "${NATS_GOMAXPROCS_BEFORE:-}${NATS_GOMAXPROCS_AFTER:-}" ] || return 0
   kill "$nats_pid"
   while kill -0 "$nats_pid" 2>/dev/null; do sleep 0.2; done
-  NATS_GOMAXPROCS=$1 bash scripts/services.sh >/dev/null
+  if [ $# -eq 0 ]; then
+    env -u NATS_GOMAXPROCS bash scripts/services.sh >/dev/null
+  else
+    NATS_GOMAXPROCS=$1 bash scripts/services.sh >/dev/null
+  fi
   nats_pid=$(pgrep -f "nats-server -a 127.0.0.1 -p 4222" | head -1)
 }
 
@@ -96,6 +101,6 @@ out=$(results_dir)
       echo "| $r | $which | $d | $n | $rd | $acc | $p99 | $e2e |"
     done
   done
-  nats_side 1
+  nats_side
 } | tee "$out/compare-cpu.md"
 results_row scripts/compare-cpu.sh "CPU per request ($ROLE) at $rate/s, ${BEFORE:-before} vs ${AFTER:-after}" compare-cpu.md

@@ -165,14 +165,14 @@ impl Script {
     }
 
     /// Adds one call with `keys` to `pipe`; chain `.arg(..)` for the script's ARGV.
-    pub fn call<'p>(
+    pub fn call<'p, K: AsRef<str>>(
         &self,
         pipe: &'p mut redis::Pipeline,
-        keys: &[&str],
+        keys: &[K],
     ) -> &'p mut redis::Pipeline {
         let cmd = pipe.cmd("EVALSHA").arg(&self.sha).arg(keys.len());
         for key in keys {
-            cmd.arg(*key);
+            cmd.arg(key.as_ref());
         }
         cmd
     }

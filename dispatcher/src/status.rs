@@ -103,7 +103,6 @@ impl StatusCache {
                 .iter()
                 .map(|row| self.redis.key("status", row.id))
                 .collect();
-            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             let call = self.script.call(&mut pipe, &keys).arg(ttl_ms);
             for row in chunk {
                 let json = serde_json::to_string(row).map_err(|e| e.to_string())?;
