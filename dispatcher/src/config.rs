@@ -17,7 +17,7 @@ pub use crate::egress::EgressConfig;
 pub use crate::jetstream::NatsConfig;
 pub use crate::postgres::PgConfig;
 pub use crate::publisher::PublisherConfig;
-pub use crate::recorder::{RecordStore, RecorderConfig};
+pub use crate::recorder::{RecordConsumers, RecordStore, RecorderConfig};
 pub use crate::scheduler::SchedulerConfig;
 use crate::scheduler::{PerClass, MAX_WEIGHT_SUM};
 pub use crate::trace::OtlpConfig;
@@ -249,6 +249,7 @@ macro_rules! spelled {
 }
 spelled!(AuthMode { Required = "required", Off = "off" });
 spelled!(RecordStore { Postgres = "postgres", Mongo = "mongo" });
+spelled!(RecordConsumers { PerStore = "per-store", Shared = "shared" });
 
 /// Weights `high:medium:low` whose sum the scheduler can hold.
 pub fn parse_weights(s: &str) -> Result<PerClass, String> {

@@ -7,10 +7,12 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use async_nats::jetstream;
 use common::{
-    eventually, migrated_pool, start_recorder, test_store, webhook_to, Receiver, Reply, Stack,
-    TcpProxy, TestServer,
+    eventually, migrated_pool, start_recorder, start_recorder_with, test_store, webhook_to,
+    Receiver, Reply, Stack, TcpProxy, TestServer,
 };
+use futures::StreamExt;
 use herald::config::AuthMode;
 use mongodb::bson::{doc, Document};
 use sqlx::PgPool;
@@ -874,6 +876,94 @@ async fn the_recorder_catches_up_after_a_store_outage() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(count(&pool, "SELECT count(*) FROM notifications").await, 0);
     pg_proxy.restore();
+    mongo_proxy.restore();
+    let rows = eventually(Duration::from_secs(30), || async {
+        let rows: Vec<String> = sqlx::query_scalar("SELECT id::text FROM notifications")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        (rows.len() == 40).then_some(rows)
+    })
+    .await
+    .expect("PostgreSQL caught up");
+    assert_eq!(rows.into_iter().collect::<HashSet<_>>(), ids);
+    let docs = eventually(Duration::from_secs(30), || async {
+        let docs = mongo_docs(&prefix).await;
+        (docs.len() == 40).then_some(docs)
+    })
+    .await
+    .expect("MongoDB caught up");
+    assert_eq!(docs.keys().cloned().collect::<HashSet<_>>(), ids);
+    recorder.shutdown().await;
+    pool.close().await;
+    server.finish().await;
+}
+
+/// `--record-consumers shared`: one consumer per stream feeds both stores, so a store that
+/// is down holds back the other (the trade for one delivery and ack per message fewer),
+/// a batch is written again only into the store that failed, and both catch up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_recorder_consumers_hold_both_stores_back_and_catch_up() {
+    let mongo_proxy = TcpProxy::start("127.0.0.1:27017".parse().unwrap()).await;
+    let server = TestServer::start().await;
+    let prefix = server.prefix.clone();
+    let direct = test_store(&prefix);
+    let pool = migrated_pool(&direct).await;
+    let mut through = direct.clone();
+    through.mongo_url = format!("mongodb://{}/?directConnection=true", mongo_proxy.addr);
+    let recorder = start_recorder_with(
+        &server.nats_url,
+        &prefix,
+        &through,
+        herald::config::RecordConsumers::Shared,
+    )
+    .await;
+    let js = jetstream::new(async_nats::connect(&server.nats_url).await.unwrap());
+    let mut consumers = Vec::new();
+    for stream in ["NOTIFY", "EVENTS"] {
+        let mut names = js
+            .get_stream(format!("{prefix}{stream}"))
+            .await
+            .unwrap()
+            .consumer_names();
+        while let Some(name) = names.next().await {
+            consumers.push(name.unwrap());
+        }
+    }
+    assert!(
+        consumers.contains(&format!("{prefix}record-shared-notify"))
+            && consumers.contains(&format!("{prefix}record-shared-events"))
+            && !consumers.iter().any(|c| c.contains("record-postgres")),
+        "{consumers:?}"
+    );
+
+    mongo_proxy.cut();
+    let post = |i| {
+        let server = &server;
+        async move {
+            let r = server
+                .post(
+                    "/v1/notifications",
+                    webhook_to("http://127.0.0.1:9/x", "high", i),
+                )
+                .await;
+            assert_eq!(r.status, 202, "ingest does not depend on the stores");
+            r.body["id"].as_str().unwrap().to_string()
+        }
+    };
+    let mut ids = HashSet::from([post(0).await]);
+    // The first batch commits into PostgreSQL while MongoDB's write is retried ...
+    eventually(Duration::from_secs(20), || async {
+        (count(&pool, "SELECT count(*) FROM notifications").await == 1).then_some(())
+    })
+    .await
+    .expect("PostgreSQL wrote the first batch");
+    for i in 1..40 {
+        ids.insert(post(i).await);
+    }
+    // ... and nothing after it is recorded anywhere while MongoDB is down.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(count(&pool, "SELECT count(*) FROM notifications").await, 1);
     mongo_proxy.restore();
     let rows = eventually(Duration::from_secs(30), || async {
         let rows: Vec<String> = sqlx::query_scalar("SELECT id::text FROM notifications")

@@ -21,7 +21,7 @@ use herald::admission::AdmissionConfig;
 use herald::config::{
     check_identifier, check_prefix, parse_weights, AuthMode, DeliverConfig, DeliveryConfig,
     EgressConfig, NatsConfig, OtlpConfig, PerChannel, PgConfig, PublisherConfig, RecordConfig,
-    RecordStore, RecorderConfig, RunConfig, ServeConfig, StoreConfig,
+    RecordConsumers, RecordStore, RecorderConfig, RunConfig, ServeConfig, StoreConfig,
 };
 use herald::delivery::retry::RetryPolicy;
 use herald::egress::{parse_nets, Nets};

@@ -376,6 +376,11 @@ pub struct RecorderArgs {
     /// Do not record into PostgreSQL / MongoDB (for deployments that keep only one).
     #[arg(long, env = "HERALD_RECORD_SKIP", value_delimiter = ',', value_parser = one_of::<RecordStore>(RecordStore::WORDS))]
     record_skip: Vec<RecordStore>,
+    /// `per-store`: each store its own consumers, so a store that is down holds back only
+    /// its own. `shared`: one consumer per stream writes into every store, one delivery and
+    /// one ack per message fewer, and a store that is down holds back both.
+    #[arg(long, env = "HERALD_RECORD_CONSUMERS", default_value_t = recorder().record_consumers, value_parser = one_of::<RecordConsumers>(RecordConsumers::WORDS))]
+    record_consumers: RecordConsumers,
 }
 
 impl From<RecorderArgs> for RecorderConfig {
@@ -388,6 +393,7 @@ impl From<RecorderArgs> for RecorderConfig {
             status_cache_ttl: a.status_cache_ttl.into(),
             message_retention: a.message_retention.into(),
             record_skip: a.record_skip,
+            record_consumers: a.record_consumers,
         }
     }
 }

@@ -4,6 +4,8 @@
 //! Each store has its own durable pull consumers (`<prefix>record-<store>-notify`,
 //! `<prefix>record-<store>-events`), so a store that is down only holds back its own
 //! consumers; the others keep going, and it catches up from JetStream when it returns.
+//! `--record-consumers shared` trades that for one consumer per stream that writes each
+//! batch into every store (one delivery and one ack per message fewer).
 //! A consumer takes what arrives within `--record-linger` of a batch's first message (up to
 //! `--record-batch`), writes it with one statement per batch, and acknowledges the batch
 //! only after the write committed. The linger is what keeps statements few at low rates:
@@ -77,7 +79,16 @@ impl Recorder {
     ) -> Result<Self, async_nats::Error> {
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        for sink in sinks {
+        // Per store: each sink on its own consumers. Shared: one consumer per stream feeds
+        // every sink.
+        let groups: Vec<(String, Vec<Arc<dyn Sink>>)> = match config.record_consumers {
+            RecordConsumers::PerStore => sinks
+                .into_iter()
+                .map(|sink| (sink.name().to_owned(), vec![sink]))
+                .collect(),
+            RecordConsumers::Shared => vec![("shared".to_owned(), sinks)],
+        };
+        for (group, sinks) in groups.into_iter().filter(|(_, s)| !s.is_empty()) {
             for (source, stream_name, filter) in [
                 (
                     Source::Notify,
@@ -87,14 +98,18 @@ impl Recorder {
                 (Source::Events, &names.events_stream, String::new()),
             ] {
                 let stream = js.get_stream(stream_name).await?;
-                let name = format!("{}record-{}-{}", names.prefix, sink.name(), source.as_str());
+                let name = format!("{}record-{group}-{}", names.prefix, source.as_str());
+                let into = sinks
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(" and ");
                 let consumer: consumer::PullConsumer = stream
                     .create_consumer(consumer::pull::Config {
                         durable_name: Some(name.clone()),
                         description: Some(format!(
-                            "Herald recorder: {} into {}",
+                            "Herald recorder: {} into {into}",
                             source.as_str(),
-                            sink.name()
                         )),
                         filter_subject: filter,
                         ack_policy: consumer::AckPolicy::Explicit,
@@ -106,7 +121,7 @@ impl Recorder {
                     .await?;
                 tasks.spawn(record(
                     consumer,
-                    sink.clone(),
+                    sinks.clone(),
                     source,
                     batch::Limits {
                         max: config.record_batch.max(1),
@@ -145,17 +160,17 @@ impl Recorder {
 /// rows.
 const BATCH_BYTES: usize = 4 << 20;
 
-/// One consumer's loop: take what has arrived, write it, acknowledge it.
+/// One consumer's loop: take what has arrived, write it into every sink, acknowledge it.
 async fn record(
     consumer: consumer::PullConsumer,
-    sink: Arc<dyn Sink>,
+    sinks: Vec<Arc<dyn Sink>>,
     source: Source,
     limits: batch::Limits,
     metrics: Arc<Metrics>,
     yielding: Yielding,
     stop: CancellationToken,
 ) {
-    let label = format!("record-{}-{}", sink.name(), source.as_str());
+    let label = consumer.cached_info().name.clone();
     let mut pull = Pull::new(consumer, limits.max, stop.clone(), label);
     while let Some(first) = pull.next().await {
         // While the door sheds anything, record in larger, rarer batches (cheaper per
@@ -163,47 +178,61 @@ async fn record(
         yielding.pause(Priority::Low).await;
         let batch = batch::collect(first, &mut pull, limits, |m| m.payload.len()).await;
         if let Some(Ok(info)) = batch.last().map(Message::info) {
-            metrics.record_lag(sink.name(), source.as_str(), info.pending);
+            for sink in &sinks {
+                metrics.record_lag(sink.name(), source.as_str(), info.pending);
+            }
         }
-        if !write_until_committed(&*sink, source, &batch, &metrics, &stop).await {
+        if !write_until_committed(&sinks, source, &batch, &metrics, &stop).await {
             return;
         }
         for message in &batch {
             if let Err(err) = message.ack().await {
-                tracing::warn!(store = sink.name(), error = %err, "ack after commit failed; the batch will be written again (idempotently)");
+                tracing::warn!(error = %err, "ack after commit failed; the batch will be written again (idempotently)");
             }
         }
     }
 }
 
-/// Retries the write with backoff until it commits (true) or the recorder stops (false:
-/// the batch stays unacknowledged and is redelivered). In-progress acks keep JetStream
-/// from handing the batch to another recorder meanwhile.
+/// Writes the batch into every sink, retrying with backoff those that failed, until all
+/// committed (true) or the recorder stops (false: the batch stays unacknowledged and is
+/// redelivered). In-progress acks keep JetStream from handing the batch to another
+/// recorder meanwhile.
 async fn write_until_committed(
-    sink: &dyn Sink,
+    sinks: &[Arc<dyn Sink>],
     source: Source,
     batch: &[Message],
     metrics: &Metrics,
     stop: &CancellationToken,
 ) -> bool {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut pending: Vec<&dyn Sink> = sinks.iter().map(|s| &**s).collect();
     loop {
-        let started = std::time::Instant::now();
-        match sink.write(source, batch).await {
-            Ok(()) => {
-                metrics.recorded(sink.name(), source.as_str(), batch.len(), started.elapsed());
-                return true;
-            }
-            Err(err) => {
-                metrics.record_failed(sink.name(), source.as_str());
-                tracing::warn!(store = sink.name(), source = source.as_str(), batch = batch.len(), error = %err, "recording failed; retrying");
-                if !backoff.wait(stop).await {
-                    return false;
+        let outcomes = futures::future::join_all(pending.iter().map(|sink| async move {
+            let started = std::time::Instant::now();
+            let written = sink.write(source, batch).await;
+            (written, started.elapsed())
+        }))
+        .await;
+        let mut failed = Vec::new();
+        for (sink, (written, took)) in pending.into_iter().zip(outcomes) {
+            match written {
+                Ok(()) => metrics.recorded(sink.name(), source.as_str(), batch.len(), took),
+                Err(err) => {
+                    metrics.record_failed(sink.name(), source.as_str());
+                    tracing::warn!(store = sink.name(), source = source.as_str(), batch = batch.len(), error = %err, "recording failed; retrying");
+                    failed.push(sink);
                 }
-                for message in batch {
-                    let _ = message.ack_with(AckKind::Progress).await;
-                }
             }
+        }
+        if failed.is_empty() {
+            return true;
+        }
+        pending = failed;
+        if !backoff.wait(stop).await {
+            return false;
+        }
+        for message in batch {
+            let _ = message.ack_with(AckKind::Progress).await;
         }
     }
 }
@@ -283,6 +312,8 @@ pub struct RecorderConfig {
     pub message_retention: Duration,
     /// Stores not recorded into.
     pub record_skip: Vec<RecordStore>,
+    /// Whether each store has its own consumers or one per stream feeds them all.
+    pub record_consumers: RecordConsumers,
 }
 
 impl Default for RecorderConfig {
@@ -295,8 +326,20 @@ impl Default for RecorderConfig {
             status_cache_ttl: Duration::from_secs(3600),
             message_retention: Duration::from_secs(30 * 24 * 3600),
             record_skip: Vec::new(),
+            record_consumers: RecordConsumers::default(),
         }
     }
+}
+
+/// How the recorder's consumers map onto the stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecordConsumers {
+    #[default]
+    /// Each store its own consumers: a store that is down holds back only its own.
+    PerStore,
+    /// One consumer per stream writes each batch into every store: one delivery and one
+    /// ack per message fewer, but a store that is down holds back the other.
+    Shared,
 }
 
 /// A store the recorder can leave out.

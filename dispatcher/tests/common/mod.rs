@@ -778,12 +778,23 @@ pub async fn start_recorder(
     prefix: &str,
     store: &herald::config::StoreConfig,
 ) -> herald::recorder::Recorder {
+    start_recorder_with(nats_url, prefix, store, Default::default()).await
+}
+
+/// `start_recorder` with its consumers laid out as `consumers` says.
+pub async fn start_recorder_with(
+    nats_url: &str,
+    prefix: &str,
+    store: &herald::config::StoreConfig,
+    consumers: herald::config::RecordConsumers,
+) -> herald::recorder::Recorder {
     let client = async_nats::connect(nats_url).await.unwrap();
     let js = jetstream::new(client);
     let config = herald::config::RecorderConfig {
         record_batch: 100,
         status_cache_ttl: Duration::from_secs(60),
         message_retention: Duration::from_secs(86_400),
+        record_consumers: consumers,
         ..Default::default()
     };
     herald::app::start_recorder(
