@@ -7,7 +7,7 @@
 # `dispatcher run` with auth and the recorder, loadgen with its sink (the CPU then
 # includes delivery and recording until the sink has every notification).
 # Usage: scripts/compare-cpu.sh BEFORE_BIN AFTER_BIN [RATE (8000)] [ROUNDS (3)]
-# Writes results/<date>-<rev>/compare-cpu.md and a row in results/README.md; BEFORE and
+# Writes results/<date>-<rev>/compare-cpu.md (-2, -3, ... after the first) and a row in results/README.md; BEFORE and
 # AFTER (environment) name the builds in the report. NATS_GOMAXPROCS_BEFORE / _AFTER: when
 # either is set, nats-server is restarted before each run with GOMAXPROCS at that side's
 # value (empty: Go's default), for an A/B of nats-server itself (pass one binary twice).
@@ -74,6 +74,9 @@ one() {
 }
 
 out=$(results_dir)
+# A second comparison on the same revision keeps the first one's report.
+report=compare-cpu.md n=1
+while [ -e "$out/$report" ]; do n=$((n + 1)); report=compare-cpu-$n.md; done
 {
   echo "# CPU per request, two builds, $(date -u +%Y-%m-%d)"
   echo
@@ -102,5 +105,5 @@ out=$(results_dir)
     done
   done
   nats_side
-} | tee "$out/compare-cpu.md"
-results_row scripts/compare-cpu.sh "CPU per request ($ROLE) at $rate/s, ${BEFORE:-before} vs ${AFTER:-after}" compare-cpu.md
+} | tee "$out/$report"
+results_row scripts/compare-cpu.sh "CPU per request ($ROLE) at $rate/s, ${BEFORE:-before} vs ${AFTER:-after}" "$report"
