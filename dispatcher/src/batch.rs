@@ -1,6 +1,5 @@
-//! Closing a batch, once for every writer that batches what a channel brings (the
-//! outcome-event batcher, the ingress's accepted-status writer; the recorder pulls its
-//! batches from JetStream in bursts instead, see `recorder::burst`): a batch
+//! Closing a batch, once for every consumer that writes in batches (the recorder's
+//! consumers, the outcome-event batcher, the ingress's accepted-status writer): a batch
 //! starts with its first item and closes at whichever limit comes first, items, bytes, or
 //! a linger that starts with the first item.
 

@@ -14,7 +14,6 @@
 //! count as done), so a batch redelivered after a crash changes nothing twice. A failed
 //! write is retried with backoff while the batch is kept alive with in-progress acks.
 
-mod burst;
 pub mod mongo;
 pub mod postgres;
 
@@ -26,10 +25,9 @@ use futures::future::BoxFuture;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use self::burst::Burst;
 use crate::admission::Yielding;
 use crate::batch;
-use crate::jetstream::Names;
+use crate::jetstream::{Names, Pull};
 use crate::lifecycle::Backoff;
 use crate::metrics::Metrics;
 use crate::model::{Priority, WireNotification};
@@ -122,7 +120,7 @@ impl Recorder {
                     })
                     .await?;
                 tasks.spawn(record(
-                    Burst::new(consumer, js.clone(), stop.clone()),
+                    consumer,
                     sinks.clone(),
                     source,
                     batch::Limits {
@@ -164,7 +162,7 @@ const BATCH_BYTES: usize = 4 << 20;
 
 /// One consumer's loop: take what has arrived, write it into every sink, acknowledge it.
 async fn record(
-    mut burst: Burst,
+    consumer: consumer::PullConsumer,
     sinks: Vec<Arc<dyn Sink>>,
     source: Source,
     limits: batch::Limits,
@@ -172,12 +170,13 @@ async fn record(
     yielding: Yielding,
     stop: CancellationToken,
 ) {
-    while let Some(first) = burst.first().await {
-        let opened = tokio::time::Instant::now();
+    let label = consumer.cached_info().name.clone();
+    let mut pull = Pull::new(consumer, limits.max, stop.clone(), label);
+    while let Some(first) = pull.next().await {
         // While the door sheds anything, record in larger, rarer batches (cheaper per
         // message); the lag this builds is bounded by one pause's arrivals and reported.
         yielding.pause(Priority::Low).await;
-        let batch = burst.rest(first, opened, limits).await;
+        let batch = batch::collect(first, &mut pull, limits, |m| m.payload.len()).await;
         if let Some(Ok(info)) = batch.last().map(Message::info) {
             for sink in &sinks {
                 metrics.record_lag(sink.name(), source.as_str(), info.pending);
