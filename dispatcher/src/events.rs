@@ -2,8 +2,8 @@
 //! and anyone else who wants to follow a notification.
 //!
 //! Events travel in batches: one message under `<prefix>events.outcomes` holds a JSON array
-//! of event documents, from every worker of a delivery process within `--event-linger`
-//! (at most `--event-batch`). Each stored message costs JetStream a write and every
+//! of event documents, from every worker of a delivery process within a linger that grows
+//! at low rates from `--event-linger` to `--event-linger-max` (at most `--event-batch`). Each stored message costs JetStream a write and every
 //! recorder consumer a delivery and an ack, so a batch of twenty costs what one event did.
 //! A batch's `Nats-Msg-Id` is fixed before its first publish, so a retry after a lost
 //! PubAck stores it once. Readers take a single event document as well (what earlier
@@ -144,8 +144,10 @@ pub async fn publish(
 pub struct EventBatching {
     /// Most events per EVENTS message.
     pub max: usize,
-    /// How long a batch waits for more events after its first.
+    /// How long a batch waits for more events after its first, at least ...
     pub linger: Duration,
+    /// ... and at most (see `linger_at`).
+    pub linger_max: Duration,
     /// How long a batch is retried before its waiters are told it was not stored.
     pub patience: Duration,
 }
@@ -200,13 +202,16 @@ async fn batch_events(
 ) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     let mut publishing = JoinSet::new();
-    let limits = batch::Limits {
-        max: batching.max.max(1),
-        max_bytes: usize::MAX,
-        linger: batching.linger,
-    };
+    let mut previous = None;
     while let Some(first) = receiver.recv().await {
+        let opened = tokio::time::Instant::now();
+        let limits = batch::Limits {
+            max: batching.max.max(1),
+            max_bytes: usize::MAX,
+            linger: linger_at(previous, opened, &batching),
+        };
         let batch = batch::collect(first, &mut receiver, limits, |_| 0).await;
+        previous = Some((opened, batch.len()));
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
         };
@@ -218,6 +223,29 @@ async fn batch_events(
         while publishing.try_join_next().is_some() {}
     }
     while publishing.join_next().await.is_some() {}
+}
+
+/// Events a batch waits to gather at the recent rate, within the linger's bounds.
+const GATHER: f64 = 8.0;
+
+/// The linger of a batch opened at `now`, after one of `previous` = (opened, events): what
+/// it takes for `GATHER` events to arrive at the rate since that batch opened, between the
+/// configured least and most. At low rates that is the most, so a lone event waits for
+/// company instead of costing an EVENTS message of its own; from a few hundred events a
+/// second on, the least, so workers (each waits for its event's batch before it acks) are
+/// held no longer than with a fixed linger. The first batch takes the least.
+fn linger_at(
+    previous: Option<(tokio::time::Instant, usize)>,
+    now: tokio::time::Instant,
+    batching: &EventBatching,
+) -> Duration {
+    let Some((opened, events)) = previous else {
+        return batching.linger;
+    };
+    let since = now.saturating_duration_since(opened).as_secs_f64();
+    let wanted = since * GATHER / events.max(1) as f64;
+    Duration::from_secs_f64(wanted.min(batching.linger_max.as_secs_f64()))
+        .clamp(batching.linger, batching.linger_max.max(batching.linger))
 }
 
 /// Publishes one batch, retrying it under the same message id with backoff until it is
@@ -257,6 +285,43 @@ async fn store_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_event_linger_grows_as_the_rate_falls_within_its_bounds() {
+        let batching = EventBatching {
+            max: 256,
+            linger: Duration::from_millis(10),
+            linger_max: Duration::from_millis(50),
+            patience: Duration::from_secs(1),
+        };
+        let now = tokio::time::Instant::now();
+        let after = |ms: u64, events: usize| {
+            linger_at(
+                Some((now, events)),
+                now + Duration::from_millis(ms),
+                &batching,
+            )
+        };
+        assert_eq!(linger_at(None, now, &batching), batching.linger);
+        // 100/s: five events in the last 50 ms → wait the most.
+        assert_eq!(after(50, 5), Duration::from_millis(50));
+        // An event after a long idle: the most.
+        assert_eq!(after(600_000, 1), Duration::from_millis(50));
+        // 400/s: eight events take 20 ms.
+        assert_eq!(after(50, 20), Duration::from_millis(20));
+        // 2,000/s and a full batch: the least, as with a fixed linger.
+        assert_eq!(after(10, 20), Duration::from_millis(10));
+        assert_eq!(after(0, 256), Duration::from_millis(10));
+        // A fixed linger when both bounds are one.
+        let fixed = EventBatching {
+            linger_max: batching.linger,
+            ..batching
+        };
+        assert_eq!(
+            linger_at(Some((now, 1)), now + Duration::from_secs(1), &fixed),
+            fixed.linger
+        );
+    }
 
     fn event(kind: EventKind) -> Event<'static> {
         Event {

@@ -212,10 +212,16 @@ pub struct DeliveryArgs {
     /// Most outcome events per EVENTS message.
     #[arg(long, env = "HERALD_EVENT_BATCH", default_value_t = delivery().event_batch)]
     event_batch: usize,
-    /// How long a batch of outcome events waits for more after its first (each worker
-    /// waits that long at most before it acks; deliveries are not delayed).
+    /// How long a batch of outcome events waits for more after its first, at least (each
+    /// worker waits that long at most before it acks; deliveries are not delayed).
     #[arg(long, env = "HERALD_EVENT_LINGER", default_value_t = human(delivery().event_linger))]
     event_linger: Human,
+    /// The longest the outcome-event linger grows to at low rates, where it waits for
+    /// about eight events at the recent rate: fewer EVENTS messages (each costs NATS a
+    /// write and every recorder consumer a delivery and an ack), each status that much
+    /// later. Equal to --event-linger: a fixed linger.
+    #[arg(long, env = "HERALD_EVENT_LINGER_MAX", default_value_t = human(delivery().event_linger_max))]
+    event_linger_max: Human,
     /// JetStream redelivers a message not acknowledged in this time (slow sends send
     /// in-progress acks every third of it).
     #[arg(long, env = "HERALD_ACK_WAIT", default_value_t = human(delivery().ack_wait))]
@@ -317,6 +323,7 @@ impl From<DeliveryArgs> for DeliveryConfig {
             fetch_batch: a.fetch_batch,
             event_batch: a.event_batch,
             event_linger: a.event_linger.into(),
+            event_linger_max: a.event_linger_max.into(),
             ack_wait: a.ack_wait.into(),
             hold_after: a.hold_after.into(),
             dlq_size_interval: a.dlq_size_interval.into(),

@@ -22,8 +22,10 @@ pub struct DeliveryConfig {
     pub fetch_batch: usize,
     /// Most outcome events per EVENTS message.
     pub event_batch: usize,
-    /// How long a batch of outcome events waits for more after its first.
+    /// How long a batch of outcome events waits for more after its first, at least ...
     pub event_linger: Duration,
+    /// ... and at most: at low rates the linger grows toward this (see `events`).
+    pub event_linger_max: Duration,
     /// JetStream redelivers a message not acknowledged in this time.
     pub ack_wait: Duration,
     /// Waits at least this long go to the HOLD stream, out of the ack-pending window;
@@ -73,6 +75,7 @@ impl Default for DeliveryConfig {
             fetch_batch: 256,
             event_batch: 256,
             event_linger: Duration::from_millis(10),
+            event_linger_max: Duration::from_millis(50),
             ack_wait: Duration::from_secs(30),
             hold_after: Duration::from_secs(1),
             dlq_size_interval: Duration::from_secs(15),
