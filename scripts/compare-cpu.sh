@@ -38,9 +38,11 @@ nats_side() {
   nats_pid=$(pgrep -f "nats-server -a 127.0.0.1 -p 4222" | head -1)
 }
 
-# one BIN: prints "dispatcher_us nats_us redis_us accepted ingest_p99_ms e2e_p99_ms"
+# one BIN: prints "dispatcher_us nats_us redis_us accepted ingest_p99_ms e2e_p99_ms
+# dispatcher_cs nats_cs nats_msgs" (the last three per request: context switches, and
+# messages through nats-server in and out)
 one() {
-  local port prefix pid d0 n0 r0 d1 n1 r1 key=""
+  local port prefix pid d0 n0 r0 d1 n1 r1 dc0 nc0 m0 dc1 nc1 m1 key=""
   bin=$1
   port=$(free_port)
   prefix="cmp$(date +%s%N | tail -c 8)_"
@@ -56,9 +58,11 @@ one() {
   wait_ready "http://127.0.0.1:$port/readyz" 10 "$pid" || { echo "$bin not ready" >&2; exit 1; }
   target/release/loadgen --target "http://127.0.0.1:$port" --rate 2000 -d 3s -c 64 "${load[@]}" >/dev/null 2>&1
   d0=$(cpu_seconds "$pid"); n0=$(cpu_seconds "$nats_pid"); r0=$(cpu_seconds "$redis_pid")
+  dc0=$(context_switches "$pid"); nc0=$(context_switches "$nats_pid"); m0=$(nats_messages)
   target/release/loadgen --target "http://127.0.0.1:$port" --rate "$rate" -d 20s -c 64 "${load[@]}" \
     --out "$work/run" >/dev/null 2>&1
   d1=$(cpu_seconds "$pid"); n1=$(cpu_seconds "$nats_pid"); r1=$(cpu_seconds "$redis_pid")
+  dc1=$(context_switches "$pid"); nc1=$(context_switches "$nats_pid"); m1=$(nats_messages)
   kill "$pid"; wait "$pid" 2>/dev/null || true
   local store=(--keep-schema)
   [ "$ROLE" = run ] && store=(--pg-schema "$prefix" --mongo-db "$prefix")
@@ -66,10 +70,12 @@ one() {
   jq -r --arg d "$(awk -v a="$d0" -v b="$d1" 'BEGIN { print b - a }')" \
     --arg n "$(awk -v a="$n0" -v b="$n1" 'BEGIN { print b - a }')" \
     --arg r "$(awk -v a="$r0" -v b="$r1" 'BEGIN { print b - a }')" \
+    --arg dc "$((dc1 - dc0))" --arg nc "$((nc1 - nc0))" --arg m "$((m1 - m0))" \
     'def one_decimal: . * 10 | round / 10;
       ([.end_to_end.priorities[]?.p99_ms] | max // "-" | if type == "number" then one_decimal else . end) as $e2e
       | .total | def us($s): ($s | tonumber) * 1e6 / .requests | one_decimal;
-      "\(us($d)) \(us($n)) \(us($r)) \(.notifications_accepted)/\(.requests) \(.ingest.p99_ms | one_decimal) \($e2e)"' \
+      def per($s): ($s | tonumber) / .requests | . * 100 | round / 100;
+      "\(us($d)) \(us($n)) \(us($r)) \(.notifications_accepted)/\(.requests) \(.ingest.p99_ms | one_decimal) \($e2e) \(per($dc)) \(per($nc)) \(per($m))"' \
     "$work/run/summary.json"
 }
 
@@ -94,14 +100,16 @@ while [ -e "$out/$report" ]; do n=$((n + 1)); report=compare-cpu-$n.md; done
     echo "and GOMAXPROCS=${NATS_GOMAXPROCS_AFTER:-(default)} (after)."
   fi
   echo
-  echo "| round | build | dispatcher µs/request | nats-server µs/request | redis-server µs/request | accepted | ingest p99 ms | e2e p99 ms (worst class) |"
-  echo "|---|---|---|---|---|---|---|---|"
+  echo "Context switches: every thread's, /proc/PID/task/*/status; NATS messages: in + out, nats-server's /varz."
+  echo
+  echo "| round | build | dispatcher µs/request | nats-server µs/request | redis-server µs/request | accepted | ingest p99 ms | e2e p99 ms (worst class) | dispatcher context switches/request | nats-server context switches/request | NATS messages/request |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
   for r in $(seq 1 "$rounds"); do
     for which in before after; do
       bin=$before; [ "$which" = after ] && bin=$after
       if [ "$which" = before ]; then nats_side "${NATS_GOMAXPROCS_BEFORE:-}"; else nats_side "${NATS_GOMAXPROCS_AFTER:-}"; fi
-      read -r d n rd acc p99 e2e < <(one "$bin")
-      echo "| $r | $which | $d | $n | $rd | $acc | $p99 | $e2e |"
+      read -r d n rd acc p99 e2e dcs ncs msgs < <(one "$bin")
+      echo "| $r | $which | $d | $n | $rd | $acc | $p99 | $e2e | $dcs | $ncs | $msgs |"
     done
   done
   nats_side

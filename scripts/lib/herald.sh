@@ -77,6 +77,16 @@ cpu_seconds() {
   awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"
 }
 
+# Context switches (voluntary and not) of every thread of a process so far.
+context_switches() {
+  cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }'
+}
+
+# Messages nats-server has taken in and sent out so far (its monitoring port, 8222).
+nats_messages() {
+  curl -sf http://127.0.0.1:8222/varz | jq '.in_msgs + .out_msgs' 2>/dev/null || echo 0
+}
+
 # Busy and total jiffies of the whole machine so far ("busy total"): idle and iowait are
 # the only states not busy.
 machine_jiffies() {
