@@ -230,13 +230,9 @@ impl App {
             dependencies: Some(dependencies.clone()),
             ..App::empty()
         };
-        let ingress = app.ingress.as_ref().expect("just set");
-        let yielding = Yielding::to(ingress.admission());
-        // Delivery shares the door's NATS connection (both run on this runtime): one
-        // connection's reads and writes carry both, fewer wake-ups than two.
-        let door_client = ingress.state().client.clone();
+        let yielding = Yielding::to(app.ingress.as_ref().expect("just set").admission());
         let start_delivery = async {
-            let (js, names) = streams_on(door_client, &nats, &app.starting).await?;
+            let (_, js, names) = connect_streams(&nats, &app.starting).await?;
             start_delivery(
                 &js,
                 &names,
@@ -553,24 +549,14 @@ pub async fn connect_streams(
     stop: &CancellationToken,
 ) -> Result<(async_nats::Client, async_nats::jetstream::Context, Names), StartError> {
     let client = jetstream::connect(nats).await?;
-    let (js, names) = streams_on(client.clone(), nats, stop).await?;
-    Ok((client, js, names))
-}
-
-/// Herald's streams on an existing connection, once they exist (NATS may come up later).
-pub async fn streams_on(
-    client: async_nats::Client,
-    nats: &NatsConfig,
-    stop: &CancellationToken,
-) -> Result<(async_nats::jetstream::Context, Names), StartError> {
-    let js = async_nats::jetstream::new(client);
+    let js = async_nats::jetstream::new(client.clone());
     let names = Names::new(&nats.prefix);
     lifecycle::retry("checking the streams", start_backoff(), stop, || {
         jetstream::ensure_streams(&js, &names, nats)
     })
     .await
     .ok_or(StartError::Stopped)?;
-    Ok((js, names))
+    Ok((client, js, names))
 }
 
 fn start_backoff() -> Backoff {
