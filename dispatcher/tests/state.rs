@@ -847,6 +847,27 @@ async fn a_payload_the_store_refuses_does_not_stall_recording() {
     server.finish().await;
 }
 
+/// Waits until PostgreSQL's rows and MongoDB's documents are exactly `ids`.
+async fn both_stores_caught_up(pool: &PgPool, prefix: &str, ids: &HashSet<String>) {
+    let rows = eventually(Duration::from_secs(30), || async {
+        let rows: Vec<String> = sqlx::query_scalar("SELECT id::text FROM notifications")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        (rows.len() == ids.len()).then_some(rows)
+    })
+    .await
+    .expect("PostgreSQL caught up");
+    assert_eq!(&rows.into_iter().collect::<HashSet<_>>(), ids);
+    let docs = eventually(Duration::from_secs(30), || async {
+        let docs = mongo_docs(prefix).await;
+        (docs.len() == ids.len()).then_some(docs)
+    })
+    .await
+    .expect("MongoDB caught up");
+    assert_eq!(&docs.keys().cloned().collect::<HashSet<_>>(), ids);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_recorder_catches_up_after_a_store_outage() {
     let pg_proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
@@ -877,23 +898,7 @@ async fn the_recorder_catches_up_after_a_store_outage() {
     assert_eq!(count(&pool, "SELECT count(*) FROM notifications").await, 0);
     pg_proxy.restore();
     mongo_proxy.restore();
-    let rows = eventually(Duration::from_secs(30), || async {
-        let rows: Vec<String> = sqlx::query_scalar("SELECT id::text FROM notifications")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-        (rows.len() == 40).then_some(rows)
-    })
-    .await
-    .expect("PostgreSQL caught up");
-    assert_eq!(rows.into_iter().collect::<HashSet<_>>(), ids);
-    let docs = eventually(Duration::from_secs(30), || async {
-        let docs = mongo_docs(&prefix).await;
-        (docs.len() == 40).then_some(docs)
-    })
-    .await
-    .expect("MongoDB caught up");
-    assert_eq!(docs.keys().cloned().collect::<HashSet<_>>(), ids);
+    both_stores_caught_up(&pool, &prefix, &ids).await;
     recorder.shutdown().await;
     pool.close().await;
     server.finish().await;
@@ -965,23 +970,7 @@ async fn shared_recorder_consumers_hold_both_stores_back_and_catch_up() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(count(&pool, "SELECT count(*) FROM notifications").await, 1);
     mongo_proxy.restore();
-    let rows = eventually(Duration::from_secs(30), || async {
-        let rows: Vec<String> = sqlx::query_scalar("SELECT id::text FROM notifications")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-        (rows.len() == 40).then_some(rows)
-    })
-    .await
-    .expect("PostgreSQL caught up");
-    assert_eq!(rows.into_iter().collect::<HashSet<_>>(), ids);
-    let docs = eventually(Duration::from_secs(30), || async {
-        let docs = mongo_docs(&prefix).await;
-        (docs.len() == 40).then_some(docs)
-    })
-    .await
-    .expect("MongoDB caught up");
-    assert_eq!(docs.keys().cloned().collect::<HashSet<_>>(), ids);
+    both_stores_caught_up(&pool, &prefix, &ids).await;
     recorder.shutdown().await;
     pool.close().await;
     server.finish().await;
