@@ -17,6 +17,11 @@
 # consumer settled: with RATES holding e.g. 8000/50 (8,000 notifications/s in batches of
 # 50), the highest rate the whole pipeline sustains, where the ingress is not the limit.
 # A rate given as e.g. 2000+ed25519 runs with the tenant's ed25519 key (v1a beside v1).
+# Floors, for each single-request rate: the CPU per request of bare202 (a hyper server
+# that answers 202 and does nothing else) under the same loadgen at that rate, and
+# nats-server's CPU per message under `nats bench js pub sync` (one publish at a time,
+# throttled to that rate, file storage): what one request and one durable publish cost at
+# that rate at the least, on this machine, in the same run.
 # Knobs: RATES ("100 2000 8000/50"), DURATION (20s), PROFILE_SECONDS (5), SETTLE (120: seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -162,6 +167,32 @@ for spec in $RATES; do
   wait "$dispatcher" 2>/dev/null || true
 done
 
+# The floors (single-request rates only).
+floors=()
+cargo build --release --locked -p herald-benches --bin bare202 2>&1 | tail -1 >&2
+nats_pid=$(pgrep -f "nats-server -a 127.0.0.1 -p 4222" | awk 'NR == 1')
+for spec in $RATES; do
+  case $spec in */* | *+*) continue ;; esac
+  bare_addr=127.0.0.1:18098
+  target/release/bare202 "$bare_addr" >/dev/null 2>&1 &
+  bare=$!
+  sleep 0.5
+  b0=$(cpu_seconds "$bare")
+  "$loadgen" --target "http://$bare_addr" --rate "$spec" -d "$DURATION" --warmup 0s -c 64 \
+    --out "$work/floor-$spec" >/dev/null 2>&1 || true
+  bare_us=$(awk -v a="$b0" -v b="$(cpu_seconds "$bare")" -v n="$(jq '.total.requests' "$work/floor-$spec/summary.json")" \
+    'BEGIN { printf "%.0f", (b - a) * 1e6 / n }')
+  kill "$bare"; wait "$bare" 2>/dev/null || true
+  stream="costfloor$(date +%s%N | tail -c 8)"
+  msgs=$(awk -v r="$spec" -v d="${DURATION%s}" 'BEGIN { print r * d }')
+  n0=$(cpu_seconds "$nats_pid"); t0=$(date +%s.%N)
+  "$TOOLS/nats" bench js pub sync "$stream.x" --stream "$stream" --create --storage file \
+    --msgs "$msgs" --throughput "$spec" --size 512B --clients 1 >/dev/null 2>&1 || true
+  n1=$(cpu_seconds "$nats_pid"); t1=$(date +%s.%N)
+  "$TOOLS/nats" stream rm "$stream" -f >/dev/null 2>&1 || true
+  floors+=("| $spec | $bare_us | $(awk -v a="$n0" -v b="$n1" -v n="$msgs" 'BEGIN { printf "%.0f", (b - a) * 1e6 / n }') | $(awk -v n="$msgs" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }') |")
+done
+
 {
   echo "# Cost per notification, whole pipeline, $(date -u +%Y-%m-%d), revision $(git rev-parse --short HEAD)"
   echo
@@ -177,6 +208,18 @@ done
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
   echo
+  if [ "${#floors[@]}" -gt 0 ]; then
+    echo "### Floors at the same rates, same run"
+    echo
+    echo "bare202 (hyper, answers 202, nothing else) under the same loadgen, CPU per request;"
+    echo "nats-server's CPU per message under \`nats bench js pub sync\` (one 512 B publish at a time,"
+    echo "file storage, throttled to the rate; achieved rate beside it)."
+    echo
+    echo "| rate | bare hyper µs/request | nats-server µs/sync publish | publishes/s achieved |"
+    echo "|---|---|---|---|"
+    printf '%s\n' "${floors[@]}"
+    echo
+  fi
   printf '%s\n' "${profiles[@]}"
 } >"$out/../cost.md"
 results_row scripts/bench-cost.sh "CPU per notification by process, and the rate drained, at $(echo "$RATES" | sed 's/ /, /g') (notifications/s[/batch])" cost.md
