@@ -3,8 +3,9 @@
 //!
 //! Events travel in batches: one message under `<prefix>events.outcomes` holds a JSON array
 //! of event documents, from every worker of a delivery process within a linger that grows
-//! at low rates from `--event-linger` to `--event-linger-max` (at most `--event-batch`). Each stored message costs JetStream a write and every
-//! recorder consumer a delivery and an ack, so a batch of twenty costs what one event did.
+//! at low rates from `--event-linger` to `--event-linger-max` (at most `--event-batch`).
+//! Each stored message costs JetStream a write and every recorder consumer a delivery and
+//! an ack, so a batch of twenty costs what one event did.
 //! A batch's `Nats-Msg-Id` is fixed before its first publish, so a retry after a lost
 //! PubAck stores it once. Readers take a single event document as well (what earlier
 //! versions wrote).
@@ -244,8 +245,8 @@ fn linger_at(
     };
     let since = now.saturating_duration_since(opened).as_secs_f64();
     let wanted = since * GATHER / events.max(1) as f64;
-    Duration::from_secs_f64(wanted.min(batching.linger_max.as_secs_f64()))
-        .clamp(batching.linger, batching.linger_max.max(batching.linger))
+    let least = batching.linger.as_secs_f64();
+    Duration::from_secs_f64(wanted.clamp(least, batching.linger_max.as_secs_f64().max(least)))
 }
 
 /// Publishes one batch, retrying it under the same message id with backoff until it is

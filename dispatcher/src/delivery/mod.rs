@@ -122,7 +122,7 @@ impl Delivery {
             EventBatching {
                 max: config.event_batch.max(1),
                 linger: config.event_linger,
-                linger_max: config.event_linger_max.max(config.event_linger),
+                linger_max: config.event_linger_max,
                 patience: EVENT_PATIENCE,
             },
             stop.clone(),
