@@ -173,7 +173,7 @@ cargo build --release --locked -p herald-benches --bin bare202 2>&1 | tail -1 >&
 nats_pid=$(pgrep -f "nats-server -a 127.0.0.1 -p 4222" | awk 'NR == 1')
 for spec in $RATES; do
   case $spec in */* | *+*) continue ;; esac
-  bare_addr=127.0.0.1:18098
+  bare_addr=127.0.0.1:$(free_port)
   target/release/bare202 "$bare_addr" >/dev/null 2>&1 &
   bare=$!
   sleep 0.5

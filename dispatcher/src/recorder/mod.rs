@@ -81,12 +81,12 @@ impl Recorder {
         let mut tasks = JoinSet::new();
         // Per store: each sink on its own consumers. Shared: one consumer per stream feeds
         // every sink.
-        let groups: Vec<(String, Vec<Arc<dyn Sink>>)> = match config.record_consumers {
+        let groups: Vec<(&str, Vec<Arc<dyn Sink>>)> = match config.record_consumers {
             RecordConsumers::PerStore => sinks
                 .into_iter()
-                .map(|sink| (sink.name().to_owned(), vec![sink]))
+                .map(|sink| (sink.name(), vec![sink]))
                 .collect(),
-            RecordConsumers::Shared => vec![("shared".to_owned(), sinks)],
+            RecordConsumers::Shared => vec![("shared", sinks)],
         };
         for (group, sinks) in groups.into_iter().filter(|(_, s)| !s.is_empty()) {
             for (source, stream_name, filter) in [
