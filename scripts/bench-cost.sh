@@ -17,12 +17,15 @@
 # consumer settled: with RATES holding e.g. 8000/50 (8,000 notifications/s in batches of
 # 50), the highest rate the whole pipeline sustains, where the ingress is not the limit.
 # A rate given as e.g. 2000+ed25519 runs with the tenant's ed25519 key (v1a beside v1).
+# "closed" is the capacity row: loadgen closed loop (64 connections, single requests,
+# default mix) against the shipped defaults, admission's headroom included, as users run
+# it; its rate is what was accepted per second.
 # Floors, for each single-request rate: the CPU per request of bare202 (a hyper server
 # that answers 202 and does nothing else) under the same loadgen at that rate, and
 # nats-server's CPU per message under `nats bench js pub sync` (one publish at a time,
 # throttled to that rate, file storage): what one request and one durable publish cost at
 # that rate at the least, on this machine, in the same run.
-# Knobs: RATES ("100 2000 8000/50"), DURATION (20s), PROFILE_SECONDS (5), SETTLE (120: seconds).
+# Knobs: RATES ("100 2000 8000/50"; add "closed" for capacity), DURATION (20s), PROFILE_SECONDS (5), SETTLE (120: seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HERALD_WEBHOOK_ALLOW_NETS=${HERALD_WEBHOOK_ALLOW_NETS:-127.0.0.0/8,::1}
@@ -94,6 +97,8 @@ for spec in $RATES; do
   run=$rate${signing:++$signing}
   requests=$rate
   [ "$batch" -eq 0 ] || requests=$(awk -v r="$rate" -v b="$batch" 'BEGIN { print r / b }')
+  pace=(--rate "$requests" --batch "$batch")
+  [ "$rate" != closed ] || pace=()
   new_prefix cost
   key=$(tenant_key "$prefix" cost)
   [ -z "$signing" ] || "$bin" tenant rotate-secret cost --ed25519 --pg-schema "$prefix" >/dev/null
@@ -110,7 +115,7 @@ for spec in $RATES; do
   deadlocks_before=$(deadlocks)
   echo "bench-cost: $rate/s for $DURATION" >&2
   started=$(date +%s.%N)
-  "$loadgen" --target "http://$ADDR" --api-key "$key" --rate "$requests" --batch "$batch" -d "$DURATION" --warmup 0s \
+  "$loadgen" --target "http://$ADDR" --api-key "$key" "${pace[@]}" -d "$DURATION" --warmup 0s \
     -c 64 --sink 127.0.0.1:0 --drain-timeout "${SETTLE}s" --out "$out/$run" \
     >"$out/$run.txt" 2>"$out/$run.progress" &
   lg=$!
@@ -139,6 +144,9 @@ for spec in $RATES; do
   sleep 1 # PostgreSQL publishes its statistics about once a second
   new_deadlocks=$(($(deadlocks) - deadlocks_before))
   n=$(jq '.total.notifications_accepted' "$out/$run/summary.json")
+  # Closed loop: the rate is what was accepted, and it names the row.
+  [ "$rate" != closed ] || rate=$(jq '.total.notifications_per_sec | floor' "$out/$run/summary.json")
+  [ "$spec" != closed ] || spec="closed: $rate"
   refused=$(jq '.total.errors' "$out/$run/summary.json")
   lost=$(jq '.end_to_end.lost // "?"' "$out/$run/summary.json")
   p99=$(jq -r '[.priorities[] | .ingest.p99_ms] | max' "$out/$run/summary.json" 2>/dev/null || echo "?")
@@ -172,7 +180,7 @@ floors=()
 cargo build --release --locked -p herald-benches --bin bare202 2>&1 | tail -1 >&2
 nats_pid=$(pgrep -f "nats-server -a 127.0.0.1 -p 4222" | awk 'NR == 1')
 for spec in $RATES; do
-  case $spec in */* | *+*) continue ;; esac
+  case $spec in */* | *+* | closed) continue ;; esac
   bare_addr=127.0.0.1:$(free_port)
   target/release/bare202 "$bare_addr" >/dev/null 2>&1 &
   bare=$!

@@ -20,6 +20,8 @@ pub struct Metrics {
     publish_failures: [IntCounter; 3],
     pub batch_size: Histogram,
     pub acks_inflight: IntGauge,
+    /// Single requests that published from their own task (the scheduler was empty).
+    pub published_direct: IntCounter,
     attempts: IntCounterVec,
     send_latency: [Histogram; 3],
     end_to_end: [Histogram; 3],
@@ -138,6 +140,11 @@ impl Metrics {
         let acks_inflight = IntGauge::new(
             "herald_publish_acks_inflight",
             "Publishes awaiting their JetStream ack",
+        )
+        .expect("valid metric");
+        let published_direct = IntCounter::new(
+            "herald_publish_direct_total",
+            "Single requests published from their own task because nothing waited in the scheduler",
         )
         .expect("valid metric");
 
@@ -296,6 +303,7 @@ impl Metrics {
             Box::new(publish_failures.clone()),
             Box::new(batch_size.clone()),
             Box::new(acks_inflight.clone()),
+            Box::new(published_direct.clone()),
             Box::new(rate_limited.clone()),
             Box::new(connections_open.clone()),
             Box::new(connections_refused.clone()),
@@ -358,6 +366,7 @@ impl Metrics {
             registry,
             batch_size,
             acks_inflight,
+            published_direct,
             connections_open,
             connections_refused,
             connections_closed_idle: connections_closed.with_label_values(&["idle"]),

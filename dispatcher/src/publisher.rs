@@ -6,6 +6,11 @@
 //! waiting request as soon as it arrives. A semaphore bounds the acks in flight: when
 //! JetStream is slower than ingress, publishers wait, the queues fill, and clients get 429,
 //! never unbounded memory.
+//!
+//! A single request that finds the scheduler empty skips that hand-off: it publishes from
+//! its own task and waits for the ack there (at most `direct_max` at once), saving the
+//! wake-ups of a publisher and a completion task. Once anything waits in the scheduler,
+//! every request queues, so under load the scheduler alone orders what goes first.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -48,6 +53,14 @@ pub struct Envelope {
 /// Runs the publisher tasks until the scheduler is closed and drained and every ack is in.
 pub struct Publisher {
     tasks: JoinSet<()>,
+    shared: Arc<Shared>,
+}
+
+/// The door's way in: queues envelopes for the publisher tasks, or publishes one from the
+/// request's own task while the door is idle.
+#[derive(Clone)]
+pub struct Submitter {
+    shared: Arc<Shared>,
 }
 
 struct Shared {
@@ -57,6 +70,8 @@ struct Shared {
     admission: Arc<Admission>,
     metrics: Arc<Metrics>,
     inflight: Arc<Semaphore>,
+    /// Publishes made from request tasks that are awaiting their ack.
+    direct: Semaphore,
     config: PublisherConfig,
     spans: Spans,
 }
@@ -73,6 +88,7 @@ impl Publisher {
     ) -> Self {
         let shared = Arc::new(Shared {
             inflight: Arc::new(Semaphore::new(config.max_inflight)),
+            direct: Semaphore::new(config.direct_max),
             js,
             names,
             scheduler,
@@ -85,7 +101,14 @@ impl Publisher {
         for _ in 0..shared.config.publishers.max(1) {
             tasks.spawn(run(shared.clone()));
         }
-        Publisher { tasks }
+        Publisher { tasks, shared }
+    }
+
+    /// The handle the door submits with.
+    pub fn submitter(&self) -> Submitter {
+        Submitter {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Waits until the scheduler is closed and drained and every publish is answered.
@@ -95,6 +118,67 @@ impl Publisher {
                 tracing::error!(error = %err, "publisher task failed");
             }
         }
+    }
+}
+
+/// Why the door could not take a notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Its class's queue is full.
+    Full,
+    /// The door is shutting down.
+    Closed,
+}
+
+impl Submitter {
+    /// Queues `envelope` for the publisher tasks, unless its class is full or the scheduler
+    /// is closed (the envelope is dropped then, and its request told why).
+    pub fn queue(&self, envelope: Envelope) -> Result<(), Refused> {
+        let scheduler = &self.shared.scheduler;
+        match scheduler.try_push(envelope.priority, envelope) {
+            Ok(()) => Ok(()),
+            Err(_) if scheduler.is_closed() => Err(Refused::Closed),
+            Err(_) => Err(Refused::Full),
+        }
+    }
+
+    /// Publishes `envelope` from the calling task and returns once its ack (or failure) is
+    /// in its `reply`, when nothing waits in the scheduler and a direct slot and an ack
+    /// slot are free; otherwise queues it like [`Submitter::queue`]. A waiting message is
+    /// never overtaken: the check and the publish race only with other arrivals.
+    pub async fn publish_or_queue(&self, envelope: Envelope) -> Result<(), Refused> {
+        let shared = &self.shared;
+        if !shared.scheduler.is_empty() || shared.scheduler.is_closed() {
+            return self.queue(envelope);
+        }
+        let Ok(_direct) = shared.direct.try_acquire() else {
+            return self.queue(envelope);
+        };
+        let Ok(_permit) = shared.inflight.try_acquire() else {
+            return self.queue(envelope);
+        };
+        // A guard, not a decrement after the await: a client that hangs up drops this
+        // future half way.
+        let _counted = CountedAck::new(&shared.metrics.acks_inflight);
+        shared.metrics.published_direct.inc();
+        publish_one(shared, envelope).await.await;
+        Ok(())
+    }
+}
+
+/// One ack counted in flight for as long as it lives.
+struct CountedAck<'a>(&'a prometheus::IntGauge);
+
+impl<'a> CountedAck<'a> {
+    fn new(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        CountedAck(gauge)
+    }
+}
+
+impl Drop for CountedAck<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -165,66 +249,78 @@ async fn send_batch(
 ) -> FuturesUnordered<impl std::future::Future<Output = ()>> {
     let pending = FuturesUnordered::new();
     for envelope in batch.drain(..) {
-        let Envelope {
-            id,
-            priority,
-            channel,
-            body,
-            scheduled_at,
-            trace: trace_parent,
-            request_span,
-            reply,
-        } = envelope;
-        let mut headers = HeaderMap::new();
-        headers.insert(HEADER_PRIORITY, priority.as_str());
-        headers.insert(HEADER_CHANNEL, channel.as_str());
-        headers.insert(trace::HEADER, trace_parent.to_header().as_str());
-        let mut id_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let message = PublishMessage::build()
-            .payload(body)
-            .headers(headers)
-            .message_id(id.hyphenated().encode_lower(&mut id_text));
-        let subject = shared.names.subject(priority, channel);
-        let sent = shared.js.send_publish(subject, message).await;
-        let shared = shared.clone();
-        pending.push(async move {
-            let outcome = match sent {
-                Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match &outcome {
-                Ok(_) => {
-                    let sojourn = scheduled_at.elapsed();
-                    shared.admission.publish_delay(sojourn);
-                    shared.metrics.published(priority, sojourn.as_secs_f64());
-                }
-                Err(err) => {
-                    shared.metrics.publish_failed(priority);
-                    tracing::debug!(%id, error = %err, "publish not acknowledged");
-                }
-            }
-            if let Some(end) = shared.spans.clock_for(&trace_parent) {
-                shared.spans.record(Span {
-                    name: "herald.publish",
-                    kind: SpanKind::Producer,
-                    context: trace_parent,
-                    parent: Some(request_span),
-                    parent_is_remote: false,
-                    start: end - scheduled_at.elapsed(),
-                    end,
-                    attributes: vec![
-                        KeyValue::new("herald.id", id.to_string()),
-                        KeyValue::new("herald.priority", priority.as_str()),
-                        KeyValue::new("messaging.system", "nats"),
-                    ],
-                    error: outcome.as_ref().err().cloned(),
-                });
-            }
-            // The request may have gone (client disconnected); the message is stored anyway.
-            let _ = reply.send(outcome);
-        });
+        // Bound first: `pending.push(x.await)` would hold a borrow of `pending` across
+        // the await, and the ack futures are not `Sync`.
+        let answer = publish_one(shared, envelope).await;
+        pending.push(answer);
     }
     pending
+}
+
+/// Sends one message without waiting for its ack; the future returned waits for it and
+/// answers the envelope's request.
+async fn publish_one(
+    shared: &Arc<Shared>,
+    envelope: Envelope,
+) -> impl std::future::Future<Output = ()> {
+    let Envelope {
+        id,
+        priority,
+        channel,
+        body,
+        scheduled_at,
+        trace: trace_parent,
+        request_span,
+        reply,
+    } = envelope;
+    let mut headers = HeaderMap::new();
+    headers.insert(HEADER_PRIORITY, priority.as_str());
+    headers.insert(HEADER_CHANNEL, channel.as_str());
+    headers.insert(trace::HEADER, trace_parent.to_header().as_str());
+    let mut id_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let message = PublishMessage::build()
+        .payload(body)
+        .headers(headers)
+        .message_id(id.hyphenated().encode_lower(&mut id_text));
+    let subject = shared.names.subject(priority, channel);
+    let sent = shared.js.send_publish(subject, message).await;
+    let shared = shared.clone();
+    async move {
+        let outcome = match sent {
+            Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match &outcome {
+            Ok(_) => {
+                let sojourn = scheduled_at.elapsed();
+                shared.admission.publish_delay(sojourn);
+                shared.metrics.published(priority, sojourn.as_secs_f64());
+            }
+            Err(err) => {
+                shared.metrics.publish_failed(priority);
+                tracing::debug!(%id, error = %err, "publish not acknowledged");
+            }
+        }
+        if let Some(end) = shared.spans.clock_for(&trace_parent) {
+            shared.spans.record(Span {
+                name: "herald.publish",
+                kind: SpanKind::Producer,
+                context: trace_parent,
+                parent: Some(request_span),
+                parent_is_remote: false,
+                start: end - scheduled_at.elapsed(),
+                end,
+                attributes: vec![
+                    KeyValue::new("herald.id", id.to_string()),
+                    KeyValue::new("herald.priority", priority.as_str()),
+                    KeyValue::new("messaging.system", "nats"),
+                ],
+                error: outcome.as_ref().err().cloned(),
+            });
+        }
+        // The request may have gone (client disconnected); the message is stored anyway.
+        let _ = reply.send(outcome);
+    }
 }
 
 /// How accepted notifications are batched into JetStream.
@@ -237,6 +333,9 @@ pub struct PublisherConfig {
     pub publishers: usize,
     /// Most publishes awaiting their ack at once.
     pub max_inflight: usize,
+    /// Most single requests publishing from their own task at once while the scheduler is
+    /// empty (0: every request goes through the scheduler).
+    pub direct_max: usize,
     /// How long to wait for an ack before answering 503.
     pub publish_timeout: std::time::Duration,
 }
@@ -248,6 +347,7 @@ impl Default for PublisherConfig {
             linger: std::time::Duration::ZERO,
             publishers: 2,
             max_inflight: 8192,
+            direct_max: 8,
             publish_timeout: std::time::Duration::from_secs(5),
         }
     }

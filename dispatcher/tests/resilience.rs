@@ -97,6 +97,60 @@ async fn full_queue_answers_429_and_everything_accepted_is_stored() {
     server.finish().await;
 }
 
+/// The value of an unlabelled metric on the page.
+fn counter(page: &str, name: &str) -> u64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in {page}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_door_publishes_from_the_request_and_a_busy_one_queues() {
+    let nats = NatsProcess::start(free_port()).await;
+    let server = TestServer::start_unready(&nats.url(), |c| c.publisher.direct_max = 2).await;
+    server.wait_ready().await;
+
+    // One at a time, each request finds the door idle and publishes itself.
+    let mut accepted = HashSet::new();
+    for i in 0..3 {
+        let r = server
+            .post("/v1/notifications", notification("high", i))
+            .await;
+        assert_eq!(r.status, 202, "{:?}", r.body);
+        accepted.insert(id_of(&r));
+    }
+    assert_eq!(
+        counter(&server.metrics().await, "herald_publish_direct_total"),
+        3
+    );
+
+    // Frozen NATS: two requests hold the direct slots awaiting their acks, the rest go
+    // through the scheduler and its publishers.
+    nats.pause();
+    let waiting = spawn_requests(&server, "low", 6);
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = server.metrics().await;
+        if seen.contains("herald_publish_acks_inflight 6") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen.contains("herald_publish_acks_inflight 6"), "{seen}");
+    nats.resume();
+    for t in waiting {
+        let r = t.await.unwrap().expect("response");
+        assert_eq!(r.status, 202, "{:?}", r.body);
+        assert!(accepted.insert(id_of(&r)));
+    }
+    assert_eq!(
+        counter(&server.metrics().await, "herald_publish_direct_total"),
+        3 + 2
+    );
+    assert_eq!(stored_ids(&nats.url(), &server.stream).await, accepted);
+    server.finish().await;
+}
+
 #[tokio::test]
 async fn nats_unreachable_gives_503_and_recovery_follows_its_return() {
     let port = free_port();
@@ -198,6 +252,8 @@ async fn spawn_dispatcher(
     let port = free_port();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dispatcher"))
         .args([role, "--listen", &format!("127.0.0.1:{port}")])
+        // Its own operators' port: two binaries of parallel tests on the default collide.
+        .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
         .args(["--nats-url", nats_url, "--prefix", prefix])
         .env("HERALD_SECRETS_KEY", common::TEST_SEALING_KEY)
         .args([

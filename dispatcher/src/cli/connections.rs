@@ -198,6 +198,11 @@ pub struct PublisherArgs {
     /// the queues fill, which reaches clients as 429.
     #[arg(long, env = "HERALD_MAX_INFLIGHT", default_value_t = publisher().max_inflight)]
     max_inflight: usize,
+    /// Most single requests that publish from their own task at once while nothing waits
+    /// in the scheduler (one hand-off fewer each way); 0 sends every request through the
+    /// scheduler.
+    #[arg(long, env = "HERALD_PUBLISH_DIRECT_MAX", default_value_t = publisher().direct_max)]
+    publish_direct_max: usize,
     /// How long to wait for a JetStream ack before answering 503.
     #[arg(long, env = "HERALD_PUBLISH_TIMEOUT", default_value_t = human(publisher().publish_timeout))]
     publish_timeout: Human,
@@ -210,6 +215,7 @@ impl From<PublisherArgs> for PublisherConfig {
             linger: a.linger.into(),
             publishers: a.publishers,
             max_inflight: a.max_inflight,
+            direct_max: a.publish_direct_max,
             publish_timeout: a.publish_timeout.into(),
         }
     }

@@ -32,7 +32,7 @@ use crate::idempotency::Idempotency;
 use crate::jetstream::{Names, Readiness};
 use crate::lifecycle::{Health, ReadyState, StartError};
 use crate::metrics::Metrics;
-use crate::publisher::{Envelope, Publisher};
+use crate::publisher::{Envelope, Publisher, Submitter};
 use crate::ratelimit::{Limit, RateLimiter};
 use crate::redis_store::RedisStore;
 use crate::scheduler::Scheduler;
@@ -52,7 +52,8 @@ pub struct State {
     pub max_body: usize,
     pub max_batch: usize,
     pub body_timeout: Duration,
-    pub scheduler: Arc<Scheduler<Envelope>>,
+    /// Where accepted notifications go to be published.
+    pub submitter: Submitter,
     /// Which priorities the door admits now.
     pub admission: Arc<Admission>,
     /// How long a request refused as `overloaded` waits for its answer.
@@ -174,7 +175,7 @@ impl Ingress {
             max_body: config.max_body,
             max_batch: config.max_batch,
             body_timeout: config.body_timeout,
-            scheduler: scheduler.clone(),
+            submitter: publisher.submitter(),
             admission,
             refusal_hold: config.admission.refusal_hold,
             metrics,

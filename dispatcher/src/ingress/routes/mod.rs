@@ -38,7 +38,7 @@ use crate::model::{
     new_id, parse_batch, parse_notification, Channel, Limits, Priority, Validated,
     MAX_IDEMPOTENCY_KEY_LEN,
 };
-use crate::publisher::{Envelope, PublishOutcome};
+use crate::publisher::{Envelope, PublishOutcome, Refused};
 use crate::ratelimit::{self, Limit};
 use crate::status::NotificationStatus;
 use crate::tenants;
@@ -488,7 +488,7 @@ fn record_request(
     });
 }
 
-/// Gives the notification an id, encodes it and queues it; the receiver yields
+/// Encodes the notification and queues it for the publishers; the receiver yields
 /// JetStream's answer.
 fn schedule(
     state: &State,
@@ -498,6 +498,38 @@ fn schedule(
     id: Uuid,
     request: &TraceParent,
 ) -> Result<oneshot::Receiver<PublishOutcome>, ApiError> {
+    let (envelope, waiting) = envelope(caller, validated, now, id, request);
+    match state.submitter.queue(envelope) {
+        Ok(()) => Ok(waiting),
+        Err(refused) => Err(refusal(refused, validated.priority)),
+    }
+}
+
+/// Like [`schedule`], but publishes from this task when the door is idle, so the receiver
+/// is often answered already.
+async fn publish(
+    state: &State,
+    caller: &Caller,
+    validated: &Validated<'_>,
+    now: chrono::DateTime<Utc>,
+    id: Uuid,
+    request: &TraceParent,
+) -> Result<oneshot::Receiver<PublishOutcome>, ApiError> {
+    let (envelope, waiting) = envelope(caller, validated, now, id, request);
+    match state.submitter.publish_or_queue(envelope).await {
+        Ok(()) => Ok(waiting),
+        Err(refused) => Err(refusal(refused, validated.priority)),
+    }
+}
+
+/// The notification with its id, encoded, and the receiver of JetStream's answer.
+fn envelope(
+    caller: &Caller,
+    validated: &Validated<'_>,
+    now: chrono::DateTime<Utc>,
+    id: Uuid,
+    request: &TraceParent,
+) -> (Envelope, oneshot::Receiver<PublishOutcome>) {
     let (reply, waiting) = oneshot::channel();
     let envelope = Envelope {
         id,
@@ -510,10 +542,13 @@ fn schedule(
         request_span: request.span_id,
         reply,
     };
-    match state.scheduler.try_push(validated.priority, envelope) {
-        Ok(()) => Ok(waiting),
-        Err(_) if state.scheduler.is_closed() => Err(ApiError::shutting_down()),
-        Err(_) => Err(ApiError::queue_full(validated.priority)),
+    (envelope, waiting)
+}
+
+fn refusal(refused: Refused, priority: Priority) -> ApiError {
+    match refused {
+        Refused::Closed => ApiError::shutting_down(),
+        Refused::Full => ApiError::queue_full(priority),
     }
 }
 

@@ -126,7 +126,7 @@ where
         }
         None => None,
     };
-    let outcome = match schedule(state, caller, &validated, now, id, trace) {
+    let outcome = match publish(state, caller, &validated, now, id, trace).await {
         Ok(waiting) => Ok(waiting.await),
         Err(e) => Err(e),
     };
