@@ -108,6 +108,11 @@ one_case() {
   lost=$(summary_sum lost "$run")
   duplicated=$(summary_sum duplicated "$run")
   errors=$(summary_sum errors "$run")
+  # What the errors were (429 overloaded, 503 while NATS is away, refused connections...).
+  local why
+  why=$(jq -r '[.priorities[] | (.errors_by_status // {}), (.errors_by_transport // {}) | to_entries[]]
+    | group_by(.key) | map("\(.[0].key): \(map(.value) | add)") | join(", ")' "$run/summary.json")
+  [ -n "$why" ] || why=none
   local delivered=$((accepted - lost))
   recorded=$(recorded_delivered "$prefix" "$run/accepted-ids.txt" "$accepted")
   # Evidence that the fault bit: notifications that needed more than one attempt, and
@@ -130,8 +135,8 @@ one_case() {
     tail -n 8 "$run.txt" >&2
     psql -h 127.0.0.1 -U root -d test -c "SELECT n.status, n.attempts, n.last_status, left(n.last_error, 80) AS last_error, count(*) FROM \"$prefix\".accepted a LEFT JOIN \"$prefix\".notifications n USING (id) WHERE n.status IS DISTINCT FROM 'delivered' OR n.recipient IS NULL GROUP BY 1, 2, 3, 4 ORDER BY 5 DESC LIMIT 10" >&2 || true
   fi
-  rows+=("| $case | $accepted | $delivered | $lost | $duplicated | $errors | $recorded | $retried | $write_failures | $verdict |")
-  echo "faults: $case: accepted $accepted, delivered $delivered, lost $lost, duplicated $duplicated, ingest errors $errors, recorded delivered $recorded, retried $retried, recorder write failures $write_failures$keys: $verdict" >&2
+  rows+=("| $case | $accepted | $delivered | $lost | $duplicated | $errors ($why) | $recorded | $retried | $write_failures | $verdict |")
+  echo "faults: $case: accepted $accepted, delivered $delivered, lost $lost, duplicated $duplicated, ingest errors $errors ($why), recorded delivered $recorded, retried $retried, recorder write failures $write_failures$keys: $verdict" >&2
   for f in "$work/$case"-*.pid; do kill -TERM "$(cat "$f")" 2>/dev/null || true; done
   sleep 1
 }
@@ -162,7 +167,8 @@ if [ "${RESULTS:-0}" = 1 ]; then
     echo "  reached the receiver. lost = accepted - delivered. duplicated: deliveries beyond the"
     echo "  first of an id (at least once; receivers de-duplicate on webhook-id)."
     echo "- ingest errors: requests not answered 202 (connection refused while serve is down, 503"
-    echo "  while NATS is down, timeouts). None of them was stored as accepted by the client."
+    echo "  while NATS is down, 429 when admission sheds, timeouts), by status or transport error."
+    echo "  None of them was stored as accepted by the client."
     echo "- recorded delivered: the 202'd ids found in PostgreSQL with status delivered."
     echo "- needed >1 attempt, recorder write failures: evidence that the fault bit (attempts"
     echo "  as recorded; herald_record_failures_total of the record role after the run, reset by"
