@@ -505,23 +505,6 @@ fn schedule(
     }
 }
 
-/// Like [`schedule`], but publishes from this task when the door is idle, so the receiver
-/// is often answered already.
-async fn publish(
-    state: &State,
-    caller: &Caller,
-    validated: &Validated<'_>,
-    now: chrono::DateTime<Utc>,
-    id: Uuid,
-    request: &TraceParent,
-) -> Result<oneshot::Receiver<PublishOutcome>, ApiError> {
-    let (envelope, waiting) = envelope(caller, validated, now, id, request);
-    match state.submitter.publish_or_queue(envelope).await {
-        Ok(()) => Ok(waiting),
-        Err(refused) => Err(refusal(refused, validated.priority)),
-    }
-}
-
 /// The notification with its id, encoded, and the receiver of JetStream's answer.
 fn envelope(
     caller: &Caller,

@@ -126,9 +126,11 @@ where
         }
         None => None,
     };
-    let outcome = match publish(state, caller, &validated, now, id, trace).await {
-        Ok(waiting) => Ok(waiting.await),
-        Err(e) => Err(e),
+    // From this task when the door is idle (publisher.rs), else through the scheduler.
+    let (envelope, waiting) = envelope(caller, &validated, now, id, trace);
+    let outcome = match state.submitter.publish_or_queue(envelope).await {
+        Ok(()) => Ok(waiting.await),
+        Err(refused) => Err(refusal(refused, priority)),
     };
     if let Some(request) = &claim {
         // Keep the key only if JetStream stored the notification; otherwise release it so
