@@ -56,8 +56,8 @@ pub struct Publisher {
     shared: Arc<Shared>,
 }
 
-/// The door's way in: queues envelopes for the publisher tasks, or publishes one from the
-/// request's own task while the door is idle.
+/// The door's way in: queues envelopes for the publisher tasks, or (with `direct_max` above
+/// 0) publishes one from the request's own task while the door is idle.
 #[derive(Clone)]
 pub struct Submitter {
     shared: Arc<Shared>,

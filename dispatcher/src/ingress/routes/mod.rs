@@ -528,6 +528,7 @@ fn envelope(
     (envelope, waiting)
 }
 
+/// The answer to a request whose notification the door could not take.
 fn refusal(refused: Refused, priority: Priority) -> ApiError {
     match refused {
         Refused::Closed => ApiError::shutting_down(),

@@ -126,7 +126,8 @@ where
         }
         None => None,
     };
-    // From this task when the door is idle (publisher.rs), else through the scheduler.
+    // From this task when the door is idle and --publish-direct-max allows (publisher.rs),
+    // else through the scheduler.
     let (envelope, waiting) = envelope(caller, &validated, now, id, trace);
     let outcome = match state.submitter.publish_or_queue(envelope).await {
         Ok(()) => Ok(waiting.await),
