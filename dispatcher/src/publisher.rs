@@ -9,8 +9,9 @@
 //!
 //! With `direct_max` above 0 (off by default), a single request that finds the scheduler
 //! empty skips that hand-off: it publishes from its own task and waits for the ack there
-//! (at most `direct_max` at once), saving the wake-ups of a publisher and a completion task. Once anything waits in the scheduler,
-//! every request queues, so under load the scheduler alone orders what goes first.
+//! (at most `direct_max` at once), saving the wake-ups of a publisher and a completion
+//! task. Once anything waits in the scheduler, every request queues, so under load the
+//! scheduler alone orders what goes first.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -148,12 +149,13 @@ impl Submitter {
     /// never overtaken: the check and the publish race only with other arrivals.
     pub async fn publish_or_queue(&self, envelope: Envelope) -> Result<(), Refused> {
         let shared = &self.shared;
-        if !shared.scheduler.is_empty() || shared.scheduler.is_closed() {
-            return self.queue(envelope);
-        }
+        // The direct slot first: with `direct_max` 0 (the default) one atomic load decides.
         let Ok(_direct) = shared.direct.try_acquire() else {
             return self.queue(envelope);
         };
+        if !shared.scheduler.is_empty() || shared.scheduler.is_closed() {
+            return self.queue(envelope);
+        }
         let Ok(_permit) = shared.inflight.try_acquire() else {
             return self.queue(envelope);
         };

@@ -730,13 +730,6 @@ async fn idle_connections_close_cleanly_and_pooled_clients_reconnect() {
     server.finish().await;
 }
 
-/// Value of the first sample of `name` (with its labels) in a Prometheus text page.
-fn metric(page: &str, name: &str) -> Option<f64> {
-    page.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 /// Low floods the door from many connections while high trickles in: high is accepted
 /// every time, low is refused with a complete 429 `overloaded` (Retry-After, JSON), a
 /// `Herald-Priority: low` request is refused before its body is read, and once the flood
@@ -819,8 +812,8 @@ async fn a_low_flood_is_shed_while_high_is_accepted() {
     for _ in 0..100 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let page = server.metrics().await;
-        if metric(&page, r#"herald_admission_fraction{priority="low"}"#) == Some(1.0) {
-            let shed = metric(
+        if common::metric(&page, r#"herald_admission_fraction{priority="low"}"#) == Some(1.0) {
+            let shed = common::metric(
                 &page,
                 r#"herald_ingest_rejected_total{priority="low",reason="overloaded"}"#,
             )
@@ -856,7 +849,7 @@ async fn a_batch_is_shed_item_by_item_by_class() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let page = server.metrics().await;
         let fraction = |p: &str| {
-            metric(
+            common::metric(
                 &page,
                 &format!(r#"herald_admission_fraction{{priority="{p}"}}"#),
             )

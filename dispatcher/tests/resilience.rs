@@ -97,13 +97,6 @@ async fn full_queue_answers_429_and_everything_accepted_is_stored() {
     server.finish().await;
 }
 
-/// The value of an unlabelled metric on the page.
-fn counter(page: &str, name: &str) -> u64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in {page}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_door_publishes_from_the_request_and_a_busy_one_queues() {
     let nats = NatsProcess::start(free_port()).await;
@@ -119,10 +112,8 @@ async fn an_idle_door_publishes_from_the_request_and_a_busy_one_queues() {
         assert_eq!(r.status, 202, "{:?}", r.body);
         accepted.insert(id_of(&r));
     }
-    assert_eq!(
-        counter(&server.metrics().await, "herald_publish_direct_total"),
-        3
-    );
+    let direct = |page: String| common::metric(&page, "herald_publish_direct_total");
+    assert_eq!(direct(server.metrics().await), Some(3.0));
 
     // Frozen NATS: two requests hold the direct slots awaiting their acks, the rest go
     // through the scheduler and its publishers.
@@ -143,10 +134,7 @@ async fn an_idle_door_publishes_from_the_request_and_a_busy_one_queues() {
         assert_eq!(r.status, 202, "{:?}", r.body);
         assert!(accepted.insert(id_of(&r)));
     }
-    assert_eq!(
-        counter(&server.metrics().await, "herald_publish_direct_total"),
-        3 + 2
-    );
+    assert_eq!(direct(server.metrics().await), Some(3.0 + 2.0));
     assert_eq!(stored_ids(&nats.url(), &server.stream).await, accepted);
     server.finish().await;
 }
