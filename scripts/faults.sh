@@ -110,7 +110,7 @@ one_case() {
   errors=$(summary_sum errors "$run")
   # What the errors were (429 overloaded, 503 while NATS is away, refused connections...).
   local why
-  why=$(jq -r '[.priorities[] | (.errors_by_status // {}), (.errors_by_transport // {}) | to_entries[]]
+  why=$(jq -r '[.priorities[] | (.errors_by_code // .errors_by_status // {}), (.errors_by_transport // {}) | to_entries[]]
     | group_by(.key) | map("\(.[0].key): \(map(.value) | add)") | join(", ")' "$run/summary.json")
   [ -n "$why" ] || why=none
   local delivered=$((accepted - lost))

@@ -52,6 +52,8 @@ pub struct ClassSummary {
     pub unsent: u64,
     pub errors: u64,
     pub errors_by_status: BTreeMap<String, u64>,
+    /// The same errors by status and Herald's error code, e.g. `"429 overloaded"`.
+    pub errors_by_code: BTreeMap<String, u64>,
     pub errors_by_transport: BTreeMap<String, u64>,
     /// From intended send (open loop) or actual send (closed loop) to the full response.
     pub ingest: Percentiles,
@@ -165,6 +167,7 @@ pub fn summarize(
                     .iter()
                     .map(|(k, v)| (k.to_string(), *v))
                     .collect(),
+                errors_by_code: t.by_code.clone(),
                 errors_by_transport: t
                     .by_transport
                     .iter()
@@ -266,7 +269,7 @@ pub fn table(summary: &Summary) -> String {
             let _ = writeln!(
                 out,
                 "{p} errors: status {:?}, transport {:?}",
-                c.errors_by_status, c.errors_by_transport
+                c.errors_by_code, c.errors_by_transport
             );
         }
     }

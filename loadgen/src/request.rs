@@ -155,6 +155,21 @@ pub fn accepted_count(body: &[u8], batch: bool) -> u64 {
         .unwrap_or(0)
 }
 
+/// `error.code` of an error answer (`{"error":{"code":"overloaded",...}}`), if it has one.
+pub fn error_code(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Answer {
+        error: Code,
+    }
+    #[derive(Deserialize)]
+    struct Code {
+        code: String,
+    }
+    serde_json::from_slice::<Answer>(body)
+        .ok()
+        .map(|a| a.error.code)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +227,12 @@ mod tests {
         let batch = br#"{"accepted":1,"results":[{"index":0,"status":202,"id":"a"},{"index":1,"status":422,"error":{}}]}"#;
         assert_eq!(accepted_ids(batch, true), vec!["a"]);
         assert_eq!(accepted_count(batch, true), 1);
+    }
+
+    #[test]
+    fn reads_the_error_code() {
+        let body = br#"{"error":{"code":"overloaded","message":"shedding low"}}"#;
+        assert_eq!(error_code(body).as_deref(), Some("overloaded"));
+        assert_eq!(error_code(b"Service Unavailable"), None);
     }
 }

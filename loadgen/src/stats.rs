@@ -1,6 +1,6 @@
 //! Results as they come in: one HdrHistogram of latency per priority (for the whole run and
 //! for the current progress interval), counts of requests and accepted notifications, and
-//! errors by HTTP status and by transport failure.
+//! errors by HTTP status (and the error code of Herald's JSON body) and by transport failure.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,13 +44,21 @@ impl TransportError {
 /// How one request ended.
 #[derive(Debug)]
 pub enum Outcome {
-    Response { status: u16, accepted: u64 },
+    /// `code`: the `error.code` of a non-2xx answer's JSON body, when it has one (two 429s
+    /// differ: `overloaded` is the door shedding, `rate_limited` a tenant's quota).
+    Response {
+        status: u16,
+        accepted: u64,
+        code: Option<String>,
+    },
     Failed(TransportError),
 }
 
 #[derive(Default)]
 struct Errors {
     by_status: BTreeMap<u16, u64>,
+    /// `"429 overloaded"`; the bare status when the body named no code.
+    by_code: BTreeMap<String, u64>,
     by_transport: BTreeMap<TransportError, u64>,
 }
 
@@ -104,6 +112,7 @@ pub struct ClassTotals {
     pub deferred: u64,
     pub unsent: u64,
     pub by_status: BTreeMap<u16, u64>,
+    pub by_code: BTreeMap<String, u64>,
     pub by_transport: BTreeMap<&'static str, u64>,
 }
 
@@ -120,7 +129,11 @@ impl Stats {
         let class = &self.classes[priority.index()];
         class.requests.fetch_add(1, Ordering::Relaxed);
         match outcome {
-            Outcome::Response { status, accepted } => {
+            Outcome::Response {
+                status,
+                accepted,
+                code,
+            } => {
                 let us = (latency.as_micros() as u64).clamp(1, MAX_LATENCY_US);
                 class.histogram.lock().unwrap().saturating_record(us);
                 class.interval.lock().unwrap().saturating_record(us);
@@ -128,13 +141,13 @@ impl Stats {
                     class.ok.fetch_add(1, Ordering::Relaxed);
                     class.accepted.fetch_add(*accepted, Ordering::Relaxed);
                 } else {
-                    *class
-                        .errors
-                        .lock()
-                        .unwrap()
-                        .by_status
-                        .entry(*status)
-                        .or_default() += 1;
+                    let mut errors = class.errors.lock().unwrap();
+                    *errors.by_status.entry(*status).or_default() += 1;
+                    let key = match code {
+                        Some(code) => format!("{status} {code}"),
+                        None => status.to_string(),
+                    };
+                    *errors.by_code.entry(key).or_default() += 1;
                 }
             }
             Outcome::Failed(kind) => {
@@ -190,6 +203,7 @@ impl Stats {
             deferred: class.deferred.load(Ordering::Relaxed),
             unsent: class.unsent.load(Ordering::Relaxed),
             by_status: errors.by_status.clone(),
+            by_code: errors.by_code.clone(),
             by_transport: errors
                 .by_transport
                 .iter()

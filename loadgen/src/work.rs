@@ -26,7 +26,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpStream;
 
-use crate::request::{accepted_count, accepted_ids, BodyBuilder};
+use crate::request::{accepted_count, accepted_ids, error_code, BodyBuilder};
 use crate::scenario::{Mix, Phase, Priority};
 use crate::stats::{Outcome, Stats, TransportError};
 
@@ -673,9 +673,14 @@ async fn send(
             });
         }
     }
-    let accepted = if !(200..300).contains(&status) {
-        0
-    } else if config.track_ids {
+    if !(200..300).contains(&status) {
+        return Outcome::Response {
+            status,
+            accepted: 0,
+            code: error_code(&body),
+        };
+    }
+    let accepted = if config.track_ids {
         let ids = accepted_ids(&body, batch);
         let n = ids.len() as u64;
         shared.ids.lock().unwrap().extend(ids);
@@ -683,7 +688,11 @@ async fn send(
     } else {
         accepted_count(&body, batch)
     };
-    Outcome::Response { status, accepted }
+    Outcome::Response {
+        status,
+        accepted,
+        code: None,
+    }
 }
 
 #[cfg(test)]

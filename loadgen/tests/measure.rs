@@ -34,6 +34,20 @@ async fn server(delay: impl Fn(Instant) -> Duration + Send + Sync + 'static) -> 
 async fn server_reading(
     answer: impl Fn(Instant, &[u8]) -> Duration + Send + Sync + 'static,
 ) -> SocketAddr {
+    server_answering(move |arrived, body| {
+        (
+            answer(arrived, body),
+            StatusCode::ACCEPTED,
+            br#"{"id":"x","status":"accepted","priority":"high"}"#,
+        )
+    })
+    .await
+}
+
+/// A server whose `answer(arrival time, body)` gives the delay, the status and the body.
+async fn server_answering(
+    answer: impl Fn(Instant, &[u8]) -> (Duration, StatusCode, &'static [u8]) + Send + Sync + 'static,
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let answer = Arc::new(answer);
@@ -47,11 +61,10 @@ async fn server_reading(
                     let answer = answer.clone();
                     async move {
                         let body = req.into_body().collect().await.unwrap().to_bytes();
-                        tokio::time::sleep(answer(arrived, &body)).await;
-                        let mut r = Response::new(Full::new(Bytes::from_static(
-                            br#"{"id":"x","status":"accepted","priority":"high"}"#,
-                        )));
-                        *r.status_mut() = StatusCode::ACCEPTED;
+                        let (delay, status, body) = answer(arrived, &body);
+                        tokio::time::sleep(delay).await;
+                        let mut r = Response::new(Full::new(Bytes::from_static(body)));
+                        *r.status_mut() = status;
                         Ok::<_, Infallible>(r)
                     }
                 });
@@ -144,6 +157,40 @@ async fn fixed_delay_shows_as_the_median_and_the_rate_is_kept() {
 /// so the requests due during the stall carry the wait: p99 shows it. The closed loop sends
 /// nothing while its few connections wait, so only those few samples are slow and p99
 /// hides the stall: the coordinated omission loadgen's open loop corrects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_counted_by_status_and_by_the_code_in_their_body() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let addr = server_answering(|_, body| {
+        let body = std::str::from_utf8(body).unwrap();
+        if body.contains(r#""priority":"low""#) {
+            (
+                Duration::ZERO,
+                StatusCode::TOO_MANY_REQUESTS,
+                br#"{"error":{"code":"overloaded","message":"shedding low"}}"#,
+            )
+        } else if body.contains(r#""priority":"medium""#) {
+            (
+                Duration::ZERO,
+                StatusCode::SERVICE_UNAVAILABLE,
+                b"upstream gone",
+            )
+        } else {
+            (Duration::ZERO, StatusCode::ACCEPTED, br#"{"id":"x"}"#)
+        }
+    })
+    .await;
+    let s = measure(config(addr, open(200.0, 1), 4)).await;
+    let low = &s.priorities["low"];
+    assert!(low.errors > 0);
+    assert_eq!(low.errors_by_status["429"], low.errors);
+    assert_eq!(low.errors_by_code["429 overloaded"], low.errors);
+    let medium = &s.priorities["medium"];
+    assert!(medium.errors > 0);
+    // A body that is not Herald's error shape leaves the bare status.
+    assert_eq!(medium.errors_by_code["503"], medium.errors);
+    assert_eq!(s.priorities["high"].errors, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stall_shows_in_open_loop_percentiles_and_hides_in_closed_loop() {
     let _one_at_a_time = ONE_AT_A_TIME.lock().await;
