@@ -17,8 +17,11 @@
 //!     not its minimum: ten samples of a saturated runtime include idle moments, and the
 //!     minimum let the CPU run full while high's requests queued. Not its mean either: one
 //!     stall of 60 ms among ten samples is a hiccup, not a queue. The probe runs every
-//!     10 ms while requests arrive and every 100 ms while none do, so an idle door costs
-//!     ten wake-ups a second.
+//!     10 ms while requests arrive. A door that had none for an interval, with no
+//!     ceiling standing and no overload, parks the controller: it judges once a second
+//!     and the first arrival wakes it at once (a wake-up costs an admitted request one
+//!     atomic load), so an idle Herald is not woken ten times a second for a door
+//!     nobody knocks on.
 //!
 //!   The door counts as overloaded only once its delay has stood over the target for
 //!   [`DOOR_PERSIST`] intervals in a row: a store's checkpoint or a disk flush far below
@@ -209,6 +212,9 @@ pub struct Admission {
     due: [AtomicU64; 3],
     /// Requests arrived in the last interval.
     busy: AtomicBool,
+    /// The controller sleeps through an idle door; the next arrival wakes it ([`Self::run`]).
+    parked: AtomicBool,
+    wake: tokio::sync::Notify,
     /// The door itself was overloaded in the last interval (not only the pipeline): only
     /// then does background work yield, since a pipeline that is behind must work.
     door_overloaded: AtomicBool,
@@ -326,6 +332,8 @@ impl Admission {
             backlog_min_us: std::array::from_fn(|_| AtomicU64::new(NO_SAMPLE)),
             due: Default::default(),
             busy: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
             door_overloaded: AtomicBool::new(false),
             door_streak: AtomicU32::new(0),
             tenants: Default::default(),
@@ -347,7 +355,12 @@ impl Admission {
     /// [`Admission::admit`] at `now`, seconds on the buckets' clock.
     fn admit_at(&self, tenant: Uuid, priority: Priority, now: f64) -> Decision {
         let c = priority.index();
-        self.offered[c].fetch_add(1, Ordering::Relaxed);
+        self.offered[c].fetch_add(1, Ordering::SeqCst);
+        // After the count (both SeqCst, no dearer on x86 than before): either this sees the
+        // controller parked, or the controller, parking, sees this count.
+        if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
+            self.wake.notify_one();
+        }
         let budget = self.budget[c].get();
         if budget == f64::INFINITY {
             return Decision::Admit;
@@ -465,6 +478,12 @@ impl Admission {
     /// Whether requests arrived in the last interval.
     pub fn busy(&self) -> bool {
         self.busy.load(Ordering::Relaxed)
+    }
+
+    /// Nothing to judge: no arrivals in the last interval, no ceiling to lift and no
+    /// overload for background work to yield to.
+    fn idle(&self) -> bool {
+        !self.busy() && !self.door_overloaded.load(Ordering::Relaxed) && self.ceiling().is_none()
     }
 
     /// Messages of `priority` stored, due and not yet handed to a delivery worker (the
@@ -631,19 +650,30 @@ impl Admission {
         }
     }
 
-    /// Runs the controller until `stop`: a run-queue probe every 10 ms (every 100 ms while
-    /// nothing arrives) and one adjustment per interval, exported to `metrics`.
+    /// Runs the controller until `stop`: a run-queue probe every 10 ms and one adjustment
+    /// per interval, exported to `metrics`; parked while the door is idle (module doc).
     pub async fn run(self: Arc<Self>, metrics: Arc<Metrics>, stop: CancellationToken) {
         const PROBE: Duration = Duration::from_millis(10);
-        const IDLE_PROBE: Duration = Duration::from_millis(100);
+        const PARKED: Duration = Duration::from_secs(1);
         let mut next_adjust = tokio::time::Instant::now() + self.config.interval;
         let mut lags = Vec::with_capacity(32);
         let mut idle = false;
         loop {
+            if idle {
+                self.parked.store(true, Ordering::SeqCst);
+                // An arrival counted before that store did not see the controller parked.
+                idle = self.offered.iter().all(|o| o.load(Ordering::SeqCst) == 0);
+            }
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(if idle { IDLE_PROBE } else { PROBE }) => {}
+                () = tokio::time::sleep(if idle { PARKED } else { PROBE }) => {}
+                // A permit left by an arrival while not parked only ends one sleep early.
+                () = self.wake.notified(), if idle => {
+                    next_adjust = tokio::time::Instant::now() + self.config.interval;
+                    idle = false;
+                }
             }
+            self.parked.store(false, Ordering::Relaxed);
             // A yielded task goes to the back of the runtime's queue: the time until it
             // runs again is what a connection task woken now would wait.
             let yielded = std::time::Instant::now();
@@ -658,7 +688,7 @@ impl Admission {
                 }
                 lags.clear();
                 let standing = self.adjust();
-                idle = !self.busy();
+                idle = self.idle();
                 let seconds = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64());
                 metrics.admission(
                     seconds(standing.door),
@@ -726,6 +756,25 @@ mod tests {
 
     fn admission() -> Admission {
         Admission::new(AdmissionConfig::default())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_door_parks_the_controller_and_the_first_arrival_wakes_it() {
+        let a = Arc::new(admission());
+        let stop = CancellationToken::new();
+        let controller = tokio::spawn(a.clone().run(Arc::new(Metrics::new()), stop.clone()));
+        // The first interval finds no arrivals: parked from then on.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(a.parked.load(Ordering::SeqCst));
+        assert!(!a.busy());
+        // Parked, it judges once a second; an arrival wakes it, and the interval that
+        // follows is judged as usual, long before the second is out.
+        assert_eq!(a.admit(Uuid::nil(), Priority::Low), Decision::Admit);
+        assert!(!a.parked.load(Ordering::SeqCst));
+        tokio::time::sleep(a.config.interval + Duration::from_millis(20)).await;
+        assert!(a.busy(), "the interval after the arrival was not judged");
+        stop.cancel();
+        controller.await.unwrap();
     }
 
     /// Offers `arrivals` of `priority` from `tenant`, spread over one interval of the
