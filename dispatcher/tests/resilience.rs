@@ -199,6 +199,39 @@ async fn nats_unreachable_gives_503_and_recovery_follows_its_return() {
     server.finish().await;
 }
 
+/// Readiness makes again the streams NATS lost: deleted under a live connection (found by
+/// the STREAM.INFO of every fifth look) and gone with a restart on empty storage (found
+/// by the reconnection). Meanwhile nothing is accepted that could not be stored.
+#[tokio::test]
+async fn streams_nats_lost_are_made_again() {
+    let mut nats = NatsProcess::start(free_port()).await;
+    let server = TestServer::start_unready(&nats.url(), |_| {}).await;
+    server.wait_ready().await;
+    for (n, lose) in ["deleted", "restarted empty"].into_iter().enumerate() {
+        match lose {
+            "deleted" => common::delete_streams(&nats.url(), &server.prefix).await,
+            _ => nats.restart_empty().await,
+        }
+        let r = eventually(Duration::from_secs(10), || async {
+            let r = server
+                .post("/v1/notifications", notification("high", n))
+                .await;
+            match r.status {
+                202 => Some(r),
+                503 => None,
+                other => panic!("{lose}: {other} {:?}", r.body),
+            }
+        })
+        .await
+        .unwrap_or_else(|| panic!("{lose}: nothing accepted within 10 s"));
+        assert_eq!(server.get("/readyz").await.status, 200, "{lose}");
+        // The stream made again holds what was accepted since, and that is stored.
+        let stored = stored_ids(&nats.url(), &server.stream).await;
+        assert_eq!(stored, HashSet::from([id_of(&r)]), "{lose}");
+    }
+    server.finish().await;
+}
+
 #[tokio::test]
 async fn shutdown_answers_every_in_flight_request_and_loses_nothing_accepted() {
     let nats = NatsProcess::start(free_port()).await;

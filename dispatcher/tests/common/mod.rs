@@ -549,6 +549,13 @@ impl NatsProcess {
         panic!("nats-server did not listen on {}", self.port);
     }
 
+    /// Stops the server and starts it again on an empty store: NATS lost its streams.
+    pub async fn restart_empty(&mut self) {
+        self.kill();
+        self.store = tempfile::tempdir().unwrap();
+        self.restart().await;
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
