@@ -24,8 +24,14 @@
 # that answers 202 and does nothing else) under the same loadgen at that rate, and
 # nats-server's CPU per message under `nats bench js pub sync` (one publish at a time,
 # throttled to that rate, file storage): what one request and one durable publish cost at
-# that rate at the least, on this machine, in the same run.
-# Knobs: RATES ("100 2000 8000/50"; add "closed" for capacity), DURATION (20s), PROFILE_SECONDS (5), SETTLE (120: seconds).
+# that rate at the least, on this machine, in the same run. And the stores' own cost of
+# what Herald asks of them, with no Herald (benches/floor.rs, paced at the rate): a
+# notification's two documents written as the recorder writes them (one insert_many per
+# --record-linger per collection), FerretDB's CPU (its SQLite backend is in-process here); Redis's CPU for one
+# fsynced SET per notification (a durable idempotency claim) and for one GET (a round trip
+# that writes nothing).
+# Knobs: RATES ("100 2000 8000/50"; add "closed" for capacity), DURATION (20s), PROFILE_SECONDS (5), SETTLE (120: seconds),
+# FLOORS (1; 0 skips the floors, for an A/B of Herald's own rows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HERALD_WEBHOOK_ALLOW_NETS=${HERALD_WEBHOOK_ALLOW_NETS:-127.0.0.0/8,::1}
@@ -33,6 +39,7 @@ RATES=${RATES:-100 2000 8000/50}
 DURATION=${DURATION:-20s}
 PROFILE_SECONDS=${PROFILE_SECONDS:-5}
 SETTLE=${SETTLE:-120}
+FLOORS=${FLOORS:-1}
 TOOLS=${HERALD_TOOLS:-/opt/herald-tools/bin}
 ADDR=127.0.0.1:18097
 
@@ -177,9 +184,27 @@ done
 
 # The floors (single-request rates only).
 floors=()
-cargo build --release --locked -p herald-benches --bin bare202 2>&1 | tail -1 >&2
+[ "$FLOORS" = 0 ] ||
+  cargo build --release --locked -p herald-benches --bin bare202 --bin bench-floor 2>&1 | tail -1 >&2
 nats_pid=$(pgrep -f "nats-server -a 127.0.0.1 -p 4222" | awk 'NR == 1')
+ferret=$(pgrep -f ferretdb | awk 'NR == 1')
+redis=$(pgrep -x redis-server | awk 'NR == 1')
+# store_floor SPEC WHAT GROUP:PID...: runs bench-floor WHAT at SPEC/s for DURATION and
+# prints each group's CPU µs per notification, space-separated.
+store_floor() {
+  local spec=$1 what=$2 g n
+  shift 2
+  declare -A at=()
+  for g in "$@"; do at[$g]=$(group_cpu "${g%%:*}" "${g#*:}"); done
+  n=$(target/release/bench-floor "$what" --rate "$spec" --duration "$DURATION" | awk '{ print $1 }')
+  for g in "$@"; do
+    awk -v a="${at[$g]}" -v b="$(group_cpu "${g%%:*}" "${g#*:}")" -v n="$n" \
+      'BEGIN { printf "%.0f ", (b - a) * 1e6 / n }'
+  done
+  echo
+}
 for spec in $RATES; do
+  [ "$FLOORS" != 0 ] || break
   case $spec in */* | *+* | closed) continue ;; esac
   bare_addr=127.0.0.1:$(free_port)
   target/release/bare202 "$bare_addr" >/dev/null 2>&1 &
@@ -198,7 +223,10 @@ for spec in $RATES; do
     --msgs "$msgs" --throughput "$spec" --size 512B --clients 1 >/dev/null 2>&1 || true
   n1=$(cpu_seconds "$nats_pid"); t1=$(date +%s.%N)
   "$TOOLS/nats" stream rm "$stream" -f >/dev/null 2>&1 || true
-  floors+=("| $spec | $bare_us | $(awk -v a="$n0" -v b="$n1" -v n="$msgs" 'BEGIN { printf "%.0f", (b - a) * 1e6 / n }') | $(awk -v n="$msgs" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }') |")
+  read -r doc_ferret < <(store_floor "$spec" documents "ferretdb:$ferret")
+  read -r redis_set < <(store_floor "$spec" redis-set "redis:$redis")
+  read -r redis_get < <(store_floor "$spec" redis-get "redis:$redis")
+  floors+=("| $spec | $bare_us | $(awk -v a="$n0" -v b="$n1" -v n="$msgs" 'BEGIN { printf "%.0f", (b - a) * 1e6 / n }') | $(awk -v n="$msgs" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }') | $doc_ferret | $redis_set | $redis_get |")
 done
 
 {
@@ -221,10 +249,14 @@ done
     echo
     echo "bare202 (hyper, answers 202, nothing else) under the same loadgen, CPU per request;"
     echo "nats-server's CPU per message under \`nats bench js pub sync\` (one 512 B publish at a time,"
-    echo "file storage, throttled to the rate; achieved rate beside it)."
+    echo "file storage, throttled to the rate; achieved rate beside it). The stores alone, paced at the"
+    echo "rate by \`bench-floor\` (no Herald): a notification's two documents (its \`messages\` document"
+    echo "and a \`deliveries\` entry, one unordered insert_many per collection per record linger, under"
+    echo "Herald's indexes), FerretDB's CPU per notification (SQLite inside it); Redis's CPU for one"
+    echo "fsynced SET per notification (appendfsync always: a durable idempotency claim) and for one GET."
     echo
-    echo "| rate | bare hyper µs/request | nats-server µs/sync publish | publishes/s achieved |"
-    echo "|---|---|---|---|"
+    echo "| rate | bare hyper µs/request | nats-server µs/sync publish | publishes/s achieved | FerretDB µs/2 documents | Redis µs/fsynced SET | Redis µs/GET |"
+    echo "|---|---|---|---|---|---|---|"
     printf '%s\n' "${floors[@]}"
     echo
   fi

@@ -82,7 +82,7 @@ impl MongoSink {
 
     /// Creates the indexes once. The TTL indexes are MongoDB's retention; a server that
     /// refuses them (see the FerretDB notes in docs/architecture.md) is logged, not fatal.
-    async fn ensure_indexes(&self) -> Result<(), String> {
+    pub async fn ensure_indexes(&self) -> Result<(), String> {
         self.indexes
             .get_or_try_init(|| async {
                 let create = |collection: &str, index: Document| {
