@@ -9,17 +9,12 @@
 //! A batch's `Nats-Msg-Id` is fixed before its first publish, so a retry after a lost
 //! PubAck stores it once. Readers take a single event document as well (what earlier
 //! versions wrote).
-//!
-//! A worker with a delivered message hands the message over with its event and moves on:
-//! the batch acks it once JetStream has the batch (NAKs it if it never does), and tells
-//! JetStream it is in progress while the batch is retried. A worker that has more to do
-//! after its event (a retry's hold, a dead letter's report) waits for the batch instead.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, message::PublishMessage, AckKind, Message};
+use async_nats::jetstream::{self, message::PublishMessage};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -28,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::batch;
-use crate::jetstream::{with_progress, Names};
+use crate::jetstream::Names;
 use crate::lifecycle::Backoff;
 use crate::model::{Channel, Priority};
 
@@ -156,9 +151,6 @@ pub struct EventBatching {
     pub linger_max: Duration,
     /// How long a batch is retried before its waiters are told it was not stored.
     pub patience: Duration,
-    /// The delivery consumers' ack wait: messages handed over with their events are told
-    /// in progress every third of it while their batch is retried.
-    pub ack_wait: Duration,
 }
 
 /// Batches in flight (published, PubAck awaited) at once.
@@ -166,56 +158,7 @@ const BATCHES_IN_FLIGHT: usize = 8;
 
 struct Pending {
     event: Event<'static>,
-    then: Then,
-}
-
-/// What becomes of an event's sender once its batch is settled.
-// `Ack` is the common case (every delivered notification): boxing its message would cost
-// an allocation each to shrink the rare `Tell`.
-#[allow(clippy::large_enum_variant)]
-enum Then {
-    /// A worker waits: it hears whether the batch was stored.
-    Tell(oneshot::Sender<bool>),
-    /// A delivered message handed over with its event: acked once the batch is stored,
-    /// then `acked` runs; else NAKed, to come back in a second.
-    Ack {
-        message: Message,
-        acked: Box<dyn FnOnce() + Send>,
-    },
-}
-
-impl Then {
-    fn message(&self) -> Option<&Message> {
-        match self {
-            Then::Tell(_) => None,
-            Then::Ack { message, .. } => Some(message),
-        }
-    }
-
-    async fn settle(self, stored: bool) {
-        match self {
-            Then::Tell(waiter) => {
-                let _ = waiter.send(stored);
-            }
-            Then::Ack { message, acked } => ack_if(stored, &message, acked).await,
-        }
-    }
-}
-
-/// Acks a delivered `message` whose event is `stored` (a plain ack: a lost one costs one
-/// duplicate delivery, at-least-once, where a double ack costs a round trip), then runs
-/// `acked`; else gives it back: a duplicate delivery beats a lost status.
-async fn ack_if(stored: bool, message: &Message, acked: Box<dyn FnOnce() + Send>) {
-    if !stored {
-        let _ = message
-            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-            .await;
-        return;
-    }
-    if let Err(err) = message.ack().await {
-        tracing::warn!(error = %err, "ack after delivery failed; it may be delivered again");
-    }
-    acked();
+    stored: oneshot::Sender<bool>,
 }
 
 /// The delivery side's handle for storing events in batches. Cloned by every worker;
@@ -244,28 +187,10 @@ impl EventBatcher {
     /// not be stored within the patience (or before shutdown).
     pub async fn store(&self, event: Event<'static>) -> bool {
         let (stored, answer) = oneshot::channel();
-        let then = Then::Tell(stored);
-        if self.pending.send(Pending { event, then }).await.is_err() {
+        if self.pending.send(Pending { event, stored }).await.is_err() {
             return false;
         }
         answer.await.unwrap_or(false)
-    }
-
-    /// Stores `event`, the outcome of delivered `message`, with the next batch, which then
-    /// settles the message (see [`Then::Ack`]): the caller moves on without waiting for the
-    /// PubAck. Waits only for room in the batcher, so the messages handed over stay bounded.
-    pub async fn store_then_ack(
-        &self,
-        event: Event<'static>,
-        message: Message,
-        acked: impl FnOnce() + Send + 'static,
-    ) {
-        let acked = Box::new(acked);
-        let then = Then::Ack { message, acked };
-        if let Err(refused) = self.pending.send(Pending { event, then }).await {
-            // Shutting down: the event cannot be stored here.
-            refused.0.then.settle(false).await;
-        }
     }
 }
 
@@ -293,7 +218,7 @@ async fn batch_events(
         };
         let (js, names, stop) = (js.clone(), names.clone(), stop.clone());
         publishing.spawn(async move {
-            store_batch(&js, &names, batch, &batching, &stop).await;
+            store_batch(&js, &names, batch, batching.patience, &stop).await;
             drop(permit);
         });
         while publishing.try_join_next().is_some() {}
@@ -308,7 +233,7 @@ const GATHER: f64 = 8.0;
 /// it takes for `GATHER` events to arrive at the rate since that batch opened, between the
 /// configured least and most. At low rates that is the most, so a lone event waits for
 /// company instead of costing an EVENTS message of its own; from a few hundred events a
-/// second on, the least, so a delivered message (acked once its event's batch is stored) is
+/// second on, the least, so workers (each waits for its event's batch before it acks) are
 /// held no longer than with a fixed linger. The first batch takes the least.
 fn linger_at(
     previous: Option<(tokio::time::Instant, usize)>,
@@ -325,45 +250,36 @@ fn linger_at(
 }
 
 /// Publishes one batch, retrying it under the same message id with backoff until it is
-/// stored, the patience ends, or shutdown (keeping the messages handed over in progress
-/// meanwhile); then tells every waiter and settles every message handed over.
+/// stored, the patience ends, or shutdown; then tells every waiter.
 async fn store_batch(
     js: &jetstream::Context,
     names: &Names,
     batch: Vec<Pending>,
-    batching: &EventBatching,
+    patience: Duration,
     stop: &CancellationToken,
 ) {
-    let (events, thens): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.event, p.then)).unzip();
+    let (events, waiters): (Vec<_>, Vec<_>) =
+        batch.into_iter().map(|p| (p.event, p.stored)).unzip();
     let message_id = Uuid::now_v7().to_string();
-    let deadline = tokio::time::Instant::now() + batching.patience;
+    let deadline = tokio::time::Instant::now() + patience;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
-    let retried = async {
-        loop {
-            match publish(js, names, &events, &message_id).await {
-                Ok(()) => return true,
-                Err(err) => {
-                    if tokio::time::Instant::now() >= deadline || stop.is_cancelled() {
-                        tracing::warn!(events = events.len(), error = %err, "events not stored; their messages go back");
-                        return false;
-                    }
-                    tracing::debug!(events = events.len(), error = %err, "events not stored yet; retrying");
-                    if !backoff.wait(stop).await {
-                        return false;
-                    }
+    let stored = loop {
+        match publish(js, names, &events, &message_id).await {
+            Ok(()) => break true,
+            Err(err) => {
+                if tokio::time::Instant::now() >= deadline || stop.is_cancelled() {
+                    tracing::warn!(events = events.len(), error = %err, "events not stored; their messages go back");
+                    break false;
+                }
+                tracing::debug!(events = events.len(), error = %err, "events not stored yet; retrying");
+                if !backoff.wait(stop).await {
+                    break false;
                 }
             }
         }
     };
-    let held: Vec<&Message> = thens.iter().filter_map(Then::message).collect();
-    let stored = if held.is_empty() {
-        retried.await
-    } else {
-        with_progress(retried, &held, batching.ack_wait).await
-    };
-    drop(held);
-    for then in thens {
-        then.settle(stored).await;
+    for waiter in waiters {
+        let _ = waiter.send(stored);
     }
 }
 
@@ -378,7 +294,6 @@ mod tests {
             linger: Duration::from_millis(10),
             linger_max: Duration::from_millis(50),
             patience: Duration::from_secs(1),
-            ack_wait: Duration::from_secs(30),
         };
         let now = tokio::time::Instant::now();
         let after = |ms: u64, events: usize| {

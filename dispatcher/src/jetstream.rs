@@ -467,29 +467,6 @@ impl crate::batch::Source for Pull {
     }
 }
 
-/// Runs `work` (a send, storing an event), telling JetStream every third of the ack wait
-/// that `messages` are still being worked on, so a slow provider or a stream without a
-/// leader does not cause a redelivery in parallel.
-pub async fn with_progress<T>(
-    work: impl std::future::Future<Output = T>,
-    messages: &[&Message],
-    ack_wait: Duration,
-) -> T {
-    let mut work = std::pin::pin!(work);
-    let period = (ack_wait / 3).max(Duration::from_millis(100));
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    loop {
-        tokio::select! {
-            outcome = &mut work => return outcome,
-            _ = ticker.tick() => {
-                for message in messages {
-                    let _ = message.ack_with(jetstream::AckKind::Progress).await;
-                }
-            }
-        }
-    }
-}
-
 /// Readiness asks NATS for the stream every this many looks at the connection.
 pub const VERIFY_EVERY: u32 = 5;
 

@@ -20,7 +20,6 @@ use super::senders::{Attempt, SendOutcome};
 use super::{Job, Shared};
 use crate::dlq::{self, Death};
 use crate::events::{Event, EventKind};
-use crate::jetstream::with_progress;
 use crate::model::{Channel, Priority, WireNotification};
 use crate::trace::{Span, TraceParent};
 
@@ -67,23 +66,9 @@ pub(super) async fn deliver(shared: &Shared, job: Job) {
         wait(shared, &turn, delay, Waiting::Scheduled).await;
         return;
     }
-    let Some((outcome, provider, took)) = send(shared, &turn, now).await else {
-        return;
-    };
-    let Some(delivered) = settle(shared, &turn, &outcome, provider.as_deref(), took).await else {
-        return;
-    };
-    let metrics = shared.metrics.clone();
-    let accepted_at = turn.notification.accepted_at;
-    drop(turn);
-    let acked = move || {
-        let age = (Utc::now() - accepted_at).to_std().unwrap_or_default();
-        metrics.delivered(priority, age);
-    };
-    shared
-        .events
-        .store_then_ack(delivered, message, acked)
-        .await;
+    if let Some((outcome, provider, took)) = send(shared, &turn, now).await {
+        settle(shared, &turn, &outcome, provider.as_deref(), took).await;
+    }
 }
 
 /// Reads the message's count and decodes it. `None` when it was settled or given back
@@ -197,16 +182,15 @@ async fn send(
     Some((outcome, provider, took))
 }
 
-/// Settles a sent attempt: retryable with attempts left → event, wait for the backoff;
-/// else the DLQ. Delivered: its event, for the caller to hand over with the message (the
-/// event batcher acks it once the event is stored).
+/// Settles a sent attempt: delivered → event, ack; retryable with attempts left → event,
+/// wait for the backoff; else the DLQ.
 async fn settle(
     shared: &Shared,
     turn: &Turn<'_>,
     outcome: &SendOutcome,
     provider: Option<&str>,
     took: Duration,
-) -> Option<Event<'static>> {
+) {
     let (message, notification, attempt) = (turn.message, &turn.notification, turn.attempt);
     let policy = shared.retry[turn.priority.index()];
     match outcome {
@@ -219,21 +203,35 @@ async fn settle(
                 None,
                 Some(took),
             );
-            return Some(delivered.by(provider).into_owned());
+            if !store_event(shared, message, delivered.by(provider)).await {
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+                return;
+            }
+            // A plain ack: the event is stored, so a lost ack costs one duplicate delivery
+            // (at-least-once), where a double ack costs a subscription and a round trip.
+            if let Err(err) = message.ack().await {
+                tracing::warn!(id = %notification.id, error = %err, "ack after delivery failed; it may be delivered again");
+            }
+            let age = (Utc::now() - notification.accepted_at)
+                .to_std()
+                .unwrap_or_default();
+            shared.metrics.delivered(turn.priority, age);
         }
         SendOutcome::Retryable { retry_after, .. } => {
             let since_due = since_due(notification, Utc::now());
             let Some(backoff) = policy.next_wait(attempt + 1, since_due, fastrand::f64()) else {
                 let gave_up = past_horizon(outcome, policy.horizon);
                 bury(shared, turn, &gave_up, Some((took, provider))).await;
-                return None;
+                return;
             };
             // A receiver's Retry-After is honoured up to the horizon.
             let left = policy.horizon.saturating_sub(since_due);
             let wait = retry_after.map_or(backoff, |asked| asked.max(backoff).min(left));
             if due_after_deadline(notification, wait) {
                 expire(shared, turn, Some((outcome, took, provider))).await;
-                return None;
+                return;
             }
             let retrying = event(
                 notification,
@@ -255,7 +253,6 @@ async fn settle(
         }
         _ => bury(shared, turn, outcome, Some((took, provider))).await,
     }
-    None
 }
 
 /// Disables the turn's endpoint (this URL, not its host) in every delivery process until
@@ -408,8 +405,7 @@ async fn try_providers(shared: &Shared, message: &Message, attempt: &Attempt<'_>
             },
             None => None,
         };
-        let outcome =
-            with_progress(provider.sender.send(attempt), &[message], shared.ack_wait).await;
+        let outcome = with_progress(provider.sender.send(attempt), message, shared.ack_wait).await;
         if let Some(permit) = permit {
             permit.settle(&outcome);
         }
@@ -656,7 +652,7 @@ async fn store_event(shared: &Shared, message: &Message, event: Event<'_>) -> bo
     let kind = event.event;
     let stored = with_progress(
         shared.events.store(event.into_owned()),
-        &[message],
+        message,
         shared.ack_wait,
     )
     .await;
@@ -697,4 +693,25 @@ fn event<'a>(
 
 fn millis(d: Duration) -> u64 {
     d.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
+/// Runs `work` (a send, storing an event), telling JetStream the message is still being
+/// worked on every third of the ack wait, so a slow provider does not cause a redelivery in
+/// parallel.
+async fn with_progress<T>(
+    work: impl std::future::Future<Output = T>,
+    message: &Message,
+    ack_wait: Duration,
+) -> T {
+    let mut send = std::pin::pin!(work);
+    let period = (ack_wait / 3).max(Duration::from_millis(100));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        tokio::select! {
+            outcome = &mut send => return outcome,
+            _ = ticker.tick() => {
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
+        }
+    }
 }

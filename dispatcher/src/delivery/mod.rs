@@ -13,8 +13,7 @@
 //!   HOLD stream ([`hold`]), out of the consumers' ack-pending window; a shorter one is a
 //!   NAK with a delay, recorded in the [`ledger`].
 //! - Otherwise it sends (with in-progress acks while a send is slow), then: delivered →
-//!   the message goes with its event to the event batcher, which acks it once the event is
-//!   stored, and the worker moves on; retryable within its priority's retry horizon → event, a wait for the
+//!   event, ack; retryable within its priority's retry horizon → event, a wait for the
 //!   backoff (the attempt number is Herald's, from the ledger; the wait is kept by the
 //!   server: a crash loses no retry state); past its `expires_at` → `expired` event,
 //!   terminate; permanent or past the horizon → DLQ, event, terminate.
@@ -125,7 +124,6 @@ impl Delivery {
                 linger: config.event_linger,
                 linger_max: config.event_linger_max,
                 patience: EVENT_PATIENCE,
-                ack_wait: config.ack_wait,
             },
             stop.clone(),
             &mut tasks,
