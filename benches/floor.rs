@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use herald::config::{RecorderConfig, StoreConfig};
+use herald::events::{Event, EventKind};
+use herald::model::{Channel, Priority, WireNotification};
 use herald::recorder::mongo::{self, MongoSink};
-use mongodb::bson::{self, doc, Document};
+use mongodb::bson::Document;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -71,11 +73,11 @@ async fn documents(args: &Args, store: &StoreConfig, prefix: &str) -> anyhow::Re
         .ensure_indexes()
         .await
         .map_err(anyhow::Error::msg)?;
-    let tenant = uuid::Uuid::now_v7().to_string();
+    let tenant = uuid::Uuid::now_v7();
     let pad = "x".repeat(args.payload_bytes.saturating_sub(60));
     let writers = [mongo::COLLECTION, mongo::DELIVERIES].map(|collection| {
         let collection = database.collection::<Document>(collection);
-        let (tenant, pad) = (tenant.clone(), pad.clone());
+        let pad = pad.clone();
         let (rate, duration) = (args.rate, args.duration);
         let linger = args
             .linger
@@ -86,12 +88,12 @@ async fn documents(args: &Args, store: &StoreConfig, prefix: &str) -> anyhow::Re
             while started.elapsed() < duration {
                 tokio::time::sleep(linger).await;
                 let due = (started.elapsed().min(duration).as_secs_f64() * rate) as u64;
-                let docs: Vec<Document> = (written..due)
+                let docs = (written..due)
                     .map(|seq| match collection.name() {
-                        mongo::COLLECTION => notification(&tenant, seq, &pad),
-                        _ => delivery(&tenant, seq),
+                        mongo::COLLECTION => notification(tenant, seq, &pad),
+                        _ => Ok(delivery(tenant, seq)),
                     })
-                    .collect();
+                    .collect::<anyhow::Result<Vec<Document>>>()?;
                 if !docs.is_empty() {
                     collection.insert_many(docs).ordered(false).await?;
                 }
@@ -110,34 +112,50 @@ async fn documents(args: &Args, store: &StoreConfig, prefix: &str) -> anyhow::Re
     Ok(notifications)
 }
 
-/// A `messages` document with the fields the recorder writes for a webhook notification.
-fn notification(tenant: &str, seq: u64, pad: &str) -> Document {
-    doc! {
-        "_id": herald::model::new_id().to_string(),
-        "tenant": tenant,
-        "priority": "medium",
-        "channel": "webhook",
-        "recipient": "http://127.0.0.1:40000/hook",
-        "accepted_at": bson::DateTime::now(),
-        "stream_seq": seq as i64,
-        "payload": { "loadgen": { "run": "floor", "seq": seq as i64, "sent_ns": 0i64 }, "pad": pad },
-    }
+/// The `messages` document the recorder writes for a webhook notification (its own
+/// builder, so the floor follows the document's shape).
+fn notification(tenant: uuid::Uuid, seq: u64, pad: &str) -> anyhow::Result<Document> {
+    let payload = serde_json::json!({
+        "loadgen": { "run": "floor", "seq": seq, "sent_ns": 0 },
+        "pad": pad,
+    });
+    let payload = serde_json::value::to_raw_value(&payload)?;
+    let n = WireNotification {
+        v: herald::model::WIRE_VERSION,
+        id: herald::model::new_id(),
+        tenant,
+        priority: Priority::Medium,
+        channel: Channel::Webhook,
+        recipient: "http://127.0.0.1:40000/hook".into(),
+        payload: &payload,
+        idempotency_key: None,
+        send_at: None,
+        expires_at: None,
+        metadata: None,
+        accepted_at: chrono::Utc::now(),
+        event_type: None,
+    };
+    mongo::document(&n, seq, mongo::Form::Structured).map_err(anyhow::Error::msg)
 }
 
-/// A `deliveries` entry for a first attempt that was delivered.
-fn delivery(tenant: &str, seq: u64) -> Document {
-    doc! {
-        "_id": format!("{}:{seq}", herald::model::new_id()),
-        "notification_id": herald::model::new_id().to_string(),
-        "tenant": tenant,
-        "seq": seq as i64,
-        "index": 0i64,
-        "event": "delivered",
-        "attempt": 1i64,
-        "at": bson::DateTime::now(),
-        "status": 200i32,
-        "duration_ms": 1i64,
-    }
+/// The delivery log entry the recorder writes for a first attempt that was delivered.
+fn delivery(tenant: uuid::Uuid, seq: u64) -> Document {
+    let event = Event {
+        id: herald::model::new_id(),
+        tenant,
+        event: EventKind::Delivered,
+        priority: Priority::Medium,
+        channel: Channel::Webhook,
+        attempt: 1,
+        at: chrono::Utc::now(),
+        error: None,
+        status: Some(200),
+        retry_in_ms: None,
+        duration_ms: Some(1),
+        provider: None,
+        response: None,
+    };
+    mongo::delivery_entry(&event, seq, 0)
 }
 
 /// One command per notification as it falls due, each awaited on its own task.

@@ -22,6 +22,7 @@ use mongodb::options::ClientOptions;
 use tokio::sync::OnceCell;
 
 use super::{Sink, Source};
+use crate::events::Event;
 use crate::model::WireNotification;
 
 pub const COLLECTION: &str = "messages";
@@ -197,44 +198,10 @@ impl MongoSink {
     }
 
     async fn events(&self, batch: &[Message]) -> Result<(), String> {
-        let mut entries = Vec::with_capacity(batch.len());
-        for (event, seq, index) in super::events(batch) {
-            let seq = seq as i64;
-            // Index 0 keeps the key a single-event message had before events were batched.
-            let id = match index {
-                0 => format!("{}:{seq}", event.id),
-                _ => format!("{}:{seq}.{index}", event.id),
-            };
-            let mut entry = doc! {
-                "_id": id,
-                "notification_id": event.id.to_string(),
-                "tenant": event.tenant.to_string(),
-                "seq": seq,
-                "index": index as i64,
-                "event": event.event.as_str(),
-                "attempt": event.attempt as i64,
-                "at": bson::DateTime::from_chrono(event.at),
-            };
-            if let Some(error) = &event.error {
-                entry.insert("error", error.as_ref());
-            }
-            if let Some(status) = event.status {
-                entry.insert("status", i32::from(status));
-            }
-            if let Some(provider) = &event.provider {
-                entry.insert("provider", provider.as_ref());
-            }
-            if let Some(response) = &event.response {
-                entry.insert("response", response.as_ref());
-            }
-            if let Some(ms) = event.duration_ms {
-                entry.insert("duration_ms", i64::try_from(ms).unwrap_or(i64::MAX));
-            }
-            if let Some(next) = event.next_attempt_at() {
-                entry.insert("next_attempt_at", bson::DateTime::from_chrono(next));
-            }
-            entries.push(entry);
-        }
+        let entries = super::events(batch)
+            .iter()
+            .map(|(event, seq, index)| delivery_entry(event, *seq, *index))
+            .collect();
         let refused = self.insert(DELIVERIES, entries).await?;
         if !refused.is_empty() {
             tracing::error!(
@@ -246,9 +213,48 @@ impl MongoSink {
     }
 }
 
+/// The delivery log entry of one event: the `index`-th of the EVENTS message at `seq`.
+pub fn delivery_entry(event: &Event<'_>, seq: u64, index: u32) -> Document {
+    let seq = seq as i64;
+    // Index 0 keeps the key a single-event message had before events were batched.
+    let id = match index {
+        0 => format!("{}:{seq}", event.id),
+        _ => format!("{}:{seq}.{index}", event.id),
+    };
+    let mut entry = doc! {
+        "_id": id,
+        "notification_id": event.id.to_string(),
+        "tenant": event.tenant.to_string(),
+        "seq": seq,
+        "index": index as i64,
+        "event": event.event.as_str(),
+        "attempt": event.attempt as i64,
+        "at": bson::DateTime::from_chrono(event.at),
+    };
+    if let Some(error) = &event.error {
+        entry.insert("error", error.as_ref());
+    }
+    if let Some(status) = event.status {
+        entry.insert("status", i32::from(status));
+    }
+    if let Some(provider) = &event.provider {
+        entry.insert("provider", provider.as_ref());
+    }
+    if let Some(response) = &event.response {
+        entry.insert("response", response.as_ref());
+    }
+    if let Some(ms) = event.duration_ms {
+        entry.insert("duration_ms", i64::try_from(ms).unwrap_or(i64::MAX));
+    }
+    if let Some(next) = event.next_attempt_at() {
+        entry.insert("next_attempt_at", bson::DateTime::from_chrono(next));
+    }
+    entry
+}
+
 /// How a notification's payload and metadata go into its document.
 #[derive(Clone, Copy)]
-enum Form {
+pub enum Form {
     /// As sub-documents, queryable.
     Structured,
     /// As JSON text (`payload_json`, `metadata_json`), for a server that refused them.
@@ -256,7 +262,7 @@ enum Form {
 }
 
 /// The document of one notification (`seq`: its NOTIFY stream sequence).
-fn document(n: &WireNotification<'_>, seq: u64, form: Form) -> Result<Document, String> {
+pub fn document(n: &WireNotification<'_>, seq: u64, form: Form) -> Result<Document, String> {
     let mut d = doc! {
         "_id": n.id.to_string(),
         "tenant": n.tenant.to_string(),
